@@ -1,0 +1,23 @@
+"""deltaconvert: turn a stock PyTorch CNN into a delta model for fast video inference.
+
+    import deltaconvert
+    delta_model = deltaconvert.convert(model)          # caller's model untouched
+    for frame in video:
+        y = delta_model(frame)                         # frame 0 dense, then deltas
+"""
+__version__ = "0.1.0"
+
+from .convert import DenseFallbackWarning, convert  # noqa: E402
+from .delta import Delta  # noqa: E402
+from .errors import (BackendUnavailable, CheckpointError, ConfigError,  # noqa: E402
+                     DeltaConvertError, SequenceMismatch, TraceFailure, UnsupportedOp)
+from .model import DeltaGraphModule  # noqa: E402
+from .registry import register_delta_op, register_leaf_module  # noqa: E402
+from .thresholds import ThresholdConfig, load_thresholds  # noqa: E402
+
+__all__ = [
+    "convert", "DeltaGraphModule", "Delta", "ThresholdConfig", "load_thresholds",
+    "register_delta_op", "register_leaf_module", "DenseFallbackWarning",
+    "DeltaConvertError", "TraceFailure", "UnsupportedOp", "SequenceMismatch", "ConfigError",
+    "CheckpointError", "BackendUnavailable",
+]

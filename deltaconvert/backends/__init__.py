@@ -1,0 +1,66 @@
+"""Backend selection. The reference backend (plain PyTorch) runs everywhere; the CUDA
+backend (PyCUDA kernels) accelerates ops on NVIDIA GPUs where it is installed."""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, ContextManager
+
+import torch
+
+from ..errors import BackendUnavailable
+from ..ops.base import tensor_leaves
+
+if TYPE_CHECKING:
+    from ..model import DeltaGraphModule
+
+BACKENDS = ("auto", "reference", "cuda")
+
+
+@dataclass
+class Runtime:
+    """The backend bound to a sequence: its name, and a context entered around every
+    forward (the CUDA backend runs each frame on its own stream)."""
+
+    name: str
+    frame: Callable[[], ContextManager] = contextlib.nullcontext
+
+
+def _input_device(args: tuple, kwargs: dict) -> torch.device | None:
+    for leaf in tensor_leaves((args, kwargs)):
+        return leaf.device
+    return None
+
+
+def cuda_backend_problem() -> str | None:
+    """Why the CUDA backend cannot run here, or None if it can."""
+    from . import cuda
+    return cuda.unavailable_reason()
+
+
+def bind_backend(model: "DeltaGraphModule", requested: str, args: tuple, kwargs: dict) -> Runtime:
+    """Choose the backend for a new sequence and attach its kernels to the ops.
+
+    ``auto`` picks ``cuda`` for CUDA inputs when PyCUDA and nvcc are usable, else
+    ``reference``.
+    """
+    if requested not in BACKENDS:
+        raise ValueError(f"unknown backend {requested!r}; choose one of {BACKENDS}")
+    device = _input_device(args, kwargs)
+    chosen = requested
+    if requested == "auto":
+        on_gpu = device is not None and device.type == "cuda"
+        chosen = "cuda" if on_gpu and cuda_backend_problem() is None else "reference"
+    if chosen == "cuda":
+        if device is None or device.type != "cuda":
+            raise BackendUnavailable(
+                f"backend='cuda' needs CUDA inputs, got inputs on {device}; move the model and "
+                "inputs with .cuda(), or use backend='reference'")
+        problem = cuda_backend_problem()
+        if problem is not None:
+            raise BackendUnavailable(problem)
+        from . import cuda
+        return cuda.bind(model, device)
+    for op in model.delta_ops().values():
+        op.accelerated = None
+    return Runtime("reference")

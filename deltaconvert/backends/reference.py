@@ -1,0 +1,127 @@
+"""The reference backend: the delta math of DESIGN.md §1 in plain PyTorch.
+
+Every function here is free of host synchronisation (no ``.item()``, no boolean
+indexing), so the reference path also runs, and captures into a CUDA graph, on a GPU.
+It is the oracle every other backend is tested against.
+
+Conventions: masks are ``bool`` of shape ``(N, 1, *spatial)``; a Delta's values are
+unspecified outside its mask, so every reader goes through :func:`masked` first, and
+every writer here leaves exact zeros outside the mask it returns.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..delta import Delta, mask_shape
+
+
+def buffer_dtype(dtype: torch.dtype) -> torch.dtype:
+    """State buffers are kept in at least fp32, whatever the model's dtype."""
+    return torch.promote_types(dtype, torch.float32) if dtype.is_floating_point else torch.float32
+
+
+def masked(delta: Delta) -> torch.Tensor:
+    """The delta's values with exact zeros outside its mask."""
+    return delta.masked_values()
+
+
+def channel_max_abs(x: torch.Tensor) -> torch.Tensor:
+    """``max_c |x|`` as a ``(N, 1, *spatial)`` tensor."""
+    return x.abs().amax(dim=1, keepdim=True)
+
+
+def dilate(mask: torch.Tensor, pixels: int) -> torch.Tensor:
+    """Grow a mask by ``pixels`` in every spatial direction (a square structuring element)."""
+    if pixels <= 0 or mask.dim() < 3:
+        return mask
+    k = 2 * pixels + 1
+    pool = {3: F.max_pool1d, 4: F.max_pool2d, 5: F.max_pool3d}[mask.dim()]
+    return pool(mask.float(), kernel_size=k, stride=1, padding=pixels) > 0
+
+
+def sparsify(x: torch.Tensor, ref: torch.Tensor, threshold: float, dilation: int) -> Delta:
+    """``δ = x − ref``; ``m = max_c|δ| > τ`` dilated by ``d``; ``δ ← δ·m``; ``ref += δ``.
+
+    ``ref`` (fp32 or wider) is updated in place; changes below ``τ`` stay in ``x − ref``.
+    """
+    diff = x.to(ref.dtype) - ref
+    mask = dilate(channel_max_abs(diff) > threshold, dilation)
+    diff = torch.where(mask, diff, torch.zeros((), dtype=diff.dtype, device=diff.device))
+    ref.add_(diff)
+    return Delta(diff.to(x.dtype), mask)
+
+
+def densify(delta: Delta, y: torch.Tensor) -> torch.Tensor:
+    """``y += δ`` where updated (in place); returns ``y``."""
+    y.add_(masked(delta).to(y.dtype))
+    return y
+
+
+def accumulate(a: torch.Tensor, delta: Delta) -> None:
+    """``a += δ`` where updated (in place)."""
+    a.add_(masked(delta).to(a.dtype))
+
+
+def truncate(v: torch.Tensor, o: torch.Tensor, candidates: torch.Tensor, threshold: float,
+             out_dtype: torch.dtype) -> Delta:
+    """Emit ``δy = v − o`` at candidate pixels whose ``max_c |δy|`` exceeds ``τ``.
+
+    ``o`` (the value downstream has been sent) is updated in place where emitted;
+    what is not emitted waits in ``v − o`` for a later frame.
+    """
+    dy = v.to(o.dtype) - o
+    emit = candidates & (channel_max_abs(dy) > threshold)
+    dy = torch.where(emit, dy, torch.zeros((), dtype=dy.dtype, device=dy.device))
+    o.add_(dy)
+    return Delta(dy.to(out_dtype), emit)
+
+
+def union_mask(masks: Sequence[torch.Tensor], out_shape: Sequence[int]) -> torch.Tensor:
+    """OR of masks broadcast to the mask of an output of shape ``out_shape``."""
+    target = mask_shape(tuple(out_shape))
+    out = None
+    for m in masks:
+        m = m.expand(target)
+        out = m if out is None else (out | m)
+    assert out is not None, "union_mask needs at least one mask"
+    return out
+
+
+def reapplied_mask(fn: Callable[..., Any], args: Any, kwargs: dict) -> Any:
+    """Footprint of a channel-wise linear op with non-negative coefficients.
+
+    ``fn`` is applied to the float masks in place of the values (constant tensors
+    become empty masks); an output pixel is updated iff any of its channels is > 0.
+    Returns one mask, or a tuple of masks when ``fn`` returns a tuple.
+    """
+    out = fn(*args, **kwargs)
+    if isinstance(out, (tuple, list)):
+        return tuple(o.amax(dim=1, keepdim=True) > 0 for o in out)
+    return out.amax(dim=1, keepdim=True) > 0
+
+
+def window_mask(mask: torch.Tensor, kernel_size: Sequence[int], stride: Sequence[int],
+                dilation: Sequence[int], pads: Sequence[int], pad_mode: str = "constant"
+                ) -> torch.Tensor:
+    """Output pixels of a 2-D convolution whose input footprint touches an update.
+
+    ``pads`` is in :func:`torch.nn.functional.pad` order (left, right, top, bottom) and
+    ``pad_mode`` the convolution's padding mode, so asymmetric and "same" padding and
+    reflect/replicate/circular borders give the exact footprint.
+    """
+    m = F.pad(mask.float(), list(pads), mode=pad_mode) if any(pads) else mask.float()
+    ones = torch.ones((1, 1, *kernel_size), dtype=m.dtype, device=m.device)
+    return F.conv2d(m, ones, stride=stride, dilation=dilation) > 0
+
+
+def transposed_window_mask(mask: torch.Tensor, kernel_size: Sequence[int], stride: Sequence[int],
+                           padding: Sequence[int], output_padding: Sequence[int],
+                           dilation: Sequence[int]) -> torch.Tensor:
+    """Output pixels of a 2-D transposed convolution reached by an updated input pixel."""
+    m = mask.float()
+    ones = torch.ones((1, 1, *kernel_size), dtype=m.dtype, device=m.device)
+    return F.conv_transpose2d(m, ones, stride=stride, padding=padding,
+                              output_padding=output_padding, dilation=dilation) > 0

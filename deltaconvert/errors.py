@@ -1,0 +1,31 @@
+"""Exceptions raised by deltaconvert. Every message names the layer or node involved
+and the fix."""
+from __future__ import annotations
+
+
+class DeltaConvertError(Exception):
+    """Base class of every error deltaconvert raises on purpose."""
+
+
+class TraceFailure(DeltaConvertError):
+    """The model could not be traced by torch.fx."""
+
+
+class UnsupportedOp(DeltaConvertError):
+    """A handler cannot express this node as a delta op; the node runs dense."""
+
+
+class SequenceMismatch(DeltaConvertError):
+    """A frame does not fit the sequence the model is in (shape, dtype or device)."""
+
+
+class ConfigError(DeltaConvertError):
+    """A threshold configuration (YAML or dict) is malformed or names unknown layers."""
+
+
+class CheckpointError(DeltaConvertError):
+    """A checkpoint does not fit the architecture it is loaded into."""
+
+
+class BackendUnavailable(DeltaConvertError):
+    """The requested backend cannot run here (no GPU, no PyCUDA, no nvcc …)."""

@@ -1,0 +1,128 @@
+"""The base class of every delta op, and the argument plumbing they share.
+
+A delta op replaces one fx node. It is called with the node's original arguments,
+where each *varying* tensor (one that depends on the model input) arrives as a plain
+tensor on the first frame of a sequence and as a :class:`~deltaconvert.delta.Delta`
+on every later frame. ``forward`` dispatches on that:
+
+* no Delta among the arguments → :meth:`DeltaOp.dense`: compute the original op,
+  initialise the state buffers, return a tensor;
+* otherwise → :meth:`DeltaOp.delta` (or the backend's accelerated version of it):
+  update the state, return a Delta.
+
+Incoming deltas are read-only: a value may feed several consumers.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import nn
+
+from ..delta import Delta
+
+
+def tensor_leaves(tree: Any) -> Iterator[Any]:
+    """Tensors and Deltas inside nested lists, tuples and dicts (not inside torch.Size)."""
+    if isinstance(tree, (torch.Tensor, Delta)):
+        yield tree
+    elif type(tree) in (list, tuple):
+        for item in tree:
+            yield from tensor_leaves(item)
+    elif isinstance(tree, dict):
+        for item in tree.values():
+            yield from tensor_leaves(item)
+
+
+def map_tensor_leaves(tree: Any, fn: Callable[[Any], Any]) -> Any:
+    """Rebuild ``tree`` with ``fn`` applied to each tensor or Delta leaf."""
+    if isinstance(tree, (torch.Tensor, Delta)):
+        return fn(tree)
+    if type(tree) in (list, tuple):
+        return type(tree)(map_tensor_leaves(item, fn) for item in tree)
+    if isinstance(tree, dict):
+        return type(tree)((k, map_tensor_leaves(v, fn)) for k, v in tree.items())
+    return tree
+
+
+def contains_delta(tree: Any) -> bool:
+    return any(isinstance(leaf, Delta) for leaf in tensor_leaves(tree))
+
+
+class DeltaOp(nn.Module):
+    """One node of a converted graph: parameters, thresholds and state of a delta op.
+
+    Subclasses implement :meth:`dense` and :meth:`delta` with one shared definition of
+    the op's math. ``threshold`` is ``None`` for ops that never truncate (linear ops).
+    ``macs_per_pixel`` is the dense multiply-add count per output pixel (for the work
+    fraction in :mod:`deltaconvert.stats`).
+    """
+
+    threshold: float | None = None
+    macs_per_pixel: int = 0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.node_name = ""
+        self.track_stats = True
+        self.accelerated: Callable[..., Any] | None = None
+        self._state: dict[str, Any] = {}
+
+    # -- dispatch -----------------------------------------------------------------
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if not contains_delta((args, kwargs)):
+            out = self.dense(*args, **kwargs)
+            if self.track_stats:
+                self._record(out)
+            return out
+        impl = self.accelerated
+        out = impl(self, *args, **kwargs) if impl is not None else self.delta(*args, **kwargs)
+        if self.track_stats:
+            self._record(out)
+        return out
+
+    def dense(self, *args: Any, **kwargs: Any) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def delta(self, *args: Any, **kwargs: Any) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # -- state ----------------------------------------------------------------------
+    def reset_state(self) -> None:
+        """Forget the sequence: the next call is a first frame."""
+        self._state = {}
+
+    def state_bytes(self) -> int:
+        """Bytes held in state buffers (accumulators, sent outputs, references)."""
+        return sum(t.numel() * t.element_size() for t in self._state.values()
+                   if isinstance(t, torch.Tensor))
+
+    # -- statistics ---------------------------------------------------------------------
+    def _record(self, out: Any) -> None:
+        """Per frame: the fraction of output pixels updated (device-side, no sync)."""
+        if isinstance(out, Delta):
+            frac = out.mask.float().mean()
+            stats = self._state.setdefault("stats", {})
+            if "sum" not in stats:
+                stats["sum"] = torch.zeros((), device=frac.device)
+                stats["frames"] = torch.zeros((), device=frac.device)
+                stats["last"] = torch.zeros((), device=frac.device)
+            stats["sum"].add_(frac)
+            stats["frames"].add_(1)
+            stats["last"].copy_(frac)
+        elif isinstance(out, torch.Tensor) and out.dim() >= 2:
+            self._state["out_pixels"] = out.numel() // out.shape[1]
+
+    def update_fraction(self) -> tuple[float, float] | None:
+        """(last delta frame, mean over delta frames) of the updated-pixel fraction."""
+        stats = self._state.get("stats")
+        if not stats:
+            return None
+        frames = float(stats["frames"])
+        return float(stats["last"]), float(stats["sum"]) / max(frames, 1.0)
+
+    def extra_repr(self) -> str:
+        parts = [f"name={self.node_name!r}"] if self.node_name else []
+        if self.threshold is not None:
+            parts.append(f"threshold={self.threshold}")
+        return ", ".join(parts)

@@ -1,0 +1,103 @@
+"""Ops with weights: convolution, transposed convolution, fully connected, and
+batch-norm as a per-channel scale.
+
+Each is affine: ``y = W x + b``. The first frame computes ``W x + b``; later frames
+send ``W δ`` (the bias lives in the first frame's values). Each op wraps a private
+copy of the PyTorch module, so padding modes, ``padding="same"`` and groups behave
+exactly as in the original model.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..backends import reference as ref
+from ..delta import Delta
+from .base import DeltaOp
+
+
+class Conv2d(DeltaOp):
+    """``y = conv(x) + b``; ``δy = conv(δ)``, updated where the kernel footprint
+    (dilated, padded, strided) touches an updated input pixel."""
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        self.conv = copy.deepcopy(conv)
+        k = conv.kernel_size
+        self.macs_per_pixel = conv.out_channels * (conv.in_channels // conv.groups) * k[0] * k[1]
+
+    def dense(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+    def delta(self, d: Delta) -> Delta:
+        conv = self.conv
+        values = conv._conv_forward(ref.masked(d), conv.weight, None)
+        mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
+        mask = ref.window_mask(d.mask, conv.kernel_size, conv.stride, conv.dilation,
+                               conv._reversed_padding_repeated_twice, mode)
+        return Delta(values, mask)
+
+
+class ConvTranspose2d(DeltaOp):
+    """``y = convᵀ(x) + b``; ``δy = convᵀ(δ)``, updated where an updated input pixel
+    scatters to."""
+
+    def __init__(self, conv: nn.ConvTranspose2d) -> None:
+        super().__init__()
+        self.conv = copy.deepcopy(conv)
+        k = conv.kernel_size
+        self.macs_per_pixel = (conv.in_channels * (conv.out_channels // conv.groups) * k[0] * k[1]
+                               // (conv.stride[0] * conv.stride[1]))
+
+    def dense(self, x: torch.Tensor, output_size=None) -> torch.Tensor:
+        return self.conv(x, output_size)
+
+    def delta(self, d: Delta, output_size=None) -> Delta:
+        conv = self.conv
+        output_padding = conv._output_padding(d.values, output_size, conv.stride, conv.padding,
+                                              conv.kernel_size, 2, conv.dilation)
+        values = F.conv_transpose2d(ref.masked(d), conv.weight, None, conv.stride, conv.padding,
+                                    output_padding, conv.groups, conv.dilation)
+        mask = ref.transposed_window_mask(d.mask, conv.kernel_size, conv.stride, conv.padding,
+                                          output_padding, conv.dilation)
+        return Delta(values, mask)
+
+
+class Linear(DeltaOp):
+    """``y = W x + b`` on a ``(N, C)`` tensor (one pixel per sample); ``δy = W δ``."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.linear = copy.deepcopy(linear)
+        self.macs_per_pixel = linear.in_features * linear.out_features
+
+    def dense(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x)
+
+    def delta(self, d: Delta) -> Delta:
+        return Delta(F.linear(ref.masked(d), self.linear.weight), d.mask)
+
+
+class ChannelScale(DeltaOp):
+    """Batch-norm (inference) not folded into a conv: ``y = s·x + t`` per channel with
+    ``s = γ/√(σ²+ε)``, ``t = β − s·μ``; ``δy = s·δ``."""
+
+    def __init__(self, bn: nn.modules.batchnorm._BatchNorm) -> None:
+        super().__init__()
+        scale = bn.weight.detach() if bn.affine else torch.ones_like(bn.running_var)
+        scale = scale / torch.sqrt(bn.running_var + bn.eps)
+        shift = (bn.bias.detach() if bn.affine else torch.zeros_like(scale)) - scale * bn.running_mean
+        self.register_buffer("scale", scale.clone())
+        self.register_buffer("shift", shift.clone())
+
+    def _view(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return t.view(1, -1, *([1] * (like.dim() - 2))).to(like.dtype)
+
+    def dense(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self._view(self.scale, x) + self._view(self.shift, x)
+
+    def delta(self, d: Delta) -> Delta:
+        return Delta(ref.masked(d) * self._view(self.scale, d.values), d.mask)
