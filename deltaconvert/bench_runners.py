@@ -1,0 +1,298 @@
+"""What the benchmark runs (dense baselines and delta models) and how it measures them.
+
+A *runner* processes a clip frame by frame: ``reset()`` starts a sequence,
+``runner(frame)`` returns the output for one frame. Every runner receives the same
+ImageNet-normalised fp32 frames already on the device and converts them into its own
+input (dtype, channels_last) inside the step, so that cost is counted for everyone.
+
+Three passes per runner, each over the same frames, each starting a new sequence:
+
+1. :func:`accuracy_pass` (untimed, doubles as warm-up: cuDNN autotuning, allocator,
+   graph capture, compilation): relative L2 error of every frame's output and pooled
+   output against dense fp32 eager (TF32 off); for delta models, the work fraction of
+   every frame from ``model.stats()``.
+2. :func:`timed_pass`: per-frame milliseconds, CUDA events recorded around each step on
+   the current stream and read once at the end (``time.perf_counter`` on a CPU), plus
+   the peak GPU memory the runner allocates beyond what the harness holds. Delta models
+   run with statistics tracking off here.
+3. :func:`count_launches`: a short ``torch.profiler`` pass counting GPU kernels executed
+   and host launch calls per frame, kept apart so that profiling does not distort times.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import nn
+
+from .bench_models import main_output, pooled, relative_error
+
+MODES = ("eager", "graph", "compile")
+
+
+@dataclass(frozen=True)
+class Precision:
+    """A numeric mode: the parameter and input dtype, and whether fp32 matrix work may
+    use TF32 tensor cores."""
+
+    name: str
+    dtype: torch.dtype
+    tf32: bool
+
+    @contextlib.contextmanager
+    def flags(self) -> Iterator[None]:
+        """Set the TF32 switches for the duration (they are read at launch time)."""
+        saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = self.tf32
+        try:
+            yield
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+PRECISIONS = {
+    "fp32": Precision("fp32", torch.float32, tf32=False),
+    "tf32": Precision("tf32", torch.float32, tf32=True),
+    "fp16": Precision("fp16", torch.float16, tf32=False),
+}
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Runner:
+    """A model moved to ``device`` in one precision (parameters channels_last), run
+    frame by frame. Subclasses override :meth:`step`."""
+
+    kind = "dense"
+    grad_mode: Callable[[], Any] = torch.inference_mode
+
+    def __init__(self, name: str, model: nn.Module, precision: Precision, device: torch.device) -> None:
+        self.name = name
+        self.precision = precision
+        self.device = device
+        self.model = model.to(device=device, dtype=precision.dtype, memory_format=torch.channels_last)
+
+    def prepare(self, frame: torch.Tensor) -> torch.Tensor:
+        return frame.to(dtype=self.precision.dtype, memory_format=torch.channels_last)
+
+    def reset(self) -> None:
+        """Start a new sequence (no-op for dense models)."""
+
+    def __call__(self, frame: torch.Tensor) -> Any:
+        with self.grad_mode(), self.precision.flags():
+            return self.step(frame)
+
+    def step(self, frame: torch.Tensor) -> Any:
+        return self.model(self.prepare(frame))
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "precision": self.precision.name}
+
+
+class DenseRunner(Runner):
+    """The original model, dense, in one of :data:`MODES`:
+
+    * ``eager``: plain PyTorch calls;
+    * ``graph``: the forward captured once in a CUDA graph (after three warm-up calls on
+      a side stream); each frame is copied into the captured input and replayed;
+    * ``compile``: ``torch.compile(mode="reduce-overhead")`` (Inductor with CUDA graphs).
+
+    It runs a copy of ``model``.
+    """
+
+    def __init__(self, model: nn.Module, precision: Precision, mode: str, device: torch.device) -> None:
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; choose from {MODES}")
+        if mode != "eager" and device.type != "cuda":
+            raise RuntimeError(f"{mode} mode needs a CUDA device")
+        super().__init__(f"dense {precision.name} {mode}", copy.deepcopy(model), precision, device)
+        self.mode = mode
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._compiled = torch.compile(self.model, mode="reduce-overhead") if mode == "compile" else None
+
+    def step(self, frame: torch.Tensor) -> Any:
+        if self.mode == "eager":
+            return self.model(self.prepare(frame))
+        if self.mode == "compile":
+            torch.compiler.cudagraph_mark_step_begin()
+            return self._compiled(self.prepare(frame))
+        if self._graph is None:
+            self._capture(frame)
+        self._static_in.copy_(frame)
+        self._graph.replay()
+        return self._static_out
+
+    def _capture(self, frame: torch.Tensor) -> None:
+        self._static_in = self.prepare(frame).clone(memory_format=torch.channels_last)
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                self.model(self._static_in)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        self._graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self._graph):
+            self._static_out = self.model(self._static_in)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "mode": self.mode}
+
+
+class DeltaRunner(Runner):
+    """A converted delta model (any backend), with one threshold configuration at a
+    time (:meth:`configure`). ``graph`` says whether it was converted with
+    ``cuda_graph=True``. It runs ``model`` itself (converted models cannot be deep-copied
+    yet) and moves it to the CPU in :meth:`release`."""
+
+    kind = "delta"
+    grad_mode = torch.no_grad  # state buffers must stay usable outside inference mode
+
+    def __init__(self, model: nn.Module, precision: Precision, device: torch.device, *, graph: bool) -> None:
+        super().__init__("", model, precision, device)
+        self.graph = graph
+        self.label = ""
+
+    def configure(self, label: str, apply: Callable[[nn.Module], None]) -> None:
+        """Apply a threshold configuration (``apply(model)``) and name the runner."""
+        apply(self.model)
+        self.label = label
+        self.name = f"delta {self.precision.name}{' graph' if self.graph else ''} {label}"
+        self.reset()
+
+    def reset(self) -> None:
+        self.model.reset()
+
+    def release(self) -> None:
+        self.model.to("cpu")
+
+    def track_stats(self, enabled: bool) -> None:
+        for op in self.model.delta_ops().values():
+            op.track_stats = enabled
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "mode": "graph" if self.graph else "eager",
+                "thresholds": self.label, "backend": self.model.active_backend}
+
+
+class Reference:
+    """Dense fp32 eager outputs (TF32 off) of a clip: the first frames are computed up
+    front and kept on the device while they fit in ``budget_bytes`` (so that the
+    harness's memory is settled before any runner is measured), the rest recomputed
+    when asked for."""
+
+    def __init__(self, runner: DenseRunner, frames: list[torch.Tensor], budget_bytes: int) -> None:
+        self.runner, self.frames = runner, frames
+        self.cache: list[torch.Tensor] = []
+        used = 0
+        for index in range(len(frames)):
+            out = self._compute(index)
+            used += out.numel() * out.element_size()
+            if used > budget_bytes:
+                break
+            self.cache.append(out)
+
+    def _compute(self, index: int) -> torch.Tensor:
+        return main_output(self.runner(self.frames[index])).float().clone()
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.cache[index] if index < len(self.cache) else self._compute(index)
+
+
+@dataclass
+class Accuracy:
+    """Per-frame relative L2 errors against dense fp32; for delta models, per-frame
+    work fractions, ``model.stats()`` and ``model.state_bytes()`` at the clip's end."""
+
+    output: list[float] = field(default_factory=list)
+    pooled: list[float] = field(default_factory=list)
+    work_fraction: list[float | None] = field(default_factory=list)
+    stats: dict[str, Any] | None = None
+    state_bytes: int | None = None
+
+
+def accuracy_pass(runner: Runner, frames: list[torch.Tensor], reference: Reference) -> Accuracy:
+    """Run the clip once (untimed); compare every frame with the reference."""
+    is_delta = isinstance(runner, DeltaRunner)
+    if is_delta:
+        runner.track_stats(True)
+    runner.reset()
+    result = Accuracy()
+    for index, frame in enumerate(frames):
+        out = main_output(runner(frame)).float()
+        expected = reference[index]
+        result.output.append(relative_error(out, expected))
+        result.pooled.append(relative_error(pooled(out), pooled(expected)))
+        work = runner.model.stats()["work_fraction_last"] if is_delta and index else None
+        result.work_fraction.append(work)
+    if is_delta:
+        result.stats, result.state_bytes = runner.model.stats(), runner.model.state_bytes()
+    return result
+
+
+@dataclass
+class Timing:
+    ms_per_frame: list[float]
+    peak_bytes: int | None
+
+
+def timed_pass(runner: Runner, frames: list[torch.Tensor], harness_bytes: int) -> Timing:
+    """Per-frame milliseconds of one sequence, and the peak memory allocated during it
+    beyond ``harness_bytes`` (what the benchmark itself held before building runners)."""
+    if isinstance(runner, DeltaRunner):
+        runner.track_stats(False)
+    device = runner.device
+    runner.reset()
+    synchronize(device)
+    if device.type != "cuda":
+        times = []
+        for frame in frames:
+            start = time.perf_counter()
+            runner(frame)
+            times.append((time.perf_counter() - start) * 1e3)
+        return Timing(times, None)
+    torch.cuda.reset_peak_memory_stats(device)
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in frames]
+    for frame, (start, end) in zip(frames, events):
+        start.record()
+        runner(frame)
+        end.record()
+    synchronize(device)
+    peak = torch.cuda.max_memory_allocated(device) - harness_bytes
+    return Timing([start.elapsed_time(end) for start, end in events], peak)
+
+
+LAUNCH_CALL = re.compile(r"^cu(da)?(Graph)?Launch|^cuLaunch")
+
+
+def count_launches(runner: Runner, frames: list[torch.Tensor]) -> tuple[float, float] | None:
+    """(GPU kernels executed, host launch calls) per frame over ``frames[1:]``, after a
+    first frame outside the profile; None on a CPU. A CUDA-graph replay is one launch
+    call however many kernels it runs."""
+    if runner.device.type != "cuda" or len(frames) < 2:
+        return None
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    if isinstance(runner, DeltaRunner):
+        runner.track_stats(False)
+    runner.reset()
+    runner(frames[0])
+    synchronize(runner.device)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for frame in frames[1:]:
+            runner(frame)
+        synchronize(runner.device)
+    events = prof.events()
+    kernels = sum(1 for e in events if e.device_type == DeviceType.CUDA
+                  and not e.name.startswith(("Memcpy", "Memset")))
+    calls = sum(1 for e in events if e.device_type == DeviceType.CPU and LAUNCH_CALL.match(e.name))
+    count = len(frames) - 1
+    return kernels / count, calls / count

@@ -1,0 +1,398 @@
+"""The delta-inference benchmark (issue 5): delta models against the best dense
+inference, all measured in one process on the same frames.
+
+For every model × clip × resolution ("case"), batch 1:
+
+* dense baselines, each a copy of the model with channels_last parameters and
+  ``cudnn.benchmark`` on: fp32 (TF32 off), TF32 and fp16, each eager and replayed from
+  a CUDA graph, and optionally fp16 ``torch.compile(mode="reduce-overhead")``;
+* the delta model (``deltaconvert.convert``, the backend given by ``--backend``) in each
+  ``--delta-precisions``, at threshold 0, with the tuned thresholds shipped in
+  ``configs/*.yaml`` for that architecture, and over a sweep of uniform thresholds
+  (every truncating layer and the input Sparsify at τ); if ``convert`` accepts
+  ``cuda_graph=True``, the same again with CUDA-graph replay.
+
+Per runner: median ms per frame over the warm frames (frames ``1 + warmup`` …; frame 0
+is a delta model's dense first frame, reported apart), speedup over every baseline
+(baseline ms / runner ms), relative L2 error of the output and of its spatially pooled
+form against dense fp32 eager (mean and max over frames 1 …), the work fraction (mean of
+``model.stats()["work_fraction_last"]`` over the warm frames), the efficiency
+``ms / (efficiency-baseline ms × work fraction)`` with the dense fp16 CUDA-graph
+baseline (the fastest dense baseline measured where that one cannot run, e.g. on a CPU),
+per-layer update fractions, peak GPU memory beyond the harness, and kernels and launch
+calls per frame. See :mod:`deltaconvert.bench_runners` for how each is measured.
+
+The ``scenecut`` clip is the static clip with every pixel changing at every frame; only
+threshold 0 runs on it (the target: at most 1.3× dense fp32 CUDA graph).
+
+    python scripts/bench.py --quick                 # a few minutes on a GPU
+    python scripts/bench.py                         # everything
+    python scripts/bench.py --device cpu --resolutions 32x48 --frames 6 --models mobilenet_v2
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import platform
+import shlex
+import statistics
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import __version__
+from .bench_data import (CLIPS, DEFAULT_DATA_DIR, clip_path, decode_rgb, parse_resolution,
+                         scene_cut_frames, to_frames)
+from .bench_models import MODELS, build_model
+from .bench_report import EFFICIENCY_BASELINE, markdown, write_plots
+from .bench_runners import (PRECISIONS, DeltaRunner, DenseRunner, Precision, Reference, Runner,
+                            accuracy_pass, count_launches, synchronize, timed_pass)
+from .convert import convert
+from .thresholds import ThresholdConfig, load_thresholds
+
+SCENE_CUT = "scenecut"
+BASELINE_MODES = (("fp32", "eager"), ("fp32", "graph"), ("tf32", "eager"), ("tf32", "graph"),
+                  ("fp16", "eager"), ("fp16", "graph"))
+CONVERT_EXAMPLE = (1, 3, 64, 64)  # conversion is resolution-independent; a small trace is fast
+FULL = {"models": ",".join(MODELS), "clips": f"static,bigbuckbunny,{SCENE_CUT}",
+        "resolutions": "720x1280,1080x1920,224", "frames": 100, "sweep": "0.01,0.02,0.05,0.1,0.2,0.4"}
+QUICK = {"models": "mobilenet_v2", "clips": f"static,bigbuckbunny,{SCENE_CUT}",
+         "resolutions": "720x1280", "frames": 40, "sweep": "0.05,0.2"}
+
+
+@dataclass
+class ThresholdSetting:
+    """One threshold configuration of a delta model, by label."""
+
+    label: str
+    config: ThresholdConfig
+
+    def apply(self, model: nn.Module) -> None:
+        self.config.apply_to(model)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="deltaconvert bench", description="Delta models against dense baselines on video "
+        "(see the module docstring of deltaconvert.benchmark for what is measured).")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"quick defaults: {QUICK} (explicit flags still win)")
+    parser.add_argument("--models", help=f"comma-separated, from {', '.join(MODELS)}")
+    parser.add_argument("--clips", help=f"comma-separated: {', '.join(CLIPS)}, {SCENE_CUT} "
+                        "(the static clip with every pixel changing) or video file paths")
+    parser.add_argument("--resolutions", help="comma-separated HxW, or H to keep the clip's aspect")
+    parser.add_argument("--frames", type=int, help="frames per clip (from its start)")
+    parser.add_argument("--warmup", type=int, default=2,
+                        help="delta frames after frame 0 left out of the median (default 2)")
+    parser.add_argument("--sweep", help="uniform thresholds to sweep, comma-separated ('' for none)")
+    parser.add_argument("--delta-precisions", default="fp32,fp16", help="default fp32,fp16")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time torch.compile(mode='reduce-overhead') fp16 (slow to compile)")
+    parser.add_argument("--backend", default="auto", help="delta backend: auto, reference or cuda")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
+                        help=f"clips and weights staged here are used first (default {DEFAULT_DATA_DIR})")
+    parser.add_argument("--configs-dir", type=Path, default=Path(__file__).resolve().parent.parent / "configs",
+                        help="where tuned threshold YAML files are looked up")
+    parser.add_argument("--profile-frames", type=int, default=5,
+                        help="delta frames profiled to count kernel launches (default 5)")
+    parser.add_argument("--reference-cache-gb", type=float, default=4.0,
+                        help="device memory for dense fp32 reference outputs (default 4)")
+    parser.add_argument("--out", type=Path, default=Path("out/bench"), help="output folder")
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    args = parser.parse_args(argv)
+    defaults = QUICK if args.quick else FULL
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.models = _split(args.models)
+    args.clips = _split(args.clips)
+    args.resolutions = [parse_resolution(r) for r in _split(args.resolutions)]
+    args.sweep = [float(v) for v in _split(args.sweep)]
+    args.delta_precisions = _split(args.delta_precisions)
+    args.device = torch.device(args.device)
+    unknown = [m for m in args.models if m not in MODELS]
+    if unknown:
+        parser.error(f"unknown model(s) {unknown}; choose from {', '.join(MODELS)}")
+    if any(p not in PRECISIONS for p in args.delta_precisions):
+        parser.error(f"--delta-precisions: choose from {', '.join(PRECISIONS)}")
+    if args.frames < args.warmup + 2:
+        parser.error("--frames must leave at least one timed frame after frame 0 and the warm-up")
+    return args
+
+
+def _split(text: str) -> list[str]:
+    return [part.strip() for part in str(text).split(",") if part.strip()]
+
+
+# -- what runs ------------------------------------------------------------------------------
+def tuned_configs(configs_dir: Path, model_name: str) -> list[ThresholdSetting]:
+    """The shipped threshold files whose ``architecture`` is ``model_name``."""
+    import yaml
+
+    settings = []
+    for path in sorted(Path(configs_dir).glob("*.yaml")):
+        data = yaml.safe_load(path.read_text()) or {}
+        if isinstance(data, dict) and data.get("architecture") == model_name:
+            settings.append(ThresholdSetting(f"tuned:{path.stem}", load_thresholds(path)))
+    return settings
+
+
+def threshold_settings(args: argparse.Namespace, model_name: str, clip: str) -> list[ThresholdSetting]:
+    """Threshold 0, then (not on the scene-cut clip) tuned files and the sweep."""
+    settings = [ThresholdSetting("τ=0", ThresholdConfig())]
+    if clip == SCENE_CUT:
+        return settings
+    settings += tuned_configs(args.configs_dir, model_name)
+    settings += [ThresholdSetting(f"τ={tau:g}", ThresholdConfig(default=tau, input_threshold=tau))
+                 for tau in args.sweep]
+    return settings
+
+
+@dataclass
+class Unsupported:
+    """``convert`` does not offer an option (e.g. ``cuda_graph=True``) in this version."""
+
+    reason: str
+
+
+class Conversions:
+    """Converted delta models by (model, dense layers, CUDA graph, precision), made once
+    and reused for every clip and resolution (kept on the CPU between cases)."""
+
+    def __init__(self, backend: str) -> None:
+        self.backend = backend
+        self.cache: dict[tuple, nn.Module | Unsupported | str] = {}
+
+    def get(self, name: str, model: nn.Module, dense: tuple[str, ...], graph: bool,
+            precision: str) -> nn.Module | Unsupported | str:
+        """The converted model, :class:`Unsupported`, or why conversion failed."""
+        key = (name, dense, graph, precision)
+        if key not in self.cache:
+            options: dict[str, Any] = {"cuda_graph": True} if graph else {}
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # dense islands are recorded in model.conversion
+                    self.cache[key] = convert(model, torch.randn(CONVERT_EXAMPLE), backend=self.backend,
+                                              thresholds=ThresholdConfig(dense=list(dense)),
+                                              architecture=name, **options)
+            except TypeError as error:
+                if not graph or "cuda_graph" not in str(error):
+                    raise
+                self.cache[key] = Unsupported(f"convert() has no cuda_graph option yet ({error})")
+            except Exception as error:  # noqa: BLE001 - reported per runner, the benchmark goes on
+                self.cache[key] = f"{type(error).__name__}: {error}"
+        return self.cache[key]
+
+
+# -- measuring one runner --------------------------------------------------------------------
+def measure(runner: Runner, frames: list[torch.Tensor], reference: Reference, base_bytes: int,
+            args: argparse.Namespace) -> dict[str, Any]:
+    """Accuracy, timing and launch passes of one runner (see bench_runners)."""
+    accuracy = accuracy_pass(runner, frames, reference)
+    timing = timed_pass(runner, frames, base_bytes)
+    launches = count_launches(runner, frames[:args.profile_frames + 1])
+    warm = slice(1 + args.warmup, len(frames))
+    record = {**runner.describe(), "status": "ok", "error": None,
+              "ms_median": statistics.median(timing.ms_per_frame[warm]),
+              "first_frame_ms": timing.ms_per_frame[0],
+              "timed_frames": [warm.start, warm.stop],
+              "ms_per_frame": timing.ms_per_frame,
+              "peak_mem_bytes": timing.peak_bytes,
+              "kernels_per_frame": launches[0] if launches else None,
+              "launch_calls_per_frame": launches[1] if launches else None,
+              **error_summary("output", accuracy.output[1:]),
+              **error_summary("pooled", accuracy.pooled[1:])}
+    if isinstance(runner, DeltaRunner):
+        stats = accuracy.stats
+        warm_work = [w for w in accuracy.work_fraction[warm] if w is not None]
+        record.update({
+            "work_fraction": statistics.fmean(warm_work) if warm_work else None,
+            "work_fraction_per_frame": accuracy.work_fraction,
+            "layers": {name: {k: entry[k] for k in ("updated_mean", "updated_last") if k in entry}
+                       for name, entry in stats["layers"].items() if "updated_mean" in entry},
+            "state_bytes": accuracy.state_bytes,
+            "dense_islands": runner.model.dense_islands,
+        })
+    return record
+
+
+def error_summary(what: str, errors: list[float]) -> dict[str, float]:
+    return {f"err_{what}_mean": float(np.mean(errors)), f"err_{what}_max": float(np.max(errors))}
+
+
+def failure(describe: dict[str, Any], error: BaseException | str) -> dict[str, Any]:
+    message = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+    return {**describe, "status": "failed", "error": message.strip().splitlines()[0][:500]}
+
+
+def guarded(describe: dict[str, Any], work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """``work()``, or a failure record: one runner failing never stops the benchmark."""
+    try:
+        return work()
+    except Exception as error:  # noqa: BLE001
+        return failure(describe, error)
+
+
+def allocated(device: torch.device) -> int:
+    gc.collect()
+    if device.type != "cuda":
+        return 0
+    synchronize(device)
+    torch.cuda.empty_cache()
+    return torch.cuda.memory_allocated(device)
+
+
+# -- one case --------------------------------------------------------------------------------
+def dense_baselines(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """(precision, mode) of every dense baseline that can run on this device."""
+    modes = list(BASELINE_MODES) + ([("fp16", "compile")] if args.compile else [])
+    if args.device.type != "cuda":  # no CUDA graphs, no TF32 and no fast fp16 on a CPU
+        modes = [("fp32", "eager")]
+    return modes
+
+
+def run_case(args: argparse.Namespace, model_name: str, model: nn.Module, clip: str,
+             frames: list[torch.Tensor], conversions: Conversions) -> dict[str, Any]:
+    """Every runner of one model on one clip at one resolution."""
+    device = args.device
+    reference = Reference(DenseRunner(model, PRECISIONS["fp32"], "eager", device), frames,
+                          int(args.reference_cache_gb * 2**30))
+    runners: list[dict[str, Any]] = []
+    for precision, mode in dense_baselines(args):
+        describe = {"name": f"dense {precision} {mode}", "kind": "dense", "precision": precision, "mode": mode}
+
+        def dense(precision: str = precision, mode: str = mode) -> dict[str, Any]:
+            base = allocated(device)
+            return measure(DenseRunner(model, PRECISIONS[precision], mode, device), frames, reference, base, args)
+        runners.append(guarded(describe, dense))
+        allocated(device)
+
+    settings = threshold_settings(args, model_name, clip)
+    for graph in (False, True) if device.type == "cuda" else (False,):
+        for dense_layers in sorted({tuple(s.config.dense) for s in settings}):
+            group = [s for s in settings if tuple(s.config.dense) == dense_layers]
+            for precision in args.delta_precisions:
+                runners += delta_group(args, model_name, model, frames, reference, conversions,
+                                       graph, dense_layers, group, PRECISIONS[precision])
+    del reference
+    allocated(device)
+    case = {"model": model_name, "clip": clip, "resolution": list(frames[0].shape[2:]),
+            "frames": len(frames), "runners": runners}
+    add_ratios(case)
+    return case
+
+
+def delta_group(args: argparse.Namespace, model_name: str, model: nn.Module, frames: list[torch.Tensor],
+                reference: Reference, conversions: Conversions, graph: bool, dense_layers: tuple[str, ...],
+                settings: list[ThresholdSetting], precision: Precision) -> list[dict[str, Any]]:
+    """One delta runner (a conversion in one precision) over its threshold settings."""
+    device = args.device
+    variant = f"delta {precision.name}{' graph' if graph else ''}"
+    describes = [{"name": f"{variant} {s.label}", "kind": "delta", "precision": precision.name,
+                  "mode": "graph" if graph else "eager", "thresholds": s.label} for s in settings]
+    converted = conversions.get(model_name, model, dense_layers, graph, precision.name)
+    if isinstance(converted, Unsupported):
+        return [{**describes[0], "name": variant, "thresholds": None, "status": "unsupported",
+                 "error": converted.reason}]
+    if isinstance(converted, str):
+        return [failure(d, converted) for d in describes]
+    base = allocated(device)
+    try:
+        runner = DeltaRunner(converted, precision, device, graph=graph)
+    except Exception as error:  # noqa: BLE001
+        return [failure(d, error) for d in describes]
+
+    def one(setting: ThresholdSetting) -> dict[str, Any]:
+        runner.configure(setting.label, setting.apply)
+        return measure(runner, frames, reference, base, args)
+    records = [guarded(d, lambda s=s: one(s)) for d, s in zip(describes, settings)]
+    runner.release()
+    del runner
+    allocated(device)
+    return records
+
+
+def add_ratios(case: dict[str, Any]) -> None:
+    """Speedups over every dense baseline, and the efficiency of delta runners."""
+    ok = [r for r in case["runners"] if r["status"] == "ok"]
+    baselines = {r["name"]: r["ms_median"] for r in ok if r["kind"] == "dense"}
+    efficiency_base = EFFICIENCY_BASELINE if EFFICIENCY_BASELINE in baselines else \
+        min(baselines, key=baselines.get, default=None)
+    case["efficiency_baseline"] = efficiency_base
+    for record in ok:
+        record["speedup"] = {name: ms / record["ms_median"] for name, ms in baselines.items()}
+        if record["kind"] == "delta":
+            work = record.get("work_fraction")
+            record["efficiency"] = (record["ms_median"] / (baselines[efficiency_base] * work)
+                                    if efficiency_base and work else None)
+
+
+# -- the whole run -----------------------------------------------------------------------------
+def environment(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
+    device = args.device
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": "python scripts/bench.py " + " ".join(shlex.quote(a) for a in argv),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "torch": torch.__version__, "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
+        "deltaconvert": __version__, "python": platform.python_version(),
+        "backend_requested": args.backend, "batch": 1,
+        "settings": {"frames": args.frames, "warmup": args.warmup, "sweep": args.sweep,
+                     "delta_precisions": args.delta_precisions, "compile": args.compile,
+                     "profile_frames": args.profile_frames, "efficiency_baseline": EFFICIENCY_BASELINE},
+    }
+
+
+def load_clips(args: argparse.Namespace) -> dict[str, np.ndarray]:
+    """Decoded RGB frames of every real clip needed (the scene cut reuses 'static')."""
+    names = {("static" if c == SCENE_CUT else c) for c in args.clips}
+    return {name: decode_rgb(clip_path(name, args.data_dir), args.frames) for name in sorted(names)}
+
+
+def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
+    torch.backends.cudnn.benchmark = True
+    decoded = load_clips(args)
+    calibration = [f for rgb in decoded.values() for f in to_frames(rgb[:2], 224, None, torch.device("cpu"))]
+    models = {name: build_model(name, args.data_dir, calibration) for name in args.models}
+    conversions = Conversions(args.backend)
+    cases = []
+    for height, width in args.resolutions:
+        for clip in args.clips:
+            source = decoded["static" if clip == SCENE_CUT else clip]
+            frames = to_frames(source, height, width, args.device)
+            if clip == SCENE_CUT:
+                frames = scene_cut_frames(frames)
+            for name in args.models:
+                print(f"[bench] {name} on {clip} at {tuple(frames[0].shape[2:])}", file=sys.stderr, flush=True)
+                cases.append(run_case(args, name, models[name], clip, frames, conversions))
+            del frames
+            allocated(args.device)
+    return {"meta": environment(args, argv), "cases": cases}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; write bench.json, bench.md and plots under ``--out``; print
+    the markdown tables."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    results = run(args, argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench.json").write_text(json.dumps(results, indent=1, allow_nan=True))
+    table = markdown(results)
+    (args.out / "bench.md").write_text(table)
+    if not args.no_plots:
+        plots = write_plots(results, args.out)
+        if plots is None:
+            print("[bench] matplotlib is not installed: no plots (pip install matplotlib)", file=sys.stderr)
+    print(table)
+    return 0

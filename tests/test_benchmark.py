@@ -1,0 +1,117 @@
+"""The benchmark script runs end to end (tiny, on the CPU) and the static clip generator
+is deterministic. Nothing here is timed: these only check that the tools work and that
+their output is consistent."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load_clip_generator():
+    pytest.importorskip("av")
+    pytest.importorskip("skimage")
+    spec = importlib.util.spec_from_file_location("make_static_clip", ROOT / "scripts" / "make_static_clip.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_static_clip_is_deterministic(tmp_path):
+    clip = load_clip_generator()
+    first = clip.write_clip(tmp_path / "a" / "clip.mp4", height=48, width=64, frames=4)
+    second = clip.write_clip(tmp_path / "b" / "clip.mp4", height=48, width=64, frames=4)
+    assert first.read_bytes() == second.read_bytes()
+    assert clip.count_decoded(first) == (4, 48, 64)
+    assert [p.name for p in first.parent.iterdir()] == ["clip.mp4"]  # no temporary left behind
+
+
+def test_static_clip_has_motion_and_static_background():
+    clip = load_clip_generator()
+    frames = list(clip.render_frames(72, 128, frames=3, noise=0.0))
+    changed = (frames[1] != frames[0]).any(axis=-1)
+    assert 0 < changed.mean() < 0.6  # the cutout moves, most of the photograph does not
+
+
+@pytest.fixture(scope="module")
+def bench_result(tmp_path_factory):
+    import torch
+
+    from deltaconvert.benchmark import main
+
+    tmp = tmp_path_factory.mktemp("bench")
+    load_clip_generator().write_clip(tmp / "data" / "static_clip.mp4", height=48, width=64, frames=6)
+    out = tmp / "out"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: threads only add contention on a busy CI machine
+    try:
+        code = main(["--device", "cpu", "--backend", "reference", "--data-dir", str(tmp / "data"),
+                     "--models", "mobilenet_v2", "--clips", "static,scenecut", "--resolutions", "32x48",
+                     "--frames", "5", "--warmup", "1", "--sweep", "0.1", "--delta-precisions", "fp32",
+                     "--out", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0
+    return json.loads((out / "bench.json").read_text()), out
+
+
+def test_benchmark_json_is_complete_and_sane(bench_result):
+    results, _ = bench_result
+    assert results["meta"]["device"] and results["meta"]["date"]
+    cases = {case["clip"]: case for case in results["cases"]}
+    assert set(cases) == {"static", "scenecut"}
+    for case in cases.values():
+        assert case["resolution"] == [32, 48] and case["frames"] == 5
+        names = {r["name"] for r in case["runners"]}
+        assert {"dense fp32 eager", "delta fp32 τ=0"} <= names
+        for runner in case["runners"]:
+            assert runner["status"] == "ok", runner
+            assert runner["ms_median"] > 0 and all(ms > 0 for ms in runner["ms_per_frame"])
+            assert len(runner["ms_per_frame"]) == 5 and runner["timed_frames"] == [2, 5]
+            for key in ("err_output_mean", "err_output_max", "err_pooled_mean", "err_pooled_max"):
+                assert math.isfinite(runner[key]) and runner[key] >= 0
+            for baseline, ratio in runner["speedup"].items():
+                baseline_ms = next(r["ms_median"] for r in case["runners"] if r["name"] == baseline)
+                assert ratio == pytest.approx(baseline_ms / runner["ms_median"])
+        base_ms = next(r["ms_median"] for r in case["runners"] if r["name"] == case["efficiency_baseline"])
+        for runner in (r for r in case["runners"] if r["kind"] == "delta"):
+            assert runner["backend"] == "reference"
+            assert 0 < runner["work_fraction"] <= 1
+            assert runner["efficiency"] == pytest.approx(
+                runner["ms_median"] / (base_ms * runner["work_fraction"]))
+            assert runner["layers"] and runner["state_bytes"] > 0
+    exact = next(r for r in cases["static"]["runners"] if r["name"] == "delta fp32 τ=0")
+    assert exact["err_output_max"] < 1e-4  # threshold 0 reproduces the dense model
+    truncated = next(r for r in cases["static"]["runners"] if r["name"] == "delta fp32 τ=0.1")
+    assert truncated["work_fraction"] < exact["work_fraction"]
+    cut = next(r for r in cases["scenecut"]["runners"] if r["name"] == "delta fp32 τ=0")
+    assert {r["name"] for r in cases["scenecut"]["runners"] if r["kind"] == "delta"} == {"delta fp32 τ=0"}
+    assert cut["work_fraction"] == pytest.approx(1.0)  # every pixel changes at every frame
+
+
+def test_benchmark_writes_tables_and_plots(bench_result):
+    _, out = bench_result
+    table = (out / "bench.md").read_text()
+    assert "| delta fp32 τ=0 | reference |" in table and "mobilenet_v2 · scenecut · 32×48" in table
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert len(list(out.glob("*.png"))) == 4
+
+
+def test_opencv_decodes_like_pyav(tmp_path, monkeypatch):
+    """The GPU machine has no PyAV: the benchmark falls back to OpenCV there."""
+    pytest.importorskip("cv2")
+    from deltaconvert import bench_data
+
+    path = load_clip_generator().write_clip(tmp_path / "clip.mp4", height=48, width=64, frames=4)
+    with_av = bench_data.decode_rgb(path, max_frames=3)
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(bench_data.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "av" else real_find_spec(name, *a))
+    with_cv2 = bench_data.decode_rgb(path, max_frames=3)
+    assert with_cv2.shape == with_av.shape == (3, 48, 64, 3)
+    assert abs(with_cv2.astype(float) - with_av.astype(float)).mean() < 3  # colour conversions differ slightly
