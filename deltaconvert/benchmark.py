@@ -64,7 +64,7 @@ BASELINE_MODES = (("fp32", "eager"), ("fp32", "graph"), ("tf32", "eager"), ("tf3
 CONVERT_EXAMPLE = (1, 3, 64, 64)  # conversion is resolution-independent; a small trace is fast
 FULL = {"models": ",".join(MODELS), "clips": f"static,bigbuckbunny,{SCENE_CUT}",
         "resolutions": "720x1280,1080x1920,224", "frames": 100, "sweep": "0.01,0.02,0.05,0.1,0.2,0.4"}
-QUICK = {"models": "mobilenet_v2", "clips": f"static,bigbuckbunny,{SCENE_CUT}",
+QUICK = {"models": "mobilenet_v2", "clips": f"static,{SCENE_CUT},bigbuckbunny",
          "resolutions": "720x1280", "frames": 40, "sweep": "0.05,0.2"}
 
 
@@ -225,6 +225,17 @@ def measure(runner: Runner, frames: list[torch.Tensor], reference: Reference, ba
     return record
 
 
+def report(record: dict[str, Any]) -> dict[str, Any]:
+    """Log one runner's outcome (progress on stderr) and return it."""
+    if record["status"] == "ok":
+        work = f", work {record['work_fraction']:.3f}" if record.get("work_fraction") is not None else ""
+        log(f"  {record['name']}: {record['ms_median']:.3f} ms/frame, pooled err "
+            f"{record['err_pooled_mean']:.2e}{work}")
+    else:
+        log(f"  {record['name']}: {record['status']}: {record['error']}")
+    return record
+
+
 def error_summary(what: str, errors: list[float]) -> dict[str, float]:
     return {f"err_{what}_mean": float(np.mean(errors)), f"err_{what}_max": float(np.max(errors))}
 
@@ -273,7 +284,7 @@ def run_case(args: argparse.Namespace, model_name: str, model: nn.Module, clip: 
         def dense(precision: str = precision, mode: str = mode) -> dict[str, Any]:
             base = allocated(device)
             return measure(DenseRunner(model, PRECISIONS[precision], mode, device), frames, reference, base, args)
-        runners.append(guarded(describe, dense))
+        runners.append(report(guarded(describe, dense)))
         allocated(device)
 
     settings = threshold_settings(args, model_name, clip)
@@ -301,20 +312,20 @@ def delta_group(args: argparse.Namespace, model_name: str, model: nn.Module, fra
                   "mode": "graph" if graph else "eager", "thresholds": s.label} for s in settings]
     converted = conversions.get(model_name, model, dense_layers, graph, precision.name)
     if isinstance(converted, Unsupported):
-        return [{**describes[0], "name": variant, "thresholds": None, "status": "unsupported",
-                 "error": converted.reason}]
+        return [report({**describes[0], "name": variant, "thresholds": None, "status": "unsupported",
+                        "error": converted.reason})]
     if isinstance(converted, str):
-        return [failure(d, converted) for d in describes]
+        return [report(failure(d, converted)) for d in describes]
     base = allocated(device)
     try:
         runner = DeltaRunner(converted, precision, device, graph=graph)
     except Exception as error:  # noqa: BLE001
-        return [failure(d, error) for d in describes]
+        return [report(failure(d, error)) for d in describes]
 
     def one(setting: ThresholdSetting) -> dict[str, Any]:
         runner.configure(setting.label, setting.apply)
         return measure(runner, frames, reference, base, args)
-    records = [guarded(d, lambda s=s: one(s)) for d, s in zip(describes, settings)]
+    records = [report(guarded(d, lambda s=s: one(s))) for d, s in zip(describes, settings)]
     runner.release()
     del runner
     allocated(device)
@@ -359,13 +370,15 @@ def load_clips(args: argparse.Namespace) -> dict[str, np.ndarray]:
     return {name: decode_rgb(clip_path(name, args.data_dir), args.frames) for name in sorted(names)}
 
 
-def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
+def run(args: argparse.Namespace, argv: list[str],
+        on_case: Callable[[dict[str, Any]], None] = lambda results: None) -> dict[str, Any]:
+    """Every case; ``on_case(results so far)`` after each one."""
     torch.backends.cudnn.benchmark = True
+    results: dict[str, Any] = {"meta": environment(args, argv), "cases": []}
     decoded = load_clips(args)
     calibration = [f for rgb in decoded.values() for f in to_frames(rgb[:2], 224, None, torch.device("cpu"))]
     models = {name: build_model(name, args.data_dir, calibration) for name in args.models}
     conversions = Conversions(args.backend)
-    cases = []
     for height, width in args.resolutions:
         for clip in args.clips:
             source = decoded["static" if clip == SCENE_CUT else clip]
@@ -373,26 +386,36 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
             if clip == SCENE_CUT:
                 frames = scene_cut_frames(frames)
             for name in args.models:
-                print(f"[bench] {name} on {clip} at {tuple(frames[0].shape[2:])}", file=sys.stderr, flush=True)
-                cases.append(run_case(args, name, models[name], clip, frames, conversions))
+                log(f"{name} on {clip} at {tuple(frames[0].shape[2:])}")
+                results["cases"].append(run_case(args, name, models[name], clip, frames, conversions))
+                on_case(results)
             del frames
             allocated(args.device)
-    return {"meta": environment(args, argv), "cases": cases}
+    return results
+
+
+def log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def write_results(results: dict[str, Any], out: Path) -> str:
+    """bench.json and bench.md under ``out``; returns the markdown."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(results, indent=1))
+    table = markdown(results)
+    (out / "bench.md").write_text(table)
+    return table
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark; write bench.json, bench.md and plots under ``--out``; print
-    the markdown tables."""
+    """Run the benchmark; write bench.json and bench.md under ``--out`` after every case
+    (so an interrupted run keeps what it measured) and the plots at the end; print the
+    markdown tables."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    results = run(args, argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bench.json").write_text(json.dumps(results, indent=1, allow_nan=True))
-    table = markdown(results)
-    (args.out / "bench.md").write_text(table)
-    if not args.no_plots:
-        plots = write_plots(results, args.out)
-        if plots is None:
-            print("[bench] matplotlib is not installed: no plots (pip install matplotlib)", file=sys.stderr)
+    results = run(args, argv, on_case=lambda partial: write_results(partial, args.out))
+    table = write_results(results, args.out)
+    if not args.no_plots and write_plots(results, args.out) is None:
+        log("matplotlib is not installed: no plots (pip install matplotlib)")
     print(table)
     return 0
