@@ -23,6 +23,10 @@ def _pct(value: Any) -> str:
     return "–" if value is None else f"{100 * value:.2f}%"
 
 
+def _mib(value: int | None) -> str:
+    return "–" if value is None else f"{value / 2**20:.0f}"
+
+
 def _case_title(case: dict[str, Any]) -> str:
     height, width = case["resolution"]
     return f"{case['model']} · {case['clip']} · {height}×{width} · {case['frames']} frames"
@@ -34,7 +38,7 @@ def case_table(case: dict[str, Any]) -> str:
     baselines = [b for b in BASELINE_ORDER if b in present]
     short = [b.removeprefix("dense ") for b in baselines]
     header = (["runner", "backend", "ms/frame", "frame 0 ms"] + [f"× {s}" for s in short] +
-              ["out err mean/max", "pooled err mean/max", "work", "eff.", "peak MiB",
+              ["out err mean/max", "pooled err mean/max", "work", "eff.", "peak MiB alloc/resv",
                "kernels/frame", "launches/frame"])
     lines = [f"### {_case_title(case)}", "", "| " + " | ".join(header) + " |",
              "|" + "---|" * len(header)]
@@ -42,13 +46,12 @@ def case_table(case: dict[str, Any]) -> str:
         if r["status"] != "ok":
             lines.append(f"| {r['name']} | {r['status']}: {r.get('error') or ''} |")
             continue
-        peak = r.get("peak_mem_bytes")
         row = [r["name"], r.get("backend") or "torch", _num(r["ms_median"], 3), _num(r["first_frame_ms"], 2)]
         row += [_num(r["speedup"].get(b)) for b in baselines]
         row += [f"{_pct(r['err_output_mean'])} / {_pct(r['err_output_max'])}",
                 f"{_pct(r['err_pooled_mean'])} / {_pct(r['err_pooled_max'])}",
                 _num(r.get("work_fraction"), 3), _num(r.get("efficiency")),
-                _num(peak / 2**20, 0) if peak is not None else "–",
+                f"{_mib(r.get('peak_allocated_bytes'))} / {_mib(r.get('peak_reserved_bytes'))}",
                 _num(r.get("kernels_per_frame"), 0), _num(r.get("launch_calls_per_frame"), 0)]
         lines.append("| " + " | ".join(row) + " |")
     lines.append("")
@@ -105,8 +108,9 @@ def markdown(results: dict[str, Any]) -> str:
     """The full report: environment, target checks, one table per case."""
     meta = results["meta"]
     out = [f"## Benchmark: {meta['device']}, {meta['date']}", "",
-           f"`{meta['command']}` · torch {meta['torch']} · CUDA {meta['cuda']} · cuDNN {meta['cudnn']} · "
-           f"deltaconvert {meta['deltaconvert']} · backend requested: {meta['backend_requested']} · batch 1", ""]
+           f"`{meta['command']}` · torch {meta['torch']} · CUDA {meta['cuda']} · "
+           f"cuDNN {meta['cudnn']} · deltaconvert {meta['deltaconvert']} · "
+           f"backend requested: {meta['backend_requested']} · batch 1", ""]
     rows = targets(results)
     if rows:
         out += ["### Targets (issue 5)", "", "| target | case | measured | verdict |", "|---|---|---|---|"]
@@ -141,8 +145,9 @@ def write_plots(results: dict[str, Any], out_dir: Path) -> list[Path] | None:
                                           gridspec_kw={"height_ratios": [3, 1]})
         for r in dense:
             top.plot(r["ms_per_frame"], linestyle="--", linewidth=1, label=r["name"])
-        for r in delta:
-            line, = top.plot(r["ms_per_frame"], linewidth=1.2, label=r["name"])
+        colours = plt.get_cmap("tab20")
+        for index, r in enumerate(delta):
+            line, = top.plot(r["ms_per_frame"], linewidth=1.2, label=r["name"], color=colours(index % 20))
             work = [math.nan if w is None else w for w in r["work_fraction_per_frame"]]
             bottom.plot(work, color=line.get_color(), linewidth=1)
         top.set_yscale("log")

@@ -13,7 +13,9 @@ Three passes per runner, each over the same frames, each starting a new sequence
    every frame from ``model.stats()``.
 2. :func:`timed_pass`: per-frame milliseconds, CUDA events recorded around each step on
    the current stream and read once at the end (``time.perf_counter`` on a CPU), plus
-   the peak GPU memory the runner allocates beyond what the harness holds. Delta models
+   the peak GPU memory beyond what the harness held before the runner was built, both
+   allocated by live tensors and reserved by the caching allocator (a CUDA graph's
+   private pool shows only in the latter). Delta models
    run with statistics tracking off here.
 3. :func:`count_launches`: a short ``torch.profiler`` pass counting GPU kernels executed
    and host launch calls per frame, kept apart so that profiling does not distort times.
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import gc
 import re
 import time
 from dataclasses import dataclass, field
@@ -237,15 +240,34 @@ def accuracy_pass(runner: Runner, frames: list[torch.Tensor], reference: Referen
     return result
 
 
+@dataclass(frozen=True)
+class Memory:
+    """Bytes allocated by tensors and reserved by PyTorch's caching allocator."""
+
+    allocated: int
+    reserved: int
+
+
+def memory_now(device: torch.device) -> Memory:
+    """What the process holds on ``device`` now, after freeing unused cached blocks
+    (zeros on a CPU)."""
+    gc.collect()
+    if device.type != "cuda":
+        return Memory(0, 0)
+    synchronize(device)
+    torch.cuda.empty_cache()
+    return Memory(torch.cuda.memory_allocated(device), torch.cuda.memory_reserved(device))
+
+
 @dataclass
 class Timing:
     ms_per_frame: list[float]
-    peak_bytes: int | None
+    peak: Memory | None
 
 
-def timed_pass(runner: Runner, frames: list[torch.Tensor], harness_bytes: int) -> Timing:
-    """Per-frame milliseconds of one sequence, and the peak memory allocated during it
-    beyond ``harness_bytes`` (what the benchmark itself held before building runners)."""
+def timed_pass(runner: Runner, frames: list[torch.Tensor], harness: Memory) -> Timing:
+    """Per-frame milliseconds of one sequence, and the peak memory during it beyond
+    ``harness`` (what the benchmark held before the runner was built)."""
     if isinstance(runner, DeltaRunner):
         runner.track_stats(False)
     device = runner.device
@@ -265,7 +287,8 @@ def timed_pass(runner: Runner, frames: list[torch.Tensor], harness_bytes: int) -
         runner(frame)
         end.record()
     synchronize(device)
-    peak = torch.cuda.max_memory_allocated(device) - harness_bytes
+    peak = Memory(torch.cuda.max_memory_allocated(device) - harness.allocated,
+                  torch.cuda.max_memory_reserved(device) - harness.reserved)
     return Timing([start.elapsed_time(end) for start, end in events], peak)
 
 

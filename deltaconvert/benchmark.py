@@ -19,8 +19,8 @@ form against dense fp32 eager (mean and max over frames 1 …), the work fractio
 ``model.stats()["work_fraction_last"]`` over the warm frames), the efficiency
 ``ms / (efficiency-baseline ms × work fraction)`` with the dense fp16 CUDA-graph
 baseline (the fastest dense baseline measured where that one cannot run, e.g. on a CPU),
-per-layer update fractions, peak GPU memory beyond the harness, and kernels and launch
-calls per frame. See :mod:`deltaconvert.bench_runners` for how each is measured.
+per-layer update fractions, peak GPU memory (allocated and reserved) beyond the harness,
+and kernels and launch calls per frame. See :mod:`deltaconvert.bench_runners` for how each is measured.
 
 The ``scenecut`` clip is the static clip with every pixel changing at every frame; only
 threshold 0 runs on it (the target: at most 1.3× dense fp32 CUDA graph).
@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import gc
 import json
 import platform
 import shlex
@@ -53,19 +52,20 @@ from .bench_data import (CLIPS, DEFAULT_DATA_DIR, clip_path, decode_rgb, parse_r
                          scene_cut_frames, to_frames)
 from .bench_models import MODELS, build_model
 from .bench_report import EFFICIENCY_BASELINE, markdown, write_plots
-from .bench_runners import (PRECISIONS, DeltaRunner, DenseRunner, Precision, Reference, Runner,
-                            accuracy_pass, count_launches, synchronize, timed_pass)
+from .bench_runners import (PRECISIONS, DeltaRunner, DenseRunner, Memory, Precision, Reference,
+                            Runner, accuracy_pass, count_launches, memory_now, timed_pass)
 from .convert import convert
 from .thresholds import ThresholdConfig, load_thresholds
 
 SCENE_CUT = "scenecut"
 BASELINE_MODES = (("fp32", "eager"), ("fp32", "graph"), ("tf32", "eager"), ("tf32", "graph"),
                   ("fp16", "eager"), ("fp16", "graph"))
+REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 CONVERT_EXAMPLE = (1, 3, 64, 64)  # conversion is resolution-independent; a small trace is fast
 FULL = {"models": ",".join(MODELS), "clips": f"static,bigbuckbunny,{SCENE_CUT}",
-        "resolutions": "720x1280,1080x1920,224", "frames": 100, "sweep": "0.01,0.02,0.05,0.1,0.2,0.4"}
+        "resolutions": "720x1280,1080x1920,224", "frames": 100, "sweep": "0.005,0.01,0.02,0.05,0.1,0.2"}
 QUICK = {"models": "mobilenet_v2", "clips": f"static,{SCENE_CUT},bigbuckbunny",
-         "resolutions": "720x1280", "frames": 40, "sweep": "0.05,0.2"}
+         "resolutions": "720x1280", "frames": 40, "sweep": "0.01,0.05"}
 
 
 @dataclass
@@ -100,8 +100,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
                         help=f"clips and weights staged here are used first (default {DEFAULT_DATA_DIR})")
-    parser.add_argument("--configs-dir", type=Path, default=Path(__file__).resolve().parent.parent / "configs",
-                        help="where tuned threshold YAML files are looked up")
+    parser.add_argument("--configs-dir", type=Path, default=REPO_CONFIGS,
+                        help=f"where tuned threshold YAML files are looked up (default {REPO_CONFIGS})")
     parser.add_argument("--profile-frames", type=int, default=5,
                         help="delta frames profiled to count kernel launches (default 5)")
     parser.add_argument("--reference-cache-gb", type=float, default=4.0,
@@ -194,11 +194,11 @@ class Conversions:
 
 
 # -- measuring one runner --------------------------------------------------------------------
-def measure(runner: Runner, frames: list[torch.Tensor], reference: Reference, base_bytes: int,
+def measure(runner: Runner, frames: list[torch.Tensor], reference: Reference, harness: Memory,
             args: argparse.Namespace) -> dict[str, Any]:
     """Accuracy, timing and launch passes of one runner (see bench_runners)."""
     accuracy = accuracy_pass(runner, frames, reference)
-    timing = timed_pass(runner, frames, base_bytes)
+    timing = timed_pass(runner, frames, harness)
     launches = count_launches(runner, frames[:args.profile_frames + 1])
     warm = slice(1 + args.warmup, len(frames))
     record = {**runner.describe(), "status": "ok", "error": None,
@@ -206,7 +206,8 @@ def measure(runner: Runner, frames: list[torch.Tensor], reference: Reference, ba
               "first_frame_ms": timing.ms_per_frame[0],
               "timed_frames": [warm.start, warm.stop],
               "ms_per_frame": timing.ms_per_frame,
-              "peak_mem_bytes": timing.peak_bytes,
+              "peak_allocated_bytes": timing.peak.allocated if timing.peak else None,
+              "peak_reserved_bytes": timing.peak.reserved if timing.peak else None,
               "kernels_per_frame": launches[0] if launches else None,
               "launch_calls_per_frame": launches[1] if launches else None,
               **error_summary("output", accuracy.output[1:]),
@@ -253,15 +254,6 @@ def guarded(describe: dict[str, Any], work: Callable[[], dict[str, Any]]) -> dic
         return failure(describe, error)
 
 
-def allocated(device: torch.device) -> int:
-    gc.collect()
-    if device.type != "cuda":
-        return 0
-    synchronize(device)
-    torch.cuda.empty_cache()
-    return torch.cuda.memory_allocated(device)
-
-
 # -- one case --------------------------------------------------------------------------------
 def dense_baselines(args: argparse.Namespace) -> list[tuple[str, str]]:
     """(precision, mode) of every dense baseline that can run on this device."""
@@ -279,13 +271,14 @@ def run_case(args: argparse.Namespace, model_name: str, model: nn.Module, clip: 
                           int(args.reference_cache_gb * 2**30))
     runners: list[dict[str, Any]] = []
     for precision, mode in dense_baselines(args):
-        describe = {"name": f"dense {precision} {mode}", "kind": "dense", "precision": precision, "mode": mode}
+        describe = {"name": f"dense {precision} {mode}", "kind": "dense", "precision": precision,
+                    "mode": mode}
 
         def dense(precision: str = precision, mode: str = mode) -> dict[str, Any]:
-            base = allocated(device)
-            return measure(DenseRunner(model, PRECISIONS[precision], mode, device), frames, reference, base, args)
+            harness = memory_now(device)
+            runner = DenseRunner(model, PRECISIONS[precision], mode, device)
+            return measure(runner, frames, reference, harness, args)
         runners.append(report(guarded(describe, dense)))
-        allocated(device)
 
     settings = threshold_settings(args, model_name, clip)
     for graph in (False, True) if device.type == "cuda" else (False,):
@@ -294,8 +287,6 @@ def run_case(args: argparse.Namespace, model_name: str, model: nn.Module, clip: 
             for precision in args.delta_precisions:
                 runners += delta_group(args, model_name, model, frames, reference, conversions,
                                        graph, dense_layers, group, PRECISIONS[precision])
-    del reference
-    allocated(device)
     case = {"model": model_name, "clip": clip, "resolution": list(frames[0].shape[2:]),
             "frames": len(frames), "runners": runners}
     add_ratios(case)
@@ -316,7 +307,7 @@ def delta_group(args: argparse.Namespace, model_name: str, model: nn.Module, fra
                         "error": converted.reason})]
     if isinstance(converted, str):
         return [report(failure(d, converted)) for d in describes]
-    base = allocated(device)
+    harness = memory_now(device)
     try:
         runner = DeltaRunner(converted, precision, device, graph=graph)
     except Exception as error:  # noqa: BLE001
@@ -324,11 +315,9 @@ def delta_group(args: argparse.Namespace, model_name: str, model: nn.Module, fra
 
     def one(setting: ThresholdSetting) -> dict[str, Any]:
         runner.configure(setting.label, setting.apply)
-        return measure(runner, frames, reference, base, args)
+        return measure(runner, frames, reference, harness, args)
     records = [report(guarded(d, lambda s=s: one(s))) for d, s in zip(describes, settings)]
     runner.release()
-    del runner
-    allocated(device)
     return records
 
 
@@ -353,7 +342,8 @@ def environment(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": "python scripts/bench.py " + " ".join(shlex.quote(a) for a in argv),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "device": (torch.cuda.get_device_name(device) if device.type == "cuda"
+                   else platform.processor() or "cpu"),
         "torch": torch.__version__, "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
         "deltaconvert": __version__, "python": platform.python_version(),
@@ -390,7 +380,7 @@ def run(args: argparse.Namespace, argv: list[str],
                 results["cases"].append(run_case(args, name, models[name], clip, frames, conversions))
                 on_case(results)
             del frames
-            allocated(args.device)
+            memory_now(args.device)
     return results
 
 
