@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-DEFAULT_DATA_DIR = Path(".gpu-data")
+DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent / ".gpu-data"  # the checkout's
 STATIC_CLIP = "static_clip.mp4"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -94,6 +94,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="delta frames after frame 0 left out of the median (default 2)")
     parser.add_argument("--sweep", help="uniform thresholds to sweep, comma-separated ('' for none)")
     parser.add_argument("--delta-precisions", default="fp32,fp16", help="default fp32,fp16")
+    parser.add_argument("--delta-modes", default="eager,graph",
+                        help="delta model modes: eager, graph (convert(..., cuda_graph=True), CUDA "
+                        "only, reported as unsupported where convert lacks it); default eager,graph")
     parser.add_argument("--compile", action="store_true",
                         help="also time torch.compile(mode='reduce-overhead') fp16 (slow to compile)")
     parser.add_argument("--backend", default="auto", help="delta backend: auto, reference or cuda")
@@ -124,6 +127,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"unknown model(s) {unknown}; choose from {', '.join(MODELS)}")
     if any(p not in PRECISIONS for p in args.delta_precisions):
         parser.error(f"--delta-precisions: choose from {', '.join(PRECISIONS)}")
+    args.delta_modes = _split(args.delta_modes)
+    if any(m not in ("eager", "graph") for m in args.delta_modes):
+        parser.error("--delta-modes: choose from eager, graph")
     if args.frames < args.warmup + 2:
         parser.error("--frames must leave at least one timed frame after frame 0 and the warm-up")
     return args
@@ -281,7 +287,8 @@ def run_case(args: argparse.Namespace, model_name: str, model: nn.Module, clip: 
         runners.append(report(guarded(describe, dense)))
 
     settings = threshold_settings(args, model_name, clip)
-    for graph in (False, True) if device.type == "cuda" else (False,):
+    graph_modes = [mode == "graph" for mode in args.delta_modes if mode == "eager" or device.type == "cuda"]
+    for graph in graph_modes:
         for dense_layers in sorted({tuple(s.config.dense) for s in settings}):
             group = [s for s in settings if tuple(s.config.dense) == dense_layers]
             for precision in args.delta_precisions:
@@ -349,7 +356,8 @@ def environment(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         "deltaconvert": __version__, "python": platform.python_version(),
         "backend_requested": args.backend, "batch": 1,
         "settings": {"frames": args.frames, "warmup": args.warmup, "sweep": args.sweep,
-                     "delta_precisions": args.delta_precisions, "compile": args.compile,
+                     "delta_precisions": args.delta_precisions, "delta_modes": args.delta_modes,
+                     "compile": args.compile,
                      "profile_frames": args.profile_frames, "efficiency_baseline": EFFICIENCY_BASELINE},
     }
 

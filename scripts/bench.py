@@ -3,10 +3,15 @@
 
     python scripts/bench.py --quick            # a few minutes on a GPU
     python scripts/bench.py --help
+
+Runs from a checkout without installing the package (the GPU machine).
 """
 import sys
+from pathlib import Path
 
-from deltaconvert.benchmark import main
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from deltaconvert.benchmark import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

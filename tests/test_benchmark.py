@@ -47,6 +47,9 @@ def bench_result(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("bench")
     load_clip_generator().write_clip(tmp / "data" / "static_clip.mp4", height=48, width=64, frames=6)
+    (tmp / "configs").mkdir()
+    (tmp / "configs" / "mnv2_static.yaml").write_text(
+        "format_version: 1\narchitecture: mobilenet_v2\ndefault: 0.05\ninput: {threshold: 0.02}\n")
     out = tmp / "out"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny tensors: threads only add contention on a busy CI machine
@@ -54,7 +57,7 @@ def bench_result(tmp_path_factory):
         code = main(["--device", "cpu", "--backend", "reference", "--data-dir", str(tmp / "data"),
                      "--models", "mobilenet_v2", "--clips", "static,scenecut", "--resolutions", "32x48",
                      "--frames", "5", "--warmup", "1", "--sweep", "0.1", "--delta-precisions", "fp32",
-                     "--out", str(out)])
+                     "--configs-dir", str(tmp / "configs"), "--out", str(out)])
     finally:
         torch.set_num_threads(threads)
     assert code == 0
@@ -88,8 +91,9 @@ def test_benchmark_json_is_complete_and_sane(bench_result):
             assert runner["layers"] and runner["state_bytes"] > 0
     exact = next(r for r in cases["static"]["runners"] if r["name"] == "delta fp32 τ=0")
     assert exact["err_output_max"] < 1e-4  # threshold 0 reproduces the dense model
-    truncated = next(r for r in cases["static"]["runners"] if r["name"] == "delta fp32 τ=0.1")
-    assert truncated["work_fraction"] < exact["work_fraction"]
+    for name in ("delta fp32 τ=0.1", "delta fp32 tuned:mnv2_static"):
+        truncated = next(r for r in cases["static"]["runners"] if r["name"] == name)
+        assert truncated["work_fraction"] < exact["work_fraction"]
     cut = next(r for r in cases["scenecut"]["runners"] if r["name"] == "delta fp32 τ=0")
     assert {r["name"] for r in cases["scenecut"]["runners"] if r["kind"] == "delta"} == {"delta fp32 τ=0"}
     assert cut["work_fraction"] == pytest.approx(1.0)  # every pixel changes at every frame
