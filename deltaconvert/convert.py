@@ -61,7 +61,7 @@ def default_example_input(model: nn.Module) -> torch.Tensor:
 
 def convert(model: nn.Module, example_input: torch.Tensor | tuple | None = None, *,
             thresholds: ThresholdSpec = None, backend: str = "auto",
-            architecture: str | None = None) -> DeltaGraphModule:
+            architecture: str | None = None, cuda_graph: bool = False) -> DeltaGraphModule:
     """Convert ``model`` into a delta model (the caller's model is not modified).
 
     Args:
@@ -73,6 +73,8 @@ def convert(model: nn.Module, example_input: torch.Tensor | tuple | None = None,
         backend: ``"auto"`` (CUDA kernels for CUDA inputs when available, else the
             reference backend), ``"reference"`` or ``"cuda"``.
         architecture: recorded in saved files and YAML (e.g. ``"resnet18"``).
+        cuda_graph: replay delta frames through one CUDA graph (CUDA inputs only; see
+            :mod:`deltaconvert.cuda_graph`); also settable later as ``model.cuda_graph``.
     """
     config = load_thresholds(thresholds)
     example = example_input if example_input is not None else default_example_input(model)
@@ -96,6 +98,7 @@ def convert(model: nn.Module, example_input: torch.Tensor | tuple | None = None,
                                              "dense_islands": islands,
                                              "deltaconvert_version": __version__})
     config.apply_to(converted)
+    converted.cuda_graph = cuda_graph
     if islands:
         listing = "\n".join(f"  {name}: {why}" for name, why in islands.items())
         warnings.warn(DenseFallbackWarning(

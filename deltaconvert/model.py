@@ -87,9 +87,19 @@ class DeltaGraphModule(fx.GraphModule):
         self.conversion: dict = dict(conversion or {})
         self._sequence_started = False
         self._runtime: Runtime | None = None
+        # Replay delta frames through one CUDA graph (see deltaconvert.cuda_graph).
+        self.cuda_graph = False
+        self._cuda_graph_state = None
 
     # -- sequence control ---------------------------------------------------------------
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.cuda_graph and self._sequence_started:
+            from .cuda_graph import graph_frame
+            return graph_frame(self, args, kwargs)
+        return self._run_frame(*args, **kwargs)
+
+    def _run_frame(self, *args: Any, **kwargs: Any) -> Any:
+        """One eager frame (binds the backend on the first frame of a sequence)."""
         if not self._sequence_started:
             self._runtime = bind_backend(self, self.backend, args, kwargs)
         with torch.no_grad(), self._runtime.frame():
@@ -102,6 +112,7 @@ class DeltaGraphModule(fx.GraphModule):
         for op in self.delta_ops().values():
             op.reset_state()
         self._sequence_started = False
+        self._cuda_graph_state = None
 
     def _apply(self, fn, *args, **kwargs):  # .to(), .cuda(), .half(), …
         self.reset()

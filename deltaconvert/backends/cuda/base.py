@@ -1,0 +1,67 @@
+"""The shape every op wrapper of the CUDA backend shares.
+
+An :class:`Accelerated` is installed as ``op.accelerated``; the op calls it with its
+runtime arguments. :meth:`Accelerated.run` returns the op's result, or
+``NotImplemented`` when this call's configuration is not one the kernels handle (rank,
+dtype, device, broadcasting), in which case the op's reference math runs instead —
+unhandled configurations are routed, never run wrong.
+
+Fusion: a linear producer (convolution, add/sub, channel scale) whose only consumer is
+a truncating per-pixel op hands its work to that consumer instead of writing values: it
+returns a Delta whose ``extras["fused"]`` is a :class:`Fused` addressed to the consumer,
+with the correct output mask and placeholder values (never read).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ...delta import Delta
+from ...ops.base import DeltaOp
+from .device import DeviceRuntime
+from .kernels import SUPPORTED_DTYPES
+
+
+@dataclass
+class Fused:
+    """Work a producer left to its consumer.
+
+    ``lin``: the consumer adds ``round(scale[c] · Σ coefs[i] · operands[i])`` into its
+    accumulator; otherwise the producer already accumulated into it and the operands
+    only carry the candidate mask.
+    """
+
+    consumer: DeltaOp
+    operands: list[Delta]
+    coefs: list[float]
+    lin: bool
+    scale: torch.Tensor | None = None
+
+
+class Accelerated:
+    """``op.accelerated`` for one op of one sequence (see the module docstring)."""
+
+    def __init__(self, runtime: DeviceRuntime) -> None:
+        self.runtime = runtime
+
+    def __call__(self, op: DeltaOp, *args: Any, **kwargs: Any) -> Any:
+        out = self.run(op, *args, **kwargs)
+        return self.fallback(op, *args, **kwargs) if out is NotImplemented else out
+
+    def run(self, op: DeltaOp, *args: Any, **kwargs: Any) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def fallback(self, op: DeltaOp, *args: Any, **kwargs: Any) -> Any:
+        return op.delta(*args, **kwargs)
+
+    def usable(self, *values: Any) -> bool:
+        """Whether the kernels take these tensors/Deltas: rank 2 or 4, fp32/fp16, this
+        device, one dtype."""
+        dtypes = set()
+        for v in values:
+            if v.dim() not in (2, 4) or v.device != self.runtime.device:
+                return False
+            dtypes.add(v.dtype)
+        return len(dtypes) == 1 and dtypes.pop() in SUPPORTED_DTYPES

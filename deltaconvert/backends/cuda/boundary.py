@@ -1,0 +1,68 @@
+"""Sparsify and Densify on the CUDA backend (kernels: ``sparsify.cu``, ``pointwise.cu``).
+
+Sparsify: ``δ = x − ref``, ``m = max_c|δ| > τ`` dilated by ``d`` pixels, ``ref += δ``
+where ``m``. Without dilation one kernel does it all; with dilation a first kernel
+writes the undilated mask into a scratch buffer kept for the sequence.
+
+Densify: ``y += δ`` where updated, then a copy of ``y`` in the model dtype (the state
+keeps the caller-visible layout of the first frame's output).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ...backends import reference as ref
+from ...delta import Delta
+from ...ops.base import DeltaOp
+from .base import Accelerated
+from .kernels import Args, kernel
+from .pointwise import accumulate
+from .tensors import as_nhwc, lanes_for, new_mask, new_values, pixel_grid, shape4, strides4
+
+
+class SparsifyKernel(Accelerated):
+    """``op.accelerated`` of a Sparsify."""
+
+    def __init__(self, runtime) -> None:
+        super().__init__(runtime)
+        self.raw: torch.Tensor | None = None  # undilated mask scratch (dilation > 0)
+
+    def fallback(self, op: DeltaOp, x: torch.Tensor) -> Delta:
+        return ref.sparsify(x, op._state["ref"], op.threshold, op.dilation)
+
+    def run(self, op: DeltaOp, x: torch.Tensor) -> Any:
+        if not self.usable(x):
+            return NotImplemented
+        state = op._state
+        state["ref"] = reference = as_nhwc(state["ref"])
+        layer = op.node_name
+        n, c, h, w = shape4(x.shape)
+        lanes = lanes_for(c)
+        grid, block = pixel_grid(n * h * w, lanes)
+        raw = None
+        if op.dilation > 0:
+            if self.raw is None or self.raw.shape != (n, 1, h, w):
+                self.raw = torch.empty((n, 1, h, w), dtype=torch.bool, device=x.device)
+            raw = self.raw
+            args = Args(layer).ints(n, c, h, w, lanes).tensor(x, strides4(x))
+            args.tensor(reference, strides4(reference)).floats(op.threshold).ptr(raw)
+            kernel(self.runtime, "sparsify", "sparsify_mask", x.dtype)(grid, block, args)
+        out, om = new_values(x.shape, x.dtype, x.device), new_mask(x.shape, x.device)
+        args = Args(layer).ints(n, c, h, w, lanes).tensor(x, strides4(x))
+        args.tensor(reference, strides4(reference)).floats(op.threshold).ptr(raw)
+        args.ints(op.dilation).tensor(out, strides4(out)).ptr(om)
+        kernel(self.runtime, "sparsify", "sparsify_apply", x.dtype)(grid, block, args)
+        return Delta(out, om)
+
+
+class DensifyKernel(Accelerated):
+    """``op.accelerated`` of a Densify."""
+
+    def run(self, op: DeltaOp, d: Any) -> Any:
+        if not isinstance(d, Delta) or not self.usable(d):
+            return NotImplemented
+        y = op._state["y"]
+        accumulate(self.runtime, op.node_name, d, y)
+        return y.to(d.dtype, copy=True)

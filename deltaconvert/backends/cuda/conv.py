@@ -1,0 +1,100 @@
+"""Conv2d on the CUDA backend (kernels: ``cuda_kernels/conv.cu``).
+
+``δy = conv(δx)`` without bias on the output pixels whose footprint touches an update.
+Groups with one input channel each (depthwise, any channel multiplier) use
+``conv_depthwise``; every other configuration (dense k×k, 1×1, grouped, asymmetric
+kernels and padding, stride, dilation) uses the implicit-GEMM ``conv_gemm``. Padding
+modes other than zeros run the reference math.
+
+When the conv's only consumer is a truncating activation (the fusion plan), the
+epilogue adds ``round(δy)`` straight into the activation's accumulator and the conv
+returns only its mask; the activation then truncates (no δy values round trip).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ...delta import Delta
+from ...ops.base import DeltaOp
+from .base import Accelerated, Fused
+from .device import DeviceRuntime
+from .kernels import Args, kernel
+from .pointwise import Truncating, nhwc_state
+from .tensors import new_mask, new_values, placeholder, strides4
+
+TILE = 8
+GEMM_CO = 64
+DW_CO = 32
+
+
+def pack_weight(weight: torch.Tensor, groups: int, depthwise: bool) -> torch.Tensor:
+    """Weights in the kernels' layout: ``[KH][KW][Cout]`` (depthwise) or
+    ``[G][KH][KW][Cin_g][Cout_g]``."""
+    cout, cin_g, kh, kw = weight.shape
+    w = weight.detach()
+    if depthwise:
+        return w[:, 0].permute(1, 2, 0).contiguous()
+    return w.reshape(groups, cout // groups, cin_g, kh, kw).permute(0, 3, 4, 2, 1).contiguous()
+
+
+class ConvKernel(Accelerated):
+    """``op.accelerated`` of a Conv2d (optionally fused into its consumer)."""
+
+    def __init__(self, runtime: DeviceRuntime,
+                 consumer: tuple[DeltaOp, Truncating] | None = None) -> None:
+        super().__init__(runtime)
+        self.consumer = consumer
+        self._packed: tuple[tuple, torch.Tensor] | None = None
+
+    def packed(self, weight: torch.Tensor, groups: int, depthwise: bool) -> torch.Tensor:
+        key = (weight.data_ptr(), weight._version, weight.dtype, groups, depthwise)
+        if self._packed is None or self._packed[0] != key:
+            self._packed = (key, pack_weight(weight, groups, depthwise))
+        return self._packed[1]
+
+    def run(self, op: DeltaOp, *args: Any, **kwargs: Any) -> Any:
+        conv = op.conv
+        if (len(args) != 1 or kwargs or not isinstance(args[0], Delta)
+                or conv.padding_mode != "zeros"):
+            return NotImplemented
+        d = args[0]
+        if d.dim() != 4 or not self.usable(d) or conv.weight.dtype != d.dtype:
+            return NotImplemented
+        n, cin, h, w = d.shape
+        cout, cin_g, kh, kw = conv.weight.shape
+        groups = conv.groups
+        sh, sw = conv.stride
+        dh, dw = conv.dilation
+        left, right, top, bottom = conv._reversed_padding_repeated_twice
+        oh = (h + top + bottom - dh * (kh - 1) - 1) // sh + 1
+        ow = (w + left + right - dw * (kw - 1) - 1) // sw + 1
+        out_shape = (n, cout, oh, ow)
+        depthwise = cin_g == 1
+        weight = self.packed(conv.weight, groups, depthwise)
+        fused = self.consumer is not None and self.consumer[1].accepts(
+            self.consumer[0], out_shape, d.dtype)
+        device = self.runtime.device
+        om = new_mask(out_shape, device)
+        if fused:
+            out = placeholder(out_shape, d.dtype, device)
+            acc = nhwc_state(self.consumer[0])[0][0]
+        else:
+            out, acc = new_values(out_shape, d.dtype, device), None
+        layer = op.node_name
+        args_ = Args(layer).ints(n, cin, h, w, cout, oh, ow, kh, kw, sh, sw, top, left, dh, dw,
+                                 groups)
+        args_.tensor(d.values, strides4(d.values)).mask(d.mask, d.shape).ptr(weight)
+        args_.ints(int(fused)).tensor(out, strides4(out))
+        args_.tensor(acc, strides4(acc) if acc is not None else (0, 0, 0, 0)).ptr(om)
+        tiles = -(-oh // TILE) * -(-ow // TILE)
+        if depthwise:
+            grid, name = (tiles, -(-cout // DW_CO), n), "conv_depthwise"
+        else:
+            grid, name = (tiles, groups * -(-(cout // groups) // GEMM_CO), n), "conv_gemm"
+        kernel(self.runtime, "conv", name, d.dtype)(grid, (256, 1, 1), args_)
+        if fused:
+            return Delta(out, om, {"fused": Fused(self.consumer[0], [Delta(out, om)], [1.0],
+                                                  lin=False)})
+        return Delta(out, om)

@@ -1,0 +1,45 @@
+"""The epilogue-fusion plan of a converted model (bind-time analysis; the graph is not
+changed).
+
+A *linear producer* — a Conv2d, a LinearCall (add/sub/neg/multiplication by a
+constant) or a ChannelScale — is fused with its consumer when the consumer is a
+Nonlinear per-pixel op with one varying input, that input is the producer's output, and
+the producer has no other user. At run time the producer then writes no values: its
+work is done inside the consumer's accumulate-recompute-truncate kernel (see
+:class:`~deltaconvert.backends.cuda.base.Fused`).
+"""
+from __future__ import annotations
+
+from torch import fx
+
+from ...ops.base import DeltaOp
+from ...ops.conv import ChannelScale, Conv2d
+from ...ops.footprint import Footprint
+from ...ops.linear import LinearCall
+from ...ops.nonlinear import Nonlinear
+
+PRODUCERS = (Conv2d, LinearCall, ChannelScale)
+
+
+def _op(gm: fx.GraphModule, node: fx.Node) -> DeltaOp | None:
+    if node.op != "call_module":
+        return None
+    module = gm.get_submodule(node.target)
+    return module if isinstance(module, DeltaOp) else None
+
+
+def fusion_pairs(gm: fx.GraphModule) -> dict[str, str]:
+    """Producer op name → consumer op name, for every fusable pair."""
+    pairs = {}
+    for node in gm.graph.nodes:
+        consumer = _op(gm, node)
+        if (not isinstance(consumer, Nonlinear) or consumer.footprint is not Footprint.POINTWISE
+                or consumer.varying != (True,) or len(node.args) != 1 or node.kwargs):
+            continue
+        source = node.args[0]
+        if not isinstance(source, fx.Node) or len(source.users) != 1:
+            continue
+        producer = _op(gm, source)
+        if isinstance(producer, PRODUCERS):
+            pairs[source.target] = node.target
+    return pairs

@@ -1,0 +1,197 @@
+"""Compiling, caching and launching the kernels of ``cuda_kernels/``.
+
+* Each kernel family is one source file ``cuda_kernels/<family>.cu`` with fixed
+  ``extern "C"`` entry points; it is specialised for the model dtype by
+  ``-DDC_SCALAR=float|__half`` and compiled once per (device, family, dtype) with
+  ``SourceModule(..., no_extern_c=True, arch=<the device's>, include_dirs=[cuda_kernels/])``
+  into an in-process cache (PyCUDA's disk cache still runs nvcc's preprocessor each time).
+* Kernel parameters are described in :data:`SIGNATURES` (struct format characters, as
+  ``Function.prepare`` takes them). :class:`Args` builds a launch's arguments and its
+  format together, and every launch checks the format against the signature, the grid
+  and block against the device limits, int32 ranges and the stream, raising errors that
+  name the layer. ``tests/gpu/test_kernel_signatures.py`` checks :data:`SIGNATURES`
+  against the CUDA sources.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from ...errors import BackendUnavailable
+from .device import DeviceRuntime
+from .errors import FIX_NVCC, FIX_REFERENCE
+from .tensors import mask_strides
+
+INT32_MAX = 2**31 - 1
+
+# A delta operand of pointwise.cu: values + 4 strides, mask + 3 strides, coefficient.
+_OPERAND = "PiiiiPiiif"
+_T4 = "Piiii"  # a tensor pointer and its (N, C, H, W) strides
+_M3 = "Piii"   # a mask pointer and its (N, H, W) strides
+CAT_MAX = 32
+CAT_OPERAND_BYTES = 56
+
+SIGNATURES: dict[str, dict[str, str]] = {
+    "pointwise": {
+        "pw_linear": "i" * 6 + _OPERAND * 2 + "Pi" + _T4 + "P",
+        "pw_accumulate": "i" * 5 + _OPERAND + _T4,
+        "pw_truncate": "i" * 7 + _OPERAND * 2 + "Pi" + "iff" + _T4 * 2 + "PP" + _T4 + "f"
+                       + _T4 + "P",
+    },
+    "sparsify": {
+        "sparsify_mask": "i" * 5 + _T4 * 2 + "fP",
+        "sparsify_apply": "i" * 5 + _T4 * 2 + "fPi" + _T4 + "P",
+    },
+    "conv": {
+        "conv_gemm": "i" * 16 + _T4 + _M3 + "Pi" + _T4 * 2 + "P",
+        "conv_depthwise": "i" * 16 + _T4 + _M3 + "Pi" + _T4 * 2 + "P",
+    },
+    "pool": {
+        "pool_window": "i" * 18 + _T4 + _M3 + _T4 * 2 + "f" + _T4 + "P",
+        "pool_global_sum": "iii" + _T4 + _M3 + "PP",
+        "pool_global_finish": "ifPPPiiP",
+    },
+    "resize": {
+        "resize": "i" * 9 + "ff" + _T4 + _M3 + _T4 + "P",
+    },
+    "cat": {
+        "cat_channels": f"{CAT_MAX * CAT_OPERAND_BYTES}s" + "i" * 5 + _T4 + "P",
+    },
+}
+
+_SCALAR_TYPES = {torch.float32: "float", torch.float16: "__half"}
+SUPPORTED_DTYPES = tuple(_SCALAR_TYPES)
+
+
+def kernel_dir() -> Path:
+    """The ``cuda_kernels`` directory (``$DELTACONVERT_CUDA_KERNELS`` overrides)."""
+    override = os.environ.get("DELTACONVERT_CUDA_KERNELS")
+    path = Path(override) if override else Path(__file__).resolve().parents[3] / "cuda_kernels"
+    if not (path / "common.cuh").is_file():
+        raise BackendUnavailable(
+            f"the CUDA kernel sources are not at {path}; set DELTACONVERT_CUDA_KERNELS to the "
+            f"project's cuda_kernels/ directory, {FIX_REFERENCE}")
+    return path
+
+
+class Args:
+    """A launch's argument values and their format, built side by side."""
+
+    def __init__(self, layer: str) -> None:
+        self.layer = layer
+        self.format = ""
+        self.values: list[Any] = []
+
+    def ints(self, *values: int) -> "Args":
+        for v in values:
+            v = int(v)
+            if not -INT32_MAX - 1 <= v <= INT32_MAX:
+                raise ValueError(f"{self.layer}: {v} does not fit the kernels' 32-bit indices; "
+                                 "use smaller frames or batches, or backend='reference'")
+            self.format += "i"
+            self.values.append(v)
+        return self
+
+    def floats(self, *values: float) -> "Args":
+        for v in values:
+            self.format += "f"
+            self.values.append(float(v))
+        return self
+
+    def ptr(self, tensor: torch.Tensor | None) -> "Args":
+        self.format += "P"
+        self.values.append(0 if tensor is None else tensor.data_ptr())
+        return self
+
+    def tensor(self, t: torch.Tensor | None, strides: Sequence[int] = (0, 0, 0, 0)) -> "Args":
+        """A tensor pointer and its element strides (as addressed by the kernel)."""
+        if t is not None:
+            _check_extent(t, self.layer)
+        return self.ptr(t).ints(*strides)
+
+    def mask(self, m: torch.Tensor | None, target: Sequence[int]) -> "Args":
+        """A mask pointer and its (N, H, W) strides, broadcast to the rank-4 ``target``."""
+        if m is None:
+            return self.ptr(None).ints(0, 0, 0)
+        return self.ptr(m).ints(*mask_strides(m, target))
+
+    def blob(self, data: bytes) -> "Args":
+        self.format += f"{len(data)}s"
+        self.values.append(data)
+        return self
+
+
+def _check_extent(t: torch.Tensor, layer: str) -> None:
+    extent = sum((size - 1) * abs(stride) for size, stride in zip(t.shape, t.stride()) if size)
+    if extent > INT32_MAX:
+        raise ValueError(f"{layer}: a tensor of shape {tuple(t.shape)} exceeds the kernels' "
+                         "32-bit indexing; use smaller frames or batches, or backend='reference'")
+
+
+class Kernel:
+    """One prepared entry point of a compiled family."""
+
+    MAX_GRID = (INT32_MAX, 65535, 65535)
+
+    def __init__(self, runtime: DeviceRuntime, function: Any, name: str, signature: str) -> None:
+        self.runtime = runtime
+        self.name = name
+        self.signature = signature
+        self.function = function
+        function.prepare(signature)
+
+    def __call__(self, grid: tuple[int, int, int], block: tuple[int, int, int], args: Args) -> None:
+        layer = args.layer
+        if args.format != self.signature:
+            raise RuntimeError(f"{layer}: arguments of {self.name} do not match its signature "
+                               f"({args.format!r} != {self.signature!r})")
+        if any(g <= 0 for g in grid):
+            return  # nothing to compute (an empty tensor)
+        if any(g > limit for g, limit in zip(grid, self.MAX_GRID)):
+            raise ValueError(f"{layer}: grid {grid} of {self.name} exceeds the device limits "
+                             f"{self.MAX_GRID}; use smaller frames or batches")
+        threads = block[0] * block[1] * block[2]
+        if not 0 < threads <= 1024:
+            raise ValueError(f"{layer}: invalid block {block} for {self.name}")
+        self.runtime.check_stream(layer)
+        self.function.prepared_async_call(grid, block, self.runtime.stream, *args.values)
+
+
+_MODULES: dict[tuple[int, str, torch.dtype], Any] = {}
+_KERNELS: dict[tuple[int, str, str, torch.dtype], Kernel] = {}
+_COMPILE_LOCK = threading.Lock()
+
+
+def _compile(runtime: DeviceRuntime, family: str, dtype: torch.dtype) -> Any:
+    from pycuda.compiler import SourceModule  # lazy: needs the driver
+
+    directory = kernel_dir()
+    source = (directory / f"{family}.cu").read_text()
+    try:
+        with runtime.pushed():
+            return SourceModule(source, no_extern_c=True, arch=runtime.arch,
+                                include_dirs=[str(directory)],
+                                options=["-std=c++17", f"-DDC_SCALAR={_SCALAR_TYPES[dtype]}"])
+    except OSError as exc:  # nvcc missing or not executable
+        raise BackendUnavailable(f"compiling the CUDA kernels failed ({exc}): {FIX_NVCC}, "
+                                 f"{FIX_REFERENCE}") from exc
+
+
+def kernel(runtime: DeviceRuntime, family: str, name: str, dtype: torch.dtype) -> Kernel:
+    """The prepared entry point ``name`` of ``family`` for ``dtype`` (compiled on first use)."""
+    key = (runtime.index, family, name, dtype)
+    found = _KERNELS.get(key)
+    if found is not None:
+        return found
+    with _COMPILE_LOCK:
+        module_key = (runtime.index, family, dtype)
+        module = _MODULES.get(module_key)
+        if module is None:
+            module = _MODULES[module_key] = _compile(runtime, family, dtype)
+        found = _KERNELS[key] = Kernel(runtime, module.get_function(name), name,
+                                       SIGNATURES[family][name])
+    return found

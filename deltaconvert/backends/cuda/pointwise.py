@@ -1,0 +1,286 @@
+"""Per-pixel ops on the CUDA backend (kernels: ``cuda_kernels/pointwise.cu``).
+
+* :class:`LinearPointwise` — add, sub, neg (constants dropped: they live in frame 0),
+  multiplication by a constant tensor, batch-norm as a channel scale:
+  ``δy = s[c] · Σ kᵢ δᵢ`` on the union of the masks. When the op's only consumer is a
+  :class:`Truncating` op it writes no values and hands the sum to the consumer
+  (:class:`~.base.Fused`), which adds it into its accumulator in the same kernel.
+* :class:`Truncating` — element-wise activations and the layer norm over channels:
+  ``a += δ; v = f(a); δy = v − o``, emitted where ``max_c |δy| > τ``.
+* :class:`Product` — ``x · y`` of two varying tensors (squeeze-excite gates): both
+  operands are accumulated, then ``v = a_x · a_y`` is truncated like an activation.
+"""
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from ...delta import Delta, mask_shape
+from ...layers import ChannelLayerNorm
+from ...ops.base import DeltaOp, tensor_leaves
+from .base import Accelerated, Fused
+from .device import DeviceRuntime
+from .kernels import SUPPORTED_DTYPES, Args, kernel
+from .tensors import (as_nhwc, fp32_vector, lanes_for, new_mask, new_values, pixel_grid,
+                      placeholder, shape4, strides4)
+
+ADD_FNS = (operator.add, torch.add, torch.Tensor.add)
+SUB_FNS = (operator.sub, torch.sub, torch.Tensor.sub)
+NEG_FNS = (operator.neg, torch.neg, torch.Tensor.neg)
+MUL_FNS = (operator.mul, torch.mul, torch.Tensor.mul)
+
+# Codes of common.cuh's Activation and pointwise.cu's PixelFunction.
+ACT_RELU, ACT_HARDTANH, ACT_LEAKY_RELU, ACT_SIGMOID, ACT_SILU = 1, 2, 3, 4, 5
+ACT_HARDSWISH, ACT_HARDSIGMOID, ACT_GELU, ACT_GELU_TANH, ACT_TANH, ACT_ELU = 6, 7, 8, 9, 10, 11
+FN_PRODUCT, FN_LAYER_NORM = 100, 101
+
+
+@dataclass(frozen=True)
+class PixelFunction:
+    """A function the truncation kernel evaluates: its code and parameters."""
+
+    code: int
+    p0: float = 0.0
+    p1: float = 0.0
+    norm: ChannelLayerNorm | None = None  # weight/bias source of FN_LAYER_NORM
+
+
+_SIMPLE = {nn.ReLU: ACT_RELU, nn.Sigmoid: ACT_SIGMOID, nn.SiLU: ACT_SILU,
+           nn.Hardswish: ACT_HARDSWISH, nn.Hardsigmoid: ACT_HARDSIGMOID, nn.Tanh: ACT_TANH}
+
+
+def pixel_function(fn: Any) -> PixelFunction | None:
+    """The kernel form of a Nonlinear op's ``fn``, or None if the kernels lack it."""
+    kind = type(fn)
+    if kind in _SIMPLE:
+        return PixelFunction(_SIMPLE[kind])
+    if kind in (nn.Hardtanh, nn.ReLU6):
+        return PixelFunction(ACT_HARDTANH, float(fn.min_val), float(fn.max_val))
+    if kind is nn.LeakyReLU:
+        return PixelFunction(ACT_LEAKY_RELU, float(fn.negative_slope))
+    if kind is nn.ELU:
+        return PixelFunction(ACT_ELU, float(fn.alpha))
+    if kind is nn.GELU:
+        return PixelFunction(ACT_GELU_TANH if fn.approximate == "tanh" else ACT_GELU)
+    if kind is ChannelLayerNorm:
+        return PixelFunction(FN_LAYER_NORM, float(fn.eps), norm=fn)
+    return None
+
+
+def add_operand(args: Args, d: Delta | None, coef: float, out_shape: Sequence[int]) -> Args:
+    """A pointwise.cu operand: values and mask broadcast to ``out_shape``, coefficient."""
+    if d is None:
+        return args.tensor(None).mask(None, out_shape).floats(0.0)
+    return args.tensor(d.values, strides4(d.values, out_shape)).mask(d.mask, out_shape).floats(coef)
+
+
+def linear(runtime: DeviceRuntime, layer: str, operands: Sequence[Delta], coefs: Sequence[float],
+           scale: torch.Tensor | None, out_shape: Sequence[int]) -> Delta:
+    """``δy = scale[c] · Σ coefs[i] · operands[i]`` on the union of their masks."""
+    dtype, device = operands[0].dtype, runtime.device
+    n, c, h, w = shape4(out_shape)
+    out, om = new_values(out_shape, dtype, device), new_mask(out_shape, device)
+    lanes = lanes_for(c)
+    args = Args(layer).ints(n, c, h, w, lanes, len(operands))
+    for i in range(2):
+        add_operand(args, operands[i] if i < len(operands) else None,
+                    coefs[i] if i < len(coefs) else 0.0, out_shape)
+    args.ptr(scale).ints(int(scale is not None and scale.numel() > 1))
+    args.tensor(out, strides4(out)).ptr(om)
+    grid, block = pixel_grid(n * h * w, lanes)
+    kernel(runtime, "pointwise", "pw_linear", dtype)(grid, block, args)
+    return Delta(out, om)
+
+
+def accumulate(runtime: DeviceRuntime, layer: str, d: Delta, acc: torch.Tensor) -> None:
+    """``acc += δ`` where updated (``acc``: fp32, the shape of ``d``)."""
+    if tuple(acc.shape) != tuple(d.shape):
+        raise RuntimeError(f"{layer}: state of shape {tuple(acc.shape)} does not match the "
+                           f"delta {tuple(d.shape)}")
+    n, c, h, w = shape4(d.shape)
+    lanes = lanes_for(c)
+    args = add_operand(Args(layer).ints(n, c, h, w, lanes), d, 1.0, d.shape)
+    args.tensor(acc, strides4(acc))
+    grid, block = pixel_grid(n * h * w, lanes)
+    kernel(runtime, "pointwise", "pw_accumulate", d.dtype)(grid, block, args)
+
+
+def truncate(runtime: DeviceRuntime, layer: str, dtype: torch.dtype, out_shape: Sequence[int],
+             fn: PixelFunction, work: Fused, acc: Sequence[torch.Tensor], sent: torch.Tensor,
+             threshold: float, norm: tuple[torch.Tensor, torch.Tensor] | tuple[None, None]
+             ) -> Delta:
+    """One launch of ``pw_truncate`` (see pointwise.cu) for the pixels of ``out_shape``."""
+    n, c, h, w = shape4(out_shape)
+    out, om = new_values(out_shape, dtype, runtime.device), new_mask(out_shape, runtime.device)
+    lanes = lanes_for(c)
+    args = Args(layer).ints(n, c, h, w, lanes, len(work.operands), int(work.lin))
+    for i in range(2):
+        add_operand(args, work.operands[i] if i < len(work.operands) else None,
+                    work.coefs[i] if i < len(work.coefs) else 0.0, out_shape)
+    args.ptr(work.scale).ints(int(work.scale is not None and work.scale.numel() > 1))
+    args.ints(fn.code).floats(fn.p0, fn.p1)
+    args.tensor(acc[0], strides4(acc[0], out_shape))
+    args.tensor(acc[1] if len(acc) > 1 else None,
+                strides4(acc[1], out_shape) if len(acc) > 1 else (0, 0, 0, 0))
+    args.ptr(norm[0]).ptr(norm[1])
+    args.tensor(sent, strides4(sent)).floats(threshold)
+    args.tensor(out, strides4(out)).ptr(om)
+    grid, block = pixel_grid(n * h * w, lanes)
+    kernel(runtime, "pointwise", "pw_truncate", dtype)(grid, block, args)
+    return Delta(out, om)
+
+
+def nhwc_state(op: DeltaOp) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """A Nonlinear op's accumulators and sent values, moved to channels_last once."""
+    state = op._state
+    state["acc"] = [as_nhwc(a) for a in state["acc"]]
+    state["sent"] = as_nhwc(state["sent"])
+    return state["acc"], state["sent"]
+
+
+class VectorCache:
+    """fp32 device copies of parameter vectors, refreshed when the parameter changes."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._copies: dict[int, tuple[tuple[int, int], torch.Tensor]] = {}
+
+    def get(self, t: torch.Tensor | None) -> torch.Tensor | None:
+        if t is None:
+            return None
+        key = (t.data_ptr(), t._version)
+        found = self._copies.get(id(t))
+        if found is None or found[0] != key:
+            found = self._copies[id(t)] = (key, fp32_vector(t, self.device))
+        return found[1]
+
+
+class Truncating(Accelerated):
+    """A Nonlinear op with one varying input and a kernel-supported ``fn``."""
+
+    def __init__(self, runtime: DeviceRuntime, function: PixelFunction) -> None:
+        super().__init__(runtime)
+        self.function = function
+        self.vectors = VectorCache(runtime.device)
+
+    def accepts(self, op: DeltaOp, shape: Sequence[int], dtype: torch.dtype) -> bool:
+        """Whether a producer may hand this op its work (:class:`Fused`) for an output of
+        ``shape`` and ``dtype``."""
+        acc = op._state.get("acc")
+        return (acc is not None and dtype in SUPPORTED_DTYPES and len(shape) in (2, 4)
+                and tuple(acc[0].shape) == tuple(shape) and acc[0].device == self.runtime.device)
+
+    def run(self, op: DeltaOp, *args: Any, **kwargs: Any) -> Any:
+        if len(args) != 1 or kwargs or not isinstance(args[0], Delta):
+            return NotImplemented
+        d = args[0]
+        work = d.extras.get("fused")
+        if work is None or work.consumer is not op:
+            if not self.usable(d) or tuple(op._state["acc"][0].shape) != tuple(d.shape):
+                return NotImplemented
+            work = Fused(op, [d], [1.0], lin=True)
+        acc, sent = nhwc_state(op)
+        norm = self.function.norm
+        vectors = ((self.vectors.get(norm.weight), self.vectors.get(norm.bias))
+                   if norm is not None else (None, None))
+        return truncate(self.runtime, op.node_name, d.dtype, d.shape, self.function, work,
+                        acc, sent, op.threshold, vectors)
+
+
+class Product(Accelerated):
+    """``x · y`` of two varying tensors (non-linear: both operands accumulated)."""
+
+    def run(self, op: DeltaOp, *args: Any, **kwargs: Any) -> Any:
+        if len(args) != 2 or kwargs or not all(isinstance(a, Delta) for a in args):
+            return NotImplemented
+        x, y = args
+        if not self.usable(x, y) or x.dim() != y.dim():
+            return NotImplemented
+        try:
+            out_shape = torch.broadcast_shapes(x.shape, y.shape)
+        except RuntimeError:
+            return NotImplemented
+        if x.shape[0] != y.shape[0]:
+            return NotImplemented
+        acc, sent = nhwc_state(op)
+        accumulate(self.runtime, op.node_name, x, acc[0])
+        accumulate(self.runtime, op.node_name, y, acc[1])
+        return truncate(self.runtime, op.node_name, x.dtype, out_shape,
+                        PixelFunction(FN_PRODUCT), Fused(op, [x, y], [1.0, 1.0], lin=False),
+                        acc, sent, op.threshold, (None, None))
+
+
+class LinearPointwise(Accelerated):
+    """add / sub / neg, multiplication by a constant, and ChannelScale.
+
+    ``consumer``: the op (and its wrapper) this one hands its work to, if the fusion
+    plan found one.
+    """
+
+    def __init__(self, runtime: DeviceRuntime,
+                 consumer: tuple[DeltaOp, Truncating] | None = None) -> None:
+        super().__init__(runtime)
+        self.consumer = consumer
+        self.vectors = VectorCache(runtime.device)
+
+    def terms(self, op: DeltaOp, args: tuple, kwargs: dict
+              ) -> tuple[list[Delta], list[float], torch.Tensor | None, torch.Size] | None:
+        """(operands, coefficients, channel scale, output shape), or None if unsupported."""
+        if hasattr(op, "scale") and hasattr(op, "shift"):  # ChannelScale
+            (d,) = args
+            return [d], [1.0], self.vectors.get(op.scale), d.shape
+        fn = op.fn
+        leaves = list(tensor_leaves((args, kwargs)))
+        deltas = [leaf for leaf in leaves if isinstance(leaf, Delta)]
+        try:
+            out_shape = torch.broadcast_shapes(*(leaf.shape for leaf in leaves))
+        except RuntimeError:
+            return None
+        if any(not isinstance(leaf, Delta) and leaf.dtype != deltas[0].dtype for leaf in leaves):
+            return None
+        if fn in NEG_FNS and len(args) == 1 and not kwargs:
+            return [args[0]], [-1.0], None, out_shape
+        if (fn in ADD_FNS or fn in SUB_FNS) and len(args) == 2 and set(kwargs) <= {"alpha"}:
+            alpha = float(kwargs.get("alpha", 1))
+            coefs = [1.0, (-alpha if fn in SUB_FNS else alpha)]
+            pairs = [(a, k) for a, k in zip(args, coefs) if isinstance(a, Delta)]
+            return [a for a, _ in pairs], [k for _, k in pairs], None, out_shape
+        if fn in MUL_FNS and len(args) == 2 and not kwargs and len(deltas) == 1:
+            d = deltas[0]
+            const = args[1] if args[0] is d else args[0]
+            if not isinstance(const, torch.Tensor) or tuple(out_shape) != tuple(d.shape):
+                return None
+            if not _per_channel(const, d.shape):
+                return None
+            return [d], [1.0], self.vectors.get(const), out_shape
+        return None
+
+    def run(self, op: DeltaOp, *args: Any, **kwargs: Any) -> Any:
+        parsed = self.terms(op, args, kwargs)
+        if parsed is None:
+            return NotImplemented
+        operands, coefs, scale, out_shape = parsed
+        if not operands or not self.usable(*operands) or len(out_shape) != operands[0].dim():
+            return NotImplemented
+        dtype = operands[0].dtype
+        if self.consumer is not None and self.consumer[1].accepts(self.consumer[0], out_shape, dtype):
+            mask = operands[0].mask
+            for other in operands[1:]:
+                mask = mask | other.mask
+            mask = mask.expand(mask_shape(tuple(out_shape)))
+            return Delta(placeholder(out_shape, dtype, self.runtime.device), mask,
+                         {"fused": Fused(self.consumer[0], operands, coefs, True, scale)})
+        return linear(self.runtime, op.node_name, operands, coefs, scale, out_shape)
+
+
+def _per_channel(const: torch.Tensor, shape: Sequence[int]) -> bool:
+    """Whether ``const`` broadcasts over ``shape`` as one value or one value per channel."""
+    if const.numel() == 1:
+        return True
+    dims = (1,) * (len(shape) - const.dim()) + tuple(const.shape)
+    return (len(dims) == len(shape) and const.numel() == shape[1]
+            and all(s == 1 for i, s in enumerate(dims) if i != 1))

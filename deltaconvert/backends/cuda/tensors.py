@@ -1,0 +1,110 @@
+"""Tensor plumbing between torch and the kernels.
+
+Kernels address every tensor of rank 4 ``(N, C, H, W)`` through element strides; a
+rank-2 tensor ``(N, C)`` is seen as ``(N, C, 1, 1)``. A dimension of size 1 that is
+broadcast against a larger one gets stride 0. Values the backend creates are
+channels_last (the channels of a pixel contiguous); masks are contiguous
+``(N, 1, H, W)`` bools (one byte per pixel).
+
+``poison_outputs(True)`` makes every new output NaN-filled (masks 0xFF) so tests can
+prove a kernel wrote every value and mask byte it returns as specified.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from ...delta import mask_shape
+
+_POISON = False
+
+
+def poison_outputs(enabled: bool) -> None:
+    """Fill new outputs with NaN (values) and 0xFF (mask bytes): a debugging aid."""
+    global _POISON
+    _POISON = bool(enabled)
+
+
+def shape4(shape: Sequence[int]) -> tuple[int, int, int, int]:
+    """``(N, C, H, W)`` of a rank-4 or rank-2 shape."""
+    if len(shape) == 4:
+        return tuple(shape)  # type: ignore[return-value]
+    if len(shape) == 2:
+        return (shape[0], shape[1], 1, 1)
+    raise ValueError(f"kernels take rank-2 or rank-4 tensors, got shape {tuple(shape)}")
+
+
+def supported_rank(t: torch.Tensor | torch.Size) -> bool:
+    return len(t if isinstance(t, torch.Size) else t.shape) in (2, 4)
+
+
+def strides4(t: torch.Tensor, target: Sequence[int] | None = None) -> tuple[int, int, int, int]:
+    """Element strides of ``t`` as ``(N, C, H, W)``, broadcast to the rank-4 ``target``."""
+    size = shape4(t.shape)
+    stride = tuple(t.stride()) if t.dim() == 4 else (t.stride(0), t.stride(1), 0, 0)
+    if target is None:
+        return stride  # type: ignore[return-value]
+    out = []
+    for s, st, want in zip(size, stride, shape4(target)):
+        if s == want:
+            out.append(st)
+        elif s == 1:
+            out.append(0)
+        else:
+            raise ValueError(f"shape {tuple(t.shape)} does not broadcast to {tuple(target)}")
+    return tuple(out)  # type: ignore[return-value]
+
+
+def mask_strides(mask: torch.Tensor, target: Sequence[int]) -> tuple[int, int, int]:
+    """``(N, H, W)`` strides of a ``(N, 1, *spatial)`` mask broadcast to the rank-4 ``target``."""
+    n, _, h, w = strides4(mask, (shape4(target)[0], 1, *shape4(target)[2:]))
+    return n, h, w
+
+
+def new_values(shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """An output values tensor (channels_last for rank 4)."""
+    fmt = torch.channels_last if len(shape) == 4 else torch.contiguous_format
+    t = torch.empty(tuple(shape), dtype=dtype, device=device, memory_format=fmt)
+    if _POISON:
+        t.fill_(float("nan"))
+    return t
+
+
+def new_mask(values_shape: Sequence[int], device: torch.device) -> torch.Tensor:
+    """An output mask for values of ``values_shape`` (contiguous bools)."""
+    m = torch.empty(mask_shape(tuple(values_shape)), dtype=torch.bool, device=device)
+    if _POISON:
+        m.view(torch.uint8).fill_(0xFF)
+    return m
+
+
+def placeholder(shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A shape-only stand-in for values that a fused consumer never reads (no memory)."""
+    return torch.empty((), dtype=dtype, device=device).expand(tuple(shape))
+
+
+def lanes_for(channels: int) -> int:
+    """Threads per pixel in the per-pixel kernels: the power of two ≥ C, at most 32."""
+    lanes = 1
+    while lanes < min(channels, 32):
+        lanes *= 2
+    return lanes
+
+
+def pixel_grid(pixels: int, lanes: int, threads: int = 256) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """Grid and block for one group of ``lanes`` threads per pixel."""
+    per_block = threads // lanes
+    return ((pixels + per_block - 1) // per_block, 1, 1), (threads, 1, 1)
+
+
+def as_nhwc(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in channels_last layout (itself when it already is, or not rank 4)."""
+    if t.dim() != 4 or t.is_contiguous(memory_format=torch.channels_last):
+        return t
+    return t.contiguous(memory_format=torch.channels_last)
+
+
+def fp32_vector(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A contiguous fp32 copy of a parameter vector (exact for fp16/bf16 sources)."""
+    return t.detach().reshape(-1).to(device=device, dtype=torch.float32).contiguous()

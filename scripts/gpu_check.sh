@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# The GPU check of the CUDA backend, run from the project root on a GPU machine:
+#
+#   bash scripts/gpu_check.sh
+#
+# 1. installs the staged PyCUDA wheel (.gpu-wheels/, see ../shared/gpu/stage-wheels) into
+#    /tmp/site and puts /usr/local/cuda/bin first on PATH (PyCUDA runs nvcc at run time);
+# 2. runs the GPU suite (tests/gpu: every op against the reference backend, whole models
+#    at threshold 0 eagerly and under CUDA-graph replay, graph-mode behaviour);
+# 3. runs the op tests again under compute-sanitizer memcheck (caching allocator off, so
+#    out-of-bounds accesses are not hidden inside pooled blocks) unless SANITIZER=0;
+# 4. runs the speed probe (tests/gpu/speed_probe.py) unless PROBE=0, and
+#    scripts/bench.py --quick if it exists unless BENCH=0;
+# 5. prints a summary table last.
+# Logs and JSON go to $OUT (default /tmp/gpu_check). Extra pytest arguments: PYTEST_ARGS.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/gpu_check}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+
+python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu-wheels/*.whl || {
+    echo "installing .gpu-wheels failed: run ../shared/gpu/stage-wheels here and carry .gpu-wheels"; exit 2; }
+export PYTHONPATH=/tmp/site:$PWD
+export PATH=/usr/local/cuda/bin:$PATH
+
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)" | tee -a "$OUT/gpu.txt"
+
+declare -A STATUS SECONDS_TAKEN
+step() {  # step NAME COMMAND...: run, log to $OUT/NAME.log, record status and time
+    local name=$1; shift
+    local start=$SECONDS
+    echo "=== $name: $*"
+    "$@" 2>&1 | tee "$OUT/$name.log"
+    local rc=${PIPESTATUS[0]}
+    STATUS[$name]=$rc
+    SECONDS_TAKEN[$name]=$((SECONDS - start))
+}
+
+export DELTACONVERT_GPU_REPORT="$OUT/models.jsonl"
+rm -f "$DELTACONVERT_GPU_REPORT"
+step gpu_suite python3 -m pytest tests/gpu -q -rfEs --durations=10 --junitxml="$OUT/gpu_suite.xml" ${PYTEST_ARGS:-}
+if [ "${SANITIZER:-1}" != 0 ]; then
+    step sanitizer env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --error-exitcode 86 \
+        python3 -m pytest tests/gpu/test_ops.py -q -x -p no:cacheprovider --junitxml="$OUT/sanitizer.xml" \
+        ${SANITIZER_ARGS:-}
+fi
+if [ "${PROBE:-1}" != 0 ]; then
+    step speed_probe python3 tests/gpu/speed_probe.py --json "$OUT/speed_probe.json" ${PROBE_ARGS:-}
+fi
+if [ -f scripts/bench.py ] && [ "${BENCH:-1}" != 0 ]; then
+    step bench python3 scripts/bench.py --quick --out "$OUT/bench"
+fi
+
+python3 - "$OUT" <<'PY'
+import json, sys, xml.etree.ElementTree as ET
+from collections import defaultdict
+from pathlib import Path
+
+out = Path(sys.argv[1])
+print("\n## GPU check summary\n")
+print((out / "gpu.txt").read_text().strip().replace("\n", " | "), "\n")
+for name in ("gpu_suite", "sanitizer"):
+    path = out / f"{name}.xml"
+    if not path.exists():
+        print(f"{name}: no junit report")
+        continue
+    counts = defaultdict(lambda: defaultdict(int))
+    for case in ET.parse(path).getroot().iter("testcase"):
+        module = case.get("classname", "?").split(".")[-1]
+        kind = next((c.tag for c in case if c.tag in ("failure", "error", "skipped")), "passed")
+        counts[module][kind] += 1
+    print(f"| {name}: module | passed | failed | errors | skipped |\n|---|---|---|---|---|")
+    for module, c in sorted(counts.items()):
+        print(f"| {module} | {c['passed']} | {c['failure']} | {c['error']} | {c['skipped']} |")
+    print()
+log = out / "sanitizer.log"
+if log.exists():
+    lines = [l for l in log.read_text().splitlines() if "ERROR SUMMARY" in l]
+    print("compute-sanitizer memcheck:", lines[-1].strip() if lines else "no summary line")
+report = out / "models.jsonl"
+if report.exists():
+    print("\n| model | dtype | mode | max rel. error (≥50 frames) | accelerated ops |\n|---|---|---|---|---|")
+    for line in report.read_text().splitlines():
+        r = json.loads(line)
+        print(f"| {r['model']} | {r['dtype'].replace('torch.', '')} | {'graph' if r['graph'] else 'eager'} "
+              f"| {r['max_rel_error']:.2e} | {r['accelerated_ops']}/{r['ops']} |")
+PY
+probe=$OUT/speed_probe.log
+[ -f "$probe" ] && { echo; grep '^|' "$probe"; }
+echo
+echo "| step | exit status | seconds |"
+echo "|---|---|---|"
+for name in gpu_suite sanitizer speed_probe bench; do
+    [ -n "${STATUS[$name]+x}" ] && echo "| $name | ${STATUS[$name]} | ${SECONDS_TAKEN[$name]} |"
+done
+worst=0
+for rc in "${STATUS[@]}"; do [ "$rc" != 0 ] && worst=1; done
+exit $worst

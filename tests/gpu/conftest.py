@@ -1,0 +1,32 @@
+"""Fixtures of the GPU suite: every test that needs the CUDA backend takes ``runtime``,
+which skips (with the reason) when there is no GPU, no PyCUDA or no nvcc."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+def cuda_backend_problem() -> str | None:
+    if not torch.cuda.is_available():
+        return "no CUDA device"
+    from deltaconvert.backends.cuda import unavailable_reason
+    return unavailable_reason()
+
+
+@pytest.fixture(scope="session")
+def runtime():
+    """The CUDA backend's runtime of device 0."""
+    problem = cuda_backend_problem()
+    if problem is not None:
+        pytest.skip(f"CUDA backend unavailable: {problem}")
+    from deltaconvert.backends.cuda.device import device_runtime
+    return device_runtime(torch.device("cuda", 0))
+
+
+@pytest.fixture
+def poisoned(runtime):
+    """New kernel outputs start as NaN values and 0xFF mask bytes during the test."""
+    from deltaconvert.backends.cuda import poison_outputs
+    poison_outputs(True)
+    yield runtime
+    poison_outputs(False)

@@ -1,0 +1,103 @@
+"""A quick speed probe of the CUDA backend (not a test, and not the benchmark of
+scripts/bench.py): median ms per frame, batch 1, synthetic static-camera clip, threshold
+0, dense baselines and delta models measured in the same process.
+
+    python tests/gpu/speed_probe.py [--height 720 --width 1280 --frames 30] [--json PATH]
+
+Prints a markdown table; ``--json`` also writes the rows.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import warnings
+
+import torch
+
+from deltaconvert.convert import convert
+from deltaconvert.synthetic import synthetic_video
+from deltaconvert.testing import build_torchvision, calibrate_batchnorm
+
+DEVICE = torch.device("cuda", 0)
+
+
+def time_frames(fn, frames, warm: int) -> float:
+    """Median milliseconds per call over the frames after the first ``warm``."""
+    times = []
+    for i, x in enumerate(frames):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn(x)
+        end.record()
+        end.synchronize()
+        if i >= warm:
+            times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def dense_graph(model, example):
+    """The dense model replayed from one CUDA graph (inputs copied in)."""
+    static = example.clone()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream), torch.no_grad():
+        for _ in range(3):
+            model(static)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph), torch.no_grad():
+        out = model(static)
+
+    def run(x):
+        static.copy_(x)
+        graph.replay()
+        return out
+    return run
+
+
+def probe(name: str, frames: list, rows: list) -> None:
+    torch.manual_seed(0)
+    model = calibrate_batchnorm(build_torchvision(name).to(DEVICE), frames[:2])
+    for dtype, label in ((torch.float32, "fp32"), (torch.float16, "fp16")):
+        xs = [f.to(dtype) for f in frames]
+        dense = copy.deepcopy(model).to(dtype).to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True
+        with torch.no_grad():
+            rows.append((name, label, "dense eager (cuDNN)", time_frames(dense, xs, 5), None))
+        rows.append((name, label, "dense CUDA graph (cuDNN)", time_frames(dense_graph(dense, xs[0]), xs, 5), None))
+        for backend, graph in (("reference", True), ("cuda", False), ("cuda", True)):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                delta = convert(model, frames[0], backend=backend, cuda_graph=graph).to(dtype)
+            ms = time_frames(delta, xs, 5)
+            work = delta.stats().get("work_fraction_mean")
+            rows.append((name, label, f"delta {backend}{' + graph' if graph else ''}", ms, work))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--height", type=int, default=720)
+    parser.add_argument("--width", type=int, default=1280)
+    parser.add_argument("--frames", type=int, default=30)
+    parser.add_argument("--models", nargs="+", default=["mobilenet_v2", "resnet18"])
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    frames = [f.to(DEVICE) for f in synthetic_video(args.frames, args.height, args.width, seed=5)]
+    rows: list = []
+    for name in args.models:
+        probe(name, frames, rows)
+    print(f"\n{torch.cuda.get_device_name()} | {args.height}×{args.width}, batch 1, "
+          f"{args.frames} frames (median after 5), threshold 0, TF32 off\n")
+    print("| model | dtype | variant | ms/frame | work fraction |\n|---|---|---|---|---|")
+    for name, label, variant, ms, work in rows:
+        print(f"| {name} | {label} | {variant} | {ms:.2f} | {'' if work is None else f'{work:.3f}'} |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump([dict(zip(("model", "dtype", "variant", "ms", "work_fraction"), r)) for r in rows], f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

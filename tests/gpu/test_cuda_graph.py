@@ -1,0 +1,73 @@
+"""CUDA-graph mode: capture after the eager frames, replay, recapture on threshold
+changes, reset, and input checks."""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from deltaconvert.convert import convert
+from deltaconvert.errors import SequenceMismatch
+from deltaconvert.synthetic import synthetic_video
+
+pytestmark = pytest.mark.cuda
+DEVICE = torch.device("cuda", 0)
+
+
+def small_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.Hardswish(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).to(DEVICE).eval()
+
+
+@pytest.fixture
+def frames():
+    return [f.to(DEVICE) for f in synthetic_video(8, 21, 27, batch=2, seed=3)]
+
+
+def make(net, frames, backend="cuda"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return convert(net, frames[0], backend=backend, cuda_graph=True)
+
+
+@pytest.mark.parametrize("backend", ["cuda", "reference"])
+def test_replay_matches_eager(runtime, frames, backend):
+    net = small_net()
+    graphed, eager = make(net, frames, backend), make(net, frames, backend)
+    eager.cuda_graph = False
+    for t, x in enumerate(frames):
+        got, want = graphed(x), eager(x)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=f"frame {t}")
+        state = graphed._cuda_graph_state
+        assert (state is not None and state.captured is not None) == (t >= 2)
+
+
+def test_threshold_change_recaptures_and_reset_drops(runtime, frames):
+    net = small_net()
+    graphed, eager = make(net, frames), make(net, frames)
+    eager.cuda_graph = False
+    for x in frames[:4]:
+        graphed(x), eager(x)
+    first = graphed._cuda_graph_state.captured
+    name = next(iter(graphed.thresholds))
+    graphed.thresholds[name] = eager.thresholds[name] = 0.2
+    for x in frames[4:]:
+        torch.testing.assert_close(graphed(x), eager(x), rtol=1e-5, atol=1e-6)
+    assert graphed._cuda_graph_state.captured is not first
+    graphed.reset()
+    assert graphed._cuda_graph_state is None
+    eager.reset()
+    for x in frames:
+        torch.testing.assert_close(graphed(x), eager(x), rtol=1e-5, atol=1e-6)
+
+
+def test_replay_rejects_a_new_shape(runtime, frames):
+    graphed = make(small_net(), frames)
+    for x in frames[:4]:
+        graphed(x)
+    with pytest.raises(SequenceMismatch):
+        graphed(frames[0][:1])

@@ -1,0 +1,76 @@
+"""The CUDA sources compile, and the host-side launch signatures match them.
+
+These tests need only nvcc (no GPU): each ``cuda_kernels/*.cu`` is compiled for sm_90
+in both model dtypes, and the parameters of every ``extern "C"`` entry point (read from
+the preprocessed source) are compared with
+:data:`deltaconvert.backends.cuda.kernels.SIGNATURES`, the formats the launches use.
+"""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from deltaconvert.backends.cuda.kernels import SIGNATURES, kernel_dir
+
+NVCC = shutil.which("nvcc")
+needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH")
+SOURCES = sorted(kernel_dir().glob("*.cu"))
+SCALARS = ("float", "__half")
+
+
+def test_every_family_has_a_source():
+    assert {p.stem for p in SOURCES} == set(SIGNATURES)
+
+
+@needs_nvcc
+@pytest.mark.parametrize("scalar", SCALARS)
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.name)
+def test_compiles(source: Path, scalar: str, tmp_path: Path):
+    result = subprocess.run(
+        [NVCC, "-arch=sm_90", "-std=c++17", f"-I{kernel_dir()}", f"-DDC_SCALAR={scalar}",
+         "-cubin", "-o", str(tmp_path / "out.cubin"), str(source)],
+        capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def _c_type_format(param: str, blob_sizes: dict[str, int]) -> str:
+    param = param.strip()
+    if "*" in param:
+        return "P"
+    words = param.replace("const", "").split()
+    ctype = words[0]
+    if ctype == "int":
+        return "i"
+    if ctype == "float":
+        return "f"
+    if ctype in blob_sizes:
+        return f"{blob_sizes[ctype]}s"
+    raise AssertionError(f"unexpected kernel parameter type: {param!r}")
+
+
+def _entry_points(source: Path) -> dict[str, str]:
+    pre = subprocess.run([NVCC, "-E", "-std=c++17", f"-I{kernel_dir()}", str(source)],
+                         capture_output=True, text=True, check=True).stdout
+    blob_sizes = {"CatOperands": 32 * 56}
+    entries = {}
+    pattern = re.compile(r'extern\s+"C"\s+__attribute__\(\(global\)\)\s+void\s+'
+                         r'(?:__attribute__\(\(launch_bounds\([^)]*\)\)\)\s*)?(\w+)\s*\(')
+    for match in pattern.finditer(pre):
+        depth, i = 1, match.end()
+        while depth:
+            depth += {"(": 1, ")": -1}.get(pre[i], 0)
+            i += 1
+        params = pre[match.end():i - 1]
+        entries[match.group(1)] = "".join(_c_type_format(p, blob_sizes)
+                                          for p in params.split(",") if p.strip())
+    return entries
+
+
+@needs_nvcc
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.name)
+def test_signatures_match(source: Path):
+    assert _entry_points(source) == SIGNATURES[source.stem]
