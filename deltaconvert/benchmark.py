@@ -38,6 +38,7 @@ import platform
 import shlex
 import statistics
 import sys
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -385,7 +386,11 @@ def run(args: argparse.Namespace, argv: list[str],
                 frames = scene_cut_frames(frames)
             for name in args.models:
                 log(f"{name} on {clip} at {tuple(frames[0].shape[2:])}")
-                results["cases"].append(run_case(args, name, models[name], clip, frames, conversions))
+                started = time.perf_counter()
+                case = run_case(args, name, models[name], clip, frames, conversions)
+                case["wall_s"] = time.perf_counter() - started  # to plan runs within time limits
+                log(f"  case done in {case['wall_s']:.0f} s")
+                results["cases"].append(case)
                 on_case(results)
             del frames
             memory_now(args.device)
