@@ -23,6 +23,19 @@ def buffer_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32) if dtype.is_floating_point else torch.float32
 
 
+def accumulation_dtype(x: torch.Tensor) -> torch.dtype:
+    """Precision in which the reference backend evaluates weighted sums of deltas.
+
+    On the CPU, fp32 convolutions of deltas accumulate in float64: the rounding of a
+    large dot product (fan-in in the tens of thousands) would otherwise add a fresh
+    error of the size of the dense model's own rounding error on every frame, and the
+    oracle would drift like ``√frames``. On other devices the model's dtype is used.
+    """
+    if x.device.type == "cpu" and x.dtype == torch.float32:
+        return torch.float64
+    return x.dtype
+
+
 def masked(delta: Delta) -> torch.Tensor:
     """The delta's values with exact zeros outside its mask."""
     return delta.masked_values()
@@ -72,10 +85,11 @@ def truncate(v: torch.Tensor, o: torch.Tensor, candidates: torch.Tensor, thresho
     ``o`` (the value downstream has been sent) is updated in place where emitted;
     what is not emitted waits in ``v − o`` for a later frame.
     """
-    dy = v.to(o.dtype) - o
+    v = v.to(o.dtype)
+    dy = v - o
     emit = candidates & (channel_max_abs(dy) > threshold)
     dy = torch.where(emit, dy, torch.zeros((), dtype=dy.dtype, device=dy.device))
-    o.add_(dy)
+    o.copy_(torch.where(emit, v, o))
     return Delta(dy.to(out_dtype), emit)
 
 

@@ -4,10 +4,13 @@
 weights ``s·W`` and bias ``s·(b − μ) + β``. Applies to ``Conv2d → BatchNorm2d``,
 ``ConvTranspose2d → BatchNorm2d`` and ``Linear → BatchNorm1d`` where the conv's output
 feeds only the batch-norm and the batch-norm uses running statistics. The folded module
-is new; the traced modules are left as they were. Batch-norms that cannot be folded
+is new (computed in float64, then rounded once to the model's dtype); the traced
+modules are left as they were. Batch-norms that cannot be folded
 stay and become per-channel scales in the delta domain.
 """
 from __future__ import annotations
+
+import copy
 
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
@@ -23,10 +26,13 @@ def _fused(producer: nn.Module, bn: nn.Module) -> nn.Module | None:
         return None
     for producer_cls, bn_cls in _PAIRS:
         if type(producer) is producer_cls and type(bn) is bn_cls:
-            producer, bn = producer.eval(), bn.eval()
+            dtype = producer.weight.dtype
+            producer = copy.deepcopy(producer).eval().double()
+            bn = copy.deepcopy(bn).eval().double()
             if isinstance(producer, nn.Linear):
-                return fuse_linear_bn_eval(producer, bn)
-            return fuse_conv_bn_eval(producer, bn, transpose=isinstance(producer, nn.ConvTranspose2d))
+                return fuse_linear_bn_eval(producer, bn).to(dtype)
+            transpose = isinstance(producer, nn.ConvTranspose2d)
+            return fuse_conv_bn_eval(producer, bn, transpose=transpose).to(dtype)
     return None
 
 

@@ -2,8 +2,8 @@
 
 After this pass the registry sees one form of each op: ``F.relu(x)``, ``torch.relu(x)``
 and ``x.relu()`` are all calls of a fresh ``nn.ReLU`` at that call site;
-``F.layer_norm(x, s, w, b, eps)`` with parameter operands becomes an ``nn.LayerNorm``
-holding those parameters. A call whose non-input arguments are not all constants
+``F.layer_norm``, ``F.conv2d`` and ``F.linear`` whose weights are parameters become
+``nn.LayerNorm``/``nn.Conv2d``/``nn.Linear`` holding copies of those parameters. A call whose non-input arguments are not all constants
 (or that passes an argument the module cannot take) is left as it is.
 """
 from __future__ import annotations
@@ -59,7 +59,8 @@ def _module_kwargs(node: fx.Node, names: tuple[str, ...]) -> dict | None:
         return None
     kwargs = dict(zip(names, extra))
     for key, value in node.kwargs.items():
-        if key == "inplace":
+        # fx records some defaults explicitly (F.softmax: _stacklevel=3, dtype=None)
+        if key == "inplace" or key.startswith("_") or (key not in names and value is None):
             continue
         if key not in names:
             return None
@@ -71,29 +72,72 @@ def _module_kwargs(node: fx.Node, names: tuple[str, ...]) -> dict | None:
     return {k: v for k, v in kwargs.items() if k in names}
 
 
-def _layer_norm_module(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
-    names = ("normalized_shape", "weight", "bias", "eps")
+def _bound(node: fx.Node, names: tuple[str, ...]) -> dict:
     bound = dict(zip(names, node.args[1:]))
     bound.update(node.kwargs)
-    shape, weight, bias = bound.get("normalized_shape"), bound.get("weight"), bound.get("bias")
-    if isinstance(shape, fx.Node):
-        return None
-    params = []
-    for operand in (weight, bias):
+    return bound
+
+
+def _tensors(gm: fx.GraphModule, *operands) -> list[torch.Tensor | None] | None:
+    """Parameter operands (``get_attr`` nodes or None) resolved to tensors, or None if an
+    operand is computed at run time."""
+    out = []
+    for operand in operands:
         if operand is None:
-            params.append(None)
+            out.append(None)
         elif isinstance(operand, fx.Node) and operand.op == "get_attr":
-            params.append(_resolve_attr(gm, operand.target))
+            out.append(_resolve_attr(gm, operand.target))
         else:
             return None
-    ln = nn.LayerNorm(shape, eps=bound.get("eps", 1e-5), elementwise_affine=weight is not None,
-                      bias=bias is not None)
+    return out
+
+
+def _load(module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
     with torch.no_grad():
-        if params[0] is not None:
-            ln.weight.copy_(params[0])
-        if params[1] is not None:
-            ln.bias.copy_(params[1])
-    return ln.to(params[0].device if params[0] is not None else "cpu")
+        module.weight.copy_(weight)
+        if bias is not None:
+            module.bias.copy_(bias)
+    return module.to(weight.device, weight.dtype)
+
+
+def _layer_norm_module(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
+    bound = _bound(node, ("normalized_shape", "weight", "bias", "eps"))
+    params = _tensors(gm, bound.get("weight"), bound.get("bias"))
+    shape = bound.get("normalized_shape")
+    if params is None or params[0] is None or isinstance(shape, fx.Node):
+        return None
+    ln = nn.LayerNorm(shape, eps=bound.get("eps", 1e-5), bias=params[1] is not None)
+    return _load(ln, *params)
+
+
+def _conv2d_module(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
+    bound = _bound(node, ("weight", "bias", "stride", "padding", "dilation", "groups"))
+    params = _tensors(gm, bound.get("weight"), bound.get("bias"))
+    geometry = [bound.get(k, d) for k, d in (("stride", 1), ("padding", 0), ("dilation", 1),
+                                             ("groups", 1))]
+    if params is None or params[0] is None or params[0].dim() != 4 or any(
+            isinstance(g, fx.Node) for g in geometry):
+        return None
+    weight, bias = params
+    stride, padding, dilation, groups = geometry
+    conv = nn.Conv2d(weight.shape[1] * groups, weight.shape[0], tuple(weight.shape[2:]),
+                     stride=stride, padding=padding, dilation=dilation, groups=groups,
+                     bias=bias is not None)
+    return _load(conv, weight, bias)
+
+
+def _linear_module(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
+    bound = _bound(node, ("weight", "bias"))
+    params = _tensors(gm, bound.get("weight"), bound.get("bias"))
+    if params is None or params[0] is None:
+        return None
+    weight, bias = params
+    return _load(nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None), weight, bias)
+
+
+# Functionals whose tensor operands are parameters: built with the parameters copied in.
+_WEIGHTED = {F.layer_norm: _layer_norm_module, F.conv2d: _conv2d_module,
+             torch.conv2d: _conv2d_module, F.linear: _linear_module}
 
 
 def _resolve_attr(gm: fx.GraphModule, target: str) -> torch.Tensor:
@@ -105,8 +149,8 @@ def _resolve_attr(gm: fx.GraphModule, target: str) -> torch.Tensor:
 
 def torch_functional_to_module(gm: fx.GraphModule) -> fx.GraphModule:
     for node in list(gm.graph.nodes):
-        if node.op == "call_function" and node.target is F.layer_norm:
-            module = _layer_norm_module(gm, node)
+        if node.op == "call_function" and node.target in _WEIGHTED:
+            module = _WEIGHTED[node.target](gm, node)
         else:
             entry = _lookup(node)
             kwargs = _module_kwargs(node, entry[1]) if entry else None

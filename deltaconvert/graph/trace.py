@@ -17,7 +17,20 @@ from torch import fx, nn
 from ..errors import TraceFailure
 from ..registry import is_registered_leaf
 
-_TORCH_DIR = os.path.dirname(torch.__file__)
+_LIBRARY_DIRS = (os.path.dirname(torch.__file__),
+                 os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+class _SingleModule(nn.Module):
+    """Root wrapper for a model that is itself one leaf module (``convert(nn.Conv2d(…))``):
+    the op is then named ``module``."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, x):
+        return self.module(x)
 
 
 class DeltaTracer(fx.Tracer):
@@ -35,6 +48,8 @@ def trace_model(model: nn.Module) -> fx.GraphModule:
     if isinstance(private, fx.GraphModule):
         return private
     tracer = DeltaTracer()
+    if tracer.is_leaf_module(private, ""):
+        private = _SingleModule(private)
     try:
         graph = tracer.trace(private)
     except Exception as error:  # noqa: BLE001 - re-raised with context
@@ -52,7 +67,7 @@ def _explain(model: nn.Module, tracer: DeltaTracer, error: Exception) -> str:
         type_name = type(model).__name__
         where = f"in {type_name}.forward"
     frames = [f for f in traceback.extract_tb(error.__traceback__)
-              if not f.filename.startswith(_TORCH_DIR)]
+              if not f.filename.startswith(_LIBRARY_DIRS)]
     if frames:
         f = frames[-1]
         where += f", at {f.filename}:{f.lineno}: `{(f.line or '').strip()}`"

@@ -34,7 +34,9 @@ class Conv2d(DeltaOp):
 
     def delta(self, d: Delta) -> Delta:
         conv = self.conv
-        values = conv._conv_forward(ref.masked(d), conv.weight, None)
+        x = ref.masked(d)
+        wide = ref.accumulation_dtype(x)
+        values = conv._conv_forward(x.to(wide), conv.weight.to(wide), None).to(x.dtype)
         mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
         mask = ref.window_mask(d.mask, conv.kernel_size, conv.stride, conv.dilation,
                                conv._reversed_padding_repeated_twice, mode)
@@ -59,8 +61,11 @@ class ConvTranspose2d(DeltaOp):
         conv = self.conv
         output_padding = conv._output_padding(d.values, output_size, conv.stride, conv.padding,
                                               conv.kernel_size, 2, conv.dilation)
-        values = F.conv_transpose2d(ref.masked(d), conv.weight, None, conv.stride, conv.padding,
-                                    output_padding, conv.groups, conv.dilation)
+        x = ref.masked(d)
+        wide = ref.accumulation_dtype(x)
+        values = F.conv_transpose2d(x.to(wide), conv.weight.to(wide), None, conv.stride,
+                                    conv.padding, output_padding, conv.groups,
+                                    conv.dilation).to(x.dtype)
         mask = ref.transposed_window_mask(d.mask, conv.kernel_size, conv.stride, conv.padding,
                                           output_padding, conv.dilation)
         return Delta(values, mask)
@@ -78,7 +83,9 @@ class Linear(DeltaOp):
         return self.linear(x)
 
     def delta(self, d: Delta) -> Delta:
-        return Delta(F.linear(ref.masked(d), self.linear.weight), d.mask)
+        x = ref.masked(d)
+        wide = ref.accumulation_dtype(x)
+        return Delta(F.linear(x.to(wide), self.linear.weight.to(wide)).to(x.dtype), d.mask)
 
 
 class ChannelScale(DeltaOp):

@@ -1,0 +1,9 @@
+"""Shared test configuration: deterministic seeds and a bounded thread count."""
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+    yield

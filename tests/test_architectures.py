@@ -1,0 +1,56 @@
+"""Whole torchvision models at threshold 0: the delta model equals the original on every
+frame of synthetic videos, at two resolutions (one odd), batch 1 and 2, across reset().
+
+Random weights with BatchNorm statistics calibrated on the clip, so that every output
+depends on the input (checked: a test that cannot fail is worthless)."""
+import warnings
+
+import pytest
+import torch
+
+import deltaconvert
+from deltaconvert.synthetic import synthetic_video
+from deltaconvert.testing import build_torchvision, calibrate_batchnorm, main_output, relative_error
+
+ARCHITECTURES = [
+    "resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small",
+    "efficientnet_b0", "regnet_y_400mf", "shufflenet_v2_x1_0", "squeezenet1_1", "vgg11_bn",
+    "densenet121", "mnasnet0_5", "googlenet", "convnext_tiny",
+    "fcn_resnet50", "deeplabv3_mobilenet_v3_large", "lraspp_mobilenet_v3_large",
+]
+FRAMES = 20
+TOLERANCE = 1e-4
+
+
+def _run_sequence(model, delta, frames, name):
+    errors, changes, previous = [], [], None
+    for t, frame in enumerate(frames):
+        with torch.no_grad():
+            expected = model(frame)
+        actual = delta(frame)
+        if isinstance(expected, dict):
+            assert set(actual) == set(expected)
+        expected, actual = main_output(expected), main_output(actual)
+        assert actual.shape == expected.shape
+        errors.append(relative_error(actual, expected))
+        if previous is not None:
+            changes.append(relative_error(expected, previous))
+        previous = expected
+    assert max(changes) > 1e-3, f"{name}: the reference output ignores the input"
+    worst = max(range(len(errors)), key=errors.__getitem__)
+    assert errors[worst] <= TOLERANCE, f"{name}: relative error {errors[worst]:.2e} at frame {worst}"
+    return max(errors)
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_threshold_zero_matches_original(name):
+    odd = synthetic_video(FRAMES, 97, 131, batch=2, seed=1)
+    other = synthetic_video(FRAMES, 72, 96, batch=1, seed=2)
+    model = calibrate_batchnorm(build_torchvision(name), odd[:3] + other[:3])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", deltaconvert.DenseFallbackWarning)
+        delta = deltaconvert.convert(model, odd[0], architecture=name)
+    assert delta.dense_islands == {}
+    _run_sequence(model, delta, odd, name)
+    delta.reset()
+    _run_sequence(model, delta, other, name)
