@@ -10,10 +10,15 @@
 //   conv_gemm       implicit GEMM for any group size: output pixels × output channels of
 //                   one group, reduced over K = KH·KW·Cin_g (a 1×1 conv is a plain
 //                   matrix product over the channels). Weights packed [G][KH][KW][Cin_g][Cout_g].
+//                   fp32 models use CUDA cores; fp16 models use tensor cores (wmma
+//                   16×16×16, fp16 products, fp32 accumulation).
 //   conv_depthwise  one input channel per group (Cin_g = 1, any channel multiplier);
 //                   weights packed [KH][KW][Cout].
 // Epilogue `mode`: 0 writes δy (model dtype); 1 adds round(δy) into an fp32 accumulator
 // (the state of a following activation, which then truncates: see pw_truncate).
+#include <mma.h>
+#include <type_traits>
+
 #include "common.cuh"
 
 #define TILE 8           // output tile is TILE × TILE pixels
@@ -21,6 +26,10 @@
 #define GEMM_CO 64       // output channels per conv_gemm block
 #define GEMM_K 16        // reduction chunk
 #define DW_CO 32         // output channels per conv_depthwise block
+#define TC_K 32          // reduction chunk of the tensor-core path
+#define TC_LDA (TC_K + 8)        // padded leading dimensions (multiples of 8 halves / 4 floats)
+#define TC_LDB (GEMM_CO + 8)
+#define TC_LDC (GEMM_CO + 4)
 
 #define CONV_PARAMS                                                                        \
     int N, int Cin, int H, int W, int Cout, int OH, int OW, int KH, int KW, int sh, int sw, \
@@ -29,6 +38,10 @@
         const mask_t *m, int mN, int mH, int mW, const scalar_t *wp, int mode,              \
         scalar_t *out, int oN, int oC, int oH, int oW,                                      \
         float *acc, int aN, int aC, int aH, int aW, mask_t *om
+
+#define CONV_ARGS                                                                           \
+    N, Cin, H, W, Cout, OH, OW, KH, KW, sh, sw, pt, pl, dh, dw, groups, x, xN, xC, xH, xW, m,  \
+        mN, mH, mW, wp, mode, out, oN, oC, oH, oW, acc, aN, aC, aH, aW, om
 
 // Output mask of this block's tile into `active` (also written to `om` by the blocks
 // with blockIdx.y == 0). Returns whether any pixel of the tile is active. All threads
@@ -71,8 +84,39 @@ __device__ __forceinline__ void conv_store(int mode, float v, int n, int c, int 
     }
 }
 
-// blockDim 256; grid (tiles, groups · ceil(Cout_g / 64), N).
-extern "C" __global__ void __launch_bounds__(256) conv_gemm(CONV_PARAMS) {
+// The block's place in the GEMM: its group and first output channel in that group.
+struct GemmBlock {
+    int cin_g, cout_g, grp, co0, K;
+};
+__device__ __forceinline__ GemmBlock gemm_block(int Cin, int Cout, int groups, int KH, int KW) {
+    GemmBlock b;
+    b.cin_g = Cin / groups;
+    b.cout_g = Cout / groups;
+    const int blocks_per_group = (b.cout_g + GEMM_CO - 1) / GEMM_CO;
+    b.grp = blockIdx.y / blocks_per_group;
+    b.co0 = (blockIdx.y - b.grp * blocks_per_group) * GEMM_CO;
+    b.K = KH * KW * b.cin_g;
+    return b;
+}
+
+// One element of the implicit-GEMM A matrix: the input value under reduction index kg
+// for the output pixel whose window starts at (y0, x0), or 0 (padding, masked, k ≥ K).
+__device__ __forceinline__ scalar_t gather_a(int kg, int K, int cin_g, int KW, bool pixel_active,
+                                             int y0, int x0, int dh, int dw, int H, int W, int n,
+                                             const scalar_t *xg, int xN, int xC, int xH, int xW,
+                                             const mask_t *m, int mN, int mH, int mW) {
+    if (kg >= K || !pixel_active) return from_f<scalar_t>(0.f);
+    const int r = kg / cin_g;
+    const int ci = kg - r * cin_g;
+    const int kh = r / KW;
+    const int iy = y0 + kh * dh, ix = x0 + (r - kh * KW) * dw;
+    if (iy < 0 || iy >= H || ix < 0 || ix >= W || !m[off3(n, iy, ix, mN, mH, mW)])
+        return from_f<scalar_t>(0.f);
+    return xg[off4(n, ci, iy, ix, xN, xC, xH, xW)];
+}
+
+// CUDA-core implicit GEMM (fp32 models): 4×4 outputs per thread.
+__device__ __forceinline__ void conv_gemm_cuda_cores(CONV_PARAMS) {
     __shared__ bool active[TILE_P];
     __shared__ float As[TILE_P][GEMM_K + 1];
     __shared__ __align__(16) float Bs[GEMM_K][GEMM_CO];
@@ -85,11 +129,8 @@ extern "C" __global__ void __launch_bounds__(256) conv_gemm(CONV_PARAMS) {
                           mW, om, active))
         return;
 
-    const int cin_g = Cin / groups, cout_g = Cout / groups;
-    const int blocks_per_group = (cout_g + GEMM_CO - 1) / GEMM_CO;
-    const int grp = blockIdx.y / blocks_per_group;
-    const int co0 = (blockIdx.y - grp * blocks_per_group) * GEMM_CO;
-    const int K = KH * KW * cin_g;
+    const GemmBlock gb = gemm_block(Cin, Cout, groups, KH, KW);
+    const int cin_g = gb.cin_g, cout_g = gb.cout_g, grp = gb.grp, co0 = gb.co0, K = gb.K;
 
     // A tile loads: this thread fills reduction row kk for pixels (tid/16) + 16·i.
     const int kk = tid & (GEMM_K - 1);
@@ -109,25 +150,10 @@ extern "C" __global__ void __launch_bounds__(256) conv_gemm(CONV_PARAMS) {
     const scalar_t *wg = wp + (size_t)grp * K * cout_g;
 
     for (int k0 = 0; k0 < K; k0 += GEMM_K) {
-        const int kg = k0 + kk;
-        const bool kok = kg < K;
-        int ci = 0, kh = 0, kw = 0;
-        if (kok) {
-            const int r = kg / cin_g;
-            ci = kg - r * cin_g;
-            kh = r / KW;
-            kw = r - kh * KW;
-        }
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            float v = 0.f;
-            if (kok && pok[i]) {
-                const int iy = py[i] + kh * dh, ix = px[i] + kw * dw;
-                if (iy >= 0 && iy < H && ix >= 0 && ix < W && m[off3(n, iy, ix, mN, mH, mW)])
-                    v = to_f(xg[off4(n, ci, iy, ix, xN, xC, xH, xW)]);
-            }
-            As[(tid >> 4) + 16 * i][kk] = v;
-        }
+        for (int i = 0; i < 4; ++i)
+            As[(tid >> 4) + 16 * i][kk] = to_f(gather_a(k0 + kk, K, cin_g, KW, pok[i], py[i], px[i], dh, dw,
+                                                        H, W, n, xg, xN, xC, xH, xW, m, mN, mH, mW));
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
             const int kb = (tid >> 6) + 4 * i, co = tid & 63;
@@ -162,6 +188,92 @@ extern "C" __global__ void __launch_bounds__(256) conv_gemm(CONV_PARAMS) {
                            aN, aC, aH, aW);
         }
     }
+}
+
+// Tensor-core implicit GEMM (fp16 models). 8 warps: 4 along the pixels × 2 along the
+// output channels, each computing 16 pixels × 32 channels with two 16×16 fragments.
+template <typename T>
+__device__ __forceinline__ void conv_gemm_tensor_cores(CONV_PARAMS) {
+    using namespace nvcuda;
+    __shared__ bool active[TILE_P];
+    __shared__ __align__(32) T As[TILE_P][TC_LDA];
+    __shared__ __align__(32) T Bs[TC_K][TC_LDB];
+    __shared__ __align__(32) float Cs[TILE_P][TC_LDC];
+
+    const int tid = threadIdx.x;
+    const int n = blockIdx.z;
+    const int tiles_x = (OW + TILE - 1) / TILE;
+    const int ty0 = (blockIdx.x / tiles_x) * TILE, tx0 = (blockIdx.x % tiles_x) * TILE;
+    if (!tile_output_mask(n, ty0, tx0, OH, OW, H, W, KH, KW, sh, sw, pt, pl, dh, dw, m, mN, mH,
+                          mW, om, active))
+        return;
+    const GemmBlock gb = gemm_block(Cin, Cout, groups, KH, KW);
+    const T *xg = x + gb.grp * gb.cin_g * xC;
+    const T *wg = wp + (size_t)gb.grp * gb.K * gb.cout_g;
+
+    // A loads: reduction column kk for pixels (tid / 32) + 8·i.
+    const int kk = tid & (TC_K - 1);
+    int py[8], px[8];
+    bool pok[8];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+        const int p = (tid >> 5) + 8 * i;
+        pok[i] = active[p];
+        py[i] = (ty0 + p / TILE) * sh - pt;
+        px[i] = (tx0 + p % TILE) * sw - pl;
+    }
+    const int warp = tid >> 5, warp_m = warp & 3, warp_n = warp >> 2;
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> c[2];
+    wmma::fill_fragment(c[0], 0.f);
+    wmma::fill_fragment(c[1], 0.f);
+
+    for (int k0 = 0; k0 < gb.K; k0 += TC_K) {
+#pragma unroll
+        for (int i = 0; i < 8; ++i)
+            As[(tid >> 5) + 8 * i][kk] = gather_a(k0 + kk, gb.K, gb.cin_g, KW, pok[i], py[i], px[i], dh,
+                                                  dw, H, W, n, xg, xN, xC, xH, xW, m, mN, mH, mW);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            const int kb = (tid >> 6) + 4 * i, co = tid & 63;
+            const int kgb = k0 + kb, cog = gb.co0 + co;
+            Bs[kb][co] = (kgb < gb.K && cog < gb.cout_g) ? wg[(size_t)kgb * gb.cout_g + cog]
+                                                         : from_f<T>(0.f);
+        }
+        __syncthreads();
+#pragma unroll
+        for (int ks = 0; ks < TC_K; ks += 16) {
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;
+            wmma::load_matrix_sync(a, &As[warp_m * 16][ks], TC_LDA);
+#pragma unroll
+            for (int j = 0; j < 2; ++j) {
+                wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> b;
+                wmma::load_matrix_sync(b, &Bs[ks][warp_n * 32 + j * 16], TC_LDB);
+                wmma::mma_sync(c[j], a, b, c[j]);
+            }
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int j = 0; j < 2; ++j)
+        wmma::store_matrix_sync(&Cs[warp_m * 16][warp_n * 32 + j * 16], c[j], TC_LDC, wmma::mem_row_major);
+    __syncthreads();
+    const int co = tid & 63;
+    if (gb.co0 + co >= gb.cout_g) return;
+#pragma unroll 4
+    for (int i = 0; i < 16; ++i) {
+        const int p = (tid >> 6) + 4 * i;
+        if (!active[p]) continue;
+        conv_store(mode, Cs[p][co], n, gb.grp * gb.cout_g + gb.co0 + co, ty0 + p / TILE, tx0 + p % TILE,
+                   out, oN, oC, oH, oW, acc, aN, aC, aH, aW);
+    }
+}
+
+// blockDim 256; grid (tiles, groups · ceil(Cout_g / 64), N).
+extern "C" __global__ void __launch_bounds__(256) conv_gemm(CONV_PARAMS) {
+    if constexpr (std::is_same<scalar_t, __half>::value)
+        conv_gemm_tensor_cores<scalar_t>(CONV_ARGS);
+    else
+        conv_gemm_cuda_cores(CONV_ARGS);
 }
 
 // blockDim 256 = 32 output channels × 8 tile rows; grid (tiles, ceil(Cout / 32), N).

@@ -30,3 +30,13 @@ def poisoned(runtime):
     poison_outputs(True)
     yield runtime
     poison_outputs(False)
+
+
+@pytest.fixture(autouse=True)
+def exact_fp32():
+    """fp32 without TF32 (cuDNN's default TF32 alone differs from fp32 by ~1e-3), for
+    the reference ops and the dense baselines alike."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved

@@ -57,7 +57,7 @@ def dense_graph(model, example):
     return run
 
 
-def probe(name: str, frames: list, rows: list) -> None:
+def probe(name: str, frames: list, rows: list, profile: bool) -> None:
     torch.manual_seed(0)
     model = calibrate_batchnorm(build_torchvision(name).to(DEVICE), frames[:2])
     for dtype, label in ((torch.float32, "fp32"), (torch.float16, "fp16")):
@@ -67,13 +67,44 @@ def probe(name: str, frames: list, rows: list) -> None:
         with torch.no_grad():
             rows.append((name, label, "dense eager (cuDNN)", time_frames(dense, xs, 5), None))
         rows.append((name, label, "dense CUDA graph (cuDNN)", time_frames(dense_graph(dense, xs[0]), xs, 5), None))
-        for backend, graph in (("reference", True), ("cuda", False), ("cuda", True)):
+        variants = (("delta reference + graph", "reference", True, 0.0, True),
+                    ("delta cuda", "cuda", False, 0.0, True),
+                    ("delta cuda + graph", "cuda", True, 0.0, True),
+                    ("delta cuda + graph, no stats", "cuda", True, 0.0, False),
+                    ("delta cuda + graph, τ=0.05", "cuda", True, 0.05, True))
+        for label_v, backend, graph, tau, stats in variants:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                delta = convert(model, frames[0], backend=backend, cuda_graph=graph).to(dtype)
+                delta = convert(model, frames[0], backend=backend, cuda_graph=graph,
+                                thresholds=tau).to(dtype)
+            for op in delta.delta_ops().values():
+                op.track_stats = stats
             ms = time_frames(delta, xs, 5)
-            work = delta.stats().get("work_fraction_mean")
-            rows.append((name, label, f"delta {backend}{' + graph' if graph else ''}", ms, work))
+            work = delta.stats().get("work_fraction_mean") if stats else None
+            rows.append((name, label, label_v, ms, work))
+            if profile and label_v == "delta cuda":
+                kernel_profile(delta, xs[-3:], f"{name} {label}")
+
+
+def kernel_profile(model, frames: list, title: str) -> None:
+    """GPU time per kernel name over a few eager delta frames (torch.profiler/CUPTI)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for x in frames:
+            model(x)
+        torch.cuda.synchronize()
+    totals: dict[str, float] = {}
+    for event in prof.key_averages():
+        us = getattr(event, "self_device_time_total", None)
+        if us is None:
+            us = getattr(event, "self_cuda_time_total", 0.0)
+        if us:
+            totals[event.key] = totals.get(event.key, 0.0) + us
+    grand = sum(totals.values()) or 1.0
+    print(f"\nkernel time per frame, {title} (eager, threshold 0): {grand / len(frames) / 1000:.2f} ms")
+    for key, us in sorted(totals.items(), key=lambda kv: -kv[1])[:12]:
+        print(f"  {us / len(frames) / 1000:7.3f} ms  {100 * us / grand:5.1f} %  {key[:90]}")
 
 
 def main() -> None:
@@ -83,12 +114,13 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=30)
     parser.add_argument("--models", nargs="+", default=["mobilenet_v2", "resnet18"])
     parser.add_argument("--json")
+    parser.add_argument("--profile", action="store_true", help="print GPU time per kernel")
     args = parser.parse_args()
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     frames = [f.to(DEVICE) for f in synthetic_video(args.frames, args.height, args.width, seed=5)]
     rows: list = []
     for name in args.models:
-        probe(name, frames, rows)
+        probe(name, frames, rows, args.profile)
     print(f"\n{torch.cuda.get_device_name()} | {args.height}×{args.width}, batch 1, "
           f"{args.frames} frames (median after 5), threshold 0, TF32 off\n")
     print("| model | dtype | variant | ms/frame | work fraction |\n|---|---|---|---|---|")

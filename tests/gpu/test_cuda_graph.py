@@ -71,3 +71,31 @@ def test_replay_rejects_a_new_shape(runtime, frames):
         graphed(x)
     with pytest.raises(SequenceMismatch):
         graphed(frames[0][:1])
+
+
+def _relu_with_kernels(runtime):
+    from deltaconvert.backends.cuda.binding import wrapper_for
+    from deltaconvert.delta import Delta
+    from deltaconvert.ops.footprint import Footprint
+    from deltaconvert.ops.nonlinear import Nonlinear
+
+    op = Nonlinear(nn.ReLU(), Footprint.POINTWISE, (True,), 0.0)
+    op.node_name = "features.relu"
+    op(torch.randn(2, 4, 5, 6, device=DEVICE))
+    op.accelerated = wrapper_for(op, runtime)
+    return op, Delta(torch.randn(2, 4, 5, 6, device=DEVICE),
+                     torch.ones(2, 1, 5, 6, dtype=torch.bool, device=DEVICE))
+
+
+def test_launch_outside_the_frame_is_refused(runtime):
+    op, d = _relu_with_kernels(runtime)
+    with pytest.raises(RuntimeError, match="features.relu: .*outside the model's frame"):
+        op(d)
+
+
+def test_launch_escaping_the_capture_stream_is_refused(runtime):
+    op, d = _relu_with_kernels(runtime)
+    graph = torch.cuda.CUDAGraph()
+    with pytest.raises(RuntimeError, match="features.relu: a CUDA graph is being captured"):
+        with torch.cuda.graph(graph, stream=torch.cuda.Stream()):
+            op(d)
