@@ -68,7 +68,7 @@ extern "C" __global__ void pw_accumulate(int N, int C, int H, int W, int lanes, 
 // of the operand masks) is set:
 //   if lin:  a0 += round(s[c] · Σ_i k_i · δ_i)        (fused linear producer)
 //   v  = F(a0[, a1])                                   (fn: activation, product, norm)
-//   δy = v − o;  emit iff max_c |δy| > thr;  where emitted: o += δy, out = δy.
+//   δy = v − o;  emit iff max_c |δy| > thr;  where emitted: o ← v, out = δy.
 // With lin = 0 the operands contribute only their masks (inputs already accumulated,
 // e.g. by a convolution epilogue or pw_accumulate). Masks of non-emitted pixels are 0.
 extern "C" __global__ void pw_truncate(int N, int C, int H, int W, int lanes, int n_ops, int lin,
@@ -156,8 +156,9 @@ extern "C" __global__ void pw_truncate(int N, int C, int H, int W, int lanes, in
     if (!emit) return;
     for (int c = g.sub; c < C; c += lanes) {
         float *sent = o + off4(n, c, y, x, sN, sC, sH, sW);
-        const float dy = value(c) - *sent;
-        *sent = *sent + dy;
+        const float v = value(c);
+        const float dy = v - *sent;
+        *sent = v;
         out[off4(n, c, y, x, oN, oC, oH, oW)] = from_f<scalar_t>(dy);
     }
 }

@@ -4,7 +4,7 @@
 //   pool_window (mode POOL_MAX): max pooling is non-linear. The input is accumulated
 //       beforehand (pw_accumulate into `a`); for each output pixel whose window holds an
 //       updated input pixel, v = max over the window of round(a), δy = v − o, truncated
-//       as in pw_truncate.
+//       as in pw_truncate (o ← v where emitted).
 //   pool_window (POOL_AVG, POOL_ADAPTIVE_AVG): linear, δy = mean of the masked deltas in
 //       the window (avg_pool2d's divisor rules, or adaptive_avg_pool2d's windows).
 //   pool_global_sum / pool_global_finish: global average pooling (output 1×1). Blocks
@@ -107,8 +107,9 @@ extern "C" __global__ void pool_window(int N, int C, int H, int W, int OH, int O
     if (!emit) return;
     for (int c = g.sub; c < C; c += lanes) {
         float *sent = o + off4(n, c, oy, ox, sN, sC, sH, sW);
-        const float dy = value(c) - *sent;
-        *sent = *sent + dy;
+        const float v = value(c);
+        const float dy = v - *sent;
+        *sent = v;
         out[off4(n, c, oy, ox, oN, oC, oH, oW)] = from_f<scalar_t>(dy);
     }
 }
