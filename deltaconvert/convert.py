@@ -96,6 +96,7 @@ def convert(model: nn.Module, example_input: torch.Tensor | tuple | None = None,
     converted = DeltaGraphModule(root, graph, f"Delta{type(model).__name__}", backend=backend,
                                  conversion={"architecture": architecture or type(model).__name__,
                                              "dense_islands": islands,
+                                             "forced_dense": sorted(set(config.dense) & set(islands)),
                                              "deltaconvert_version": __version__})
     config.apply_to(converted)
     converted.cuda_graph = cuda_graph
