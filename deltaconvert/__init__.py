@@ -10,14 +10,17 @@ __version__ = "0.1.0"
 from .convert import DenseFallbackWarning, convert  # noqa: E402
 from .delta import Delta  # noqa: E402
 from .errors import (BackendUnavailable, CheckpointError, ConfigError,  # noqa: E402
-                     DeltaConvertError, SequenceMismatch, TraceFailure, UnsupportedOp)
+                     DeltaConvertError, ModelFileError, SequenceMismatch, TraceFailure,
+                     UnknownArchitecture, UnsupportedOp, VideoError)
 from .model import DeltaGraphModule  # noqa: E402
 from .registry import register_delta_op, register_leaf_module  # noqa: E402
+from .serialization import load, save  # noqa: E402
 from .thresholds import ThresholdConfig, load_thresholds  # noqa: E402
 
 __all__ = [
-    "convert", "DeltaGraphModule", "Delta", "ThresholdConfig", "load_thresholds",
+    "convert", "save", "load", "DeltaGraphModule", "Delta", "ThresholdConfig", "load_thresholds",
     "register_delta_op", "register_leaf_module", "DenseFallbackWarning",
     "DeltaConvertError", "TraceFailure", "UnsupportedOp", "SequenceMismatch", "ConfigError",
-    "CheckpointError", "BackendUnavailable",
+    "CheckpointError", "BackendUnavailable", "ModelFileError", "VideoError",
+    "UnknownArchitecture",
 ]

@@ -29,3 +29,15 @@ class CheckpointError(DeltaConvertError):
 
 class BackendUnavailable(DeltaConvertError):
     """The requested backend cannot run here (no GPU, no PyCUDA, no nvcc …)."""
+
+
+class ModelFileError(DeltaConvertError):
+    """A saved delta-model file is missing, not a deltaconvert file, or of another version."""
+
+
+class VideoError(DeltaConvertError):
+    """A video file is missing or cannot be decoded."""
+
+
+class UnknownArchitecture(DeltaConvertError):
+    """No torchvision classification or segmentation builder has the given name."""
