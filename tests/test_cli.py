@@ -1,0 +1,241 @@
+"""The deltaconvert command line, through subprocesses: every command, and every error
+path with its message, exit status and no half-written output."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+from deltaconvert import ThresholdConfig
+from deltaconvert.synthetic import synthetic_video
+from deltaconvert.video import to_rgb_image
+
+ARCH = "squeezenet1_1"  # the fastest torchvision model to convert
+SIZE = "48x64"
+FRAMES = 8
+COMMANDS = ("convert", "run", "tune", "bench", "info", "demo")
+
+
+# Tiny inputs run fastest on one thread, and CI machines are small.
+ENVIRONMENT = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def cli(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "deltaconvert.cli", *map(str, args)],
+                          cwd=cwd, capture_output=True, text=True, timeout=600, env=ENVIRONMENT)
+
+
+def write_clip(path: Path) -> None:
+    """A short H.264 clip of the synthetic static-camera video."""
+    import av
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.options = {"crf": "10"}
+        for frame in synthetic_video(FRAMES, 48, 64, seed=5):
+            image = to_rgb_image(frame[0]).permute(1, 2, 0).numpy()
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode())
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    """A directory with a checkpoint, a clip, junk files, and a converted model."""
+    directory = tmp_path_factory.mktemp("cli")
+    torch.manual_seed(0)
+    torch.save(torchvision.models.get_model(ARCH, weights=None).state_dict(), directory / "ckpt.pth")
+    write_clip(directory / "clip.mp4")
+    (directory / "junk.bin").write_bytes(b"\x00junk" * 64)
+    result = cli("convert", ARCH, "--checkpoint", "ckpt.pth", "--input-size", SIZE,
+                 "-o", "model.delta.pt", cwd=directory)
+    assert result.returncode == 0, result.stderr
+    assert f"converted {ARCH}" in result.stdout
+    return directory
+
+
+@pytest.fixture(scope="module")
+def tuned(work) -> Path:
+    result = cli("tune", "model.delta.pt", "clip.mp4", "--budget", "0.05", "--frames", "4",
+                 "-o", "tuned.yaml", cwd=work)
+    assert result.returncode == 0, result.stderr
+    assert "tuned" in result.stdout and "wrote tuned.yaml" in result.stdout
+    assert "tuning" in result.stderr  # the progress bar
+    return work / "tuned.yaml"
+
+
+# -- commands -------------------------------------------------------------------------------
+def test_help_lists_every_command(tmp_path):
+    result = cli("--help", cwd=tmp_path)
+    assert result.returncode == 0
+    for command in COMMANDS:
+        assert f"    {command} " in result.stdout
+
+
+def test_console_script_is_installed(tmp_path):
+    script = shutil.which("deltaconvert")
+    if script is None:
+        pytest.skip("deltaconvert is not installed as a console script here")
+    result = subprocess.run([script, "--help"], capture_output=True, text=True, cwd=tmp_path,
+                            env=ENVIRONMENT)
+    assert result.returncode == 0 and "convert" in result.stdout
+
+
+def test_info_shows_layers_thresholds_islands_and_memory(work):
+    result = cli("info", "model.delta.pt", cwd=work)
+    assert result.returncode == 0, result.stderr
+    for text in (f"architecture  {ARCH}", "weights       ckpt.pth", "dense islands 0",
+                 "buffers", "MiB of sequence state at 1x3x48x64", "x_sparsify", "threshold"):
+        assert text in result.stdout
+
+
+def test_tune_writes_a_valid_config_within_budget(tuned):
+    config = ThresholdConfig.from_yaml(tuned)
+    meta = config.metadata
+    assert meta["budget"] == 0.05 and meta["clip"] == "clip.mp4, first 4 frames"
+    assert 0 < meta["error"] <= 0.05 and meta["resolution"] == [48, 64]
+    assert meta["weights"] == "ckpt.pth" and config.architecture == ARCH
+
+
+def test_convert_with_thresholds_then_run(work, tuned):
+    result = cli("convert", ARCH, "--checkpoint", "ckpt.pth", "--thresholds", tuned,
+                 "--input-size", SIZE, "-o", "tuned.delta.pt", cwd=work)
+    assert result.returncode == 0, result.stderr
+    info = cli("info", "tuned.delta.pt", cwd=work)
+    layer, value = next((k, v) for k, v in ThresholdConfig.from_yaml(tuned).layers.items() if v > 0)
+    assert any(line.split()[0] == layer and f"{value:g}" in line for line in
+               info.stdout.splitlines() if line.strip())
+    result = cli("run", "tuned.delta.pt", "clip.mp4", "-o", "out", cwd=work)
+    assert result.returncode == 0, result.stderr
+    assert "fps" in result.stdout and "run" in result.stderr
+    summary = json.loads((work / "out" / "summary.json").read_text())
+    assert summary["frames"] == FRAMES and summary["resolution"] == [48, 64]
+    assert summary["delta_fps"] > 0 and 0 < summary["work_fraction_mean"] <= 1
+    outputs = torch.load(work / "out" / "outputs.pt")
+    assert len(outputs) == FRAMES and outputs[0].shape == (1, 1000)
+    assert not torch.equal(outputs[0], outputs[-1])  # the model depends on its input
+    heatmaps = sorted((work / "out" / "updates").iterdir())
+    assert [p.name for p in heatmaps] == [f"frame_{i:05d}.png" for i in range(1, FRAMES)]
+    assert torchvision.io.read_image(str(heatmaps[0])).shape == (3, 48, 64)
+    assert not [p for p in (work / "out").rglob(".*.tmp")]
+
+
+def test_run_with_thresholds_frame_cap_and_no_heatmap(work, tuned):
+    result = cli("run", "model.delta.pt", "clip.mp4", "-o", "out2", "--thresholds", tuned,
+                 "--max-frames", "3", "--no-heatmap", "--input-size", "32x48", cwd=work)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((work / "out2" / "summary.json").read_text())
+    assert summary["frames"] == 3 and summary["resolution"] == [32, 48]
+    assert not (work / "out2" / "updates").exists()
+
+
+def test_bench_delegates_to_the_benchmark(tmp_path):
+    result = cli("bench", "--help", cwd=tmp_path)
+    if "not part of this installation" in result.stderr:
+        pytest.skip("deltaconvert.benchmark is not installed")
+    assert result.returncode == 0 and "usage: deltaconvert bench" in result.stdout
+
+
+def test_bench_without_the_benchmark_module_says_so(tmp_path):
+    code = ("import sys; sys.modules['deltaconvert.benchmark'] = None; "
+            "from deltaconvert.cli import main; sys.exit(main(['bench']))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=tmp_path, env=ENVIRONMENT)
+    assert result.returncode == 1
+    assert "the benchmark is not part of this installation" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_demo_runs_without_arguments(tmp_path):
+    result = cli("demo", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for text in ("mobilenet_v2", "Big Buck Bunny", "dense", "delta", "ms/frame", "speedup",
+                 "error      relative L2 of the embedding vs dense"):
+        assert text in result.stdout
+
+
+# -- error paths -----------------------------------------------------------------------------
+ERRORS = [
+    # (arguments, exit status, texts in stderr, file that must not exist afterwards)
+    (["convert", "squeezenet1_l", "--checkpoint", "ckpt.pth", "-o", "x.delta.pt"], 1,
+     ["unknown architecture 'squeezenet1_l'", "squeezenet1_1"], "x.delta.pt"),
+    (["convert", ARCH, "--checkpoint", "nope.pth", "-o", "x.delta.pt"], 1,
+     ["checkpoint file not found: nope.pth"], "x.delta.pt"),
+    (["convert", "squeezenet1_0", "--checkpoint", "ckpt.pth", "-o", "x.delta.pt"], 1,
+     ["ckpt.pth does not fit squeezenet1_0", "different shapes", "features.0.weight"], "x.delta.pt"),
+    (["convert", ARCH, "--checkpoint", "ckpt.pth", "--num-classes", "10", "-o", "x.delta.pt"], 1,
+     ["classifier.1.weight (1000, 512, 1, 1) vs (10, 512, 1, 1)", "--num-classes"], "x.delta.pt"),
+    (["convert", ARCH, "--checkpoint", "junk.bin", "-o", "x.delta.pt"], 1,
+     ["junk.bin is not a PyTorch checkpoint"], "x.delta.pt"),
+    (["convert", ARCH, "--checkpoint", "ckpt.pth", "--thresholds", "none.yaml", "-o", "x.delta.pt"],
+     1, ["threshold file not found: none.yaml"], "x.delta.pt"),
+    (["convert", ARCH, "--checkpoint", "ckpt.pth", "--thresholds", "bad.yaml", "--input-size", SIZE,
+      "-o", "x.delta.pt"], 1, ["bad.yaml:3: unknown layer 'features.1.relu'"], "x.delta.pt"),
+    (["convert", ARCH, "--checkpoint", "ckpt.pth", "--input-size", SIZE, "-o", "no/dir/x.delta.pt"],
+     1, ["directory no/dir does not exist"], None),
+    (["convert", ARCH, "--checkpoint", "ckpt.pth", "--input-size", "48", "-o", "x.delta.pt"], 2,
+     ["expected HEIGHTxWIDTH"], "x.delta.pt"),
+    (["convert", ARCH, "-o", "x.delta.pt"], 2,
+     ["one of the arguments --checkpoint --random-init is required"], "x.delta.pt"),
+    (["run", "none.delta.pt", "clip.mp4", "-o", "o"], 1, ["model file not found: none.delta.pt"], "o"),
+    (["run", "ckpt.pth", "clip.mp4", "-o", "o"], 1,
+     ["not a deltaconvert model file", "torch.save checkpoint"], "o"),
+    (["run", "model.delta.pt", "none.mp4", "-o", "o"], 1, ["video file not found: none.mp4"], "o"),
+    (["run", "model.delta.pt", "junk.bin", "-o", "o"], 1, ["cannot decode video file junk.bin"], "o"),
+    (["run", "model.delta.pt", "clip.mp4", "-o", "junk.bin"], 1, ["junk.bin: exists and is not a directory"], None),
+    (["run", "model.delta.pt", "clip.mp4", "-o", "o", "--thresholds", "bad.yaml"], 1,
+     ["bad.yaml:3: unknown layer"], "o"),
+    (["tune", "model.delta.pt", "clip.mp4", "-o", "t.yaml", "--budget", "-1"], 2,
+     ["expected a finite number > 0"], "t.yaml"),
+    (["tune", "model.delta.pt", "none.mp4", "-o", "t.yaml"], 1, ["video file not found"], "t.yaml"),
+    (["tune", "junk.bin", "clip.mp4", "-o", "t.yaml"], 1, ["not a deltaconvert model file"], "t.yaml"),
+    (["info", "junk.bin"], 1, ["junk.bin is not a deltaconvert model file"], None),
+    (["info", "old.delta.pt"], 1, ["format version 0", "reads version 1"], None),
+    ([], 2, ["required: COMMAND"], None),
+    (["frobnicate"], 2, ["invalid choice: 'frobnicate'"], None),
+]
+
+
+def write_error_inputs(work: Path) -> None:
+    """A threshold file naming an unknown layer, and a model file of another format version."""
+    (work / "bad.yaml").write_text("default: 0.0\nlayers:\n  features.1.relu: 0.1\n")
+    with zipfile.ZipFile(work / "model.delta.pt") as source, \
+            zipfile.ZipFile(work / "old.delta.pt", "w") as target:
+        for name in source.namelist():
+            data = source.read(name)
+            if name == "deltaconvert.json":
+                data = json.dumps({**json.loads(data), "format_version": 0}).encode()
+            target.writestr(name, data)
+
+
+@pytest.fixture(scope="module")
+def error_results(work) -> dict[int, subprocess.CompletedProcess]:
+    """Every error-path command, run concurrently (each pays the interpreter start-up)."""
+    write_error_inputs(work)
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        futures = {index: pool.submit(cli, *case[0], cwd=work) for index, case in enumerate(ERRORS)}
+    return {index: future.result() for index, future in futures.items()}
+
+
+@pytest.mark.parametrize("index", range(len(ERRORS)),
+                         ids=[" ".join(case[0][:2]) + f" #{i}" for i, case in enumerate(ERRORS)])
+def test_error_paths(work, error_results, index):
+    args, status, texts, absent = ERRORS[index]
+    result = error_results[index]
+    assert result.returncode == status, result.stderr
+    for text in texts:
+        assert text in result.stderr
+    assert "Traceback" not in result.stderr
+    if status == 1:
+        assert result.stderr.startswith(f"deltaconvert {args[0]}: error: ")
+    if absent is not None:
+        assert not (work / absent).exists()
+    assert not list(work.glob(".*.tmp"))
