@@ -14,8 +14,11 @@
 //                   16×16×16, fp16 products, fp32 accumulation).
 //   conv_depthwise  one input channel per group (Cin_g = 1, any channel multiplier);
 //                   weights packed [KH][KW][Cout].
-// Epilogue `mode`: 0 writes δy (model dtype); 1 adds round(δy) into an fp32 accumulator
-// (the state of a following activation, which then truncates: see pw_truncate).
+// `mode` bits: CONV_ACCUMULATE — the epilogue adds round(δy) into an fp32 accumulator
+// (the state of a following activation, which then truncates: see pw_truncate) instead
+// of writing δy in the model dtype; CONV_VECTOR_A / CONV_VECTOR_B — conv_gemm may load
+// its input / weight tiles as 16-byte vectors (the host sets them only when channels are
+// contiguous, counts are multiples of the chunk and vector, and addresses aligned).
 #include <mma.h>
 #include <type_traits>
 
@@ -26,6 +29,9 @@
 #define GEMM_CO 64       // output channels per conv_gemm block
 #define GEMM_K 16        // reduction chunk
 #define DW_CO 32         // output channels per conv_depthwise block
+#define CONV_ACCUMULATE 1
+#define CONV_VECTOR_A 2
+#define CONV_VECTOR_B 4
 #define TC_K 32          // reduction chunk of the tensor-core path
 #define TC_LDA (TC_K + 8)        // padded leading dimensions (multiples of 8 halves / 4 floats)
 #define TC_LDB (GEMM_CO + 8)
@@ -76,7 +82,7 @@ __device__ __forceinline__ bool tile_output_mask(int n, int ty0, int tx0, int OH
 __device__ __forceinline__ void conv_store(int mode, float v, int n, int c, int oy, int ox,
                                            scalar_t *out, int oN, int oC, int oH, int oW,
                                            float *acc, int aN, int aC, int aH, int aW) {
-    if (mode == 0) {
+    if (!(mode & CONV_ACCUMULATE)) {
         out[off4(n, c, oy, ox, oN, oC, oH, oW)] = from_f<scalar_t>(v);
     } else {
         float *a = acc + off4(n, c, oy, ox, aN, aC, aH, aW);
@@ -115,6 +121,24 @@ __device__ __forceinline__ scalar_t gather_a(int kg, int K, int cin_g, int KW, b
     return xg[off4(n, ci, iy, ix, xN, xC, xH, xW)];
 }
 
+// Vector loads of an A-tile row segment: with CONV_VECTOR_A a chunk [k0, k0 + chunk) lies
+// in one kernel tap (Cin_g is a multiple of the chunk), so its channels are contiguous.
+// Fills `count` (4 floats or 8 halves) values for the pixel whose window starts at (y0, x0).
+template <typename V>
+__device__ __forceinline__ V gather_a_vector(int k0, int cin_g, int KW, bool pixel_active, int y0,
+                                             int x0, int dh, int dw, int H, int W, int n, int c,
+                                             const scalar_t *xg, int xN, int xH, int xW,
+                                             const mask_t *m, int mN, int mH, int mW) {
+    V v;
+    memset(&v, 0, sizeof(V));
+    if (!pixel_active) return v;
+    const int r = k0 / cin_g;
+    const int kh = r / KW;
+    const int iy = y0 + kh * dh, ix = x0 + (r - kh * KW) * dw;
+    if (iy < 0 || iy >= H || ix < 0 || ix >= W || !m[off3(n, iy, ix, mN, mH, mW)]) return v;
+    return *reinterpret_cast<const V *>(xg + n * xN + iy * xH + ix * xW + (k0 - r * cin_g) + c);
+}
+
 // CUDA-core implicit GEMM (fp32 models): 4×4 outputs per thread.
 __device__ __forceinline__ void conv_gemm_cuda_cores(CONV_PARAMS) {
     __shared__ bool active[TILE_P];
@@ -149,16 +173,37 @@ __device__ __forceinline__ void conv_gemm_cuda_cores(CONV_PARAMS) {
     const scalar_t *xg = x + grp * cin_g * xC;
     const scalar_t *wg = wp + (size_t)grp * K * cout_g;
 
+    // Vector loads: pixel tid/4 takes channels 4·(tid%4)..+3 of the chunk; weight row
+    // tid/16 takes output channels 4·(tid%16)..+3.
+    const int vp = tid >> 2;
+    const bool vok = active[vp];
+    const int vy = (ty0 + vp / TILE) * sh - pt, vx = (tx0 + vp % TILE) * sw - pl;
     for (int k0 = 0; k0 < K; k0 += GEMM_K) {
+        if (mode & CONV_VECTOR_A) {
+            const float4 a = gather_a_vector<float4>(k0, cin_g, KW, vok, vy, vx, dh, dw, H, W, n,
+                                                     4 * (tid & 3), reinterpret_cast<const scalar_t *>(xg),
+                                                     xN, xH, xW, m, mN, mH, mW);
+            float *row = &As[vp][4 * (tid & 3)];
+            row[0] = to_f(a.x);
+            row[1] = to_f(a.y);
+            row[2] = to_f(a.z);
+            row[3] = to_f(a.w);
+        } else {
 #pragma unroll
-        for (int i = 0; i < 4; ++i)
-            As[(tid >> 4) + 16 * i][kk] = to_f(gather_a(k0 + kk, K, cin_g, KW, pok[i], py[i], px[i], dh, dw,
-                                                        H, W, n, xg, xN, xC, xH, xW, m, mN, mH, mW));
+            for (int i = 0; i < 4; ++i)
+                As[(tid >> 4) + 16 * i][kk] = to_f(gather_a(k0 + kk, K, cin_g, KW, pok[i], py[i], px[i], dh,
+                                                            dw, H, W, n, xg, xN, xC, xH, xW, m, mN, mH, mW));
+        }
+        const int vb = tid >> 4, vco = co0 + 4 * (tid & 15);
+        if ((mode & CONV_VECTOR_B) && k0 + vb < K && vco + 4 <= cout_g) {
+            *reinterpret_cast<float4 *>(&Bs[vb][4 * (tid & 15)]) =
+                *reinterpret_cast<const float4 *>(wg + (size_t)(k0 + vb) * cout_g + vco);
+        } else {
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            const int kb = (tid >> 6) + 4 * i, co = tid & 63;
-            const int kgb = k0 + kb, cog = co0 + co;
-            Bs[kb][co] = (kgb < K && cog < cout_g) ? to_f(wg[(size_t)kgb * cout_g + cog]) : 0.f;
+            for (int j = 0; j < 4; ++j) {
+                const int kgb = k0 + vb, cog = vco + j;
+                Bs[vb][4 * (tid & 15) + j] = (kgb < K && cog < cout_g) ? to_f(wg[(size_t)kgb * cout_g + cog]) : 0.f;
+            }
         }
         __syncthreads();
 #pragma unroll
@@ -227,17 +272,33 @@ __device__ __forceinline__ void conv_gemm_tensor_cores(CONV_PARAMS) {
     wmma::fill_fragment(c[0], 0.f);
     wmma::fill_fragment(c[1], 0.f);
 
+    // Vector loads: pixel tid/4 takes channels 8·(tid%4)..+7 of the chunk; weight row
+    // tid/8 takes output channels 8·(tid%8)..+7.
+    const int vp = tid >> 2;
+    const bool vok = active[vp];
+    const int vy = (ty0 + vp / TILE) * sh - pt, vx = (tx0 + vp % TILE) * sw - pl;
     for (int k0 = 0; k0 < gb.K; k0 += TC_K) {
+        if (mode & CONV_VECTOR_A) {
+            *reinterpret_cast<uint4 *>(&As[vp][8 * (tid & 3)]) =
+                gather_a_vector<uint4>(k0, gb.cin_g, KW, vok, vy, vx, dh, dw, H, W, n, 8 * (tid & 3), xg,
+                                       xN, xH, xW, m, mN, mH, mW);
+        } else {
 #pragma unroll
-        for (int i = 0; i < 8; ++i)
-            As[(tid >> 5) + 8 * i][kk] = gather_a(k0 + kk, gb.K, gb.cin_g, KW, pok[i], py[i], px[i], dh,
-                                                  dw, H, W, n, xg, xN, xC, xH, xW, m, mN, mH, mW);
+            for (int i = 0; i < 8; ++i)
+                As[(tid >> 5) + 8 * i][kk] = gather_a(k0 + kk, gb.K, gb.cin_g, KW, pok[i], py[i], px[i], dh,
+                                                      dw, H, W, n, xg, xN, xC, xH, xW, m, mN, mH, mW);
+        }
+        const int vb = tid >> 3, vco = gb.co0 + 8 * (tid & 7);
+        if ((mode & CONV_VECTOR_B) && k0 + vb < gb.K && vco + 8 <= gb.cout_g) {
+            *reinterpret_cast<uint4 *>(&Bs[vb][8 * (tid & 7)]) =
+                *reinterpret_cast<const uint4 *>(wg + (size_t)(k0 + vb) * gb.cout_g + vco);
+        } else {
 #pragma unroll
-        for (int i = 0; i < 8; ++i) {
-            const int kb = (tid >> 6) + 4 * i, co = tid & 63;
-            const int kgb = k0 + kb, cog = gb.co0 + co;
-            Bs[kb][co] = (kgb < gb.K && cog < gb.cout_g) ? wg[(size_t)kgb * gb.cout_g + cog]
-                                                         : from_f<T>(0.f);
+            for (int j = 0; j < 8; ++j) {
+                const int kgb = k0 + vb, cog = vco + j;
+                Bs[vb][8 * (tid & 7) + j] = (kgb < gb.K && cog < gb.cout_g) ? wg[(size_t)kgb * gb.cout_g + cog]
+                                                                           : from_f<T>(0.f);
+            }
         }
         __syncthreads();
 #pragma unroll

@@ -81,11 +81,14 @@ if log.exists():
     print("compute-sanitizer memcheck:", lines[-1].strip() if lines else "no summary line")
 report = out / "models.jsonl"
 if report.exists():
-    print("\n| model | dtype | mode | max rel. error (≥50 frames) | accelerated ops |\n|---|---|---|---|---|")
+    fmt = lambda v: "" if v is None else f"{v:.2e}"
+    print("\n| model | dtype | mode | max rel. error vs dense fp32 (≥50 frames) "
+          "| vs reference backend (fp16) | dense fp16 vs fp32 | accelerated ops |\n|---|---|---|---|---|---|---|")
     for line in report.read_text().splitlines():
         r = json.loads(line)
         print(f"| {r['model']} | {r['dtype'].replace('torch.', '')} | {'graph' if r['graph'] else 'eager'} "
-              f"| {r['max_rel_error']:.2e} | {r['accelerated_ops']}/{r['ops']} |")
+              f"| {fmt(r['max_rel_error'])} | {fmt(r.get('max_rel_error_vs_reference'))} "
+              f"| {fmt(r.get('dense_fp16_error'))} | {r['accelerated_ops']}/{r['ops']} |")
 PY
 probe=$OUT/speed_probe.log
 [ -f "$probe" ] && { echo; grep '^|' "$probe"; }

@@ -190,6 +190,11 @@ CONVS = {
     "row_kernel": (lambda: nn.Conv2d(9, 5, (1, 5), padding=(0, 2)), (2, 9, 7, 21)),
     "one_pixel": (lambda: nn.Conv2d(16, 8, 1), (3, 16, 1, 1)),
     "grouped_1x1": (lambda: nn.Conv2d(12, 24, 1, groups=3), (2, 12, 5, 7)),
+    # Channel counts that allow the 16-byte tile loads (on the channels_last frames).
+    "vec_3x3": (lambda: nn.Conv2d(64, 96, 3, padding=1), (2, 64, 13, 19)),
+    "vec_1x1_grouped": (lambda: nn.Conv2d(64, 48, 1, groups=2), (2, 64, 9, 11)),
+    "vec_strided_dilated": (lambda: nn.Conv2d(32, 40, 3, stride=2, dilation=2, padding=2), (2, 32, 15, 17)),
+    "vec_a_only": (lambda: nn.Conv2d(32, 30, 1), (3, 32, 7, 9)),
 }
 
 
@@ -392,6 +397,8 @@ def test_densify(poisoned, shape, dtype):
 FUSIONS = {
     "conv_relu": (lambda: [Conv2d(nn.Conv2d(6, 20, 3, padding=1)),
                            Nonlinear(nn.ReLU(), Footprint.POINTWISE, (True,), 0.1)], (V((2, 6, 13, 19)),)),
+    "conv_relu_vector": (lambda: [Conv2d(nn.Conv2d(64, 64, 3, padding=1)),
+                                  Nonlinear(nn.ReLU(), Footprint.POINTWISE, (True,), 0.0)], (V((2, 64, 11, 13)),)),
     "depthwise_hardswish": (lambda: [Conv2d(nn.Conv2d(24, 24, 3, stride=2, padding=1, groups=24)),
                                      Nonlinear(nn.Hardswish(), Footprint.POINTWISE, (True,), 0.0)],
                             (V((2, 24, 13, 19)),)),

@@ -12,6 +12,7 @@ returns only its mask; the activation then truncates (no δy values round trip).
 """
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -27,6 +28,10 @@ from .tensors import new_mask, new_values, placeholder, strides4
 TILE = 8
 GEMM_CO = 64
 DW_CO = 32
+# conv_gemm mode bits (conv.cu)
+ACCUMULATE, VECTOR_A, VECTOR_B = 1, 2, 4
+# 16-byte tile loads where layout and alignment allow (DELTACONVERT_CUDA_VECTOR_LOADS=0: off).
+VECTOR_LOADS = os.environ.get("DELTACONVERT_CUDA_VECTOR_LOADS", "1") != "0"
 
 
 def pack_weight(weight: torch.Tensor, groups: int, depthwise: bool) -> torch.Tensor:
@@ -37,6 +42,23 @@ def pack_weight(weight: torch.Tensor, groups: int, depthwise: bool) -> torch.Ten
     if depthwise:
         return w[:, 0].permute(1, 2, 0).contiguous()
     return w.reshape(groups, cout // groups, cin_g, kh, kw).permute(0, 3, 4, 2, 1).contiguous()
+
+
+def gemm_mode(values: torch.Tensor, weight: torch.Tensor, cin_g: int, cout_g: int) -> int:
+    """The conv_gemm vector-load bits: A needs NHWC-contiguous channels, Cin_g a multiple
+    of the reduction chunk (16 fp32 / 32 fp16, so a chunk stays in one kernel tap) and
+    16-byte aligned pixels; B needs Cout_g a multiple of the vector width."""
+    if not VECTOR_LOADS:
+        return 0
+    width, chunk = (8, 32) if values.dtype == torch.float16 else (4, 16)
+    n, c, h, w = strides4(values)
+    mode = 0
+    if (c == 1 and cin_g % chunk == 0 and n % width == 0 and h % width == 0 and w % width == 0
+            and values.data_ptr() % 16 == 0):
+        mode |= VECTOR_A
+    if cout_g % width == 0 and weight.data_ptr() % 16 == 0:
+        mode |= VECTOR_B
+    return mode
 
 
 class ConvKernel(Accelerated):
@@ -86,7 +108,10 @@ class ConvKernel(Accelerated):
         args_ = Args(layer).ints(n, cin, h, w, cout, oh, ow, kh, kw, sh, sw, top, left, dh, dw,
                                  groups)
         args_.tensor(d.values, strides4(d.values)).mask(d.mask, d.shape).ptr(weight)
-        args_.ints(int(fused)).tensor(out, strides4(out))
+        mode = ACCUMULATE if fused else 0
+        if not depthwise:
+            mode |= gemm_mode(d.values, weight, cin_g, cout // groups)
+        args_.ints(mode).tensor(out, strides4(out))
         args_.tensor(acc, strides4(acc) if acc is not None else (0, 0, 0, 0)).ptr(om)
         tiles = -(-oh // TILE) * -(-ow // TILE)
         if depthwise:
