@@ -12,7 +12,9 @@
 # 4. runs the speed probe (tests/gpu/speed_probe.py) unless PROBE=0, and
 #    scripts/bench.py --quick if it exists unless BENCH=0;
 # 5. prints a summary table last.
-# Logs and JSON go to $OUT (default /tmp/gpu_check). Extra pytest arguments: PYTEST_ARGS.
+# Logs and JSON go to $OUT (default /tmp/gpu_check). Extra arguments, parsed as shell words
+# (quote inside them): PYTEST_ARGS (GPU suite), SANITIZER_ARGS (e.g. '-k "conv2d or fused"'),
+# PROBE_ARGS (speed probe, e.g. '--frames 20 --profile').
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_check}
@@ -27,6 +29,9 @@ export PATH=/usr/local/cuda/bin:$PATH
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)" | tee -a "$OUT/gpu.txt"
 
+eval "pytest_args=(${PYTEST_ARGS:-})"
+eval "sanitizer_args=(${SANITIZER_ARGS:-})"
+eval "probe_args=(${PROBE_ARGS:-})"
 declare -A STATUS SECONDS_TAKEN
 step() {  # step NAME COMMAND...: run, log to $OUT/NAME.log, record status and time
     local name=$1; shift
@@ -40,14 +45,14 @@ step() {  # step NAME COMMAND...: run, log to $OUT/NAME.log, record status and t
 
 export DELTACONVERT_GPU_REPORT="$OUT/models.jsonl"
 rm -f "$DELTACONVERT_GPU_REPORT"
-step gpu_suite python3 -m pytest tests/gpu -q -rfEs --durations=10 --junitxml="$OUT/gpu_suite.xml" ${PYTEST_ARGS:-}
+step gpu_suite python3 -m pytest tests/gpu -q -rfEs --durations=10 --junitxml="$OUT/gpu_suite.xml" "${pytest_args[@]}"
 if [ "${SANITIZER:-1}" != 0 ]; then
     step sanitizer env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --error-exitcode 86 \
         python3 -m pytest tests/gpu/test_ops.py -q -x -p no:cacheprovider --junitxml="$OUT/sanitizer.xml" \
-        ${SANITIZER_ARGS:-}
+        "${sanitizer_args[@]}"
 fi
 if [ "${PROBE:-1}" != 0 ]; then
-    step speed_probe python3 tests/gpu/speed_probe.py --json "$OUT/speed_probe.json" ${PROBE_ARGS:-}
+    step speed_probe python3 tests/gpu/speed_probe.py --json "$OUT/speed_probe.json" "${probe_args[@]}"
 fi
 if [ -f scripts/bench.py ] && [ "${BENCH:-1}" != 0 ]; then
     step bench python3 scripts/bench.py --quick --out "$OUT/bench"
