@@ -56,6 +56,12 @@ class Accelerated:
     def fallback(self, op: DeltaOp, *args: Any, **kwargs: Any) -> Any:
         return op.delta(*args, **kwargs)
 
+    @staticmethod
+    def fp32_state(*buffers: torch.Tensor) -> bool:
+        """Whether state buffers are fp32, the only state dtype the kernels address (the
+        reference backend keeps float64 state on the CPU)."""
+        return all(b.dtype == torch.float32 for b in buffers)
+
     def usable(self, *values: Any) -> bool:
         """Whether the kernels take these tensors/Deltas: rank 2 or 4, fp32/fp16, this
         device, one dtype."""

@@ -33,7 +33,7 @@ class SparsifyKernel(Accelerated):
         return ref.sparsify(x, op._state["ref"], op.threshold, op.dilation)
 
     def run(self, op: DeltaOp, x: torch.Tensor) -> Any:
-        if not self.usable(x):
+        if not self.usable(x) or not self.fp32_state(op._state["ref"]):
             return NotImplemented
         state = op._state
         state["ref"] = reference = as_nhwc(state["ref"])
@@ -61,8 +61,8 @@ class DensifyKernel(Accelerated):
     """``op.accelerated`` of a Densify."""
 
     def run(self, op: DeltaOp, d: Any) -> Any:
-        if not isinstance(d, Delta) or not self.usable(d):
-            return NotImplemented
         y = op._state["y"]
+        if not isinstance(d, Delta) or not self.usable(d) or not self.fp32_state(y):
+            return NotImplemented
         accumulate(self.runtime, op.node_name, d, y)
         return y.to(d.dtype, copy=True)

@@ -170,9 +170,10 @@ class Truncating(Accelerated):
     def accepts(self, op: DeltaOp, shape: Sequence[int], dtype: torch.dtype) -> bool:
         """Whether a producer may hand this op its work (:class:`Fused`) for an output of
         ``shape`` and ``dtype``."""
-        acc = op._state.get("acc")
+        acc, sent = op._state.get("acc"), op._state.get("sent")
         return (acc is not None and dtype in SUPPORTED_DTYPES and len(shape) in (2, 4)
-                and tuple(acc[0].shape) == tuple(shape) and acc[0].device == self.runtime.device)
+                and tuple(acc[0].shape) == tuple(shape) and acc[0].device == self.runtime.device
+                and self.fp32_state(acc[0], sent))
 
     def run(self, op: DeltaOp, *args: Any, **kwargs: Any) -> Any:
         if len(args) != 1 or kwargs or not isinstance(args[0], Delta):
@@ -180,7 +181,7 @@ class Truncating(Accelerated):
         d = args[0]
         work = d.extras.get("fused")
         if work is None or work.consumer is not op:
-            if not self.usable(d) or tuple(op._state["acc"][0].shape) != tuple(d.shape):
+            if not self.usable(d) or not self.accepts(op, d.shape, d.dtype):
                 return NotImplemented
             work = Fused(op, [d], [1.0], lin=True)
         acc, sent = nhwc_state(op)
@@ -204,7 +205,7 @@ class Product(Accelerated):
             out_shape = torch.broadcast_shapes(x.shape, y.shape)
         except RuntimeError:
             return NotImplemented
-        if x.shape[0] != y.shape[0]:
+        if x.shape[0] != y.shape[0] or not self.fp32_state(*op._state["acc"], op._state["sent"]):
             return NotImplemented
         acc, sent = nhwc_state(op)
         accumulate(self.runtime, op.node_name, x, acc[0])

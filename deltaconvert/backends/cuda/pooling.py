@@ -58,7 +58,8 @@ class MaxPoolKernel(Accelerated):
         if len(args) != 1 or kwargs or not isinstance(args[0], Delta):
             return NotImplemented
         d = args[0]
-        if d.dim() != 4 or not self.usable(d):
+        if (d.dim() != 4 or not self.usable(d)
+                or not self.fp32_state(*op._state["acc"], op._state["sent"])):
             return NotImplemented
         acc, sent = nhwc_state(op)
         accumulate(self.runtime, op.node_name, d, acc[0])
