@@ -230,6 +230,30 @@ def split(site: CallSite) -> LinearCall:
     return LinearCall(site.fn, Footprint.CHANNELS if dim % rank == 1 else Footprint.REAPPLY)
 
 
+def _reduces_channels_only(site: CallSite) -> bool:
+    dims = site.constant(1, "dim")
+    dims = tuple(dims) if isinstance(dims, (list, tuple)) else (dims,)
+    rank = site.input_info().rank
+    keepdim = site.constant(2, "keepdim", False)
+    return rank >= 2 and keepdim is True and [d % rank for d in dims if d is not None] == [1]
+
+
+@register_delta_op(torch.mean, torch.sum, "mean", "sum")
+def channel_sum(site: CallSite) -> LinearCall:
+    if not _reduces_channels_only(site):
+        raise UnsupportedOp("only a reduction over the channels (dim=1, keepdim=True) keeps "
+                            "pixels apart")
+    return LinearCall(site.fn, Footprint.CHANNELS)
+
+
+@register_delta_op(torch.amax, torch.amin, "amax", "amin")
+def channel_extreme(site: CallSite) -> Nonlinear:
+    if not _reduces_channels_only(site):
+        raise UnsupportedOp("only a reduction over the channels (dim=1, keepdim=True) keeps "
+                            "pixels apart")
+    return Nonlinear(site.fn, Footprint.POINTWISE, site.varying)
+
+
 @register_delta_op("float", "double", "half", "bfloat16", "to", "type_as", "contiguous")
 def cast(site: CallSite) -> LinearCall:
     return LinearCall(site.fn, Footprint.CHANNELS)

@@ -8,6 +8,7 @@ Moving or casting the model (``.to()``, ``.half()``, ``.cuda()``) resets the seq
 """
 from __future__ import annotations
 
+import copy
 import difflib
 import math
 from collections.abc import MutableMapping
@@ -114,6 +115,16 @@ class DeltaGraphModule(fx.GraphModule):
         self._sequence_started = False
         self._cuda_graph_state = None
 
+    def __deepcopy__(self, memo: dict) -> "DeltaGraphModule":
+        """An independent model with the same conversion, thresholds and switches; it
+        starts a new sequence."""
+        clone = super().__deepcopy__(memo)
+        for key in ("backend", "conversion", "cuda_graph"):
+            setattr(clone, key, copy.deepcopy(getattr(self, key), memo))
+        clone._runtime = None
+        clone.reset()
+        return clone
+
     def _apply(self, fn, *args, **kwargs):  # .to(), .cuda(), .half(), …
         self.reset()
         return super()._apply(fn, *args, **kwargs)
@@ -133,6 +144,17 @@ class DeltaGraphModule(fx.GraphModule):
                 if isinstance(module, DeltaOp):
                     ops[node.target] = module
         return ops
+
+    @property
+    def track_stats(self) -> bool:
+        """Whether ops record update statistics for :meth:`stats` (a small device-side
+        reduction per op and frame; switch off for timing)."""
+        return all(op.track_stats for op in self.delta_ops().values())
+
+    @track_stats.setter
+    def track_stats(self, enabled: bool) -> None:
+        for op in self.delta_ops().values():
+            op.track_stats = bool(enabled)
 
     @property
     def thresholds(self) -> Thresholds:

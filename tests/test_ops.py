@@ -187,9 +187,10 @@ def test_activation(act):
 @pytest.mark.parametrize("module", [
     Call(F.relu), Call(torch.sigmoid), Call(lambda x: x.relu()), Call(F.leaky_relu, 0.2),
     Call(torch.clamp, -0.3, 0.4), Call(torch.abs), Call(lambda x: x ** 2),
-    Call(F.softmax, dim=1), Call(F.normalize, dim=1),
+    Call(F.softmax, dim=1), Call(F.normalize, dim=1), Call(lambda x: x.mean(1, keepdim=True)),
+    Call(torch.amax, 1, keepdim=True),
 ], ids=["F.relu", "torch.sigmoid", "method_relu", "F.leaky_relu", "clamp", "abs", "pow",
-        "softmax_dim1", "normalize_dim1"])
+        "softmax_dim1", "normalize_dim1", "channel_mean", "channel_amax"])
 def test_functional_pointwise(module):
     check_op(module, (N, 5, H, W))
 

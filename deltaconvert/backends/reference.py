@@ -18,9 +18,18 @@ import torch.nn.functional as F
 from ..delta import Delta, mask_shape
 
 
-def buffer_dtype(dtype: torch.dtype) -> torch.dtype:
-    """State buffers are kept in at least fp32, whatever the model's dtype."""
-    return torch.promote_types(dtype, torch.float32) if dtype.is_floating_point else torch.float32
+def buffer_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    """Dtype of state buffers (accumulated inputs, sent outputs, references).
+
+    At least fp32 whatever the model's dtype. On the CPU, where the reference backend
+    is the oracle, fp32 models keep float64 state: fp32 accumulation adds a rounding
+    error of ``ε·|a|`` per update, a random walk that grows like ``√frames``.
+    """
+    if not dtype.is_floating_point:
+        return torch.float32
+    if device.type == "cpu" and dtype == torch.float32:
+        return torch.float64
+    return torch.promote_types(dtype, torch.float32)
 
 
 def accumulation_dtype(x: torch.Tensor) -> torch.dtype:

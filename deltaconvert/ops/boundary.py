@@ -25,7 +25,7 @@ class Sparsify(DeltaOp):
 
     def dense(self, x: torch.Tensor) -> torch.Tensor:
         self._check_frame(x)
-        self._state["ref"] = x.detach().to(ref.buffer_dtype(x.dtype), copy=True)
+        self._state["ref"] = x.detach().to(ref.buffer_dtype(x.dtype, x.device), copy=True)
         self._state["signature"] = (tuple(x.shape), x.dtype, x.device)
         return x
 
@@ -77,7 +77,7 @@ class Densify(DeltaOp):
     """
 
     def dense(self, x: torch.Tensor) -> torch.Tensor:
-        self._state["y"] = x.detach().to(ref.buffer_dtype(x.dtype), copy=True)
+        self._state["y"] = x.detach().to(ref.buffer_dtype(x.dtype, x.device), copy=True)
         return x
 
     def delta(self, d: Delta) -> torch.Tensor:

@@ -47,9 +47,9 @@ class Nonlinear(DeltaOp):
             raise TypeError(f"{self.node_name}: expected {len(self.varying)} tensor arguments, "
                             f"got {len(leaves)}")
         out = self.fn(*args, **kwargs)
-        self._state["acc"] = [x.detach().to(ref.buffer_dtype(x.dtype), copy=True)
+        self._state["acc"] = [x.detach().to(ref.buffer_dtype(x.dtype, x.device), copy=True)
                               for x, v in zip(leaves, self.varying) if v]
-        self._state["sent"] = out.detach().to(ref.buffer_dtype(out.dtype), copy=True)
+        self._state["sent"] = out.detach().to(ref.buffer_dtype(out.dtype, out.device), copy=True)
         return out
 
     def delta(self, *args: Any, **kwargs: Any) -> Delta:

@@ -1,0 +1,60 @@
+"""Positive thresholds: fewer updates, and an error set by the thresholds, not by the
+length of the sequence (200 frames of a static-camera clip)."""
+import pytest
+import torch
+
+import deltaconvert
+from deltaconvert.synthetic import synthetic_video
+from deltaconvert.testing import relative_error
+from deltaconvert.weights import mobilenet_v2_embedder
+
+FRAMES = 200
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    return mobilenet_v2_embedder()
+
+
+@pytest.fixture(scope="module")
+def clip():
+    return synthetic_video(FRAMES, 48, 64, seed=5)
+
+
+def _run(model, clip, tau):
+    delta = deltaconvert.convert(model, clip[0], thresholds=tau)
+    delta.set_input_sparsify(threshold=tau)
+    errors = []
+    for frame in clip:
+        with torch.no_grad():
+            expected = model(frame)
+        errors.append(relative_error(delta(frame), expected))
+    stats = delta.stats()
+    (input_name,) = delta.input_sparsifiers()
+    return errors, stats["work_fraction_mean"], stats["layers"][input_name]["updated_mean"]
+
+
+@pytest.fixture(scope="module")
+def runs(embedder, clip):
+    return {tau: _run(embedder, clip, tau) for tau in (0.0, 0.02, 0.1)}
+
+
+def test_thresholds_reduce_the_updates(runs):
+    work = {tau: run[1] for tau, run in runs.items()}
+    inputs = {tau: run[2] for tau, run in runs.items()}
+    assert work[0.0] > work[0.02] > work[0.1]
+    assert inputs[0.0] > inputs[0.02] > inputs[0.1]
+    assert work[0.1] < 0.75 * work[0.0]
+
+
+def test_error_is_set_by_the_thresholds(runs):
+    mean = {tau: sum(run[0][1:]) / (FRAMES - 1) for tau, run in runs.items()}
+    assert mean[0.0] < 1e-4
+    assert 0 < mean[0.02] < mean[0.1]
+
+
+@pytest.mark.parametrize("tau", [0.0, 0.02, 0.1])
+def test_error_does_not_grow_with_sequence_length(runs, tau):
+    errors = runs[tau][0]
+    first, last = max(errors[1:FRAMES // 2]), max(errors[FRAMES // 2:])
+    assert last <= 1.25 * first + 1e-6, f"error grew from {first:.3g} to {last:.3g}"
