@@ -178,8 +178,7 @@ class DeltaRunner(Runner):
         self.model.to("cpu")
 
     def track_stats(self, enabled: bool) -> None:
-        for op in self.model.delta_ops().values():
-            op.track_stats = enabled
+        self.model.track_stats = enabled
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "mode": "graph" if self.graph else "eager",

@@ -87,6 +87,8 @@ class DeltaGraphModule(fx.GraphModule):
         # Plain data describing the conversion (source architecture, dense islands, …).
         self.conversion: dict = dict(conversion or {})
         self._sequence_started = False
+        self._delta_frames = 0  # delta frames run with statistics on
+        self._track_stats = True
         self._runtime: Runtime | None = None
         # Replay delta frames through one CUDA graph (see deltaconvert.cuda_graph).
         self.cuda_graph = False
@@ -94,6 +96,8 @@ class DeltaGraphModule(fx.GraphModule):
 
     # -- sequence control ---------------------------------------------------------------
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self._sequence_started and self._track_stats:
+            self._delta_frames += 1
         if self.cuda_graph and self._sequence_started:
             from .cuda_graph import graph_frame
             return graph_frame(self, args, kwargs)
@@ -113,13 +117,14 @@ class DeltaGraphModule(fx.GraphModule):
         for op in self.delta_ops().values():
             op.reset_state()
         self._sequence_started = False
+        self._delta_frames = 0
         self._cuda_graph_state = None
 
     def __deepcopy__(self, memo: dict) -> "DeltaGraphModule":
         """An independent model with the same conversion, thresholds and switches; it
         starts a new sequence."""
         clone = super().__deepcopy__(memo)
-        for key in ("backend", "conversion", "cuda_graph"):
+        for key in ("backend", "conversion", "cuda_graph", "_track_stats"):
             setattr(clone, key, copy.deepcopy(getattr(self, key), memo))
         clone._runtime = None
         clone.reset()
@@ -149,12 +154,13 @@ class DeltaGraphModule(fx.GraphModule):
     def track_stats(self) -> bool:
         """Whether ops record update statistics for :meth:`stats` (a small device-side
         reduction per op and frame; switch off for timing)."""
-        return all(op.track_stats for op in self.delta_ops().values())
+        return self._track_stats
 
     @track_stats.setter
     def track_stats(self, enabled: bool) -> None:
+        self._track_stats = bool(enabled)
         for op in self.delta_ops().values():
-            op.track_stats = bool(enabled)
+            op.track_stats = self._track_stats
 
     @property
     def thresholds(self) -> Thresholds:

@@ -11,15 +11,14 @@ if TYPE_CHECKING:
 def collect_stats(model: "DeltaGraphModule") -> dict[str, Any]:
     layers: dict[str, dict[str, float]] = {}
     work_last = work_mean = total = 0.0
-    frames = 0
+    frames = model._delta_frames
     for name, op in model.delta_ops().items():
-        fractions = op.update_fraction()
+        fractions = op.update_fraction(frames)
         pixels = op._state.get("out_pixels", 0)
         macs = float(op.macs_per_pixel * pixels)
         entry: dict[str, float] = {"dense_macs": macs}
         if fractions is not None:
             entry["updated_last"], entry["updated_mean"] = fractions
-            frames = max(frames, int(float(op._state["stats"]["frames"])))
             if macs:
                 work_last += fractions[0] * macs
                 work_mean += fractions[1] * macs

@@ -6,7 +6,7 @@ Guarantees after the pass: every node has ``node.meta["dc_value"]``, a
 
 * ``kind``: ``"tensor"``, ``"container"`` (a list/tuple/dict holding tensors) or
   ``"other"`` (sizes, ints, dtypes, …);
-* ``shape``/``dtype`` for tensors;
+* ``shape``/``dtype``/``device`` for tensors;
 * ``varying``: the value's data depends on a model input. Shape queries
   (``x.size()``, ``x.shape``) do not vary: they depend on the input's shape only;
 * ``constant``: the example value for ``"other"`` nodes (e.g. a size used as an
@@ -27,6 +27,7 @@ class ValueInfo:
     varying: bool
     shape: tuple[int, ...] | None = None
     dtype: torch.dtype | None = None
+    device: torch.device | None = None
     constant: Any = None
 
     @property
@@ -58,7 +59,7 @@ class _Recorder(fx.Interpreter):
         inputs = node.all_input_nodes
         if isinstance(result, torch.Tensor):
             varying = node.op == "placeholder" or any(value_info(n).varying for n in inputs)
-            info = ValueInfo("tensor", varying, tuple(result.shape), result.dtype)
+            info = ValueInfo("tensor", varying, tuple(result.shape), result.dtype, result.device)
         elif _holds_tensor(result):
             varying = node.op == "placeholder" or any(value_info(n).varying for n in inputs)
             info = ValueInfo("container", varying)

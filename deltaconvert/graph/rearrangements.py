@@ -126,7 +126,7 @@ def rearrangement_chain_to_canonical_op(gm: fx.GraphModule) -> fx.GraphModule:
         with gm.graph.inserting_after(end):
             if kind == "gather":
                 path = unique_module_path(gm, stable_name(end))
-                gm.add_submodule(path, ChannelGather(detail))
+                gm.add_submodule(path, ChannelGather(detail.to(value_info(source).device)))
                 replacement = gm.graph.call_module(path, (source,))
             elif kind == "flatten":
                 replacement = gm.graph.call_function(torch.flatten, (source, 1))

@@ -99,27 +99,40 @@ class DeltaOp(nn.Module):
 
     # -- statistics ---------------------------------------------------------------------
     def _record(self, out: Any) -> None:
-        """Per frame: the fraction of output pixels updated (device-side, no sync)."""
+        """Per frame, one device-side add: ``updates += mask`` (no host sync).
+
+        The fraction of updated pixels is derived only when :meth:`update_fraction` is
+        asked: from the last output mask (kept by reference) and the running counts.
+        """
         if isinstance(out, Delta):
-            frac = out.mask.float().mean()
-            stats = self._state.setdefault("stats", {})
-            if "sum" not in stats:
-                stats["sum"] = torch.zeros((), device=frac.device)
-                stats["frames"] = torch.zeros((), device=frac.device)
-                stats["last"] = torch.zeros((), device=frac.device)
-            stats["sum"].add_(frac)
-            stats["frames"].add_(1)
-            stats["last"].copy_(frac)
+            updates = self._state.get("updates")
+            if updates is None or updates.shape != out.mask.shape:
+                updates = self._state["updates"] = torch.zeros(
+                    out.mask.shape, dtype=torch.int32, device=out.mask.device)
+            updates.add_(out.mask)
+            self._state["last_mask"] = out.mask
         elif isinstance(out, torch.Tensor) and out.dim() >= 2:
             self._state["out_pixels"] = out.numel() // out.shape[1]
 
-    def update_fraction(self) -> tuple[float, float] | None:
-        """(last delta frame, mean over delta frames) of the updated-pixel fraction."""
-        stats = self._state.get("stats")
-        if not stats:
+    def update_fraction(self, delta_frames: int) -> tuple[float, float] | None:
+        """(last delta frame, mean over the ``delta_frames`` frames since the dense one) of
+        the updated-pixel fraction; None before the first delta frame."""
+        if "last_mask" not in self._state or delta_frames < 1:
             return None
-        frames = float(stats["frames"])
-        return float(stats["last"]), float(stats["sum"]) / max(frames, 1.0)
+        frames = delta_frames
+        updates = self._state["updates"]
+        last = float(self._state["last_mask"].float().mean())
+        return last, float(updates.double().sum()) / (updates.numel() * frames)
+
+    # -- pickling and copying -----------------------------------------------------------
+    def __getstate__(self) -> dict:
+        """Sequence state and backend handles (PyCUDA objects) are not copied or saved: a
+        copy starts a new sequence and binds its backend on its first frame."""
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
+        state = dict(state)
+        state["_state"] = {}
+        state["accelerated"] = None
+        return state
 
     def extra_repr(self) -> str:
         parts = [f"name={self.node_name!r}"] if self.node_name else []

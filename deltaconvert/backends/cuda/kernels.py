@@ -68,14 +68,19 @@ SUPPORTED_DTYPES = tuple(_SCALAR_TYPES)
 
 
 def kernel_dir() -> Path:
-    """The ``cuda_kernels`` directory (``$DELTACONVERT_CUDA_KERNELS`` overrides)."""
+    """The kernel sources: ``$DELTACONVERT_CUDA_KERNELS`` if set, else the checkout's
+    ``cuda_kernels/`` (editable installs), else the copy installed with the package as
+    ``deltaconvert/cuda_kernels`` (wheels)."""
     override = os.environ.get("DELTACONVERT_CUDA_KERNELS")
-    path = Path(override) if override else Path(__file__).resolve().parents[3] / "cuda_kernels"
-    if not (path / "common.cuh").is_file():
-        raise BackendUnavailable(
-            f"the CUDA kernel sources are not at {path}; set DELTACONVERT_CUDA_KERNELS to the "
-            f"project's cuda_kernels/ directory, {FIX_REFERENCE}")
-    return path
+    package = Path(__file__).resolve().parents[2]
+    candidates = [Path(override)] if override else [package.parent / "cuda_kernels",
+                                                    package / "cuda_kernels"]
+    for path in candidates:
+        if (path / "common.cuh").is_file():
+            return path
+    raise BackendUnavailable(
+        f"the CUDA kernel sources are not at {' or '.join(map(str, candidates))}; set "
+        f"DELTACONVERT_CUDA_KERNELS to the project's cuda_kernels/ directory, {FIX_REFERENCE}")
 
 
 class Args:
