@@ -158,8 +158,9 @@ def model_from_checkpoint(architecture: str, checkpoint: str | Path, *,
 
 @torch.no_grad()
 def calibrate_batch_norm(model: nn.Module, frames: Iterable[torch.Tensor]) -> nn.Module:
-    """Replace every BatchNorm's running statistics by the exact mean and variance over
-    ``frames`` (cumulative average, ``momentum=None``); returns ``model`` in eval mode.
+    """Replace every BatchNorm's running statistics by the mean and variance over
+    ``frames``, computed in one forward of the frames as one batch (so BatchNorms after a
+    global pooling see more than one value per channel); returns ``model`` in eval mode.
 
     Only BatchNorm layers run in training mode meanwhile (dropout stays off), so the
     result is deterministic. Modifies ``model`` in place.
@@ -169,11 +170,10 @@ def calibrate_batch_norm(model: nn.Module, frames: Iterable[torch.Tensor]) -> nn
     momenta = [m.momentum for m in norms]
     for norm in norms:
         norm.reset_running_stats()
-        norm.momentum = None
+        norm.momentum = None  # a cumulative average: after one forward, that batch's statistics
         norm.train()
     try:
-        for frame in frames:
-            model(frame)
+        model(torch.cat(list(frames)))
     finally:
         for norm, momentum in zip(norms, momenta):
             norm.momentum = momentum

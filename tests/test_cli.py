@@ -97,6 +97,13 @@ def test_info_shows_layers_thresholds_islands_and_memory(work):
         assert text in result.stdout
 
 
+def test_convert_with_random_weights(work):
+    result = cli("convert", ARCH, "--random-init", "--input-size", SIZE, "-o", "random.delta.pt",
+                 cwd=work)
+    assert result.returncode == 0, result.stderr
+    assert "weights       random init" in cli("info", "random.delta.pt", cwd=work).stdout
+
+
 def test_tune_writes_a_valid_config_within_budget(tuned):
     config = ThresholdConfig.from_yaml(tuned)
     meta = config.metadata
