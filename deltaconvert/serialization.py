@@ -22,7 +22,6 @@ Writes are atomic (see :mod:`deltaconvert.files`).
 """
 from __future__ import annotations
 
-import copy
 import importlib
 import io
 import json
@@ -143,9 +142,10 @@ def decode_graph(records: list[dict[str, Any]]) -> fx.Graph:
     return graph
 
 
-def _module_tree_without_state(model: DeltaGraphModule) -> nn.Module:
-    """A copy of the model's modules, parameters and buffers, with every op's sequence
-    state and backend binding left out (the model itself is not modified)."""
+def _module_tree(model: DeltaGraphModule) -> nn.Module:
+    """A plain module holding the model's submodules, parameters and buffers (shared, not
+    copied). Pickling it leaves out every op's sequence state and backend handles
+    (``DeltaOp.__getstate__``)."""
     tree = nn.Module()
     for name, child in model.named_children():
         tree.add_module(name, child)
@@ -153,12 +153,7 @@ def _module_tree_without_state(model: DeltaGraphModule) -> nn.Module:
         tree.register_parameter(name, parameter)
     for name, buffer in model.named_buffers(recurse=False):
         tree.register_buffer(name, buffer)
-    memo: dict[int, Any] = {}
-    for op in model.delta_ops().values():
-        memo[id(op._state)] = {}
-        if op.accelerated is not None:
-            memo[id(op.accelerated)] = None
-    return copy.deepcopy(tree, memo)
+    return tree
 
 
 def save(model: DeltaGraphModule, path: str | os.PathLike) -> None:
@@ -180,8 +175,7 @@ def save(model: DeltaGraphModule, path: str | os.PathLike) -> None:
         "thresholds": ThresholdConfig.from_model(model).to_dict(),
     }
     payload = io.BytesIO()
-    torch.save({"modules": _module_tree_without_state(model), "graph": encode_graph(model.graph)},
-               payload)
+    torch.save({"modules": _module_tree(model), "graph": encode_graph(model.graph)}, payload)
     with atomic_writer(path, "wb") as handle, zipfile.ZipFile(handle, "w") as archive:
         archive.writestr(HEADER_NAME, json.dumps(header, indent=2), zipfile.ZIP_DEFLATED)
         archive.writestr(CODE_NAME, model.code, zipfile.ZIP_DEFLATED)
