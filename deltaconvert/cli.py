@@ -12,7 +12,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -81,11 +80,6 @@ def _video_frames(path: Path, size: tuple[int, int] | None, max_frames: int | No
     return [frame.to(device) for frame in iter_frames(path, size=size, max_frames=max_frames)]
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 # -- convert -------------------------------------------------------------------------------
 def cmd_convert(args: argparse.Namespace) -> int:
     from .architectures import build_architecture, model_from_checkpoint
@@ -132,6 +126,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from torchvision.io import encode_png
     from tqdm import tqdm
 
+    from .demo import timed
     from .files import write_bytes_atomic, write_text_atomic
     from .heatmap import UpdateRecorder, render_heatmap
     from .video import iter_frames, to_rgb_image, video_info
@@ -146,12 +141,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         recorder = None if args.no_heatmap else stack.enter_context(UpdateRecorder(model))
         frames = iter_frames(args.video, size=args.input_size, max_frames=args.max_frames)
         for index, frame in enumerate(tqdm(frames, desc="run", unit="frame", total=total)):
-            frame = frame.to(device)
-            _synchronize(device)
-            start = time.perf_counter()
-            output = model(frame)
-            _synchronize(device)
-            times.append((time.perf_counter() - start) * 1000)
+            output, milliseconds = timed(device, model, frame.to(device))
+            times.append(milliseconds)
             outputs.append(_storable(output))
             if index == 0:
                 size = tuple(frame.shape[-2:])

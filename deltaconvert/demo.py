@@ -18,6 +18,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 
@@ -63,7 +64,8 @@ class DemoResult:
         ])
 
 
-def _timed(device: torch.device, fn, *args):
+def timed(device: torch.device, fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
+    """``(fn(*args), milliseconds)``, synchronising with a CUDA device before and after."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
@@ -104,12 +106,12 @@ def _run(target: torch.device, size: tuple[int, int] | None, max_frames: int | N
     dense(frames[0])  # warm-up
     references, dense_ms = [], []
     for frame in frames:
-        out, ms = _timed(target, dense, frame)
+        out, ms = timed(target, dense, frame)
         references.append(out)
         dense_ms.append(ms)
     errors, delta_ms = [], []
     for index, (frame, reference) in enumerate(zip(frames, references)):
-        out, ms = _timed(target, delta, frame)
+        out, ms = timed(target, delta, frame)
         if index > 0:
             delta_ms.append(ms)
             errors.append(relative_error(out, reference))

@@ -62,3 +62,33 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     """``‖actual − expected‖₂ / ‖expected‖₂`` computed in float64."""
     expected = expected.double()
     return float((actual.double() - expected).norm() / expected.norm().clamp_min(1e-30))
+
+
+class SmallNet(nn.Module):
+    """A small input-dependent CNN that converts in well under a second, for fast tests
+    of everything around conversion (threshold files, save/load, tuning, heatmaps):
+    conv+BN (folded), ReLU, max pool, a residual add, ReLU6 and a 1×1 head. Truncating
+    ops: ``stem.2``, ``pool``, ``body.1``; ``head`` is a conv that can be forced dense."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.pool = nn.MaxPool2d(2)
+        self.body = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU6())
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.stem(x))
+        return self.head(x + self.body(x))
+
+
+def converted_small_net(**convert_kwargs: Any):
+    """``convert(SmallNet())`` with seed-0 weights and a (1, 3, 24, 32) example input;
+    dense-island warnings (e.g. a forced-dense ``head``) are silenced."""
+    import warnings
+
+    from .convert import DenseFallbackWarning, convert
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DenseFallbackWarning)
+        return convert(SmallNet().eval(), torch.randn(1, 3, 24, 32), **convert_kwargs)

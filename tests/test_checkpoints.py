@@ -7,9 +7,13 @@ import torch
 import torchvision
 
 from deltaconvert import CheckpointError, UnknownArchitecture
-from deltaconvert.architectures import (architecture_names, build_architecture,
-                                        calibrate_batch_norm, model_from_checkpoint,
-                                        read_checkpoint)
+from deltaconvert.architectures import (
+    architecture_names,
+    build_architecture,
+    calibrate_batch_norm,
+    model_from_checkpoint,
+    read_checkpoint,
+)
 from deltaconvert.synthetic import synthetic_video
 
 ARCH = "squeezenet1_1"

@@ -18,7 +18,7 @@ from deltaconvert import ModelFileError
 from deltaconvert.files import atomic_writer, write_text_atomic
 from deltaconvert.serialization import HEADER_NAME, read_header
 from deltaconvert.synthetic import synthetic_video
-from test_thresholds_yaml import convert_small_net
+from deltaconvert.testing import SmallNet, converted_small_net
 
 
 def run_frames(model, frames):
@@ -32,7 +32,7 @@ def assert_same_outputs(first, second):
 
 
 def test_round_trip_reproduces_outputs_thresholds_and_metadata(tmp_path):
-    model = convert_small_net(thresholds={"default": 0.05, "input": {"threshold": 0.02,
+    model = converted_small_net(thresholds={"default": 0.05, "input": {"threshold": 0.02,
                                                                      "dilation": 1},
                                           "dense": ["head"]})
     model.thresholds["pool"] = 0.3
@@ -63,8 +63,8 @@ def test_torchvision_model_round_trip(tmp_path):
 
 def test_sequence_state_is_neither_saved_nor_disturbed(tmp_path):
     frames = synthetic_video(4, 24, 32)
-    reference = run_frames(convert_small_net(thresholds=0.05), frames)
-    model = convert_small_net(thresholds=0.05)
+    reference = run_frames(converted_small_net(thresholds=0.05), frames)
+    model = converted_small_net(thresholds=0.05)
     run_frames(model, frames[:2])
     deltaconvert.save(model, tmp_path / "m.delta.pt")
     # the saved model continues its sequence as if nothing happened …
@@ -72,11 +72,11 @@ def test_sequence_state_is_neither_saved_nor_disturbed(tmp_path):
     # … and the loaded one starts a new sequence: its first frame is dense
     loaded = deltaconvert.load(tmp_path / "m.delta.pt")
     assert all(not op._state or set(op._state) == {"stats"} for op in loaded.delta_ops().values())
-    assert torch.equal(loaded(frames[2]), convert_small_net()(frames[2]))
+    assert torch.equal(loaded(frames[2]), converted_small_net()(frames[2]))
 
 
 def test_loaded_model_is_independent_of_the_original(tmp_path):
-    model = convert_small_net()
+    model = converted_small_net()
     deltaconvert.save(model, tmp_path / "m.delta.pt")
     loaded = deltaconvert.load(tmp_path / "m.delta.pt")
     loaded.thresholds["pool"] = 0.5
@@ -86,9 +86,14 @@ def test_loaded_model_is_independent_of_the_original(tmp_path):
     assert not torch.equal(next(loaded.parameters()), next(model.parameters()))
 
 
+class UnimportableNet(SmallNet):
+    """Defined in this test module, which a fresh interpreter cannot import."""
+
+
 def test_load_needs_no_original_class(tmp_path):
-    """SmallNet lives in this test module, which a fresh interpreter cannot import."""
-    model = convert_small_net(thresholds=0.05)
+    torch.manual_seed(0)
+    model = deltaconvert.convert(UnimportableNet().eval(), torch.randn(1, 3, 24, 32),
+                                 thresholds=0.05)
     deltaconvert.save(model, tmp_path / "m.delta.pt")
     frame = synthetic_video(1, 24, 32)[0]
     torch.save(frame, tmp_path / "frame.pt")
@@ -100,7 +105,7 @@ def test_load_needs_no_original_class(tmp_path):
 
 
 def test_header_is_plain_json_with_versions(tmp_path):
-    model = convert_small_net(thresholds=0.1)
+    model = converted_small_net(thresholds=0.1)
     deltaconvert.save(model, tmp_path / "m.delta.pt")
     header = read_header(tmp_path / "m.delta.pt")
     assert header["format"] == "deltaconvert-model" and header["format_version"] == 1
@@ -138,7 +143,7 @@ def rewrite_header(path, **changes):
 
 def test_version_mismatch_names_both_versions(tmp_path):
     path = tmp_path / "m.delta.pt"
-    deltaconvert.save(convert_small_net(), path)
+    deltaconvert.save(converted_small_net(), path)
     rewrite_header(path, format_version=99, deltaconvert_version="9.0")
     with pytest.raises(ModelFileError, match=r"format version 99 .*deltaconvert 9\.0.*reads version 1"):
         deltaconvert.load(path)
@@ -155,14 +160,14 @@ def test_save_rejects_models_that_are_not_converted(tmp_path):
 # -- atomic writes --------------------------------------------------------------------------
 def test_failed_save_keeps_the_previous_file_and_leaves_no_temporary(tmp_path, monkeypatch):
     path = tmp_path / "m.delta.pt"
-    deltaconvert.save(convert_small_net(), path)
+    deltaconvert.save(converted_small_net(), path)
     before = path.read_bytes()
 
     def fail(*args, **kwargs):
         raise OSError("disk full")
     monkeypatch.setattr(zipfile.ZipFile, "writestr", fail)
     with pytest.raises(OSError, match="disk full"):
-        deltaconvert.save(convert_small_net(thresholds=0.5), path)
+        deltaconvert.save(converted_small_net(thresholds=0.5), path)
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.delta.pt"]
 

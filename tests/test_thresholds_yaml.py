@@ -3,44 +3,14 @@ validation error (with file, line and closest names)."""
 from __future__ import annotations
 
 import math
-import warnings
 from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
-import deltaconvert
 from deltaconvert import ConfigError, ThresholdConfig, load_thresholds
 from deltaconvert.synthetic import synthetic_video
-
-
-class SmallNet(nn.Module):
-    """A small input-dependent CNN that converts in well under a second: conv+BN (folded),
-    ReLU, max pool, a residual add, ReLU6 and a 1×1 head. Shared by the tests of the
-    threshold files, serialization, tuning and the CLI helpers."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
-        self.pool = nn.MaxPool2d(2)
-        self.body = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU6())
-        self.head = nn.Conv2d(8, 4, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool(self.stem(x))
-        return self.head(x + self.body(x))
-
-
-def small_net() -> SmallNet:
-    torch.manual_seed(0)
-    return SmallNet().eval()
-
-
-def convert_small_net(**kwargs) -> deltaconvert.DeltaGraphModule:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", deltaconvert.DenseFallbackWarning)
-        return deltaconvert.convert(small_net(), torch.randn(1, 3, 24, 32), **kwargs)
+from deltaconvert.testing import converted_small_net
 
 
 def write(tmp_path: Path, text: str, name: str = "t.yaml") -> Path:
@@ -87,7 +57,7 @@ def test_yaml_round_trip_is_exact_and_stable(tmp_path):
 
 
 def test_convert_takes_a_yaml_path_and_applies_everything(tmp_path):
-    model = convert_small_net(thresholds=str(write(tmp_path, FULL)))
+    model = converted_small_net(thresholds=str(write(tmp_path, FULL)))
     assert model.thresholds["stem.2"] == 0.05
     assert model.thresholds["body.1"] == 0.001
     assert model.thresholds["pool"] == 0.01  # the default
@@ -97,14 +67,14 @@ def test_convert_takes_a_yaml_path_and_applies_everything(tmp_path):
 
 
 def test_edited_thresholds_save_back_and_reload(tmp_path):
-    model = convert_small_net(thresholds=0.01)
+    model = converted_small_net(thresholds=0.01)
     model.thresholds["pool"] = 0.25
     model.set_input_sparsify(threshold=0.03, dilation=2)
     config = ThresholdConfig.from_model(model, metadata={"note": "edited"})
     assert config.default == 0.01 and config.layers["pool"] == 0.25
     assert set(config.layers) == set(model.thresholds) - set(model.input_sparsifiers())
     config.to_yaml(tmp_path / "edited.yaml")
-    reloaded = convert_small_net(thresholds=tmp_path / "edited.yaml")
+    reloaded = converted_small_net(thresholds=tmp_path / "edited.yaml")
     assert dict(reloaded.thresholds) == dict(model.thresholds)
     (sparsify,) = reloaded.input_sparsifiers().values()
     assert sparsify.dilation == 2
@@ -113,7 +83,7 @@ def test_edited_thresholds_save_back_and_reload(tmp_path):
 
 def test_thresholds_from_a_file_change_the_outputs(tmp_path):
     frames = synthetic_video(4, 24, 32)
-    exact, truncated = convert_small_net(), convert_small_net(thresholds=write(tmp_path, FULL))
+    exact, truncated = converted_small_net(), converted_small_net(thresholds=write(tmp_path, FULL))
     outputs = [(exact(f), truncated(f)) for f in frames]
     assert not torch.equal(outputs[0][0], outputs[1][0])  # the model depends on its input
     assert all(torch.equal(a, b) for a, b in outputs[:1])  # frame 0 is dense: identical
@@ -197,14 +167,14 @@ def test_empty_file_is_the_default_configuration(tmp_path):
 def test_unknown_layer_names_line_and_closest_layers(tmp_path):
     path = write(tmp_path, "default: 0.0\nlayers:\n  stem.2: 0.1\n  body.l: 0.1\n")
     with pytest.raises(ConfigError) as caught:
-        convert_small_net(thresholds=path)
+        converted_small_net(thresholds=path)
     message = str(caught.value)
     assert message.startswith(f"{path}:4:") and "unknown layer 'body.l'" in message
     assert "'body.1'" in message
 
 
 def test_layer_entry_for_the_input_sparsify_is_rejected(tmp_path):
-    model = convert_small_net()
+    model = converted_small_net()
     (name,) = model.input_sparsifiers()
     with pytest.raises(ConfigError, match="set input.threshold instead"):
         ThresholdConfig(layers={name: 0.1}).apply_to(model)
@@ -213,16 +183,16 @@ def test_layer_entry_for_the_input_sparsify_is_rejected(tmp_path):
 def test_forced_dense_errors(tmp_path):
     path = write(tmp_path, "dense: [body.0, haed]\n")
     with pytest.raises(ConfigError) as caught:
-        convert_small_net(thresholds=path)
+        converted_small_net(thresholds=path)
     assert str(caught.value).startswith(f"{path}:1:") and "'haed'" in str(caught.value)
     assert "Did you mean 'head'" in str(caught.value)
-    model = convert_small_net()
+    model = converted_small_net()
     with pytest.raises(ConfigError, match="decided at conversion"):
         ThresholdConfig(dense=["head"]).apply_to(model)
 
 
 def test_failed_apply_leaves_the_model_unchanged():
-    model = convert_small_net(thresholds=0.1)
+    model = converted_small_net(thresholds=0.1)
     before = dict(model.thresholds)
     with pytest.raises(ConfigError):
         ThresholdConfig(default=0.5, layers={"nope": 1.0}).apply_to(model)

@@ -11,10 +11,10 @@ import torch
 
 from deltaconvert import ConfigError, DenseFallbackWarning, ThresholdConfig, convert
 from deltaconvert.architectures import build_architecture
-from deltaconvert.tune import relative_error, tune
 from deltaconvert.synthetic import synthetic_video
+from deltaconvert.testing import converted_small_net
+from deltaconvert.tune import relative_error, tune
 from deltaconvert.weights import mobilenet_v2_embedder
-from test_thresholds_yaml import convert_small_net
 
 BUDGET = 0.05
 
@@ -26,13 +26,13 @@ def frames():
 
 @pytest.fixture(scope="module")
 def tuned(frames):
-    return tune(convert_small_net(), frames, BUDGET, clip="synthetic test clip", progress=False)
+    return tune(converted_small_net(), frames, BUDGET, clip="synthetic test clip", progress=False)
 
 
 def clip_errors(config: ThresholdConfig, frames, metric=relative_error) -> list[float]:
     """Per-delta-frame errors of a freshly converted model with ``config`` applied."""
-    references = [convert_small_net()(frame) for frame in frames]  # dense first frames
-    model = convert_small_net(thresholds=config)
+    references = [converted_small_net()(frame) for frame in frames]  # dense first frames
+    model = converted_small_net(thresholds=config)
     model(frames[0])
     return [metric(model(f), r) for f, r in zip(frames[1:], references[1:])]
 
@@ -56,7 +56,7 @@ def test_metadata_records_budget_clip_and_resolution(tuned):
 
 
 def test_tuning_is_deterministic_and_restores_the_model(tuned, frames):
-    model = convert_small_net(thresholds=0.125)
+    model = converted_small_net(thresholds=0.125)
     before = dict(model.thresholds)
     again = tune(model, frames, BUDGET, clip="synthetic test clip", progress=False)
     assert again == tuned and again.to_dict() == tuned.to_dict()
@@ -73,7 +73,7 @@ def test_user_metric_and_max_aggregate(frames):
         return float((output - reference).abs().max())
 
     budget = 0.2
-    config = tune(convert_small_net(), frames, budget, metric=max_abs_error, aggregate="max",
+    config = tune(converted_small_net(), frames, budget, metric=max_abs_error, aggregate="max",
                   progress=False)
     errors = clip_errors(config, frames, max_abs_error)
     assert 0 < max(errors) <= budget
@@ -81,7 +81,7 @@ def test_user_metric_and_max_aggregate(frames):
 
 
 def test_progress_bar_goes_to_stderr(frames, capsys):
-    tune(convert_small_net(), frames[:3], BUDGET, progress=True)
+    tune(converted_small_net(), frames[:3], BUDGET, progress=True)
     captured = capsys.readouterr()
     assert "tuning" in captured.err and captured.out == ""
 
@@ -96,19 +96,19 @@ def test_progress_bar_goes_to_stderr(frames, capsys):
 def test_bad_arguments(frames, kwargs, error, match):
     arguments = {"budget": BUDGET, **kwargs}
     with pytest.raises(error, match=match):
-        tune(convert_small_net(), frames, progress=False, **arguments)
+        tune(converted_small_net(), frames, progress=False, **arguments)
 
 
 def test_clip_needs_two_frames(frames):
     with pytest.raises(ValueError, match="at least 2 frames"):
-        tune(convert_small_net(), frames[:1], BUDGET, progress=False)
+        tune(converted_small_net(), frames[:1], BUDGET, progress=False)
 
 
 def test_forced_dense_layers_and_dilation_are_kept(frames):
-    model = convert_small_net(thresholds={"dense": ["head"], "input": {"dilation": 1}})
+    model = converted_small_net(thresholds={"dense": ["head"], "input": {"dilation": 1}})
     config = tune(model, frames[:3], BUDGET, progress=False)
     assert config.dense == ["head"] and config.input_dilation == 1
-    assert torch.equal(convert_small_net(thresholds=config)(frames[0]), model(frames[0]))
+    assert torch.equal(converted_small_net(thresholds=config)(frames[0]), model(frames[0]))
 
 
 CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))

@@ -7,11 +7,10 @@ import importlib.util
 import pytest
 import torch
 
-from deltaconvert import CheckpointError, VideoError
-from deltaconvert import video, weights
+from deltaconvert import CheckpointError, VideoError, video, weights
 from deltaconvert.heatmap import UpdateRecorder, render_heatmap
 from deltaconvert.synthetic import synthetic_video
-from test_thresholds_yaml import convert_small_net
+from deltaconvert.testing import converted_small_net
 
 DECODERS = ["pyav"] + (["opencv"] if importlib.util.find_spec("cv2") else [])
 
@@ -114,7 +113,7 @@ def test_weights_file_that_does_not_fit(tmp_path):
 
 # -- heatmaps -------------------------------------------------------------------------------
 def test_work_map_matches_the_work_fraction():
-    model = convert_small_net(thresholds=0.05)
+    model = converted_small_net(thresholds=0.05)
     frames = synthetic_video(3, 24, 32)
     with UpdateRecorder(model) as recorder:
         model(frames[0])
