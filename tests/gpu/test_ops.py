@@ -144,6 +144,14 @@ def run_frames(runtime, ops: list, reference: list, specs: tuple, dtype: torch.d
     return results
 
 
+def with_state(op):
+    """A copy of ``op`` that continues its sequence: copies of ops start a new sequence
+    (``DeltaOp.__getstate__`` drops the state), so the state is copied explicitly."""
+    clone = copy.deepcopy(op)
+    clone._state = copy.deepcopy(op._state)
+    return clone
+
+
 def prepare(runtime, make_ops: Callable[[], list], specs: tuple, dtype: torch.dtype, seed: int,
             fuse: bool = False):
     """Build the op chain, run its dense frame, copy it for the reference, attach kernels."""
@@ -160,7 +168,7 @@ def prepare(runtime, make_ops: Callable[[], list], specs: tuple, dtype: torch.dt
         out = ops[0](*args, **kwargs)
         for op in ops[1:]:
             out = op(out)
-    reference = copy.deepcopy(ops)
+    reference = [with_state(op) for op in ops]
     wrappers = [wrapper_for(op, runtime) for op in ops]
     if fuse:
         wrappers[0] = wrapper_for(ops[0], runtime, (ops[1], wrappers[1]))
@@ -376,7 +384,7 @@ def test_sparsify(poisoned, threshold, dilation, dtype):
     op = Sparsify(threshold, dilation)
     op.node_name = "x_sparsify"
     op(frames[0])
-    reference = copy.deepcopy(op)
+    reference = with_state(op)
     op.accelerated = wrapper_for(op, poisoned)
     with torch.no_grad():
         for t, x in enumerate(frames[1:]):
@@ -420,3 +428,4 @@ def test_fused_epilogue(poisoned, name, dtype):
     torch.manual_seed(0)
     produced = check(poisoned, make, specs, dtype, fuse=True)
     assert all("fused" in d.extras for d in produced), "the producer did not hand over its work"
+
