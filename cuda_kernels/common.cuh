@@ -32,15 +32,115 @@ template <> __device__ __forceinline__ __half from_f<__half>(float x) { return _
 // A value rounded to the model dtype (identity in fp32).
 __device__ __forceinline__ float round_s(float x) { return to_f(from_f<scalar_t>(x)); }
 
-// Reductions over aligned groups of `lanes` threads (a power of two ≤ 32). Every lane
-// of the warp must call them (they shuffle over the full warp).
-__device__ __forceinline__ float group_max(float v, int lanes) {
-    for (int o = lanes >> 1; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(DC_FULL_WARP, v, o));
+// Reductions over the group of `lanes` threads of one pixel (a power of two ≤ 256;
+// blocks have 256 threads, see pixel_grid in backends/cuda/tensors.py). A group of ≤ 32
+// lanes is an aligned part of a warp and reduces with shuffles; a larger group is a run
+// of whole warps: each warp reduces with shuffles, then the group's warps combine
+// through shared memory. Every lane of the warp — and for groups of more than 32 lanes
+// every thread of the block — must call them (see group_scope_any).
+template <bool MAX>
+__device__ __forceinline__ float group_reduce(float v, int lanes) {
+    for (int o = (lanes < 32 ? lanes : 32) >> 1; o > 0; o >>= 1) {
+        const float u = __shfl_xor_sync(DC_FULL_WARP, v, o);
+        v = MAX ? fmaxf(v, u) : v + u;
+    }
+    if (lanes <= 32) return v;
+    __shared__ float part[32];  // one value per warp of the block
+    __syncthreads();            // readers of the previous reduction are done with part
+    if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = v;
+    __syncthreads();
+    const int warps = lanes >> 5, first = (threadIdx.x >> 5) / warps * warps;
+    v = part[first];
+    for (int w = 1; w < warps; ++w) v = MAX ? fmaxf(v, part[first + w]) : v + part[first + w];
     return v;
 }
-__device__ __forceinline__ float group_sum(float v, int lanes) {
-    for (int o = lanes >> 1; o > 0; o >>= 1) v += __shfl_xor_sync(DC_FULL_WARP, v, o);
-    return v;
+__device__ __forceinline__ float group_max(float v, int lanes) { return group_reduce<true>(v, lanes); }
+__device__ __forceinline__ float group_sum(float v, int lanes) { return group_reduce<false>(v, lanes); }
+
+// Whether any thread of the scope that group reductions synchronise — the warp for
+// groups of ≤ 32 lanes, the block for larger ones — has `v` set. A scope where none has
+// work may return at once without breaking a later reduction. The whole scope must call it.
+__device__ __forceinline__ bool group_scope_any(bool v, int lanes) {
+    return lanes <= 32 ? __any_sync(DC_FULL_WARP, v) : __syncthreads_or(v) != 0;
+}
+
+// Block-local work lists (pointwise.cu). A block of DC_BLOCK threads covers `span`
+// consecutive pixels, span = (DC_BLOCK / lanes groups) × depth, depth ≤ 4 chosen by the
+// host (list_grid in backends/cuda/tensors.py). Thread i < span reads the flags of pixel
+// base + i (one coalesced byte each), the pixels with work are compacted into a shared
+// list (block_list), and the groups take the entries in rounds — at most `depth`. A
+// region without updates costs one mask read per pixel instead of `lanes` threads per
+// pixel; every round is block-uniform, so group reductions stay legal inside it.
+#define DC_BLOCK 256
+
+// The pixel this thread scans: base + threadIdx.x, valid below the span and the frame.
+struct ScanPixel {
+    int base, pixel;
+    bool valid;
+};
+__device__ __forceinline__ ScanPixel scan_pixel(int pixels, int span) {
+    ScanPixel s;
+    s.base = blockIdx.x * span;
+    s.pixel = s.base + (int)threadIdx.x;
+    s.valid = (int)threadIdx.x < span && s.pixel < pixels;
+    return s;
+}
+
+// Coordinates (n, y, x) of a linear pixel index over (N, H, W).
+struct Pixel {
+    int n, y, x;
+};
+__device__ __forceinline__ Pixel pixel_at(int pixel, int H, int W) {
+    Pixel q;
+    q.n = pixel / (H * W);
+    const int r = pixel - q.n * H * W;
+    q.y = r / W;
+    q.x = r - q.y * W;
+    return q;
+}
+
+// The list entry this thread's group takes in the round that starts at entry r0. `cand`
+// is false for the spare groups of the last round (they still join group reductions).
+// List tags are (scan thread index << 2 | flags); `flags` holds the two low bits.
+struct ListPixel {
+    int sub, pixel, flags;
+    bool cand;
+    Pixel at;
+};
+__device__ __forceinline__ ListPixel list_pixel(const int *list, int count, int r0, int lanes,
+                                                int base, int H, int W) {
+    ListPixel p;
+    p.sub = threadIdx.x % lanes;
+    const int i = r0 + (int)threadIdx.x / lanes;
+    p.cand = i < count;
+    const int tag = p.cand ? list[i] : 0;
+    p.flags = tag & 3;
+    p.pixel = base + (tag >> 2);
+    p.at = pixel_at(p.pixel, H, W);
+    return p;
+}
+
+// Stores `tag` of every thread with `has` set into `list` (in thread order) and returns
+// how many there are. Every thread of the block (blockDim.x == DC_BLOCK) must call it.
+__device__ __forceinline__ int block_list(bool has, int tag, int *list) {
+    __shared__ int base[DC_BLOCK / 32 + 1];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const unsigned ballot = __ballot_sync(DC_FULL_WARP, has);
+    if (lane == 0) base[warp] = __popc(ballot);
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int total = 0;
+        for (int w = 0; w < DC_BLOCK / 32; ++w) {
+            const int c = base[w];
+            base[w] = total;
+            total += c;
+        }
+        base[DC_BLOCK / 32] = total;
+    }
+    __syncthreads();
+    if (has) list[base[warp] + __popc(ballot & ((1u << lane) - 1u))] = tag;
+    __syncthreads();
+    return base[DC_BLOCK / 32];
 }
 
 // The position of one thread in the "group of lanes per pixel" layout used by the

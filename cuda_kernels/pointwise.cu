@@ -1,10 +1,12 @@
 // Per-pixel delta kernels: linear combinations, accumulation, and the
 // accumulate-recompute-truncate rule of non-linear ops (DESIGN.md §1).
 //
-// Layout: a group of `lanes` threads (a power of two ≤ 32) handles one pixel
-// (n, y, x) of an output of shape (N, C, H, W); its lanes stride over the channels.
-// A pixel whose candidate flag is clear reads no values and writes only its mask
-// byte, so the cost of values traffic scales with the updated area.
+// Layout: a group of `lanes` threads (a power of two ≤ 256, about C / 4) handles one
+// pixel (n, y, x) of an output of shape (N, C, H, W); its lanes stride over the channels.
+// Blocks first list their pixels with work (block_list in common.cuh: one mask read per
+// pixel), then only listed pixels are given to groups: a pixel whose candidate flag is
+// clear reads no values and writes only its mask byte, so both the values traffic and
+// the threads spent scale with the updated area.
 //
 // Operands are deltas (values + mask) addressed by strides; a stride of 0 broadcasts
 // (an operand of shape (N, C, 1, 1) against (N, C, H, W), or C == 1).
@@ -24,43 +26,63 @@ enum PixelFunction {
     FN_LAYER_NORM = 101, // v = (a0 − mean_c a0) / sqrt(var_c a0 + eps) · w + b
 };
 
+// Operand flags of pixel q: bit 0 operand 0's mask, bit 1 operand 1's (if n_ops > 1).
+#define DC_FLAGS(n_ops, q)                                                               \
+    ((int)DC_ACTIVE(0, q.n, q.y, q.x) | ((int)((n_ops) > 1 && DC_ACTIVE(1, q.n, q.y, q.x)) << 1))
+
 // out = s[c] · Σ_i k_i · δ_i, on the union of the operand masks. Ops: add, sub (k = ±α),
 // neg, scaling by a constant (ChannelScale, multiplication by a constant tensor).
 // `scale` (fp32, may be null) is indexed c * scale_stride and rounded to the model dtype.
-extern "C" __global__ void pw_linear(int N, int C, int H, int W, int lanes, int n_ops,
+extern "C" __global__ void pw_linear(int N, int C, int H, int W, int lanes, int span, int n_ops,
                                      DC_OPERAND(0), DC_OPERAND(1),
                                      const float *scale, int scale_stride,
                                      scalar_t *out, int oN, int oC, int oH, int oW,
                                      mask_t *om) {
-    const PixelGroup g = pixel_group(lanes);
-    const int HW = H * W;
-    if (g.pixel >= N * HW) return;
-    const int n = g.pixel / HW, r = g.pixel - n * HW, y = r / W, x = r - y * W;
-    const bool a0 = DC_ACTIVE(0, n, y, x);
-    const bool a1 = n_ops > 1 && DC_ACTIVE(1, n, y, x);
-    if (g.sub == 0) om[g.pixel] = (a0 || a1);
-    if (!(a0 || a1)) return;
-    for (int c = g.sub; c < C; c += lanes) {
-        float s = 0.f;
-        if (a0) s += k0 * DC_VALUE(0, n, c, y, x);
-        if (a1) s += k1 * DC_VALUE(1, n, c, y, x);
-        if (scale) s *= round_s(scale[c * scale_stride]);
-        out[off4(n, c, y, x, oN, oC, oH, oW)] = from_f<scalar_t>(s);
+    __shared__ int list[DC_BLOCK];
+    const ScanPixel sp = scan_pixel(N * H * W, span);
+    int flags = 0;
+    if (sp.valid) {
+        const Pixel q = pixel_at(sp.pixel, H, W);
+        flags = DC_FLAGS(n_ops, q);
+    }
+    if (sp.valid) om[sp.pixel] = flags != 0;
+    const int count = block_list(flags != 0, ((int)threadIdx.x << 2) | flags, list);
+    for (int r0 = 0; r0 < count; r0 += DC_BLOCK / lanes) {
+        const ListPixel p = list_pixel(list, count, r0, lanes, sp.base, H, W);
+        if (!p.cand) continue;
+        const int n = p.at.n, y = p.at.y, x = p.at.x;
+#pragma unroll 4
+        for (int c = p.sub; c < C; c += lanes) {
+            float s = 0.f;
+            if (p.flags & 1) s += k0 * DC_VALUE(0, n, c, y, x);
+            if (p.flags & 2) s += k1 * DC_VALUE(1, n, c, y, x);
+            if (scale) s *= round_s(scale[c * scale_stride]);
+            out[off4(n, c, y, x, oN, oC, oH, oW)] = from_f<scalar_t>(s);
+        }
     }
 }
 
 // a += δ where the mask is set (a: fp32 state of the operand's own shape).
 // Used by Densify (y += δ) and to accumulate the inputs of products and max pooling.
-extern "C" __global__ void pw_accumulate(int N, int C, int H, int W, int lanes, DC_OPERAND(0),
-                                         float *a, int aN, int aC, int aH, int aW) {
-    const PixelGroup g = pixel_group(lanes);
-    const int HW = H * W;
-    if (g.pixel >= N * HW) return;
-    const int n = g.pixel / HW, r = g.pixel - n * HW, y = r / W, x = r - y * W;
-    if (!DC_ACTIVE(0, n, y, x)) return;
-    for (int c = g.sub; c < C; c += lanes) {
-        float *dst = a + off4(n, c, y, x, aN, aC, aH, aW);
-        *dst = *dst + to_f(v0[off4(n, c, y, x, v0N, v0C, v0H, v0W)]);
+extern "C" __global__ void pw_accumulate(int N, int C, int H, int W, int lanes, int span,
+                                         DC_OPERAND(0), float *a, int aN, int aC, int aH, int aW) {
+    __shared__ int list[DC_BLOCK];
+    const ScanPixel sp = scan_pixel(N * H * W, span);
+    int flags = 0;
+    if (sp.valid) {
+        const Pixel q = pixel_at(sp.pixel, H, W);
+        flags = DC_ACTIVE(0, q.n, q.y, q.x);
+    }
+    const int count = block_list(flags != 0, ((int)threadIdx.x << 2) | flags, list);
+    for (int r0 = 0; r0 < count; r0 += DC_BLOCK / lanes) {
+        const ListPixel p = list_pixel(list, count, r0, lanes, sp.base, H, W);
+        if (!p.cand) continue;
+        const int n = p.at.n, y = p.at.y, x = p.at.x;
+#pragma unroll 4
+        for (int c = p.sub; c < C; c += lanes) {
+            float *dst = a + off4(n, c, y, x, aN, aC, aH, aW);
+            *dst = *dst + DC_VALUE(0, n, c, y, x);
+        }
     }
 }
 
@@ -71,8 +93,8 @@ extern "C" __global__ void pw_accumulate(int N, int C, int H, int W, int lanes, 
 //   δy = v − o;  emit iff max_c |δy| > thr;  where emitted: o ← v, out = δy.
 // With lin = 0 the operands contribute only their masks (inputs already accumulated,
 // e.g. by a convolution epilogue or pw_accumulate). Masks of non-emitted pixels are 0.
-extern "C" __global__ void pw_truncate(int N, int C, int H, int W, int lanes, int n_ops, int lin,
-                                       DC_OPERAND(0), DC_OPERAND(1),
+extern "C" __global__ void pw_truncate(int N, int C, int H, int W, int lanes, int span,
+                                       int n_ops, int lin, DC_OPERAND(0), DC_OPERAND(1),
                                        const float *scale, int scale_stride,
                                        int fn, float p0, float p1,
                                        float *a0, int a0N, int a0C, int a0H, int a0W,
@@ -81,84 +103,82 @@ extern "C" __global__ void pw_truncate(int N, int C, int H, int W, int lanes, in
                                        float *o, int sN, int sC, int sH, int sW, float thr,
                                        scalar_t *out, int oN, int oC, int oH, int oW,
                                        mask_t *om) {
-    const PixelGroup g = pixel_group(lanes);
-    const int HW = H * W;
-    const bool valid = g.pixel < N * HW;
-    int n = 0, y = 0, x = 0;
-    bool act0 = false, act1 = false;
-    if (valid) {
-        n = g.pixel / HW;
-        const int r = g.pixel - n * HW;
-        y = r / W;
-        x = r - y * W;
-        act0 = DC_ACTIVE(0, n, y, x);
-        act1 = n_ops > 1 && DC_ACTIVE(1, n, y, x);
+    __shared__ int list[DC_BLOCK];
+    const ScanPixel sp = scan_pixel(N * H * W, span);
+    int flags = 0;
+    if (sp.valid) {
+        const Pixel q = pixel_at(sp.pixel, H, W);
+        flags = DC_FLAGS(n_ops, q);
     }
-    const bool cand = act0 || act1;
-    // Whole warps without a candidate leave at once; others keep every lane alive for
-    // the group reductions below.
-    if (!__any_sync(DC_FULL_WARP, cand)) {
-        if (valid && g.sub == 0) om[g.pixel] = 0;
-        return;
-    }
-    if (lin && cand) {
-        for (int c = g.sub; c < C; c += lanes) {
-            float s = 0.f;
-            if (act0) s += k0 * DC_VALUE(0, n, c, y, x);
-            if (act1) s += k1 * DC_VALUE(1, n, c, y, x);
-            if (scale) s *= round_s(scale[c * scale_stride]);
-            float *dst = a0 + off4(n, c, y, x, a0N, a0C, a0H, a0W);
-            *dst = *dst + round_s(s);
-        }
-    }
-    // Per-pixel statistics of the layer norm (two passes over the channels, fp32).
-    float mean = 0.f, rstd = 0.f;
-    if (fn == FN_LAYER_NORM) {
-        float s = 0.f;
-        for (int c0 = 0; c0 < C; c0 += lanes) {
-            const int c = c0 + g.sub;
-            if (cand && c < C) s += round_s(a0[off4(n, c, y, x, a0N, a0C, a0H, a0W)]);
-        }
-        mean = group_sum(s, lanes) / C;
-        float q = 0.f;
-        for (int c0 = 0; c0 < C; c0 += lanes) {
-            const int c = c0 + g.sub;
-            if (cand && c < C) {
-                const float d = round_s(a0[off4(n, c, y, x, a0N, a0C, a0H, a0W)]) - mean;
-                q += d * d;
+    if (sp.valid && !flags) om[sp.pixel] = 0;
+    const int count = block_list(flags != 0, ((int)threadIdx.x << 2) | flags, list);
+    // Every group runs every round (spare groups with cand = false) for the reductions.
+    for (int r0 = 0; r0 < count; r0 += DC_BLOCK / lanes) {
+        const ListPixel p = list_pixel(list, count, r0, lanes, sp.base, H, W);
+        const bool cand = p.cand, act0 = p.flags & 1, act1 = p.flags & 2;
+        const int sub = p.sub, n = p.at.n, y = p.at.y, x = p.at.x;
+        if (lin && cand) {
+#pragma unroll 4
+            for (int c = sub; c < C; c += lanes) {
+                float s = 0.f;
+                if (act0) s += k0 * DC_VALUE(0, n, c, y, x);
+                if (act1) s += k1 * DC_VALUE(1, n, c, y, x);
+                if (scale) s *= round_s(scale[c * scale_stride]);
+                float *dst = a0 + off4(n, c, y, x, a0N, a0C, a0H, a0W);
+                *dst = *dst + round_s(s);
             }
         }
-        rstd = rsqrtf(group_sum(q, lanes) / C + p0);
-    }
-    // v at channel c (p0 is eps for the layer norm, else the activation's parameter).
-    auto value = [&](int c) -> float {
-        const float x0 = round_s(a0[off4(n, c, y, x, a0N, a0C, a0H, a0W)]);
-        float v;
-        if (fn == FN_PRODUCT) {
-            v = x0 * round_s(a1[off4(n, c, y, x, a1N, a1C, a1H, a1W)]);
-        } else if (fn == FN_LAYER_NORM) {
-            v = (x0 - mean) * rstd;
-            if (norm_w) v *= norm_w[c];
-            if (norm_b) v += norm_b[c];
-        } else {
-            v = activate(fn, x0, p0, p1);
+        // Per-pixel statistics of the layer norm (two passes over the channels, fp32).
+        float mean = 0.f, rstd = 0.f;
+        if (fn == FN_LAYER_NORM) {
+            float s = 0.f;
+            for (int c0 = 0; c0 < C; c0 += lanes) {
+                const int c = c0 + sub;
+                if (cand && c < C) s += round_s(a0[off4(n, c, y, x, a0N, a0C, a0H, a0W)]);
+            }
+            mean = group_sum(s, lanes) / C;
+            float q = 0.f;
+            for (int c0 = 0; c0 < C; c0 += lanes) {
+                const int c = c0 + sub;
+                if (cand && c < C) {
+                    const float d = round_s(a0[off4(n, c, y, x, a0N, a0C, a0H, a0W)]) - mean;
+                    q += d * d;
+                }
+            }
+            rstd = rsqrtf(group_sum(q, lanes) / C + p0);
         }
-        return round_s(v);
-    };
-    float peak = 0.f;
-    for (int c0 = 0; c0 < C; c0 += lanes) {
-        const int c = c0 + g.sub;
-        if (cand && c < C) peak = fmaxf(peak, fabsf(value(c) - o[off4(n, c, y, x, sN, sC, sH, sW)]));
-    }
-    peak = group_max(peak, lanes);
-    const bool emit = cand && peak > thr;
-    if (valid && g.sub == 0) om[g.pixel] = emit;
-    if (!emit) return;
-    for (int c = g.sub; c < C; c += lanes) {
-        float *sent = o + off4(n, c, y, x, sN, sC, sH, sW);
-        const float v = value(c);
-        const float dy = v - *sent;
-        *sent = v;
-        out[off4(n, c, y, x, oN, oC, oH, oW)] = from_f<scalar_t>(dy);
+        // v at channel c (p0 is eps for the layer norm, else the activation's parameter).
+        auto value = [&](int c) -> float {
+            const float x0 = round_s(a0[off4(n, c, y, x, a0N, a0C, a0H, a0W)]);
+            float v;
+            if (fn == FN_PRODUCT) {
+                v = x0 * round_s(a1[off4(n, c, y, x, a1N, a1C, a1H, a1W)]);
+            } else if (fn == FN_LAYER_NORM) {
+                v = (x0 - mean) * rstd;
+                if (norm_w) v *= norm_w[c];
+                if (norm_b) v += norm_b[c];
+            } else {
+                v = activate(fn, x0, p0, p1);
+            }
+            return round_s(v);
+        };
+        float peak = 0.f;
+#pragma unroll 4
+        for (int c0 = 0; c0 < C; c0 += lanes) {
+            const int c = c0 + sub;
+            if (cand && c < C) peak = fmaxf(peak, fabsf(value(c) - o[off4(n, c, y, x, sN, sC, sH, sW)]));
+        }
+        peak = group_max(peak, lanes);
+        const bool emit = cand && peak > thr;
+        if (cand && sub == 0) om[p.pixel] = emit;
+        if (!emit) continue;
+#pragma unroll 4
+        for (int c = sub; c < C; c += lanes) {
+            float *sent = o + off4(n, c, y, x, sN, sC, sH, sW);
+            const float v = value(c);
+            const float dy = v - *sent;
+            *sent = v;
+            out[off4(n, c, y, x, oN, oC, oH, oW)] = from_f<scalar_t>(dy);
+        }
     }
 }

@@ -85,7 +85,7 @@ extern "C" __global__ void pool_window(int N, int C, int H, int W, int OH, int O
         }
         return;
     }
-    if (!__any_sync(DC_FULL_WARP, cand)) {
+    if (!group_scope_any(cand, lanes)) {
         if (valid && g.sub == 0) om[g.pixel] = 0;
         return;
     }

@@ -429,3 +429,28 @@ def test_fused_epilogue(poisoned, name, dtype):
     produced = check(poisoned, make, specs, dtype, fuse=True)
     assert all("fused" in d.extras for d in produced), "the producer did not hand over its work"
 
+
+DEEP_LISTS = {
+    "relu_narrow": (lambda: [Nonlinear(nn.ReLU(), Footprint.POINTWISE, (True,), 0.1)],
+                    (V((2, 37, 9, 11)),), False),
+    "relu_wide": (lambda: [Nonlinear(nn.ReLU(), Footprint.POINTWISE, (True,), 0.1)],
+                  (V((2, 150, 7, 9)),), False),
+    "add": (lambda: [LINEAR["add"][0]()], LINEAR["add"][1], False),
+    "densify_wide": (lambda: [Densify()], (V((2, 300, 5, 7)),), False),
+    "conv_layer_norm": (*FUSIONS["conv_layer_norm"], True),
+    "add_relu6": (*FUSIONS["add_relu6"], True),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("name", DEEP_LISTS)
+def test_deep_work_lists(poisoned, monkeypatch, name, dtype):
+    """Block-local work lists whose groups take several rounds (as on large frames, see
+    ``list_grid``), forced on small tensors: group reductions inside rounds, spare groups,
+    pixels of one block spread over rounds."""
+    from deltaconvert.backends.cuda import tensors
+    monkeypatch.setattr(tensors, "LIST_BLOCKS", 1)
+    assert tensors.list_grid(2 * 7 * 9, tensors.lanes_for(150))[2] == 16  # 4 groups × 4 rounds
+    make, specs, fuse = DEEP_LISTS[name]
+    torch.manual_seed(0)
+    check(poisoned, make, specs, dtype, fuse=fuse)

@@ -25,7 +25,7 @@ from ...ops.base import DeltaOp, tensor_leaves
 from .base import Accelerated, Fused
 from .device import DeviceRuntime
 from .kernels import SUPPORTED_DTYPES, Args, kernel
-from .tensors import (as_nhwc, fp32_vector, lanes_for, new_mask, new_values, pixel_grid,
+from .tensors import (as_nhwc, fp32_vector, lanes_for, list_grid, new_mask, new_values,
                       placeholder, shape4, strides4)
 
 ADD_FNS = (operator.add, torch.add, torch.Tensor.add)
@@ -85,13 +85,13 @@ def linear(runtime: DeviceRuntime, layer: str, operands: Sequence[Delta], coefs:
     n, c, h, w = shape4(out_shape)
     out, om = new_values(out_shape, dtype, device), new_mask(out_shape, device)
     lanes = lanes_for(c)
-    args = Args(layer).ints(n, c, h, w, lanes, len(operands))
+    grid, block, span = list_grid(n * h * w, lanes)
+    args = Args(layer).ints(n, c, h, w, lanes, span, len(operands))
     for i in range(2):
         add_operand(args, operands[i] if i < len(operands) else None,
                     coefs[i] if i < len(coefs) else 0.0, out_shape)
     args.ptr(scale).ints(int(scale is not None and scale.numel() > 1))
     args.tensor(out, strides4(out)).ptr(om)
-    grid, block = pixel_grid(n * h * w, lanes)
     kernel(runtime, "pointwise", "pw_linear", dtype)(grid, block, args)
     return Delta(out, om)
 
@@ -103,9 +103,9 @@ def accumulate(runtime: DeviceRuntime, layer: str, d: Delta, acc: torch.Tensor) 
                            f"delta {tuple(d.shape)}")
     n, c, h, w = shape4(d.shape)
     lanes = lanes_for(c)
-    args = add_operand(Args(layer).ints(n, c, h, w, lanes), d, 1.0, d.shape)
+    grid, block, span = list_grid(n * h * w, lanes)
+    args = add_operand(Args(layer).ints(n, c, h, w, lanes, span), d, 1.0, d.shape)
     args.tensor(acc, strides4(acc))
-    grid, block = pixel_grid(n * h * w, lanes)
     kernel(runtime, "pointwise", "pw_accumulate", d.dtype)(grid, block, args)
 
 
@@ -117,7 +117,8 @@ def truncate(runtime: DeviceRuntime, layer: str, dtype: torch.dtype, out_shape: 
     n, c, h, w = shape4(out_shape)
     out, om = new_values(out_shape, dtype, runtime.device), new_mask(out_shape, runtime.device)
     lanes = lanes_for(c)
-    args = Args(layer).ints(n, c, h, w, lanes, len(work.operands), int(work.lin))
+    grid, block, span = list_grid(n * h * w, lanes)
+    args = Args(layer).ints(n, c, h, w, lanes, span, len(work.operands), int(work.lin))
     for i in range(2):
         add_operand(args, work.operands[i] if i < len(work.operands) else None,
                     work.coefs[i] if i < len(work.coefs) else 0.0, out_shape)
@@ -129,7 +130,6 @@ def truncate(runtime: DeviceRuntime, layer: str, dtype: torch.dtype, out_shape: 
     args.ptr(norm[0]).ptr(norm[1])
     args.tensor(sent, strides4(sent)).floats(threshold)
     args.tensor(out, strides4(out)).ptr(om)
-    grid, block = pixel_grid(n * h * w, lanes)
     kernel(runtime, "pointwise", "pw_truncate", dtype)(grid, block, args)
     return Delta(out, om)
 

@@ -84,18 +84,54 @@ def placeholder(shape: Sequence[int], dtype: torch.dtype, device: torch.device) 
     return torch.empty((), dtype=dtype, device=device).expand(tuple(shape))
 
 
+CHANNELS_PER_LANE = 4
+MAX_LANES = 256
+
+
 def lanes_for(channels: int) -> int:
-    """Threads per pixel in the per-pixel kernels: the power of two ≥ C, at most 32."""
+    """Threads per pixel in the per-pixel kernels: the power of two ≥ C / 4, at most 256.
+
+    About four channels per thread keep each thread's channel loop short: with at most
+    32 lanes, a pixel of a 960-channel layer took 30 dependent rounds of loads per pass,
+    which left the wide, low-resolution layers latency bound; narrow layers keep few
+    threads per pixel."""
     lanes = 1
-    while lanes < min(channels, 32):
+    while lanes < min(-(-channels // CHANNELS_PER_LANE), MAX_LANES):
         lanes *= 2
     return lanes
 
 
 def pixel_grid(pixels: int, lanes: int, threads: int = 256) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
-    """Grid and block for one group of ``lanes`` threads per pixel."""
+    """Grid and block for one group of ``lanes`` threads per pixel (``lanes`` ≤ ``threads``;
+    groups of more than 32 lanes span whole warps, see ``group_reduce`` in common.cuh)."""
     per_block = threads // lanes
     return ((pixels + per_block - 1) // per_block, 1, 1), (threads, 1, 1)
+
+
+LIST_DEPTH = 4      # rounds of a block-local work list, at most
+LIST_BLOCKS = 3600  # fewest blocks a deeper list may leave (~27 per SM of an H200)
+
+
+def list_grid(pixels: int, lanes: int, threads: int = 256
+              ) -> tuple[tuple[int, int, int], tuple[int, int, int], int]:
+    """Grid, block and span of the kernels with block-local work lists (pointwise.cu;
+    see "Block-local work lists" in common.cuh): a block scans ``span`` pixels, hands
+    those with work to its ``threads / lanes`` groups, and they take up to ``depth``
+    rounds, ``span = groups · depth``.
+
+    Deeper lists make an empty region cheaper (one mask read per pixel instead of
+    ``lanes`` threads), but a group then works through up to ``depth`` updated pixels in
+    a row. Measured on an H200 (scripts/PERF_NOTES.md §5c): depth 4 halved the 230k- and
+    58k-pixel layers of mobilenet_v2 at 720p, and more than doubled the time of layers
+    with a few thousand pixels, where too few blocks were left to spread the updates over
+    the GPU. So the depth doubles, up to ``LIST_DEPTH``, while at least ``LIST_BLOCKS``
+    blocks remain."""
+    groups = threads // lanes
+    depth = 1
+    while depth < LIST_DEPTH and -(-pixels // (groups * depth * 2)) >= LIST_BLOCKS:
+        depth *= 2
+    span = min(threads, groups * depth)
+    return (-(-pixels // span), 1, 1), (threads, 1, 1), span
 
 
 def as_nhwc(t: torch.Tensor) -> torch.Tensor:
