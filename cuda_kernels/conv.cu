@@ -1,10 +1,11 @@
 // Delta convolution: δy = conv(δx) without bias, on the output pixels whose input
 // footprint (kernel extent, dilation, zero padding, stride) touches an updated pixel.
 //
-// Each block owns an 8×8 tile of output pixels of one sample. It first computes the
-// tile's output mask from the input mask; a tile with no updated pixel writes its mask
-// bytes and leaves without reading values or weights. Inside an active tile, inactive
-// output pixels read no input values either.
+// Each block owns an 8×8 tile of output pixels of one sample. It stages the input mask
+// under the tile's footprint in shared memory (TileMask), then computes the tile's output
+// mask from it; a tile with no updated pixel writes its mask bytes and leaves without
+// reading values or weights. Inside an active tile, inactive output pixels read no input
+// values either.
 //
 // Two kernels share that structure:
 //   conv_gemm       implicit GEMM for any group size: output pixels × output channels of
@@ -36,6 +37,7 @@
 #define TC_LDA (TC_K + 8)        // padded leading dimensions (multiples of 8 halves / 4 floats)
 #define TC_LDB (GEMM_CO + 8)
 #define TC_LDC (GEMM_CO + 4)
+#define FOOT_MAX 2048    // input-mask bytes a tile may stage in shared memory (TileMask)
 
 #define CONV_PARAMS                                                                        \
     int N, int Cin, int H, int W, int Cout, int OH, int OW, int KH, int KW, int sh, int sw, \
@@ -49,30 +51,73 @@
     N, Cin, H, W, Cout, OH, OW, KH, KW, sh, sw, pt, pl, dh, dw, groups, x, xN, xC, xH, xW, m,  \
         mN, mH, mW, wp, mode, out, oN, oC, oH, oW, acc, aN, aC, aH, aW, om
 
-// Output mask of this block's tile into `active` (also written to `om` by the blocks
-// with blockIdx.y == 0). Returns whether any pixel of the tile is active. All threads
-// of the block must call it.
-__device__ __forceinline__ bool tile_output_mask(int n, int ty0, int tx0, int OH, int OW, int H, int W,
-                                                 int KH, int KW, int sh, int sw, int pt, int pl,
-                                                 int dh, int dw, const mask_t *m, int mN, int mH,
-                                                 int mW, mask_t *om, bool *active) {
+// The input mask as one tile reads it. The tile's output pixels read the input window of
+// rows × cols pixels from (y0, x0); when that window fits FOOT_MAX bytes the block stages
+// its mask in shared memory once (`foot`, 0 outside the frame), so the output-mask test
+// and every gather read shared memory instead of issuing a dependent global load before
+// each value load. Larger windows (large dilations) read the global mask.
+struct TileMask {
+    const mask_t *m;
+    int mN, mH, mW, H, W;
+    int n, ty0, tx0;  // sample, first output row and column of the tile
+    int y0, x0, cols;
+    bool staged;
+    const mask_t *foot;
+
+    // Whether input pixel (iy, ix) of the sample is updated (false outside the frame).
+    __device__ __forceinline__ bool operator()(int iy, int ix) const {
+        if (iy < 0 || iy >= H || ix < 0 || ix >= W) return false;
+        return (staged ? foot[(iy - y0) * cols + (ix - x0)] : m[off3(n, iy, ix, mN, mH, mW)]) != 0;
+    }
+};
+
+// This block's tile (blockIdx.x, sample blockIdx.z), its input mask staged when it fits.
+// All threads of the block must call it.
+__device__ __forceinline__ TileMask tile_mask(int OW, int H, int W, int KH, int KW, int sh, int sw,
+                                              int pt, int pl, int dh, int dw, const mask_t *m,
+                                              int mN, int mH, int mW, mask_t *foot) {
+    const int tiles_x = (OW + TILE - 1) / TILE;
+    TileMask t;
+    t.m = m;
+    t.mN = mN;
+    t.mH = mH;
+    t.mW = mW;
+    t.H = H;
+    t.W = W;
+    t.n = blockIdx.z;
+    t.ty0 = (blockIdx.x / tiles_x) * TILE;
+    t.tx0 = (blockIdx.x % tiles_x) * TILE;
+    t.y0 = t.ty0 * sh - pt;
+    t.x0 = t.tx0 * sw - pl;
+    const int rows = (TILE - 1) * sh + (KH - 1) * dh + 1;
+    t.cols = (TILE - 1) * sw + (KW - 1) * dw + 1;
+    t.staged = rows * t.cols <= FOOT_MAX;
+    t.foot = foot;
+    if (t.staged) {
+        for (int i = threadIdx.x; i < rows * t.cols; i += blockDim.x) {
+            const int r = i / t.cols, iy = t.y0 + r, ix = t.x0 + (i - r * t.cols);
+            foot[i] = (iy >= 0 && iy < H && ix >= 0 && ix < W) ? m[off3(t.n, iy, ix, mN, mH, mW)] : 0;
+        }
+        __syncthreads();
+    }
+    return t;
+}
+
+// Output mask of the tile into `active` (also written to `om` by the blocks with
+// blockIdx.y == 0). Returns whether any pixel of the tile is active. All threads of the
+// block must call it.
+__device__ __forceinline__ bool tile_output_mask(const TileMask &t, int OH, int OW, int KH, int KW,
+                                                 int sh, int sw, int pt, int pl, int dh, int dw,
+                                                 mask_t *om, bool *active) {
     const int p = threadIdx.x;
     bool act = false;
     if (p < TILE_P) {
-        const int oy = ty0 + p / TILE, ox = tx0 + p % TILE;
+        const int oy = t.ty0 + p / TILE, ox = t.tx0 + p % TILE;
         if (oy < OH && ox < OW) {
-            for (int kh = 0; kh < KH && !act; ++kh) {
-                const int iy = oy * sh - pt + kh * dh;
-                if (iy < 0 || iy >= H) continue;
-                for (int kw = 0; kw < KW; ++kw) {
-                    const int ix = ox * sw - pl + kw * dw;
-                    if (ix >= 0 && ix < W && m[off3(n, iy, ix, mN, mH, mW)]) {
-                        act = true;
-                        break;
-                    }
-                }
-            }
-            if (blockIdx.y == 0) om[(n * OH + oy) * OW + ox] = act;
+            for (int kh = 0; kh < KH && !act; ++kh)
+                for (int kw = 0; kw < KW && !act; ++kw)
+                    act = t(oy * sh - pt + kh * dh, ox * sw - pl + kw * dw);
+            if (blockIdx.y == 0) om[(t.n * OH + oy) * OW + ox] = act;
         }
         active[p] = act;
     }
@@ -108,17 +153,15 @@ __device__ __forceinline__ GemmBlock gemm_block(int Cin, int Cout, int groups, i
 // One element of the implicit-GEMM A matrix: the input value under reduction index kg
 // for the output pixel whose window starts at (y0, x0), or 0 (padding, masked, k ≥ K).
 __device__ __forceinline__ scalar_t gather_a(int kg, int K, int cin_g, int KW, bool pixel_active,
-                                             int y0, int x0, int dh, int dw, int H, int W, int n,
-                                             const scalar_t *xg, int xN, int xC, int xH, int xW,
-                                             const mask_t *m, int mN, int mH, int mW) {
+                                             int y0, int x0, int dh, int dw, const TileMask &t,
+                                             const scalar_t *xg, int xN, int xC, int xH, int xW) {
     if (kg >= K || !pixel_active) return from_f<scalar_t>(0.f);
     const int r = kg / cin_g;
     const int ci = kg - r * cin_g;
     const int kh = r / KW;
     const int iy = y0 + kh * dh, ix = x0 + (r - kh * KW) * dw;
-    if (iy < 0 || iy >= H || ix < 0 || ix >= W || !m[off3(n, iy, ix, mN, mH, mW)])
-        return from_f<scalar_t>(0.f);
-    return xg[off4(n, ci, iy, ix, xN, xC, xH, xW)];
+    if (!t(iy, ix)) return from_f<scalar_t>(0.f);
+    return xg[off4(t.n, ci, iy, ix, xN, xC, xH, xW)];
 }
 
 // Vector loads of an A-tile row segment: with CONV_VECTOR_A a chunk [k0, k0 + chunk) lies
@@ -126,47 +169,43 @@ __device__ __forceinline__ scalar_t gather_a(int kg, int K, int cin_g, int KW, b
 // Fills `count` (4 floats or 8 halves) values for the pixel whose window starts at (y0, x0).
 template <typename V>
 __device__ __forceinline__ V gather_a_vector(int k0, int cin_g, int KW, bool pixel_active, int y0,
-                                             int x0, int dh, int dw, int H, int W, int n, int c,
-                                             const scalar_t *xg, int xN, int xH, int xW,
-                                             const mask_t *m, int mN, int mH, int mW) {
+                                             int x0, int dh, int dw, const TileMask &t, int c,
+                                             const scalar_t *xg, int xN, int xH, int xW) {
     V v;
     memset(&v, 0, sizeof(V));
     if (!pixel_active) return v;
     const int r = k0 / cin_g;
     const int kh = r / KW;
     const int iy = y0 + kh * dh, ix = x0 + (r - kh * KW) * dw;
-    if (iy < 0 || iy >= H || ix < 0 || ix >= W || !m[off3(n, iy, ix, mN, mH, mW)]) return v;
-    return *reinterpret_cast<const V *>(xg + n * xN + iy * xH + ix * xW + (k0 - r * cin_g) + c);
+    if (!t(iy, ix)) return v;
+    return *reinterpret_cast<const V *>(xg + t.n * xN + iy * xH + ix * xW + (k0 - r * cin_g) + c);
 }
+
+// Both GEMM paths keep the next reduction chunk's A and B elements in registers: they are
+// loaded before the current chunk is multiplied, so the loads' latency overlaps the
+// arithmetic instead of preceding it (one shared-memory stage, one chunk in flight).
 
 // CUDA-core implicit GEMM (fp32 models): 4×4 outputs per thread.
 __device__ __forceinline__ void conv_gemm_cuda_cores(CONV_PARAMS) {
     __shared__ bool active[TILE_P];
+    __shared__ mask_t foot[FOOT_MAX];
     __shared__ float As[TILE_P][GEMM_K + 1];
     __shared__ __align__(16) float Bs[GEMM_K][GEMM_CO];
 
     const int tid = threadIdx.x;
-    const int n = blockIdx.z;
-    const int tiles_x = (OW + TILE - 1) / TILE;
-    const int ty0 = (blockIdx.x / tiles_x) * TILE, tx0 = (blockIdx.x % tiles_x) * TILE;
-    if (!tile_output_mask(n, ty0, tx0, OH, OW, H, W, KH, KW, sh, sw, pt, pl, dh, dw, m, mN, mH,
-                          mW, om, active))
-        return;
+    const TileMask t = tile_mask(OW, H, W, KH, KW, sh, sw, pt, pl, dh, dw, m, mN, mH, mW, foot);
+    if (!tile_output_mask(t, OH, OW, KH, KW, sh, sw, pt, pl, dh, dw, om, active)) return;
 
     const GemmBlock gb = gemm_block(Cin, Cout, groups, KH, KW);
     const int cin_g = gb.cin_g, cout_g = gb.cout_g, grp = gb.grp, co0 = gb.co0, K = gb.K;
 
-    // A tile loads: this thread fills reduction row kk for pixels (tid/16) + 16·i.
+    // Scalar A loads: this thread fills reduction row kk for pixels (tid/16) + 16·i, i.e.
+    // tile rows (tid/16)/8 + 2·i of column (tid/16)%8; bit i of `pok`: that pixel is active.
     const int kk = tid & (GEMM_K - 1);
-    int py[4], px[4];
-    bool pok[4];
+    const int sx = (t.tx0 + (tid >> 4) % TILE) * sw - pl, sy = (t.ty0 + (tid >> 4) / TILE) * sh - pt;
+    unsigned pok = 0;
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        const int p = (tid >> 4) + 16 * i;
-        pok[i] = active[p];
-        py[i] = (ty0 + p / TILE) * sh - pt;
-        px[i] = (tx0 + p % TILE) * sw - pl;
-    }
+    for (int i = 0; i < 4; ++i) pok |= (unsigned)active[(tid >> 4) + 16 * i] << i;
     // Compute mapping: pixels 4·ty..4·ty+3, output channels 4·tx..4·tx+3.
     const int tx = tid & 15, ty = tid >> 4;
     float sum[4][4] = {};
@@ -174,38 +213,52 @@ __device__ __forceinline__ void conv_gemm_cuda_cores(CONV_PARAMS) {
     const scalar_t *wg = wp + (size_t)grp * K * cout_g;
 
     // Vector loads: pixel tid/4 takes channels 4·(tid%4)..+3 of the chunk; weight row
-    // tid/16 takes output channels 4·(tid%16)..+3.
+    // vb = tid/16 takes output channels 4·(tid%16)..+3 (also the scalar B mapping).
     const int vp = tid >> 2;
     const bool vok = active[vp];
-    const int vy = (ty0 + vp / TILE) * sh - pt, vx = (tx0 + vp % TILE) * sw - pl;
-    for (int k0 = 0; k0 < K; k0 += GEMM_K) {
+    const int vy = (t.ty0 + vp / TILE) * sh - pt, vx = (t.tx0 + vp % TILE) * sw - pl;
+    const int vb = tid >> 4, vco = co0 + 4 * (tid & 15);
+    float a_next[4], b_next[4];
+    auto load = [&](int k0) {
         if (mode & CONV_VECTOR_A) {
-            const float4 a = gather_a_vector<float4>(k0, cin_g, KW, vok, vy, vx, dh, dw, H, W, n,
-                                                     4 * (tid & 3), reinterpret_cast<const scalar_t *>(xg),
-                                                     xN, xH, xW, m, mN, mH, mW);
-            float *row = &As[vp][4 * (tid & 3)];
-            row[0] = to_f(a.x);
-            row[1] = to_f(a.y);
-            row[2] = to_f(a.z);
-            row[3] = to_f(a.w);
+            const float4 a = gather_a_vector<float4>(k0, cin_g, KW, vok, vy, vx, dh, dw, t, 4 * (tid & 3),
+                                                     reinterpret_cast<const scalar_t *>(xg), xN, xH, xW);
+            a_next[0] = to_f(a.x);
+            a_next[1] = to_f(a.y);
+            a_next[2] = to_f(a.z);
+            a_next[3] = to_f(a.w);
         } else {
 #pragma unroll
             for (int i = 0; i < 4; ++i)
-                As[(tid >> 4) + 16 * i][kk] = to_f(gather_a(k0 + kk, K, cin_g, KW, pok[i], py[i], px[i], dh,
-                                                            dw, H, W, n, xg, xN, xC, xH, xW, m, mN, mH, mW));
+                a_next[i] = to_f(gather_a(k0 + kk, K, cin_g, KW, (pok >> i) & 1, sy + 2 * i * sh, sx, dh, dw,
+                                          t, xg, xN, xC, xH, xW));
         }
-        const int vb = tid >> 4, vco = co0 + 4 * (tid & 15);
-        if ((mode & CONV_VECTOR_B) && k0 + vb < K && vco + 4 <= cout_g) {
-            *reinterpret_cast<float4 *>(&Bs[vb][4 * (tid & 15)]) =
-                *reinterpret_cast<const float4 *>(wg + (size_t)(k0 + vb) * cout_g + vco);
+        const int kgb = k0 + vb;
+        if ((mode & CONV_VECTOR_B) && kgb < K && vco + 4 <= cout_g) {
+            const float4 b = *reinterpret_cast<const float4 *>(wg + (size_t)kgb * cout_g + vco);
+            b_next[0] = b.x;
+            b_next[1] = b.y;
+            b_next[2] = b.z;
+            b_next[3] = b.w;
         } else {
 #pragma unroll
-            for (int j = 0; j < 4; ++j) {
-                const int kgb = k0 + vb, cog = vco + j;
-                Bs[vb][4 * (tid & 15) + j] = (kgb < K && cog < cout_g) ? to_f(wg[(size_t)kgb * cout_g + cog]) : 0.f;
-            }
+            for (int j = 0; j < 4; ++j)
+                b_next[j] = (kgb < K && vco + j < cout_g) ? to_f(wg[(size_t)kgb * cout_g + vco + j]) : 0.f;
         }
+    };
+    load(0);
+    for (int k0 = 0; k0 < K; k0 += GEMM_K) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            if (mode & CONV_VECTOR_A)
+                As[vp][4 * (tid & 3) + i] = a_next[i];
+            else
+                As[(tid >> 4) + 16 * i][kk] = a_next[i];
+        }
+        *reinterpret_cast<float4 *>(&Bs[vb][4 * (tid & 15)]) =
+            make_float4(b_next[0], b_next[1], b_next[2], b_next[3]);
         __syncthreads();
+        if (k0 + GEMM_K < K) load(k0 + GEMM_K);
 #pragma unroll
         for (int k = 0; k < GEMM_K; ++k) {
             const float4 b = *reinterpret_cast<const float4 *>(&Bs[k][tx * 4]);
@@ -224,12 +277,12 @@ __device__ __forceinline__ void conv_gemm_cuda_cores(CONV_PARAMS) {
     for (int i = 0; i < 4; ++i) {
         const int p = ty * 4 + i;
         if (!active[p]) continue;
-        const int oy = ty0 + p / TILE, ox = tx0 + p % TILE;
+        const int oy = t.ty0 + p / TILE, ox = t.tx0 + p % TILE;
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
             const int co = co0 + tx * 4 + j;
             if (co < cout_g)
-                conv_store(mode, sum[i][j], n, grp * cout_g + co, oy, ox, out, oN, oC, oH, oW, acc,
+                conv_store(mode, sum[i][j], t.n, grp * cout_g + co, oy, ox, out, oN, oC, oH, oW, acc,
                            aN, aC, aH, aW);
         }
     }
@@ -241,66 +294,76 @@ template <typename T>
 __device__ __forceinline__ void conv_gemm_tensor_cores(CONV_PARAMS) {
     using namespace nvcuda;
     __shared__ bool active[TILE_P];
+    __shared__ mask_t foot[FOOT_MAX];
     __shared__ __align__(32) T As[TILE_P][TC_LDA];
     __shared__ __align__(32) T Bs[TC_K][TC_LDB];
     __shared__ __align__(32) float Cs[TILE_P][TC_LDC];
 
     const int tid = threadIdx.x;
-    const int n = blockIdx.z;
-    const int tiles_x = (OW + TILE - 1) / TILE;
-    const int ty0 = (blockIdx.x / tiles_x) * TILE, tx0 = (blockIdx.x % tiles_x) * TILE;
-    if (!tile_output_mask(n, ty0, tx0, OH, OW, H, W, KH, KW, sh, sw, pt, pl, dh, dw, m, mN, mH,
-                          mW, om, active))
-        return;
+    const TileMask t = tile_mask(OW, H, W, KH, KW, sh, sw, pt, pl, dh, dw, m, mN, mH, mW, foot);
+    if (!tile_output_mask(t, OH, OW, KH, KW, sh, sw, pt, pl, dh, dw, om, active)) return;
     const GemmBlock gb = gemm_block(Cin, Cout, groups, KH, KW);
     const T *xg = x + gb.grp * gb.cin_g * xC;
     const T *wg = wp + (size_t)gb.grp * gb.K * gb.cout_g;
 
-    // A loads: reduction column kk for pixels (tid / 32) + 8·i.
+    // Scalar A loads: reduction column kk for pixels (tid / 32) + 8·i, i.e. tile row i of
+    // column tid / 32; bit i of `pok`: that pixel is active.
     const int kk = tid & (TC_K - 1);
-    int py[8], px[8];
-    bool pok[8];
+    const int sx = (t.tx0 + (tid >> 5)) * sw - pl, sy = t.ty0 * sh - pt;
+    unsigned pok = 0;
 #pragma unroll
-    for (int i = 0; i < 8; ++i) {
-        const int p = (tid >> 5) + 8 * i;
-        pok[i] = active[p];
-        py[i] = (ty0 + p / TILE) * sh - pt;
-        px[i] = (tx0 + p % TILE) * sw - pl;
-    }
+    for (int i = 0; i < 8; ++i) pok |= (unsigned)active[(tid >> 5) + 8 * i] << i;
     const int warp = tid >> 5, warp_m = warp & 3, warp_n = warp >> 2;
     wmma::fragment<wmma::accumulator, 16, 16, 16, float> c[2];
     wmma::fill_fragment(c[0], 0.f);
     wmma::fill_fragment(c[1], 0.f);
 
     // Vector loads: pixel tid/4 takes channels 8·(tid%4)..+7 of the chunk; weight row
-    // tid/8 takes output channels 8·(tid%8)..+7.
+    // vb = tid/8 takes output channels 8·(tid%8)..+7 (also the scalar B mapping).
     const int vp = tid >> 2;
     const bool vok = active[vp];
-    const int vy = (ty0 + vp / TILE) * sh - pt, vx = (tx0 + vp % TILE) * sw - pl;
-    for (int k0 = 0; k0 < gb.K; k0 += TC_K) {
+    const int vy = (t.ty0 + vp / TILE) * sh - pt, vx = (t.tx0 + vp % TILE) * sw - pl;
+    const int vb = tid >> 3, vco = gb.co0 + 8 * (tid & 7);
+    const bool vector_b = (mode & CONV_VECTOR_B) && vco + 8 <= gb.cout_g;
+    uint4 a_vec, b_vec;
+    T a_next[8], b_next[8];
+    auto load = [&](int k0) {
         if (mode & CONV_VECTOR_A) {
-            *reinterpret_cast<uint4 *>(&As[vp][8 * (tid & 3)]) =
-                gather_a_vector<uint4>(k0, gb.cin_g, KW, vok, vy, vx, dh, dw, H, W, n, 8 * (tid & 3), xg,
-                                       xN, xH, xW, m, mN, mH, mW);
+            a_vec = gather_a_vector<uint4>(k0, gb.cin_g, KW, vok, vy, vx, dh, dw, t, 8 * (tid & 3), xg, xN,
+                                           xH, xW);
         } else {
 #pragma unroll
             for (int i = 0; i < 8; ++i)
-                As[(tid >> 5) + 8 * i][kk] = gather_a(k0 + kk, gb.K, gb.cin_g, KW, pok[i], py[i], px[i], dh,
-                                                      dw, H, W, n, xg, xN, xC, xH, xW, m, mN, mH, mW);
+                a_next[i] = gather_a(k0 + kk, gb.K, gb.cin_g, KW, (pok >> i) & 1, sy + i * sh, sx, dh, dw, t,
+                                     xg, xN, xC, xH, xW);
         }
-        const int vb = tid >> 3, vco = gb.co0 + 8 * (tid & 7);
-        if ((mode & CONV_VECTOR_B) && k0 + vb < gb.K && vco + 8 <= gb.cout_g) {
-            *reinterpret_cast<uint4 *>(&Bs[vb][8 * (tid & 7)]) =
-                *reinterpret_cast<const uint4 *>(wg + (size_t)(k0 + vb) * gb.cout_g + vco);
+        const int kgb = k0 + vb;
+        if (vector_b) {
+            b_vec = kgb < gb.K ? *reinterpret_cast<const uint4 *>(wg + (size_t)kgb * gb.cout_g + vco)
+                               : make_uint4(0, 0, 0, 0);
         } else {
 #pragma unroll
-            for (int j = 0; j < 8; ++j) {
-                const int kgb = k0 + vb, cog = vco + j;
-                Bs[vb][8 * (tid & 7) + j] = (kgb < gb.K && cog < gb.cout_g) ? wg[(size_t)kgb * gb.cout_g + cog]
-                                                                           : from_f<T>(0.f);
-            }
+            for (int j = 0; j < 8; ++j)
+                b_next[j] = (kgb < gb.K && vco + j < gb.cout_g) ? wg[(size_t)kgb * gb.cout_g + vco + j]
+                                                                 : from_f<T>(0.f);
+        }
+    };
+    load(0);
+    for (int k0 = 0; k0 < gb.K; k0 += TC_K) {
+        if (mode & CONV_VECTOR_A) {
+            *reinterpret_cast<uint4 *>(&As[vp][8 * (tid & 3)]) = a_vec;
+        } else {
+#pragma unroll
+            for (int i = 0; i < 8; ++i) As[(tid >> 5) + 8 * i][kk] = a_next[i];
+        }
+        if (vector_b) {
+            *reinterpret_cast<uint4 *>(&Bs[vb][8 * (tid & 7)]) = b_vec;
+        } else {
+#pragma unroll
+            for (int j = 0; j < 8; ++j) Bs[vb][8 * (tid & 7) + j] = b_next[j];
         }
         __syncthreads();
+        if (k0 + TC_K < gb.K) load(k0 + TC_K);
 #pragma unroll
         for (int ks = 0; ks < TC_K; ks += 16) {
             wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;
@@ -324,13 +387,13 @@ __device__ __forceinline__ void conv_gemm_tensor_cores(CONV_PARAMS) {
     for (int i = 0; i < 16; ++i) {
         const int p = (tid >> 6) + 4 * i;
         if (!active[p]) continue;
-        conv_store(mode, Cs[p][co], n, gb.grp * gb.cout_g + gb.co0 + co, ty0 + p / TILE, tx0 + p % TILE,
-                   out, oN, oC, oH, oW, acc, aN, aC, aH, aW);
+        conv_store(mode, Cs[p][co], t.n, gb.grp * gb.cout_g + gb.co0 + co, t.ty0 + p / TILE,
+                   t.tx0 + p % TILE, out, oN, oC, oH, oW, acc, aN, aC, aH, aW);
     }
 }
 
 // blockDim 256; grid (tiles, groups · ceil(Cout_g / 64), N).
-extern "C" __global__ void __launch_bounds__(256) conv_gemm(CONV_PARAMS) {
+extern "C" __global__ void __launch_bounds__(256, 3) conv_gemm(CONV_PARAMS) {
     if constexpr (std::is_same<scalar_t, __half>::value)
         conv_gemm_tensor_cores<scalar_t>(CONV_ARGS);
     else
@@ -338,32 +401,45 @@ extern "C" __global__ void __launch_bounds__(256) conv_gemm(CONV_PARAMS) {
 }
 
 // blockDim 256 = 32 output channels × 8 tile rows; grid (tiles, ceil(Cout / 32), N).
-extern "C" __global__ void __launch_bounds__(256) conv_depthwise(CONV_PARAMS) {
+// A thread computes one channel of one tile row: tap by tap, the row's (up to) 8 pixels
+// at once, so their 8 value loads are independent and in flight together; each output
+// still sums its taps in (kh, kw) order. At least 4 blocks per multiprocessor: without
+// the bound ptxas capped the registers at 48 and spilled.
+extern "C" __global__ void __launch_bounds__(256, 4) conv_depthwise(CONV_PARAMS) {
     __shared__ bool active[TILE_P];
-    const int n = blockIdx.z;
-    const int tiles_x = (OW + TILE - 1) / TILE;
-    const int ty0 = (blockIdx.x / tiles_x) * TILE, tx0 = (blockIdx.x % tiles_x) * TILE;
-    if (!tile_output_mask(n, ty0, tx0, OH, OW, H, W, KH, KW, sh, sw, pt, pl, dh, dw, m, mN, mH,
-                          mW, om, active))
-        return;
+    __shared__ mask_t foot[FOOT_MAX];
+    const TileMask t = tile_mask(OW, H, W, KH, KW, sh, sw, pt, pl, dh, dw, m, mN, mH, mW, foot);
+    if (!tile_output_mask(t, OH, OW, KH, KW, sh, sw, pt, pl, dh, dw, om, active)) return;
     const int co = blockIdx.y * DW_CO + (threadIdx.x & 31);
-    if (co >= Cout) return;
-    const int ci = co / (Cout / groups);  // Cin_g == 1: group index == input channel
     const int row = threadIdx.x >> 5;
-    for (int col = 0; col < TILE; ++col) {
-        const int p = row * TILE + col;
-        if (!active[p]) continue;
-        const int oy = ty0 + row, ox = tx0 + col;
-        float s = 0.f;
-        for (int kh = 0; kh < KH; ++kh) {
-            const int iy = oy * sh - pt + kh * dh;
-            if (iy < 0 || iy >= H) continue;
-            for (int kw = 0; kw < KW; ++kw) {
-                const int ix = ox * sw - pl + kw * dw;
-                if (ix >= 0 && ix < W && m[off3(n, iy, ix, mN, mH, mW)])
-                    s += to_f(wp[(kh * KW + kw) * Cout + co]) * to_f(x[off4(n, ci, iy, ix, xN, xC, xH, xW)]);
+    unsigned on = 0;  // bit col: pixel (row, col) of the tile is computed
+#pragma unroll
+    for (int col = 0; col < TILE; ++col) on |= (unsigned)active[row * TILE + col] << col;
+    if (co >= Cout || !on) return;
+    const int ci = co / (Cout / groups);  // Cin_g == 1: group index == input channel
+    const int oy = t.ty0 + row;
+    float s[TILE] = {};
+    for (int kh = 0; kh < KH; ++kh) {
+        const int iy = oy * sh - pt + kh * dh;
+        for (int kw = 0; kw < KW; ++kw) {
+            const float wv = to_f(wp[(kh * KW + kw) * Cout + co]);
+            // The tap's mask bits first (shared memory), then its loads without branches.
+            unsigned hit = 0;
+#pragma unroll
+            for (int col = 0; col < TILE; ++col)
+                hit |= (unsigned)(((on >> col) & 1) && t(iy, (t.tx0 + col) * sw - pl + kw * dw)) << col;
+            float v[TILE];
+#pragma unroll
+            for (int col = 0; col < TILE; ++col) {
+                const int ix = (t.tx0 + col) * sw - pl + kw * dw;
+                v[col] = ((hit >> col) & 1) ? to_f(x[off4(t.n, ci, iy, ix, xN, xC, xH, xW)]) : 0.f;
             }
+#pragma unroll
+            for (int col = 0; col < TILE; ++col) s[col] += wv * v[col];
         }
-        conv_store(mode, s, n, co, oy, ox, out, oN, oC, oH, oW, acc, aN, aC, aH, aW);
     }
+#pragma unroll
+    for (int col = 0; col < TILE; ++col)
+        if ((on >> col) & 1)
+            conv_store(mode, s[col], t.n, co, oy, t.tx0 + col, out, oN, oC, oH, oW, acc, aN, aC, aH, aW);
 }
