@@ -123,12 +123,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     import contextlib
     import io
 
-    from torchvision.io import encode_png
     from tqdm import tqdm
 
     from .demo import timed
     from .files import write_bytes_atomic, write_text_atomic
-    from .heatmap import UpdateRecorder, render_heatmap
+    from .heatmap import UpdateRecorder, heatmap_png
     from .video import iter_frames, to_rgb_image, video_info
     device = _device(args.device)
     model = _load_model(args.model, device, args.thresholds)
@@ -151,8 +150,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             heat = recorder.work_map(size) if recorder is not None else None
             if heat is not None:
                 heatmaps.mkdir(parents=True, exist_ok=True)
-                image = render_heatmap(to_rgb_image(frame[0]), heat[0])
-                write_bytes_atomic(heatmaps / f"frame_{index:05d}.png", bytes(encode_png(image).numpy()))
+                write_bytes_atomic(heatmaps / f"frame_{index:05d}.png",
+                                   heatmap_png(to_rgb_image(frame[0]), heat[0]))
     buffer = io.BytesIO()
     torch.save(outputs, buffer)
     directory.mkdir(parents=True, exist_ok=True)

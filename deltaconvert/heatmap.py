@@ -64,6 +64,12 @@ class UpdateRecorder:
         return total / max(weight_sum, 1e-30)
 
 
+def heatmap_png(image: torch.Tensor, heat: torch.Tensor) -> bytes:
+    """:func:`render_heatmap` encoded as PNG file contents."""
+    from torchvision.io import encode_png
+    return bytes(encode_png(render_heatmap(image, heat)).numpy())
+
+
 def render_heatmap(image: torch.Tensor, heat: torch.Tensor) -> torch.Tensor:
     """``image`` (3, H, W) uint8 in grey, overlaid with ``heat`` (H, W) in [0, 1] from
     transparent (0) through red to yellow (1); returns (3, H, W) uint8."""
