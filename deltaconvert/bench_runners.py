@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
-from .bench_models import main_output, pooled, relative_error
+from .metrics import main_output, pooled, relative_error
 
 MODES = ("eager", "graph", "compile")
 

@@ -23,7 +23,7 @@ from typing import Any, Callable
 import torch
 
 from .convert import convert
-from .tune import relative_error
+from .metrics import relative_error
 from .video import iter_frames, sample_clip_path
 from .weights import mobilenet_v2_embedder
 

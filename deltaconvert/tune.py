@@ -35,25 +35,14 @@ import torch
 
 from . import __version__
 from .errors import ConfigError
+from .metrics import relative_error
 from .model import DeltaGraphModule
-from .ops.base import map_tensor_leaves, tensor_leaves
+from .ops.base import map_tensor_leaves
 from .thresholds import ThresholdConfig
 
 Metric = Callable[[Any, Any], float]
 INPUT_KNOB = "input"
 AGGREGATES = ("mean", "max")
-
-
-def flat_output(output: Any) -> torch.Tensor:
-    """Every tensor in a model output (tensor, tuple, list or dict), flattened and
-    concatenated as float64."""
-    return torch.cat([leaf.detach().reshape(-1).double() for leaf in tensor_leaves(output)])
-
-
-def relative_error(output: Any, reference: Any) -> float:
-    """``‖output − reference‖₂ / ‖reference‖₂`` over all output tensors."""
-    out, ref = flat_output(output), flat_output(reference)
-    return float(torch.linalg.vector_norm(out - ref) / torch.linalg.vector_norm(ref).clamp_min(1e-30))
 
 
 @dataclass

@@ -10,7 +10,8 @@ import torch
 
 import deltaconvert
 from deltaconvert.synthetic import synthetic_video
-from deltaconvert.testing import build_torchvision, calibrate_batchnorm, main_output, relative_error
+from deltaconvert.architectures import build_architecture, calibrate_batch_norm
+from deltaconvert.metrics import main_output, relative_error
 
 ARCHITECTURES = [
     "resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small",
@@ -46,7 +47,7 @@ def _run_sequence(model, delta, frames, name):
 def test_threshold_zero_matches_original(name):
     odd = synthetic_video(FRAMES, 97, 131, batch=2, seed=1)
     other = synthetic_video(FRAMES, 72, 96, batch=1, seed=2)
-    model = calibrate_batchnorm(build_torchvision(name), odd[:3] + other[:3])
+    model = calibrate_batch_norm(build_architecture(name), odd[:3])
     with warnings.catch_warnings():
         warnings.simplefilter("error", deltaconvert.DenseFallbackWarning)
         delta = deltaconvert.convert(model, odd[0], architecture=name)

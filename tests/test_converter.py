@@ -16,7 +16,7 @@ from deltaconvert.ops.base import DeltaOp
 from deltaconvert.ops.boundary import Densify, Sparsify
 from deltaconvert.ops.conv import ChannelScale, Conv2d
 from deltaconvert.synthetic import synthetic_video
-from deltaconvert.testing import relative_error
+from deltaconvert.metrics import relative_error
 
 
 def _ops_of(model, cls):

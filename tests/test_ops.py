@@ -22,7 +22,7 @@ import deltaconvert
 from deltaconvert.delta import Delta
 from deltaconvert.ops.base import DeltaOp
 from deltaconvert.ops.boundary import Densify, Sparsify
-from deltaconvert.testing import relative_error
+from deltaconvert.metrics import relative_error
 
 N, H, W = 2, 11, 13
 

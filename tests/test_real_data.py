@@ -6,7 +6,7 @@ grass, camera pans) is unchanged."""
 import torch
 
 import deltaconvert
-from deltaconvert.testing import relative_error
+from deltaconvert.metrics import relative_error
 from deltaconvert.video import iter_frames, sample_clip_path
 from deltaconvert.weights import mobilenet_v2_embedder
 

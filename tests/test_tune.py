@@ -13,7 +13,8 @@ from deltaconvert import ConfigError, DenseFallbackWarning, ThresholdConfig, con
 from deltaconvert.architectures import build_architecture
 from deltaconvert.synthetic import synthetic_video
 from deltaconvert.testing import converted_small_net
-from deltaconvert.tune import relative_error, tune
+from deltaconvert.metrics import relative_error
+from deltaconvert.tune import tune
 from deltaconvert.weights import mobilenet_v2_embedder
 
 BUDGET = 0.05

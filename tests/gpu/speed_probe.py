@@ -18,7 +18,7 @@ import torch
 
 from deltaconvert.convert import convert
 from deltaconvert.synthetic import synthetic_video
-from deltaconvert.testing import build_torchvision, calibrate_batchnorm
+from deltaconvert.architectures import build_architecture, calibrate_batch_norm
 
 DEVICE = torch.device("cuda", 0)
 
@@ -59,7 +59,7 @@ def dense_graph(model, example):
 
 def probe(name: str, frames: list, rows: list, profile: bool) -> None:
     torch.manual_seed(0)
-    model = calibrate_batchnorm(build_torchvision(name).to(DEVICE), frames[:2])
+    model = calibrate_batch_norm(build_architecture(name).to(DEVICE), frames[:2])
     for dtype, label in ((torch.float32, "fp32"), (torch.float16, "fp16")):
         xs = [f.to(dtype) for f in frames]
         dense = copy.deepcopy(model).to(dtype).to(memory_format=torch.channels_last)

@@ -32,7 +32,8 @@ import torch
 
 from deltaconvert.convert import convert
 from deltaconvert.synthetic import synthetic_video
-from deltaconvert.testing import build_torchvision, calibrate_batchnorm, main_output, relative_error
+from deltaconvert.architectures import build_architecture, calibrate_batch_norm
+from deltaconvert.metrics import main_output, relative_error
 
 pytestmark = pytest.mark.cuda
 
@@ -54,8 +55,8 @@ _CALIBRATED: dict[str, torch.nn.Module] = {}
 def calibrated(name: str, video) -> torch.nn.Module:
     if name not in _CALIBRATED:
         torch.manual_seed(0)
-        model = build_torchvision(name).to(DEVICE)
-        _CALIBRATED[name] = calibrate_batchnorm(model, [f.to(DEVICE) for f in video[:4]])
+        model = build_architecture(name).to(DEVICE)
+        _CALIBRATED[name] = calibrate_batch_norm(model, [f.to(DEVICE) for f in video[:4]])
     return _CALIBRATED[name]
 
 
