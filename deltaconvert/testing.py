@@ -1,10 +1,21 @@
-"""A small model for fast tests of everything around conversion."""
+"""What the test suites share: the architectures every backend is proven on, and a
+small model for fast tests of everything around conversion."""
 from __future__ import annotations
 
 from typing import Any
 
 import torch
 from torch import nn
+
+
+# The torchvision builders the CPU suite (tests/test_architectures.py) and the GPU suite
+# (tests/gpu/test_models.py) convert and compare with the original at threshold 0.
+ARCHITECTURES = (
+    "resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small",
+    "efficientnet_b0", "regnet_y_400mf", "shufflenet_v2_x1_0", "squeezenet1_1", "vgg11_bn",
+    "densenet121", "mnasnet0_5", "googlenet", "convnext_tiny",
+    "fcn_resnet50", "deeplabv3_mobilenet_v3_large", "lraspp_mobilenet_v3_large",
+)
 
 
 class SmallNet(nn.Module):

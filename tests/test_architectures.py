@@ -12,13 +12,8 @@ import deltaconvert
 from deltaconvert.synthetic import synthetic_video
 from deltaconvert.architectures import build_architecture, calibrate_batch_norm
 from deltaconvert.metrics import main_output, relative_error
+from deltaconvert.testing import ARCHITECTURES
 
-ARCHITECTURES = [
-    "resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small",
-    "efficientnet_b0", "regnet_y_400mf", "shufflenet_v2_x1_0", "squeezenet1_1", "vgg11_bn",
-    "densenet121", "mnasnet0_5", "googlenet", "convnext_tiny",
-    "fcn_resnet50", "deeplabv3_mobilenet_v3_large", "lraspp_mobilenet_v3_large",
-]
 FRAMES = 20
 TOLERANCE = 1e-4
 

@@ -34,11 +34,11 @@ from deltaconvert.convert import convert
 from deltaconvert.synthetic import synthetic_video
 from deltaconvert.architectures import build_architecture, calibrate_batch_norm
 from deltaconvert.metrics import main_output, relative_error
+from deltaconvert.testing import ARCHITECTURES
 
 pytestmark = pytest.mark.cuda
 
-MODELS = ["resnet18", "mobilenet_v2", "mobilenet_v3_large", "efficientnet_b0",
-          "shufflenet_v2_x1_0", "densenet121", "convnext_tiny", "deeplabv3_mobilenet_v3_large"]
+MODELS = ARCHITECTURES  # the whole list of the CPU suite
 FRAMES = 50
 HEIGHT, WIDTH, BATCH = 72, 88, 2
 DEVICE = torch.device("cuda", 0)
@@ -75,9 +75,26 @@ def _report(record: dict) -> None:
             f.write(json.dumps(record) + "\n")
 
 
-@pytest.mark.parametrize("graph", [False, True], ids=["eager", "graph"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
-@pytest.mark.parametrize("name", MODELS)
+# Known failures, measured on an H200 on 2026-11-22 (max relative error over 50 frames,
+# eager and graph alike): the CUDA kernels accumulate conv deltas in fp32, and on these
+# random-init ResNet-50 backbones (fan-in up to 18432, large positive post-ReLU means)
+# each frame's rounding adds an error of the size of the dense model's own fp32 error,
+# growing like sqrt(frames). The CPU oracle accumulates in float64 and stays below 1e-4.
+FP32_DRIFT = {"resnet50": 1.12e-4, "fcn_resnet50": 2.28e-4}
+
+
+def _cases():
+    for name in MODELS:
+        for dtype in (torch.float32, torch.float16):
+            for graph in (False, True):
+                marks = [pytest.mark.xfail(strict=True, reason=(
+                    f"fp32 accumulation drift: {FP32_DRIFT[name]:.2e} > 1e-4 after 50 frames"))] \
+                    if dtype is torch.float32 and name in FP32_DRIFT else []
+                yield pytest.param(name, dtype, graph, marks=marks,
+                                   id=f"{name}-{dtype}-{'graph' if graph else 'eager'}")
+
+
+@pytest.mark.parametrize("name,dtype,graph", _cases())
 def test_model_matches_dense(runtime, video, name, dtype, graph):
     model = calibrated(name, video)
     half = dtype is torch.float16

@@ -22,7 +22,7 @@ from torch import nn
 from deltaconvert.delta import Delta, mask_shape
 from deltaconvert.layers import ChannelLayerNorm
 from deltaconvert.ops.boundary import Densify, Sparsify
-from deltaconvert.ops.conv import ChannelScale, Conv2d
+from deltaconvert.ops.conv import ChannelScale, Conv2d, ConvTranspose2d
 from deltaconvert.ops.footprint import Footprint
 from deltaconvert.ops.linear import LinearCall
 from deltaconvert.ops.nonlinear import Nonlinear
@@ -212,6 +212,26 @@ def test_conv2d(poisoned, name, dtype):
     make, shape = CONVS[name]
     torch.manual_seed(0)
     check(poisoned, lambda: [Conv2d(make())], (V(shape),), dtype)
+
+
+CONV_TRANSPOSES = {
+    "s2_output_padding": (lambda: nn.ConvTranspose2d(6, 5, 3, stride=2, padding=1, output_padding=1),
+                          (2, 6, 9, 11)),
+    "k2s2": (lambda: nn.ConvTranspose2d(8, 4, 2, stride=2), (2, 8, 7, 5)),
+    "grouped_dilated": (lambda: nn.ConvTranspose2d(6, 9, 3, padding=2, dilation=2, groups=3),
+                        (2, 6, 11, 13)),
+    "asym_stride": (lambda: nn.ConvTranspose2d(4, 6, 3, stride=(2, 3), padding=(1, 0),
+                                               output_padding=(1, 2), groups=2), (3, 4, 7, 9)),
+    "vec_k4s2": (lambda: nn.ConvTranspose2d(32, 16, 4, stride=2, padding=1), (2, 32, 7, 9)),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("name", CONV_TRANSPOSES)
+def test_conv_transpose2d(poisoned, name, dtype):
+    make, shape = CONV_TRANSPOSES[name]
+    torch.manual_seed(0)
+    check(poisoned, lambda: [ConvTranspose2d(make())], (V(shape),), dtype)
 
 
 def _layer_norm(channels: int) -> ChannelLayerNorm:

@@ -11,7 +11,7 @@ from torch import nn
 
 from ...ops.base import DeltaOp
 from ...ops.boundary import Densify, Sparsify
-from ...ops.conv import ChannelScale, Conv2d
+from ...ops.conv import ChannelScale, Conv2d, ConvTranspose2d
 from ...ops.footprint import Footprint
 from ...ops.linear import LinearCall
 from ...ops.nonlinear import Nonlinear
@@ -19,6 +19,7 @@ from .base import Accelerated
 from .boundary import DensifyKernel, SparsifyKernel
 from .cat import CAT_FNS, CatKernel
 from .conv import ConvKernel
+from .conv_transpose import ConvTransposeKernel
 from .device import DeviceRuntime
 from .fusion import fusion_pairs
 from .pointwise import (ADD_FNS, MUL_FNS, NEG_FNS, SUB_FNS, LinearPointwise, Product, Truncating,
@@ -68,6 +69,8 @@ def wrapper_for(op: DeltaOp, runtime: DeviceRuntime,
     op and wrapper a linear producer hands its work to (see :mod:`.fusion`)."""
     if isinstance(op, Conv2d):
         return ConvKernel(runtime, consumer)
+    if isinstance(op, ConvTranspose2d):
+        return ConvTransposeKernel(runtime)
     if isinstance(op, ChannelScale) or (
             isinstance(op, LinearCall) and _is(op.fn, _LINEAR_POINTWISE_FNS)):
         return LinearPointwise(runtime, consumer)
