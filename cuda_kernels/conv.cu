@@ -11,8 +11,9 @@
 //   conv_gemm       implicit GEMM for any group size: output pixels × output channels of
 //                   one group, reduced over K = KH·KW·Cin_g (a 1×1 conv is a plain
 //                   matrix product over the channels). Weights packed [G][KH][KW][Cin_g][Cout_g].
-//                   fp32 models use CUDA cores; fp16 models use tensor cores (wmma
-//                   16×16×16, fp16 products, fp32 accumulation).
+//                   fp32 models use CUDA cores, summing runs of FLUSH_K products in
+//                   fp32 and the runs in fp64 (see conv_gemm_cuda_cores); fp16 models
+//                   use tensor cores (wmma 16×16×16, fp16 products, fp32 accumulation).
 //   conv_depthwise  one input channel per group (Cin_g = 1, any channel multiplier);
 //                   weights packed [KH][KW][Cout].
 // `mode` bits: CONV_ACCUMULATE — the epilogue adds round(δy) into an fp32 accumulator
@@ -29,6 +30,7 @@
 #define TILE_P 64        // pixels per tile
 #define GEMM_CO 64       // output channels per conv_gemm block
 #define GEMM_K 16        // reduction chunk
+#define FLUSH_K 64       // fp32 run length of the CUDA-core path's two-level sum
 #define DW_CO 32         // output channels per conv_depthwise block
 #define CONV_ACCUMULATE 1
 #define CONV_VECTOR_A 2
@@ -186,11 +188,19 @@ __device__ __forceinline__ V gather_a_vector(int k0, int cin_g, int KW, bool pix
 // arithmetic instead of preceding it (one shared-memory stage, one chunk in flight).
 
 // CUDA-core implicit GEMM (fp32 models): 4×4 outputs per thread.
+//
+// Two-level sum: each output sums runs of FLUSH_K products in fp32 registers and adds
+// each run's sum into an fp64 total in shared memory (the thread's own slots, so no
+// synchronisation). A delta conv's rounding error is not transient like a dense conv's:
+// the next layer accumulates it, frame after frame, so a sequential fp32 sum over a
+// large K (up to 18432) would drift like √frames. The rounding error of the two-level
+// sum is that of a FLUSH_K-term fp32 sum; it costs one fp64 add per output per run.
 __device__ __forceinline__ void conv_gemm_cuda_cores(CONV_PARAMS) {
     __shared__ bool active[TILE_P];
     __shared__ mask_t foot[FOOT_MAX];
     __shared__ float As[TILE_P][GEMM_K + 1];
     __shared__ __align__(16) float Bs[GEMM_K][GEMM_CO];
+    __shared__ double total[16][256];  // [4·i + j][thread]: fp64 sums of the runs
 
     const int tid = threadIdx.x;
     const TileMask t = tile_mask(OW, H, W, KH, KW, sh, sw, pt, pl, dh, dw, m, mN, mH, mW, foot);
@@ -208,7 +218,9 @@ __device__ __forceinline__ void conv_gemm_cuda_cores(CONV_PARAMS) {
     for (int i = 0; i < 4; ++i) pok |= (unsigned)active[(tid >> 4) + 16 * i] << i;
     // Compute mapping: pixels 4·ty..4·ty+3, output channels 4·tx..4·tx+3.
     const int tx = tid & 15, ty = tid >> 4;
-    float sum[4][4] = {};
+    float sum[4][4] = {};  // the current run
+#pragma unroll
+    for (int o = 0; o < 16; ++o) total[o][tid] = 0.0;
     const scalar_t *xg = x + grp * cin_g * xC;
     const scalar_t *wg = wp + (size_t)grp * K * cout_g;
 
@@ -271,6 +283,15 @@ __device__ __forceinline__ void conv_gemm_cuda_cores(CONV_PARAMS) {
                 sum[i][3] += a * b.w;
             }
         }
+        if ((k0 + GEMM_K) % FLUSH_K == 0 || k0 + GEMM_K >= K) {
+#pragma unroll
+            for (int i = 0; i < 4; ++i)
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    total[4 * i + j][tid] += sum[i][j];
+                    sum[i][j] = 0.f;
+                }
+        }
         __syncthreads();
     }
 #pragma unroll
@@ -282,7 +303,7 @@ __device__ __forceinline__ void conv_gemm_cuda_cores(CONV_PARAMS) {
         for (int j = 0; j < 4; ++j) {
             const int co = co0 + tx * 4 + j;
             if (co < cout_g)
-                conv_store(mode, sum[i][j], t.n, grp * cout_g + co, oy, ox, out, oN, oC, oH, oW, acc,
+                conv_store(mode, (float)total[4 * i + j][tid], t.n, grp * cout_g + co, oy, ox, out, oN, oC, oH, oW, acc,
                            aN, aC, aH, aW);
         }
     }

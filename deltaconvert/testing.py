@@ -2,10 +2,24 @@
 small model for fast tests of everything around conversion."""
 from __future__ import annotations
 
+import json
+import os
 from typing import Any
 
 import torch
 from torch import nn
+
+REPORT_ENV = "DELTACONVERT_REPORT"
+
+
+def report(record: dict[str, Any]) -> None:
+    """Append ``record`` as one JSON line to the file named by ``$DELTACONVERT_REPORT``,
+    if set: the numbers a test measured, for summaries (scripts/gpu_check.sh, the
+    per-architecture error table in the README)."""
+    path = os.environ.get(REPORT_ENV)
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
 
 
 # The torchvision builders the CPU suite (tests/test_architectures.py) and the GPU suite

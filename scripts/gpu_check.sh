@@ -43,8 +43,8 @@ step() {  # step NAME COMMAND...: run, log to $OUT/NAME.log, record status and t
     SECONDS_TAKEN[$name]=$((SECONDS - start))
 }
 
-export DELTACONVERT_GPU_REPORT="$OUT/models.jsonl"
-rm -f "$DELTACONVERT_GPU_REPORT"
+export DELTACONVERT_REPORT="$OUT/models.jsonl"
+rm -f "$DELTACONVERT_REPORT"
 step gpu_suite python3 -m pytest tests/gpu -q -rfEs --durations=10 --junitxml="$OUT/gpu_suite.xml" "${pytest_args[@]}"
 if [ "${SANITIZER:-1}" != 0 ]; then
     step sanitizer env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --error-exitcode 86 \
@@ -87,12 +87,15 @@ if log.exists():
 report = out / "models.jsonl"
 if report.exists():
     fmt = lambda v: "" if v is None else f"{v:.2e}"
-    print("\n| model | dtype | mode | max rel. error vs dense fp32 (≥50 frames) "
-          "| vs reference backend (fp16) | dense fp16 vs fp32 | accelerated ops |\n|---|---|---|---|---|---|---|")
+    print("\n| model | dtype | mode | max rel. error vs dense fp32 (≥50 frames) | frame 0 "
+          "| vs float64 (fp32) | dense fp32 vs float64 | vs reference backend (fp16) | dense fp16 vs fp32 "
+          "| accelerated ops |\n|---|---|---|---|---|---|---|---|---|---|")
     for line in report.read_text().splitlines():
         r = json.loads(line)
         print(f"| {r['model']} | {r['dtype'].replace('torch.', '')} | {'graph' if r['graph'] else 'eager'} "
-              f"| {fmt(r['max_rel_error'])} | {fmt(r.get('max_rel_error_vs_reference'))} "
+              f"| {fmt(r['max_rel_error'])} | {fmt(r.get('frame0_error'))} "
+              f"| {fmt(r.get('max_rel_error_vs_fp64'))} | {fmt(r.get('dense_fp32_error_vs_fp64'))} "
+              f"| {fmt(r.get('max_rel_error_vs_reference'))} "
               f"| {fmt(r.get('dense_fp16_error'))} | {r['accelerated_ops']}/{r['ops']} |")
 PY
 probe=$OUT/speed_probe.log

@@ -12,7 +12,7 @@ import deltaconvert
 from deltaconvert.synthetic import synthetic_video
 from deltaconvert.architectures import build_architecture, calibrate_batch_norm
 from deltaconvert.metrics import main_output, relative_error
-from deltaconvert.testing import ARCHITECTURES
+from deltaconvert.testing import ARCHITECTURES, report
 
 FRAMES = 20
 TOLERANCE = 1e-4
@@ -47,6 +47,9 @@ def test_threshold_zero_matches_original(name):
         warnings.simplefilter("error", deltaconvert.DenseFallbackWarning)
         delta = deltaconvert.convert(model, odd[0], architecture=name)
     assert delta.dense_islands == {}
-    _run_sequence(model, delta, odd, name)
+    odd_error = _run_sequence(model, delta, odd, name)
     delta.reset()
-    _run_sequence(model, delta, other, name)
+    other_error = _run_sequence(model, delta, other, name)
+    report({"model": name, "max_rel_error_97x131_batch2": odd_error,
+            "max_rel_error_72x96_batch1": other_error, "frames": FRAMES,
+            "dense_islands": len(delta.dense_islands)})

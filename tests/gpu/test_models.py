@@ -5,6 +5,7 @@ Random-init torchvision models get calibrated BatchNorm statistics first (otherw
 outputs do not depend on the input).
 
 * fp32: relative error ≤ 1e-4 against the dense fp32 model (TF32 off) on every frame.
+  The report also gives both models' errors against the original model in float64.
 * fp16: relative error ≤ max(1e-2, 5·e16) against the dense fp32 model and against the
   reference backend running the same delta model in fp16, where e16 is the dense fp16
   model's own error against dense fp32 (worst frame). Calibrated random-init BN
@@ -17,13 +18,11 @@ outputs do not depend on the input).
 Models are converted on the CPU and moved to the GPU (``convert`` of a CUDA model
 fails for ShuffleNet: the channel-shuffle gather index is created on the CPU).
 
-With ``DELTACONVERT_GPU_REPORT`` set, each test appends a JSON line with its numbers.
+With ``DELTACONVERT_REPORT`` set, each test appends a JSON line with its numbers.
 """
 from __future__ import annotations
 
 import copy
-import json
-import os
 import time
 import warnings
 
@@ -34,7 +33,7 @@ from deltaconvert.convert import convert
 from deltaconvert.synthetic import synthetic_video
 from deltaconvert.architectures import build_architecture, calibrate_batch_norm
 from deltaconvert.metrics import main_output, relative_error
-from deltaconvert.testing import ARCHITECTURES
+from deltaconvert.testing import ARCHITECTURES, report
 
 pytestmark = pytest.mark.cuda
 
@@ -68,19 +67,14 @@ def delta_model(model, example, backend: str, dtype: torch.dtype, graph: bool = 
     return converted.to(device=DEVICE, dtype=dtype)
 
 
-def _report(record: dict) -> None:
-    path = os.environ.get("DELTACONVERT_GPU_REPORT")
-    if path:
-        with open(path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-
-
-# Known failures, measured on an H200 on 2026-11-22 (max relative error over 50 frames,
-# eager and graph alike): the CUDA kernels accumulate conv deltas in fp32, and on these
-# random-init ResNet-50 backbones (fan-in up to 18432, large positive post-ReLU means)
-# each frame's rounding adds an error of the size of the dense model's own fp32 error,
-# growing like sqrt(frames). The CPU oracle accumulates in float64 and stays below 1e-4.
-FP32_DRIFT = {"resnet50": 1.12e-4, "fcn_resnet50": 2.28e-4}
+# Known failure, measured on an H200 on 2026-11-22 (eager and graph alike): 1.46e-4 over
+# 50 frames, of which 1.07e-4 on frame 0, before any delta: the frame is dense, and only
+# the BatchNorm folding (float64, rounded once to fp32) differs from the original. This
+# calibrated random-init FCN amplifies half-ulp weight changes ~1000-fold; the original
+# model's own fp32 error against float64 is 7.4e-5, so two fp32 evaluations of it
+# differ by ~1e-4 whatever the backend. The delta frames stay at that level (1.30e-4
+# against float64), and the CPU oracle, at the resolutions of the CPU suite, below 1e-4.
+FOLDING_FLOOR = {"fcn_resnet50": 1.07e-4}
 
 
 def _cases():
@@ -88,8 +82,8 @@ def _cases():
         for dtype in (torch.float32, torch.float16):
             for graph in (False, True):
                 marks = [pytest.mark.xfail(strict=True, reason=(
-                    f"fp32 accumulation drift: {FP32_DRIFT[name]:.2e} > 1e-4 after 50 frames"))] \
-                    if dtype is torch.float32 and name in FP32_DRIFT else []
+                    f"BN folding alone is {FOLDING_FLOOR[name]:.3g} > 1e-4 off on frame 0"))] \
+                    if dtype is torch.float32 and name in FOLDING_FLOOR else []
                 yield pytest.param(name, dtype, graph, marks=marks,
                                    id=f"{name}-{dtype}-{'graph' if graph else 'eager'}")
 
@@ -101,7 +95,8 @@ def test_model_matches_dense(runtime, video, name, dtype, graph):
     delta = delta_model(model, video[0], "cuda", dtype, graph)
     oracle = delta_model(model, video[0], "reference", dtype) if half else None
     dense_half = copy.deepcopy(model).half() if half else None
-    errors, oracle_errors, e16 = [], [], []
+    exact = None if half else copy.deepcopy(model).double()
+    errors, oracle_errors, e16, e_exact, e32_exact = [], [], [], [], []
     start = time.perf_counter()
     with torch.no_grad():
         for frame in video:
@@ -112,14 +107,21 @@ def test_model_matches_dense(runtime, video, name, dtype, graph):
             if half:
                 oracle_errors.append(relative_error(got, main_output(oracle(x.half()))))
                 e16.append(relative_error(main_output(dense_half(x.half())), expected))
+            else:
+                truth = main_output(exact(x.double()))
+                e_exact.append(relative_error(got.double(), truth))
+                e32_exact.append(relative_error(expected.double(), truth))
     torch.cuda.synchronize()
     ops = delta.delta_ops()
     record = {"model": name, "dtype": str(dtype), "graph": graph, "max_rel_error": max(errors),
               "max_rel_error_vs_reference": max(oracle_errors) if half else None,
               "dense_fp16_error": max(e16) if half else None,
+              "max_rel_error_vs_fp64": None if half else max(e_exact),
+              "dense_fp32_error_vs_fp64": None if half else max(e32_exact),
+              "frame0_error": errors[0],
               "accelerated_ops": sum(op.accelerated is not None for op in ops.values()),
               "ops": len(ops), "seconds": time.perf_counter() - start}
-    _report(record)
+    report(record)
     assert delta.active_backend == "cuda"
     if graph:
         assert delta._cuda_graph_state is not None and delta._cuda_graph_state.captured is not None

@@ -21,6 +21,7 @@ from torch import nn
 
 from deltaconvert.delta import Delta, mask_shape
 from deltaconvert.layers import ChannelLayerNorm
+from deltaconvert.metrics import relative_error
 from deltaconvert.ops.boundary import Densify, Sparsify
 from deltaconvert.ops.conv import ChannelScale, Conv2d, ConvTranspose2d
 from deltaconvert.ops.footprint import Footprint
@@ -212,6 +213,26 @@ def test_conv2d(poisoned, name, dtype):
     make, shape = CONVS[name]
     torch.manual_seed(0)
     check(poisoned, lambda: [Conv2d(make())], (V(shape),), dtype)
+
+
+def test_conv_large_fan_in_sums_like_fp64(poisoned):
+    """A delta conv's rounding error is not transient: the next layer accumulates it frame
+    after frame. The fp32 kernel therefore sums runs of products in fp32 and the runs in
+    fp64; over K = 18432 (2048 channels, 3×3: FCN-ResNet50's head) its error against an
+    fp64 conv is that of a short fp32 sum (~1.6e-7 simulated), where one sequential fp32
+    sum over K is ~2.6e-6 off."""
+    torch.manual_seed(0)
+    shape = (1, 2048, 9, 11)
+    ops, _ = prepare(poisoned, lambda: [Conv2d(nn.Conv2d(2048, 64, 3, padding=1, bias=False))],
+                     (V(shape),), torch.float32, seed=0)
+    gen = torch.Generator(device=DEVICE).manual_seed(1)
+    delta = random_delta(shape, "all", torch.float32, gen, layout=1)
+    with torch.no_grad(), poisoned.frame():
+        got = ops[0](delta)
+    torch.cuda.synchronize()
+    exact = F.conv2d(delta.values.double(), ops[0].conv.weight.double(), padding=1)
+    assert got.mask.all()
+    assert relative_error(got.values.double(), exact) < 5e-7
 
 
 CONV_TRANSPOSES = {
