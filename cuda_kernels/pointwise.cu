@@ -17,7 +17,7 @@
     const scalar_t *v##i, int v##i##N, int v##i##C, int v##i##H, int v##i##W,         \
         const mask_t *m##i, int m##i##N, int m##i##H, int m##i##W, float k##i
 
-#define DC_ACTIVE(i, n, y, x) (m##i[off3(n, y, x, m##i##N, m##i##H, m##i##W)] != 0)
+#define DC_MASK_ARGS(i) m##i, m##i##N, m##i##H, m##i##W
 #define DC_VALUE(i, n, c, y, x) to_f(v##i[off4(n, c, y, x, v##i##N, v##i##C, v##i##H, v##i##W)])
 
 // Functions of accumulated inputs beyond the element-wise activations of common.cuh.
@@ -26,9 +26,16 @@ enum PixelFunction {
     FN_LAYER_NORM = 101, // v = (a0 − mean_c a0) / sqrt(var_c a0 + eps) · w + b
 };
 
-// Operand flags of pixel q: bit 0 operand 0's mask, bit 1 operand 1's (if n_ops > 1).
-#define DC_FLAGS(n_ops, q)                                                               \
-    ((int)DC_ACTIVE(0, q.n, q.y, q.x) | ((int)((n_ops) > 1 && DC_ACTIVE(1, q.n, q.y, q.x)) << 1))
+// Operand flags of this thread's scanned pixel (0 past the end): bit 0 operand 0's mask,
+// bit 1 operand 1's (read only if n_ops > 1).
+__device__ __forceinline__ int operand_flags(const ScanPixel &sp, int H, int W, int n_ops,
+                                             const mask_t *m0, int m0N, int m0H, int m0W,
+                                             const mask_t *m1, int m1N, int m1H, int m1W) {
+    if (!sp.valid) return 0;
+    const Pixel q = pixel_at(sp.pixel, H, W);
+    return (int)(m0[off3(q.n, q.y, q.x, m0N, m0H, m0W)] != 0) |
+           ((int)(n_ops > 1 && m1[off3(q.n, q.y, q.x, m1N, m1H, m1W)] != 0) << 1);
+}
 
 // out = s[c] · Σ_i k_i · δ_i, on the union of the operand masks. Ops: add, sub (k = ±α),
 // neg, scaling by a constant (ChannelScale, multiplication by a constant tensor).
@@ -40,11 +47,7 @@ extern "C" __global__ void pw_linear(int N, int C, int H, int W, int lanes, int 
                                      mask_t *om) {
     __shared__ int list[DC_BLOCK];
     const ScanPixel sp = scan_pixel(N * H * W, span);
-    int flags = 0;
-    if (sp.valid) {
-        const Pixel q = pixel_at(sp.pixel, H, W);
-        flags = DC_FLAGS(n_ops, q);
-    }
+    const int flags = operand_flags(sp, H, W, n_ops, DC_MASK_ARGS(0), DC_MASK_ARGS(1));
     if (sp.valid) om[sp.pixel] = flags != 0;
     const int count = block_list(flags != 0, ((int)threadIdx.x << 2) | flags, list);
     for (int r0 = 0; r0 < count; r0 += DC_BLOCK / lanes) {
@@ -68,11 +71,7 @@ extern "C" __global__ void pw_accumulate(int N, int C, int H, int W, int lanes, 
                                          DC_OPERAND(0), float *a, int aN, int aC, int aH, int aW) {
     __shared__ int list[DC_BLOCK];
     const ScanPixel sp = scan_pixel(N * H * W, span);
-    int flags = 0;
-    if (sp.valid) {
-        const Pixel q = pixel_at(sp.pixel, H, W);
-        flags = DC_ACTIVE(0, q.n, q.y, q.x);
-    }
+    const int flags = operand_flags(sp, H, W, 1, DC_MASK_ARGS(0), DC_MASK_ARGS(0));
     const int count = block_list(flags != 0, ((int)threadIdx.x << 2) | flags, list);
     for (int r0 = 0; r0 < count; r0 += DC_BLOCK / lanes) {
         const ListPixel p = list_pixel(list, count, r0, lanes, sp.base, H, W);
@@ -105,11 +104,7 @@ extern "C" __global__ void pw_truncate(int N, int C, int H, int W, int lanes, in
                                        mask_t *om) {
     __shared__ int list[DC_BLOCK];
     const ScanPixel sp = scan_pixel(N * H * W, span);
-    int flags = 0;
-    if (sp.valid) {
-        const Pixel q = pixel_at(sp.pixel, H, W);
-        flags = DC_FLAGS(n_ops, q);
-    }
+    const int flags = operand_flags(sp, H, W, n_ops, DC_MASK_ARGS(0), DC_MASK_ARGS(1));
     if (sp.valid && !flags) om[sp.pixel] = 0;
     const int count = block_list(flags != 0, ((int)threadIdx.x << 2) | flags, list);
     // Every group runs every round (spare groups with cand = false) for the reductions.

@@ -25,15 +25,9 @@ extern "C" __global__ void pool_window(int N, int C, int H, int W, int OH, int O
                                        float *o, int sN, int sC, int sH, int sW, float thr,
                                        scalar_t *out, int oN, int oC, int oH, int oW, mask_t *om) {
     const PixelGroup g = pixel_group(lanes);
-    const int OHW = OH * OW;
-    const bool valid = g.pixel < N * OHW;
-    int n = 0, oy = 0, ox = 0;
-    if (valid) {
-        n = g.pixel / OHW;
-        const int r = g.pixel - n * OHW;
-        oy = r / OW;
-        ox = r - oy * OW;
-    }
+    const bool valid = g.pixel < N * OH * OW;
+    const Pixel q = pixel_at(valid ? g.pixel : 0, OH, OW);
+    const int n = q.n, oy = q.y, ox = q.x;
     // Window rows [y0, y1) step ystep, columns likewise; `divisor` for the averages.
     int y0, y1, x0, x1, ystep = 1, xstep = 1;
     float divisor = 1.f;

@@ -4,30 +4,32 @@
 // Layout as in pointwise.cu: a group of `lanes` threads per pixel.
 #include "common.cuh"
 
+// max_c |x − ref| at pixel (n, y, x), reduced over the pixel's group of `lanes` threads
+// (0 where !valid). Every lane of the group must call it.
+__device__ __forceinline__ float change_peak(bool valid, int n, int y, int x, int C, int lanes, int sub,
+                                             const scalar_t *xv, int xN, int xC, int xH, int xW,
+                                             const float *ref, int rN, int rC, int rH, int rW) {
+    float peak = 0.f;
+    for (int c0 = 0; c0 < C; c0 += lanes) {
+        const int c = c0 + sub;
+        if (valid && c < C) {
+            const float d = to_f(xv[off4(n, c, y, x, xN, xC, xH, xW)]) - ref[off4(n, c, y, x, rN, rC, rH, rW)];
+            peak = fmaxf(peak, fabsf(d));
+        }
+    }
+    return group_max(peak, lanes);
+}
+
 // raw[p] = max_c |x − ref| > thr (the undilated mask; only used when dil > 0).
 extern "C" __global__ void sparsify_mask(int N, int C, int H, int W, int lanes,
                                          const scalar_t *xv, int xN, int xC, int xH, int xW,
                                          const float *ref, int rN, int rC, int rH, int rW,
                                          float thr, mask_t *raw) {
     const PixelGroup g = pixel_group(lanes);
-    const int HW = H * W;
-    const bool valid = g.pixel < N * HW;
-    int n = 0, y = 0, x = 0;
-    if (valid) {
-        n = g.pixel / HW;
-        const int r = g.pixel - n * HW;
-        y = r / W;
-        x = r - y * W;
-    }
-    float peak = 0.f;
-    for (int c0 = 0; c0 < C; c0 += lanes) {
-        const int c = c0 + g.sub;
-        if (valid && c < C) {
-            const float d = to_f(xv[off4(n, c, y, x, xN, xC, xH, xW)]) - ref[off4(n, c, y, x, rN, rC, rH, rW)];
-            peak = fmaxf(peak, fabsf(d));
-        }
-    }
-    peak = group_max(peak, lanes);
+    const bool valid = g.pixel < N * H * W;
+    const Pixel q = pixel_at(valid ? g.pixel : 0, H, W);
+    const int n = q.n, y = q.y, x = q.x;
+    const float peak = change_peak(valid, n, y, x, C, lanes, g.sub, xv, xN, xC, xH, xW, ref, rN, rC, rH, rW);
     if (valid && g.sub == 0) raw[g.pixel] = peak > thr;
 }
 
@@ -40,15 +42,9 @@ extern "C" __global__ void sparsify_apply(int N, int C, int H, int W, int lanes,
                                           scalar_t *out, int oN, int oC, int oH, int oW,
                                           mask_t *om) {
     const PixelGroup g = pixel_group(lanes);
-    const int HW = H * W;
-    const bool valid = g.pixel < N * HW;
-    int n = 0, y = 0, x = 0;
-    if (valid) {
-        n = g.pixel / HW;
-        const int r = g.pixel - n * HW;
-        y = r / W;
-        x = r - y * W;
-    }
+    const bool valid = g.pixel < N * H * W;
+    const Pixel q = pixel_at(valid ? g.pixel : 0, H, W);
+    const int n = q.n, y = q.y, x = q.x;
     bool emit = false;
     if (raw) {
         if (valid) {
@@ -65,16 +61,8 @@ extern "C" __global__ void sparsify_apply(int N, int C, int H, int W, int lanes,
             }
         }
     } else {
-        float peak = 0.f;
-        for (int c0 = 0; c0 < C; c0 += lanes) {
-            const int c = c0 + g.sub;
-            if (valid && c < C) {
-                const float d = to_f(xv[off4(n, c, y, x, xN, xC, xH, xW)]) - ref[off4(n, c, y, x, rN, rC, rH, rW)];
-                peak = fmaxf(peak, fabsf(d));
-            }
-        }
-        peak = group_max(peak, lanes);  // every lane joins the reduction
-        emit = valid && peak > thr;
+        // every lane joins the reduction
+        emit = change_peak(valid, n, y, x, C, lanes, g.sub, xv, xN, xC, xH, xW, ref, rN, rC, rH, rW) > thr && valid;
     }
     if (valid && g.sub == 0) om[g.pixel] = emit;
     if (!emit) return;
