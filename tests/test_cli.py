@@ -97,6 +97,16 @@ def test_info_shows_layers_thresholds_islands_and_memory(work):
         assert text in result.stdout
 
 
+def test_output_into_a_closed_pipe_ends_quietly(work):
+    """`deltaconvert info m | head`: the reader is gone before anything is written."""
+    proc = subprocess.Popen([sys.executable, "-m", "deltaconvert.cli", "info", "model.delta.pt"],
+                            cwd=work, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENVIRONMENT)
+    proc.stdout.close()
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=600) == 1
+    assert stderr == ""
+
+
 def test_convert_with_random_weights(work):
     result = cli("convert", ARCH, "--random-init", "--input-size", SIZE, "-o", "random.delta.pt",
                  cwd=work)
