@@ -65,9 +65,15 @@ class UpdateRecorder:
 
 
 def heatmap_png(image: torch.Tensor, heat: torch.Tensor) -> bytes:
-    """:func:`render_heatmap` encoded as PNG file contents."""
-    from torchvision.io import encode_png
-    return bytes(encode_png(render_heatmap(image, heat)).numpy())
+    """:func:`render_heatmap` encoded as PNG file contents (Pillow, which torchvision
+    depends on; torchvision's own PNG encoder is deprecated since 0.29)."""
+    import io
+
+    from PIL import Image
+    buffer = io.BytesIO()
+    pixels = render_heatmap(image, heat).permute(1, 2, 0).contiguous().numpy()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def render_heatmap(image: torch.Tensor, heat: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
+from PIL import Image
 
 from deltaconvert import ThresholdConfig
 from deltaconvert.synthetic import synthetic_video
@@ -141,7 +142,8 @@ def test_convert_with_thresholds_then_run(work, tuned):
     assert not torch.equal(outputs[0], outputs[-1])  # the model depends on its input
     heatmaps = sorted((work / "out" / "updates").iterdir())
     assert [p.name for p in heatmaps] == [f"frame_{i:05d}.png" for i in range(1, FRAMES)]
-    assert torchvision.io.read_image(str(heatmaps[0])).shape == (3, 48, 64)
+    with Image.open(heatmaps[0]) as png:
+        assert png.format == "PNG" and png.size == (64, 48) and png.mode == "RGB"
     assert not [p for p in (work / "out").rglob(".*.tmp")]
 
 

@@ -88,7 +88,7 @@ def _cases():
                                    id=f"{name}-{dtype}-{'graph' if graph else 'eager'}")
 
 
-@pytest.mark.parametrize("name,dtype,graph", _cases())
+@pytest.mark.parametrize("name,dtype,graph", list(_cases()))
 def test_model_matches_dense(runtime, video, name, dtype, graph):
     model = calibrated(name, video)
     half = dtype is torch.float16
