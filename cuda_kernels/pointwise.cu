@@ -12,6 +12,9 @@
 // (an operand of shape (N, C, 1, 1) against (N, C, H, W), or C == 1).
 #include "common.cuh"
 
+// Channels per thread that pw_truncate keeps in registers between its two passes.
+#define TRUNC_REGS 8
+
 // One delta operand of a per-pixel kernel.
 #define DC_OPERAND(i)                                                                 \
     const scalar_t *v##i, int v##i##N, int v##i##C, int v##i##H, int v##i##W,         \
@@ -92,7 +95,7 @@ extern "C" __global__ void pw_accumulate(int N, int C, int H, int W, int lanes, 
 //   δy = v − o;  emit iff max_c |δy| > thr;  where emitted: o ← v, out = δy.
 // With lin = 0 the operands contribute only their masks (inputs already accumulated,
 // e.g. by a convolution epilogue or pw_accumulate). Masks of non-emitted pixels are 0.
-extern "C" __global__ void pw_truncate(int N, int C, int H, int W, int lanes, int span,
+extern "C" __global__ void __launch_bounds__(DC_BLOCK, 5) pw_truncate(int N, int C, int H, int W, int lanes, int span,
                                        int n_ops, int lin, DC_OPERAND(0), DC_OPERAND(1),
                                        const float *scale, int scale_stride,
                                        int fn, float p0, float p1,
@@ -157,23 +160,42 @@ extern "C" __global__ void pw_truncate(int N, int C, int H, int W, int lanes, in
             }
             return round_s(v);
         };
+        // The peak pass keeps the thread's values v and sent values in registers, a chunk
+        // of TRUNC_REGS · lanes channels at a time; the emit pass reuses them when the
+        // pixel is one chunk (C ≤ 2048 with the host's lanes), else recomputes each chunk.
+        const int chunk = TRUNC_REGS * lanes;
+        float v[TRUNC_REGS] = {}, sent[TRUNC_REGS] = {};
+        auto load_chunk = [&](int c0) {
+#pragma unroll
+            for (int i = 0; i < TRUNC_REGS; ++i) {
+                const int c = c0 + sub + i * lanes;
+                if (cand && c < C) {
+                    v[i] = value(c);
+                    sent[i] = o[off4(n, c, y, x, sN, sC, sH, sW)];
+                }
+            }
+        };
         float peak = 0.f;
-#pragma unroll 4
-        for (int c0 = 0; c0 < C; c0 += lanes) {
-            const int c = c0 + sub;
-            if (cand && c < C) peak = fmaxf(peak, fabsf(value(c) - o[off4(n, c, y, x, sN, sC, sH, sW)]));
+        for (int c0 = 0; c0 < C; c0 += chunk) {
+            load_chunk(c0);
+#pragma unroll
+            for (int i = 0; i < TRUNC_REGS; ++i)
+                if (cand && c0 + sub + i * lanes < C) peak = fmaxf(peak, fabsf(v[i] - sent[i]));
         }
         peak = group_max(peak, lanes);
         const bool emit = cand && peak > thr;
         if (cand && sub == 0) om[p.pixel] = emit;
         if (!emit) continue;
-#pragma unroll 4
-        for (int c = sub; c < C; c += lanes) {
-            float *sent = o + off4(n, c, y, x, sN, sC, sH, sW);
-            const float v = value(c);
-            const float dy = v - *sent;
-            *sent = v;
-            out[off4(n, c, y, x, oN, oC, oH, oW)] = from_f<scalar_t>(dy);
+        for (int c0 = 0; c0 < C; c0 += chunk) {
+            if (C > chunk) load_chunk(c0);
+#pragma unroll
+            for (int i = 0; i < TRUNC_REGS; ++i) {
+                const int c = c0 + sub + i * lanes;
+                if (c < C) {
+                    o[off4(n, c, y, x, sN, sC, sH, sW)] = v[i];
+                    out[off4(n, c, y, x, oN, oC, oH, oW)] = from_f<scalar_t>(v[i] - sent[i]);
+                }
+            }
         }
     }
 }

@@ -281,7 +281,9 @@ def test_activation(poisoned, name, threshold, dtype):
           (V((2, 37, 9, 11)),), dtype)
 
 
-@pytest.mark.parametrize("shape", [(3, 5, 7, 6), (3, 40)], ids=str)
+# (1, 2100, 3, 4): wider than pw_truncate's register chunk (8 channels × 256 lanes), so
+# its emit pass recomputes the chunks instead of reusing registers.
+@pytest.mark.parametrize("shape", [(3, 5, 7, 6), (3, 40), (1, 2100, 3, 4)], ids=str)
 def test_activation_shapes(poisoned, shape):
     check(poisoned, lambda: [Nonlinear(nn.ReLU(), Footprint.POINTWISE, (True,), 0.1)],
           (V(shape),), torch.float32)
@@ -469,6 +471,37 @@ def test_fused_epilogue(poisoned, name, dtype):
     torch.manual_seed(0)
     produced = check(poisoned, make, specs, dtype, fuse=True)
     assert all("fused" in d.extras for d in produced), "the producer did not hand over its work"
+
+
+# Convs with K = Cin_g·KH·KW ≥ 32 (two splits at least with SPLIT_MIN_K = 16; depthwise
+# convs are never split).
+SPLIT_K = {**{name: (lambda make=make: [Conv2d(make())], (V(shape),), False)
+              for name, (make, shape) in CONVS.items() if make().weight[0].numel() >= 32
+              and make().weight.shape[1] > 1},
+           "conv_relu": (*FUSIONS["conv_relu"], True),
+           "conv_relu_vector": (*FUSIONS["conv_relu_vector"], True)}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("name", SPLIT_K)
+def test_conv_split_k(poisoned, monkeypatch, name, dtype):
+    """Split-K conv_gemm (small grids with long reductions, as in ResNet's last stages),
+    forced on small convs: each split writes its partial sums, ``conv_split_sum`` adds
+    them in order and stores them (δy, or into the fused activation's accumulator)."""
+    from deltaconvert.backends.cuda import conv, kernels
+    monkeypatch.setattr(conv, "SPLIT_MIN_K", 16)
+    launched = []
+    original = kernels.Kernel.__call__
+
+    def spy(self, grid, block, args):
+        launched.append(self.name)
+        return original(self, grid, block, args)
+
+    monkeypatch.setattr(kernels.Kernel, "__call__", spy)
+    make, specs, fuse = SPLIT_K[name]
+    torch.manual_seed(0)
+    check(poisoned, make, specs, dtype, fuse=fuse)
+    assert "conv_split_sum" in launched, launched
 
 
 DEEP_LISTS = {
