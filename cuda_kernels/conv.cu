@@ -16,6 +16,11 @@
 //                   use tensor cores (wmma 16×16×16, fp16 products, fp32 accumulation).
 //   conv_depthwise  one input channel per group (Cin_g = 1, any channel multiplier);
 //                   weights packed [KH][KW][Cout].
+// Split K (conv_gemm only): with `splits` > 1, blockIdx.z = split · N + n and split s
+// reduces its own range of K (a multiple of FLUSH_K long) into the fp32 workspace
+// ws[s][n][oy][ox][c]; conv_split_sum then adds the splits in order and applies the
+// epilogue. Splitting gives low-resolution layers with long K (ResNet's last stages) more
+// blocks than SMs; depthwise convs are never split.
 // `mode` bits: CONV_ACCUMULATE — the epilogue adds round(δy) into an fp32 accumulator
 // (the state of a following activation, which then truncates: see pw_truncate) instead
 // of writing δy in the model dtype; CONV_VECTOR_A / CONV_VECTOR_B — conv_gemm may load
@@ -47,11 +52,11 @@
         const scalar_t *x, int xN, int xC, int xH, int xW,                                  \
         const mask_t *m, int mN, int mH, int mW, const scalar_t *wp, int mode,              \
         scalar_t *out, int oN, int oC, int oH, int oW,                                      \
-        float *acc, int aN, int aC, int aH, int aW, mask_t *om
+        float *acc, int aN, int aC, int aH, int aW, mask_t *om, int splits, float *ws
 
 #define CONV_ARGS                                                                           \
     N, Cin, H, W, Cout, OH, OW, KH, KW, sh, sw, pt, pl, dh, dw, groups, x, xN, xC, xH, xW, m,  \
-        mN, mH, mW, wp, mode, out, oN, oC, oH, oW, acc, aN, aC, aH, aW, om
+        mN, mH, mW, wp, mode, out, oN, oC, oH, oW, acc, aN, aC, aH, aW, om, splits, ws
 
 // The input mask as one tile reads it. The tile's output pixels read the input window of
 // rows × cols pixels from (y0, x0); when that window fits FOOT_MAX bytes the block stages
@@ -73,10 +78,22 @@ struct TileMask {
     }
 };
 
-// This block's tile (blockIdx.x, sample blockIdx.z), its input mask staged when it fits.
+// This block's split of K and sample: blockIdx.z = split · N + n (split 0 unless SPLIT).
+struct ConvSlice {
+    int split, n;
+};
+template <bool SPLIT>
+__device__ __forceinline__ ConvSlice conv_slice(int N) {
+    ConvSlice c;
+    c.split = SPLIT ? blockIdx.z / N : 0;
+    c.n = blockIdx.z - c.split * N;
+    return c;
+}
+
+// This block's tile (blockIdx.x, sample n), its input mask staged when it fits.
 // All threads of the block must call it.
-__device__ __forceinline__ TileMask tile_mask(int OW, int H, int W, int KH, int KW, int sh, int sw,
-                                              int pt, int pl, int dh, int dw, const mask_t *m,
+__device__ __forceinline__ TileMask tile_mask(int n, int OW, int H, int W, int KH, int KW, int sh,
+                                              int sw, int pt, int pl, int dh, int dw, const mask_t *m,
                                               int mN, int mH, int mW, mask_t *foot) {
     const int tiles_x = (OW + TILE - 1) / TILE;
     TileMask t;
@@ -86,7 +103,7 @@ __device__ __forceinline__ TileMask tile_mask(int OW, int H, int W, int KH, int 
     t.mW = mW;
     t.H = H;
     t.W = W;
-    t.n = blockIdx.z;
+    t.n = n;
     t.ty0 = (blockIdx.x / tiles_x) * TILE;
     t.tx0 = (blockIdx.x % tiles_x) * TILE;
     t.y0 = t.ty0 * sh - pt;
@@ -105,9 +122,9 @@ __device__ __forceinline__ TileMask tile_mask(int OW, int H, int W, int KH, int 
     return t;
 }
 
-// Output mask of the tile into `active` (also written to `om` by the blocks with
-// blockIdx.y == 0). Returns whether any pixel of the tile is active. All threads of the
-// block must call it.
+// Output mask of the tile into `active` (also written to `om` by the blocks of the
+// first output-channel block and split). Returns whether any pixel of the tile is active.
+// All threads of the block must call it.
 __device__ __forceinline__ bool tile_output_mask(const TileMask &t, int OH, int OW, int KH, int KW,
                                                  int sh, int sw, int pt, int pl, int dh, int dw,
                                                  mask_t *om, bool *active) {
@@ -119,7 +136,7 @@ __device__ __forceinline__ bool tile_output_mask(const TileMask &t, int OH, int 
             for (int kh = 0; kh < KH && !act; ++kh)
                 for (int kw = 0; kw < KW && !act; ++kw)
                     act = t(oy * sh - pt + kh * dh, ox * sw - pl + kw * dw);
-            if (blockIdx.y == 0) om[(t.n * OH + oy) * OW + ox] = act;
+            if (blockIdx.y == 0 && blockIdx.z == t.n) om[(t.n * OH + oy) * OW + ox] = act;
         }
         active[p] = act;
     }
@@ -137,11 +154,14 @@ __device__ __forceinline__ void conv_store(int mode, float v, int n, int c, int 
     }
 }
 
-// The block's place in the GEMM: its group and first output channel in that group.
+// The block's place in the GEMM: its group, first output channel in that group, and its
+// part [k_begin, k_end) of the reduction (all of K unless SPLIT).
 struct GemmBlock {
-    int cin_g, cout_g, grp, co0, K;
+    int cin_g, cout_g, grp, co0, K, k_begin, k_end;
 };
-__device__ __forceinline__ GemmBlock gemm_block(int Cin, int Cout, int groups, int KH, int KW) {
+template <bool SPLIT>
+__device__ __forceinline__ GemmBlock gemm_block(int Cin, int Cout, int groups, int KH, int KW,
+                                                int splits, int split) {
     GemmBlock b;
     b.cin_g = Cin / groups;
     b.cout_g = Cout / groups;
@@ -149,7 +169,28 @@ __device__ __forceinline__ GemmBlock gemm_block(int Cin, int Cout, int groups, i
     b.grp = blockIdx.y / blocks_per_group;
     b.co0 = (blockIdx.y - b.grp * blocks_per_group) * GEMM_CO;
     b.K = KH * KW * b.cin_g;
+    if (SPLIT) {
+        const int per_split = (b.K + splits * FLUSH_K - 1) / (splits * FLUSH_K) * FLUSH_K;
+        b.k_begin = min(b.K, split * per_split);
+        b.k_end = min(b.K, b.k_begin + per_split);
+    } else {
+        b.k_begin = 0;
+        b.k_end = b.K;
+    }
     return b;
+}
+
+// The epilogue of one output of a conv_gemm block: its split's partial sum into the
+// workspace (SPLIT), or conv_store.
+template <bool SPLIT>
+__device__ __forceinline__ void gemm_store(int split, float *ws, int N, int OH, int OW,
+                                           int Cout, int mode, float v, int n, int c, int oy, int ox,
+                                           scalar_t *out, int oN, int oC, int oH, int oW, float *acc,
+                                           int aN, int aC, int aH, int aW) {
+    if (SPLIT)
+        ws[(((size_t)split * N + n) * OH + oy) * OW * Cout + (size_t)ox * Cout + c] = v;
+    else
+        conv_store(mode, v, n, c, oy, ox, out, oN, oC, oH, oW, acc, aN, aC, aH, aW);
 }
 
 // One element of the implicit-GEMM A matrix: the input value under reduction index kg
@@ -195,6 +236,7 @@ __device__ __forceinline__ V gather_a_vector(int k0, int cin_g, int KW, bool pix
 // the next layer accumulates it, frame after frame, so a sequential fp32 sum over a
 // large K (up to 18432) would drift like √frames. The rounding error of the two-level
 // sum is that of a FLUSH_K-term fp32 sum; it costs one fp64 add per output per run.
+template <bool SPLIT>
 __device__ __forceinline__ void conv_gemm_cuda_cores(CONV_PARAMS) {
     __shared__ bool active[TILE_P];
     __shared__ mask_t foot[FOOT_MAX];
@@ -203,10 +245,11 @@ __device__ __forceinline__ void conv_gemm_cuda_cores(CONV_PARAMS) {
     __shared__ double total[16][256];  // [4·i + j][thread]: fp64 sums of the runs
 
     const int tid = threadIdx.x;
-    const TileMask t = tile_mask(OW, H, W, KH, KW, sh, sw, pt, pl, dh, dw, m, mN, mH, mW, foot);
+    const ConvSlice slice = conv_slice<SPLIT>(N);
+    const TileMask t = tile_mask(slice.n, OW, H, W, KH, KW, sh, sw, pt, pl, dh, dw, m, mN, mH, mW, foot);
     if (!tile_output_mask(t, OH, OW, KH, KW, sh, sw, pt, pl, dh, dw, om, active)) return;
 
-    const GemmBlock gb = gemm_block(Cin, Cout, groups, KH, KW);
+    const GemmBlock gb = gemm_block<SPLIT>(Cin, Cout, groups, KH, KW, splits, slice.split);
     const int cin_g = gb.cin_g, cout_g = gb.cout_g, grp = gb.grp, co0 = gb.co0, K = gb.K;
 
     // Scalar A loads: this thread fills reduction row kk for pixels (tid/16) + 16·i, i.e.
@@ -258,8 +301,8 @@ __device__ __forceinline__ void conv_gemm_cuda_cores(CONV_PARAMS) {
                 b_next[j] = (kgb < K && vco + j < cout_g) ? to_f(wg[(size_t)kgb * cout_g + vco + j]) : 0.f;
         }
     };
-    load(0);
-    for (int k0 = 0; k0 < K; k0 += GEMM_K) {
+    if (!SPLIT || gb.k_begin < gb.k_end) load(gb.k_begin);  // an empty split stores zeros
+    for (int k0 = gb.k_begin; k0 < gb.k_end; k0 += GEMM_K) {
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
             if (mode & CONV_VECTOR_A)
@@ -270,7 +313,7 @@ __device__ __forceinline__ void conv_gemm_cuda_cores(CONV_PARAMS) {
         *reinterpret_cast<float4 *>(&Bs[vb][4 * (tid & 15)]) =
             make_float4(b_next[0], b_next[1], b_next[2], b_next[3]);
         __syncthreads();
-        if (k0 + GEMM_K < K) load(k0 + GEMM_K);
+        if (k0 + GEMM_K < gb.k_end) load(k0 + GEMM_K);
 #pragma unroll
         for (int k = 0; k < GEMM_K; ++k) {
             const float4 b = *reinterpret_cast<const float4 *>(&Bs[k][tx * 4]);
@@ -283,7 +326,7 @@ __device__ __forceinline__ void conv_gemm_cuda_cores(CONV_PARAMS) {
                 sum[i][3] += a * b.w;
             }
         }
-        if ((k0 + GEMM_K) % FLUSH_K == 0 || k0 + GEMM_K >= K) {
+        if ((k0 + GEMM_K) % FLUSH_K == 0 || k0 + GEMM_K >= gb.k_end) {
 #pragma unroll
             for (int i = 0; i < 4; ++i)
 #pragma unroll
@@ -303,15 +346,15 @@ __device__ __forceinline__ void conv_gemm_cuda_cores(CONV_PARAMS) {
         for (int j = 0; j < 4; ++j) {
             const int co = co0 + tx * 4 + j;
             if (co < cout_g)
-                conv_store(mode, (float)total[4 * i + j][tid], t.n, grp * cout_g + co, oy, ox, out, oN, oC, oH, oW, acc,
-                           aN, aC, aH, aW);
+                gemm_store<SPLIT>(slice.split, ws, N, OH, OW, Cout, mode, (float)total[4 * i + j][tid], t.n,
+                           grp * cout_g + co, oy, ox, out, oN, oC, oH, oW, acc, aN, aC, aH, aW);
         }
     }
 }
 
 // Tensor-core implicit GEMM (fp16 models). 8 warps: 4 along the pixels × 2 along the
 // output channels, each computing 16 pixels × 32 channels with two 16×16 fragments.
-template <typename T>
+template <typename T, bool SPLIT>
 __device__ __forceinline__ void conv_gemm_tensor_cores(CONV_PARAMS) {
     using namespace nvcuda;
     __shared__ bool active[TILE_P];
@@ -321,9 +364,10 @@ __device__ __forceinline__ void conv_gemm_tensor_cores(CONV_PARAMS) {
     __shared__ __align__(32) float Cs[TILE_P][TC_LDC];
 
     const int tid = threadIdx.x;
-    const TileMask t = tile_mask(OW, H, W, KH, KW, sh, sw, pt, pl, dh, dw, m, mN, mH, mW, foot);
+    const ConvSlice slice = conv_slice<SPLIT>(N);
+    const TileMask t = tile_mask(slice.n, OW, H, W, KH, KW, sh, sw, pt, pl, dh, dw, m, mN, mH, mW, foot);
     if (!tile_output_mask(t, OH, OW, KH, KW, sh, sw, pt, pl, dh, dw, om, active)) return;
-    const GemmBlock gb = gemm_block(Cin, Cout, groups, KH, KW);
+    const GemmBlock gb = gemm_block<SPLIT>(Cin, Cout, groups, KH, KW, splits, slice.split);
     const T *xg = x + gb.grp * gb.cin_g * xC;
     const T *wg = wp + (size_t)gb.grp * gb.K * gb.cout_g;
 
@@ -369,8 +413,8 @@ __device__ __forceinline__ void conv_gemm_tensor_cores(CONV_PARAMS) {
                                                                  : from_f<T>(0.f);
         }
     };
-    load(0);
-    for (int k0 = 0; k0 < gb.K; k0 += TC_K) {
+    if (!SPLIT || gb.k_begin < gb.k_end) load(gb.k_begin);  // an empty split stores zeros
+    for (int k0 = gb.k_begin; k0 < gb.k_end; k0 += TC_K) {
         if (mode & CONV_VECTOR_A) {
             *reinterpret_cast<uint4 *>(&As[vp][8 * (tid & 3)]) = a_vec;
         } else {
@@ -384,7 +428,7 @@ __device__ __forceinline__ void conv_gemm_tensor_cores(CONV_PARAMS) {
             for (int j = 0; j < 8; ++j) Bs[vb][8 * (tid & 7) + j] = b_next[j];
         }
         __syncthreads();
-        if (k0 + TC_K < gb.K) load(k0 + TC_K);
+        if (k0 + TC_K < gb.k_end) load(k0 + TC_K);
 #pragma unroll
         for (int ks = 0; ks < TC_K; ks += 16) {
             wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;
@@ -408,20 +452,27 @@ __device__ __forceinline__ void conv_gemm_tensor_cores(CONV_PARAMS) {
     for (int i = 0; i < 16; ++i) {
         const int p = (tid >> 6) + 4 * i;
         if (!active[p]) continue;
-        conv_store(mode, Cs[p][co], t.n, gb.grp * gb.cout_g + gb.co0 + co, t.ty0 + p / TILE,
-                   t.tx0 + p % TILE, out, oN, oC, oH, oW, acc, aN, aC, aH, aW);
+        gemm_store<SPLIT>(slice.split, ws, N, OH, OW, Cout, mode, Cs[p][co], t.n,
+                   gb.grp * gb.cout_g + gb.co0 + co, t.ty0 + p / TILE, t.tx0 + p % TILE, out, oN, oC, oH,
+                   oW, acc, aN, aC, aH, aW);
     }
 }
 
-// blockDim 256; grid (tiles, groups · ceil(Cout_g / 64), N).
-extern "C" __global__ void __launch_bounds__(256, 3) conv_gemm(CONV_PARAMS) {
+template <bool SPLIT>
+__device__ __forceinline__ void conv_gemm_any(CONV_PARAMS) {
     if constexpr (std::is_same<scalar_t, __half>::value)
-        conv_gemm_tensor_cores<scalar_t>(CONV_ARGS);
+        conv_gemm_tensor_cores<scalar_t, SPLIT>(CONV_ARGS);
     else
-        conv_gemm_cuda_cores(CONV_ARGS);
+        conv_gemm_cuda_cores<SPLIT>(CONV_ARGS);
 }
 
-// blockDim 256 = 32 output channels × 8 tile rows; grid (tiles, ceil(Cout / 32), N).
+// blockDim 256; grid (tiles, groups · ceil(Cout_g / 64), N) for conv_gemm and
+// (tiles, groups · ceil(Cout_g / 64), splits · N) for conv_gemm_split (split K: the
+// partial sums go to ws; the unsplit kernel ignores `splits` and `ws`).
+extern "C" __global__ void __launch_bounds__(256, 3) conv_gemm(CONV_PARAMS) { conv_gemm_any<false>(CONV_ARGS); }
+extern "C" __global__ void __launch_bounds__(256, 3) conv_gemm_split(CONV_PARAMS) { conv_gemm_any<true>(CONV_ARGS); }
+
+// blockDim 256 = 32 output channels × 8 tile rows; grid (tiles, ceil(Cout / 32), N); never split.
 // A thread computes one channel of one tile row: tap by tap, the row's (up to) 8 pixels
 // at once, so their 8 value loads are independent and in flight together; each output
 // still sums its taps in (kh, kw) order. At least 4 blocks per multiprocessor: without
@@ -429,7 +480,7 @@ extern "C" __global__ void __launch_bounds__(256, 3) conv_gemm(CONV_PARAMS) {
 extern "C" __global__ void __launch_bounds__(256, 4) conv_depthwise(CONV_PARAMS) {
     __shared__ bool active[TILE_P];
     __shared__ mask_t foot[FOOT_MAX];
-    const TileMask t = tile_mask(OW, H, W, KH, KW, sh, sw, pt, pl, dh, dw, m, mN, mH, mW, foot);
+    const TileMask t = tile_mask(blockIdx.z, OW, H, W, KH, KW, sh, sw, pt, pl, dh, dw, m, mN, mH, mW, foot);
     if (!tile_output_mask(t, OH, OW, KH, KW, sh, sw, pt, pl, dh, dw, om, active)) return;
     const int co = blockIdx.y * DW_CO + (threadIdx.x & 31);
     const int row = threadIdx.x >> 5;
@@ -463,4 +514,21 @@ extern "C" __global__ void __launch_bounds__(256, 4) conv_depthwise(CONV_PARAMS)
     for (int col = 0; col < TILE; ++col)
         if ((on >> col) & 1)
             conv_store(mode, s[col], t.n, co, oy, t.tx0 + col, out, oN, oC, oH, oW, acc, aN, aC, aH, aW);
+}
+
+// The splits of a split-K conv_gemm added in split order (fixed, so replays are
+// deterministic), then stored by conv_store, for every output element whose pixel is in
+// the output mask. One thread per element of ws[0]; blockDim 256.
+extern "C" __global__ void conv_split_sum(int N, int OH, int OW, int Cout, int splits, const float *ws,
+                                          const mask_t *om, int mode, scalar_t *out, int oN, int oC,
+                                          int oH, int oW, float *acc, int aN, int aC, int aH, int aW) {
+    const size_t per_split = (size_t)N * OH * OW * Cout;
+    const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= per_split) return;
+    const int pixel = (int)(i / Cout), c = (int)(i - (size_t)pixel * Cout);
+    if (!om[pixel]) return;
+    float v = 0.f;
+    for (int s = 0; s < splits; ++s) v += ws[s * per_split + i];
+    const Pixel q = pixel_at(pixel, OH, OW);
+    conv_store(mode, v, q.n, c, q.y, q.x, out, oN, oC, oH, oW, acc, aN, aC, aH, aW);
 }

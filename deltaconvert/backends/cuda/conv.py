@@ -9,6 +9,11 @@ modes other than zeros run the reference math.
 When the conv's only consumer is a truncating activation (the fusion plan), the
 epilogue adds ``round(δy)`` straight into the activation's accumulator and the conv
 returns only its mask; the activation then truncates (no δy values round trip).
+
+A ``conv_gemm`` grid with fewer blocks than one wave of resident blocks (ResNet's last
+stages: 120 blocks on 132 SMs at 720p) splits its reduction (:func:`k_splits`): each
+split writes fp32 partial sums to a workspace and ``conv_split_sum`` adds them in a fixed
+order and applies the epilogue.
 """
 from __future__ import annotations
 
@@ -32,6 +37,11 @@ DW_CO = 32
 ACCUMULATE, VECTOR_A, VECTOR_B = 1, 2, 4
 # 16-byte tile loads where layout and alignment allow (DELTACONVERT_CUDA_VECTOR_LOADS=0: off).
 VECTOR_LOADS = os.environ.get("DELTACONVERT_CUDA_VECTOR_LOADS", "1") != "0"
+# Split-K for small conv_gemm grids (DELTACONVERT_CUDA_SPLIT_K=0: off).
+SPLIT_K = os.environ.get("DELTACONVERT_CUDA_SPLIT_K", "1") != "0"
+RESIDENT_BLOCKS = 3  # conv_gemm blocks per SM (its __launch_bounds__)
+SPLIT_MIN_K = 512    # fewest reduction elements per split
+MAX_SPLITS = 8
 
 
 def pack_weight(weight: torch.Tensor, groups: int, depthwise: bool) -> torch.Tensor:
@@ -59,6 +69,15 @@ def gemm_mode(values: torch.Tensor, weight: torch.Tensor, cin_g: int, cout_g: in
     if cout_g % width == 0 and weight.data_ptr() % 16 == 0:
         mode |= VECTOR_B
     return mode
+
+
+def k_splits(blocks: int, k: int, multiprocessors: int) -> int:
+    """How many parts a conv_gemm launch of ``blocks`` blocks splits its reduction of
+    length ``k`` into: as many as keep the grid within one wave of resident blocks, each
+    at least SPLIT_MIN_K long, at most MAX_SPLITS (1: no split)."""
+    if not SPLIT_K:
+        return 1
+    return max(1, min(MAX_SPLITS, RESIDENT_BLOCKS * multiprocessors // blocks, k // SPLIT_MIN_K))
 
 
 class ConvKernel(Accelerated):
@@ -111,14 +130,23 @@ class ConvKernel(Accelerated):
         mode = ACCUMULATE if fused else 0
         if not depthwise:
             mode |= gemm_mode(d.values, weight, cin_g, cout // groups)
-        args_.ints(mode).tensor(out, strides4(out))
-        args_.tensor(acc, strides4(acc) if acc is not None else (0, 0, 0, 0)).ptr(om)
         tiles = -(-oh // TILE) * -(-ow // TILE)
         if depthwise:
-            grid, name = (tiles, -(-cout // DW_CO), n), "conv_depthwise"
+            grid, name, splits = (tiles, -(-cout // DW_CO), n), "conv_depthwise", 1
         else:
-            grid, name = (tiles, groups * -(-(cout // groups) // GEMM_CO), n), "conv_gemm"
-        kernel(self.runtime, "conv", name, d.dtype)(grid, (256, 1, 1), args_)
+            grid = (tiles, groups * -(-(cout // groups) // GEMM_CO), n)
+            splits = k_splits(grid[0] * grid[1] * n, kh * kw * cin_g, self.runtime.multiprocessors)
+            name = "conv_gemm_split" if splits > 1 else "conv_gemm"
+        ws = new_values((splits, n, oh, ow, cout), torch.float32, device) if splits > 1 else None
+        epilogue = Args(layer).ints(mode).tensor(out, strides4(out))
+        epilogue.tensor(acc, strides4(acc) if acc is not None else (0, 0, 0, 0))
+        args_.extend(epilogue).ptr(om).ints(splits).ptr(ws)
+        kernel(self.runtime, "conv", name, d.dtype)((grid[0], grid[1], n * splits), (256, 1, 1), args_)
+        if splits > 1:
+            total = n * oh * ow * cout
+            finish = Args(layer).ints(n, oh, ow, cout, splits).ptr(ws).ptr(om).extend(epilogue)
+            kernel(self.runtime, "conv", "conv_split_sum", d.dtype)((-(-total // 256), 1, 1),
+                                                                    (256, 1, 1), finish)
         if fused:
             return Delta(out, om, {"fused": Fused(self.consumer[0], [Delta(out, om)], [1.0],
                                                   lin=False)})

@@ -37,6 +37,7 @@ class DeviceRuntime:
         pyc_device = drv.Device(index)
         major, minor = pyc_device.compute_capability()
         self.arch = f"sm_{major}{minor}"
+        self.multiprocessors = torch.cuda.get_device_properties(index).multi_processor_count
         self.context = pyc_device.retain_primary_context()
         self.context.push()
         try:

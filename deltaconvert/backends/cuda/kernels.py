@@ -47,8 +47,10 @@ SIGNATURES: dict[str, dict[str, str]] = {
         "sparsify_apply": "i" * 5 + _T4 * 2 + "fPi" + _T4 + "P",
     },
     "conv": {
-        "conv_gemm": "i" * 16 + _T4 + _M3 + "Pi" + _T4 * 2 + "P",
-        "conv_depthwise": "i" * 16 + _T4 + _M3 + "Pi" + _T4 * 2 + "P",
+        "conv_gemm": "i" * 16 + _T4 + _M3 + "Pi" + _T4 * 2 + "PiP",
+        "conv_gemm_split": "i" * 16 + _T4 + _M3 + "Pi" + _T4 * 2 + "PiP",
+        "conv_depthwise": "i" * 16 + _T4 + _M3 + "Pi" + _T4 * 2 + "PiP",
+        "conv_split_sum": "i" * 5 + "PPi" + _T4 * 2,
     },
     "pool": {
         "pool_window": "i" * 18 + _T4 + _M3 + _T4 * 2 + "f" + _T4 + "P",
@@ -123,6 +125,12 @@ class Args:
         if m is None:
             return self.ptr(None).ints(0, 0, 0)
         return self.ptr(m).ints(*mask_strides(m, target))
+
+    def extend(self, other: "Args") -> "Args":
+        """Append the values of ``other`` (arguments shared by two launches)."""
+        self.format += other.format
+        self.values.extend(other.values)
+        return self
 
     def blob(self, data: bytes) -> "Args":
         self.format += f"{len(data)}s"
