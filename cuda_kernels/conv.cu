@@ -37,6 +37,7 @@
 #define GEMM_K 16        // reduction chunk
 #define FLUSH_K 64       // fp32 run length of the CUDA-core path's two-level sum
 #define DW_CO 32         // output channels per conv_depthwise block
+#define DW_WINDOW 361    // input pixels a conv_depthwise block stages (19 × 19: 5×5 at stride 2)
 #define CONV_ACCUMULATE 1
 #define CONV_VECTOR_A 2
 #define CONV_VECTOR_B 4
@@ -473,38 +474,56 @@ extern "C" __global__ void __launch_bounds__(256, 3) conv_gemm(CONV_PARAMS) { co
 extern "C" __global__ void __launch_bounds__(256, 3) conv_gemm_split(CONV_PARAMS) { conv_gemm_any<true>(CONV_ARGS); }
 
 // blockDim 256 = 32 output channels × 8 tile rows; grid (tiles, ceil(Cout / 32), N); never split.
-// A thread computes one channel of one tile row: tap by tap, the row's (up to) 8 pixels
-// at once, so their 8 value loads are independent and in flight together; each output
-// still sums its taps in (kh, kw) order. At least 4 blocks per multiprocessor: without
-// the bound ptxas capped the registers at 48 and spilled.
+// The block first stages the input window of its tile for its 32 channels in shared
+// memory (fp32, 0 where the mask is clear or outside the frame): one coalesced, masked
+// load per window value instead of one per tap and output pixel. A thread then computes
+// one channel of one tile row from the window, each output summing its taps in (kh, kw)
+// order. Windows larger than DW_WINDOW (large dilations) are read from global memory tap
+// by tap instead. At least 4 blocks per multiprocessor.
 extern "C" __global__ void __launch_bounds__(256, 4) conv_depthwise(CONV_PARAMS) {
     __shared__ bool active[TILE_P];
     __shared__ mask_t foot[FOOT_MAX];
+    __shared__ float window[DW_WINDOW][DW_CO];
     const TileMask t = tile_mask(blockIdx.z, OW, H, W, KH, KW, sh, sw, pt, pl, dh, dw, m, mN, mH, mW, foot);
     if (!tile_output_mask(t, OH, OW, KH, KW, sh, sw, pt, pl, dh, dw, om, active)) return;
-    const int co = blockIdx.y * DW_CO + (threadIdx.x & 31);
-    const int row = threadIdx.x >> 5;
+    const int lane = threadIdx.x & 31, row = threadIdx.x >> 5;
+    const int co = blockIdx.y * DW_CO + lane;
+    const int ci = co / (Cout / groups);  // Cin_g == 1: group index == input channel
+    const int rows = (TILE - 1) * sh + (KH - 1) * dh + 1;  // the window is rows × t.cols pixels
+    const bool staged = rows * t.cols <= DW_WINDOW;
+    if (staged) {
+        for (int p = row; p < rows * t.cols; p += 256 / DW_CO) {
+            const int r = p / t.cols, iy = t.y0 + r, ix = t.x0 + (p - r * t.cols);
+            window[p][lane] = (co < Cout && t(iy, ix)) ? to_f(x[off4(t.n, ci, iy, ix, xN, xC, xH, xW)]) : 0.f;
+        }
+        __syncthreads();
+    }
     unsigned on = 0;  // bit col: pixel (row, col) of the tile is computed
 #pragma unroll
     for (int col = 0; col < TILE; ++col) on |= (unsigned)active[row * TILE + col] << col;
     if (co >= Cout || !on) return;
-    const int ci = co / (Cout / groups);  // Cin_g == 1: group index == input channel
     const int oy = t.ty0 + row;
     float s[TILE] = {};
     for (int kh = 0; kh < KH; ++kh) {
         const int iy = oy * sh - pt + kh * dh;
         for (int kw = 0; kw < KW; ++kw) {
             const float wv = to_f(wp[(kh * KW + kw) * Cout + co]);
-            // The tap's mask bits first (shared memory), then its loads without branches.
-            unsigned hit = 0;
-#pragma unroll
-            for (int col = 0; col < TILE; ++col)
-                hit |= (unsigned)(((on >> col) & 1) && t(iy, (t.tx0 + col) * sw - pl + kw * dw)) << col;
             float v[TILE];
+            if (staged) {
+                const int first = (row * sh + kh * dh) * t.cols + kw * dw;
 #pragma unroll
-            for (int col = 0; col < TILE; ++col) {
-                const int ix = (t.tx0 + col) * sw - pl + kw * dw;
-                v[col] = ((hit >> col) & 1) ? to_f(x[off4(t.n, ci, iy, ix, xN, xC, xH, xW)]) : 0.f;
+                for (int col = 0; col < TILE; ++col) v[col] = window[first + col * sw][lane];
+            } else {
+                // The tap's mask bits first, then its loads without branches.
+                unsigned hit = 0;
+#pragma unroll
+                for (int col = 0; col < TILE; ++col)
+                    hit |= (unsigned)(((on >> col) & 1) && t(iy, (t.tx0 + col) * sw - pl + kw * dw)) << col;
+#pragma unroll
+                for (int col = 0; col < TILE; ++col) {
+                    const int ix = (t.tx0 + col) * sw - pl + kw * dw;
+                    v[col] = ((hit >> col) & 1) ? to_f(x[off4(t.n, ci, iy, ix, xN, xC, xH, xW)]) : 0.f;
+                }
             }
 #pragma unroll
             for (int col = 0; col < TILE; ++col) s[col] += wv * v[col];

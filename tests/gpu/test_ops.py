@@ -193,6 +193,8 @@ CONVS = {
     "grouped": (lambda: nn.Conv2d(8, 12, 3, groups=4, padding=1, bias=False), (2, 8, 9, 17)),
     "depthwise": (lambda: nn.Conv2d(40, 40, 3, groups=40, padding=1), (2, 40, 13, 19)),
     "depthwise_x2_s2": (lambda: nn.Conv2d(6, 12, 5, groups=6, stride=2, padding=2), (2, 6, 13, 19)),
+    # A 24 × 24 input window: more than conv_depthwise stages, read from global memory.
+    "depthwise_dilated": (lambda: nn.Conv2d(16, 16, 3, groups=16, dilation=8, padding=8), (2, 16, 21, 23)),
     "pointwise_1x1": (lambda: nn.Conv2d(70, 130, 1), (2, 70, 11, 9)),
     "stem_7x7": (lambda: nn.Conv2d(3, 16, 7, stride=2, padding=3), (2, 3, 23, 17)),
     "same_even": (lambda: nn.Conv2d(5, 6, 4, padding="same"), (2, 5, 10, 13)),
