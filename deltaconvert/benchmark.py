@@ -5,12 +5,13 @@ For every model × clip × resolution ("case"), batch 1:
 
 * dense baselines, each a copy of the model with channels_last parameters and
   ``cudnn.benchmark`` on: fp32 (TF32 off), TF32 and fp16, each eager and replayed from
-  a CUDA graph, and optionally fp16 ``torch.compile(mode="reduce-overhead")``;
+  a CUDA graph, and fp16 ``torch.compile(mode="reduce-overhead")`` (``--no-compile``:
+  without it);
 * the delta model (``deltaconvert.convert``, the backend given by ``--backend``) in each
   ``--delta-precisions``, at threshold 0, with the tuned thresholds shipped in
   ``configs/*.yaml`` for that architecture, and over a sweep of uniform thresholds
-  (every truncating layer and the input Sparsify at τ); if ``convert`` accepts
-  ``cuda_graph=True``, the same again with CUDA-graph replay.
+  (every truncating layer and the input Sparsify at τ), replayed from a CUDA graph
+  (``convert(..., cuda_graph=True)``) on a GPU, eagerly on a CPU (``--delta-modes``).
 
 Per runner: median ms per frame over the warm frames (frames ``1 + warmup`` …; frame 0
 is a delta model's dense first frame, reported apart), speedup over every baseline
@@ -25,8 +26,14 @@ and kernels and launch calls per frame. See :mod:`deltaconvert.bench_runners` fo
 The ``scenecut`` clip is the static clip with every pixel changing at every frame; only
 threshold 0 runs on it (the target: at most 1.3× dense fp32 CUDA graph).
 
+Without ``--models``, ``--clips``, ``--resolutions`` or ``--quick`` the cases are the
+issue's matrix, sized to finish within one 10-minute call of the GPU machine: every model
+on the static clip, bigbuckbunny and the scene cut at 720×1280, and mobilenet_v2 on the
+static clip and bigbuckbunny at 1080×1920 and 224 high (:data:`MATRIX`); with any of
+them, every combination of the given (or default) models, clips and resolutions.
+
     python scripts/bench.py --quick                 # a few minutes on a GPU
-    python scripts/bench.py                         # everything
+    python scripts/bench.py                         # the matrix (about 9 minutes on an H200)
     python scripts/bench.py --device cpu --resolutions 32x48 --frames 6 --models mobilenet_v2
 """
 from __future__ import annotations
@@ -64,9 +71,12 @@ BASELINE_MODES = (("fp32", "eager"), ("fp32", "graph"), ("tf32", "eager"), ("tf3
 REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 CONVERT_EXAMPLE = (1, 3, 64, 64)  # conversion is resolution-independent; a small trace is fast
 FULL = {"models": ",".join(MODELS), "clips": f"static,bigbuckbunny,{SCENE_CUT}",
-        "resolutions": "720x1280,1080x1920,224", "frames": 100, "sweep": "0.005,0.01,0.02,0.05,0.1,0.2"}
+        "resolutions": "720x1280", "frames": 40, "sweep": "0.01,0.02,0.05,0.1", "compile": True}
 QUICK = {"models": "mobilenet_v2", "clips": f"static,{SCENE_CUT},bigbuckbunny",
-         "resolutions": "720x1280", "frames": 40, "sweep": "0.01,0.05"}
+         "resolutions": "720x1280", "frames": 40, "sweep": "0.01,0.05", "compile": False}
+# The default run: FULL's combinations plus these (model, clip, resolution) cases.
+MATRIX = [("mobilenet_v2", clip, size) for size in ("1080x1920", "224")
+          for clip in ("static", "bigbuckbunny")]
 
 
 @dataclass
@@ -95,11 +105,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="delta frames after frame 0 left out of the median (default 2)")
     parser.add_argument("--sweep", help="uniform thresholds to sweep, comma-separated ('' for none)")
     parser.add_argument("--delta-precisions", default="fp32,fp16", help="default fp32,fp16")
-    parser.add_argument("--delta-modes", default="eager,graph",
+    parser.add_argument("--delta-modes",
                         help="delta model modes: eager, graph (convert(..., cuda_graph=True), CUDA "
-                        "only, reported as unsupported where convert lacks it); default eager,graph")
-    parser.add_argument("--compile", action="store_true",
-                        help="also time torch.compile(mode='reduce-overhead') fp16 (slow to compile)")
+                        "only); default graph on a GPU, eager on a CPU")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction,
+                        help="time torch.compile(mode='reduce-overhead') fp16 (default: on, off "
+                        "with --quick)")
     parser.add_argument("--backend", default="auto", help="delta backend: auto, reference or cuda")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
@@ -113,19 +124,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("out/bench"), help="output folder")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     args = parser.parse_args(argv)
+    matrix = not (args.quick or args.models or args.clips or args.resolutions)
     defaults = QUICK if args.quick else FULL
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    args.models = _split(args.models)
-    args.clips = _split(args.clips)
-    args.resolutions = [parse_resolution(r) for r in _split(args.resolutions)]
-    args.sweep = [float(v) for v in _split(args.sweep)]
-    args.delta_precisions = _split(args.delta_precisions)
     args.device = torch.device(args.device)
-    unknown = [m for m in args.models if m not in MODELS]
+    if args.delta_modes is None:
+        args.delta_modes = "graph" if args.device.type == "cuda" else "eager"
+    models, clips = _split(args.models), _split(args.clips)
+    unknown = [m for m in models if m not in MODELS]
     if unknown:
         parser.error(f"unknown model(s) {unknown}; choose from {', '.join(MODELS)}")
+    cases = [(m, c, r) for r in _split(args.resolutions) for c in clips for m in models]
+    args.cases = [(m, c, parse_resolution(r)) for m, c, r in cases + (MATRIX if matrix else [])]
+    args.sweep = [float(v) for v in _split(args.sweep)]
+    args.delta_precisions = _split(args.delta_precisions)
     if any(p not in PRECISIONS for p in args.delta_precisions):
         parser.error(f"--delta-precisions: choose from {', '.join(PRECISIONS)}")
     args.delta_modes = _split(args.delta_modes)
@@ -363,9 +377,19 @@ def environment(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     }
 
 
+def group_cases(cases: list[tuple[str, str, tuple[int, int | None]]]
+                ) -> dict[tuple[str, tuple[int, int | None]], list[str]]:
+    """(clip, resolution) → models, in order of first appearance: each clip is resized
+    once per resolution."""
+    groups: dict[tuple[str, tuple[int, int | None]], list[str]] = {}
+    for model, clip, resolution in cases:
+        groups.setdefault((clip, resolution), []).append(model)
+    return groups
+
+
 def load_clips(args: argparse.Namespace) -> dict[str, np.ndarray]:
     """Decoded RGB frames of every real clip needed (the scene cut reuses 'static')."""
-    names = {("static" if c == SCENE_CUT else c) for c in args.clips}
+    names = {("static" if c == SCENE_CUT else c) for _, c, _ in args.cases}
     return {name: decode_rgb(clip_path(name, args.data_dir), args.frames) for name in sorted(names)}
 
 
@@ -376,24 +400,24 @@ def run(args: argparse.Namespace, argv: list[str],
     results: dict[str, Any] = {"meta": environment(args, argv), "cases": []}
     decoded = load_clips(args)
     calibration = [f for rgb in decoded.values() for f in to_frames(rgb[:2], 224, None, torch.device("cpu"))]
-    models = {name: build_model(name, args.data_dir, calibration) for name in args.models}
+    models = {name: build_model(name, args.data_dir, calibration)
+              for name in dict.fromkeys(m for m, _, _ in args.cases)}
     conversions = Conversions(args.backend)
-    for height, width in args.resolutions:
-        for clip in args.clips:
-            source = decoded["static" if clip == SCENE_CUT else clip]
-            frames = to_frames(source, height, width, args.device)
-            if clip == SCENE_CUT:
-                frames = scene_cut_frames(frames)
-            for name in args.models:
-                log(f"{name} on {clip} at {tuple(frames[0].shape[2:])}")
-                started = time.perf_counter()
-                case = run_case(args, name, models[name], clip, frames, conversions)
-                case["wall_s"] = time.perf_counter() - started  # to plan runs within time limits
-                log(f"  case done in {case['wall_s']:.0f} s")
-                results["cases"].append(case)
-                on_case(results)
-            del frames
-            memory_now(args.device)
+    for (clip, (height, width)), names in group_cases(args.cases).items():
+        source = decoded["static" if clip == SCENE_CUT else clip]
+        frames = to_frames(source, height, width, args.device)
+        if clip == SCENE_CUT:
+            frames = scene_cut_frames(frames)
+        for name in names:
+            log(f"{name} on {clip} at {tuple(frames[0].shape[2:])}")
+            started = time.perf_counter()
+            case = run_case(args, name, models[name], clip, frames, conversions)
+            case["wall_s"] = time.perf_counter() - started  # to plan runs within time limits
+            log(f"  case done in {case['wall_s']:.0f} s")
+            results["cases"].append(case)
+            on_case(results)
+        del frames
+        memory_now(args.device)
     return results
 
 

@@ -105,3 +105,21 @@ def test_benchmark_writes_tables_and_plots(bench_result):
     assert "| delta fp32 τ=0 | reference |" in table and "mobilenet_v2 · scenecut · 32×48" in table
     if importlib.util.find_spec("matplotlib") is not None:
         assert len(list(out.glob("*.png"))) == 4
+
+
+def test_default_cases_are_the_issue_matrix():
+    from deltaconvert.benchmark import parse_args
+
+    args = parse_args([])
+    at_720 = [(m, c, (720, 1280)) for c in ("static", "bigbuckbunny", "scenecut")
+              for m in ("mobilenet_v2", "resnet18", "resnet50", "lraspp_mobilenet_v3_large")]
+    extra = [("mobilenet_v2", c, size) for size in ((1080, 1920), (224, None))
+             for c in ("static", "bigbuckbunny")]
+    assert args.cases == at_720 + extra
+    assert args.compile and args.frames == 40
+    explicit = parse_args(["--models", "resnet18", "--resolutions", "224,720x1280", "--no-compile"])
+    assert explicit.cases == [("resnet18", c, size) for size in ((224, None), (720, 1280))
+                              for c in ("static", "bigbuckbunny", "scenecut")]
+    assert not explicit.compile
+    quick = parse_args(["--quick"])
+    assert not quick.compile and {m for m, _, _ in quick.cases} == {"mobilenet_v2"}
