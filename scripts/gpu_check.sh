@@ -89,14 +89,15 @@ if report.exists():
     fmt = lambda v: "" if v is None else f"{v:.2e}"
     print("\n| model | dtype | mode | max rel. error vs dense fp32 (≥50 frames) | frame 0 "
           "| vs float64 (fp32) | dense fp32 vs float64 | vs reference backend (fp16) | dense fp16 vs fp32 "
-          "| accelerated ops |\n|---|---|---|---|---|---|---|---|---|---|")
+          "| dense vs dense channels_last | accelerated ops |\n|---|---|---|---|---|---|---|---|---|---|---|")
     for line in report.read_text().splitlines():
         r = json.loads(line)
         print(f"| {r['model']} | {r['dtype'].replace('torch.', '')} | {'graph' if r['graph'] else 'eager'} "
               f"| {fmt(r['max_rel_error'])} | {fmt(r.get('frame0_error'))} "
               f"| {fmt(r.get('max_rel_error_vs_fp64'))} | {fmt(r.get('dense_fp32_error_vs_fp64'))} "
               f"| {fmt(r.get('max_rel_error_vs_reference'))} "
-              f"| {fmt(r.get('dense_fp16_error'))} | {r['accelerated_ops']}/{r['ops']} |")
+              f"| {fmt(r.get('dense_fp16_error'))} | {fmt(r.get('dense_layout_error'))} "
+              f"| {r['accelerated_ops']}/{r['ops']} |")
 PY
 probe=$OUT/speed_probe.log
 [ -f "$probe" ] && { echo; grep '^|' "$probe"; }
