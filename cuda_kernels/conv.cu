@@ -16,8 +16,8 @@
 //                   use tensor cores (wmma 16×16×16, fp16 products, fp32 accumulation).
 //   conv_depthwise  one input channel per group (Cin_g = 1, any channel multiplier);
 //                   weights packed [KH][KW][Cout].
-// Split K (conv_gemm only): with `splits` > 1, blockIdx.z = split · N + n and split s
-// reduces its own range of K (a multiple of FLUSH_K long) into the fp32 workspace
+// Split K (conv_gemm_split, the same GEMM with SPLIT set): blockIdx.z = split · N + n and
+// split s reduces its own range of K (a multiple of FLUSH_K long) into the fp32 workspace
 // ws[s][n][oy][ox][c]; conv_split_sum then adds the splits in order and applies the
 // epilogue. Splitting gives low-resolution layers with long K (ResNet's last stages) more
 // blocks than SMs; depthwise convs are never split.
