@@ -109,12 +109,11 @@ def attribute(times, launches) -> list[dict]:
 
 def profile_dense(base, frames, label: str, repeats: int) -> dict:
     """The dense model's CUDA graph in this precision: ms per frame and kernel times."""
-    runner = DenseRunner(base, PRECISIONS[label], "graph", DEVICE)
-    with torch.inference_mode(), PRECISIONS[label].flags():
-        for x in frames[:2]:
-            runner.step(x)
-        ms = median_ms(runner.step, frames[2:])
-        kernels = kernel_times(runner.step, frames[-repeats:])
+    runner = DenseRunner(base, PRECISIONS[label], "graph", DEVICE)  # calls set mode and TF32 flags
+    for x in frames[:2]:
+        runner(x)
+    ms = median_ms(runner, frames[2:])
+    kernels = kernel_times(runner, frames[-repeats:])
     return {"ms": ms, "kernels": [{"kernel": name[:60], "us": us} for name, us in kernels]}
 
 
