@@ -5,19 +5,28 @@
     for frame in video:
         y = delta_model(frame)                         # frame 0 dense, then deltas
 """
-__version__ = "0.1.0"
-
 from .convert import DenseFallbackWarning, convert  # noqa: E402
 from .delta import Delta  # noqa: E402
-from .errors import (BackendUnavailable, CheckpointError, ConfigError,  # noqa: E402
-                     DeltaConvertError, ModelFileError, SequenceMismatch, TraceFailure,
-                     UnknownArchitecture, UnsupportedOp, VideoError)
+from .errors import (  # noqa: E402
+                     BackendUnavailable,
+                     CheckpointError,
+                     ConfigError,
+                     DeltaConvertError,
+                     ModelFileError,
+                     SequenceMismatch,
+                     TraceFailure,
+                     UnknownArchitecture,
+                     UnsupportedOp,
+                     VideoError,
+)
 from .model import DeltaGraphModule  # noqa: E402
 from .registry import register_delta_op, register_leaf_module  # noqa: E402
 from .serialization import load, save  # noqa: E402
 from .thresholds import ThresholdConfig, load_thresholds  # noqa: E402
+from .version import __version__  # noqa: E402
 
 __all__ = [
+    "__version__",
     "convert", "save", "load", "DeltaGraphModule", "Delta", "ThresholdConfig", "load_thresholds",
     "register_delta_op", "register_leaf_module", "DenseFallbackWarning",
     "DeltaConvertError", "TraceFailure", "UnsupportedOp", "SequenceMismatch", "ConfigError",

@@ -55,15 +55,33 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import __version__
-from .bench_data import (CLIPS, DEFAULT_DATA_DIR, clip_path, decode_rgb, parse_resolution,
-                         scene_cut_frames, to_frames)
+from .bench_data import (
+    CLIPS,
+    DEFAULT_DATA_DIR,
+    clip_path,
+    decode_rgb,
+    parse_resolution,
+    scene_cut_frames,
+    to_frames,
+)
 from .bench_models import MODELS, build_model
 from .bench_report import EFFICIENCY_BASELINE, markdown, write_plots
-from .bench_runners import (PRECISIONS, DeltaRunner, DenseRunner, Memory, Precision, Reference,
-                            Runner, accuracy_pass, count_launches, memory_now, timed_pass)
+from .bench_runners import (
+    PRECISIONS,
+    DeltaRunner,
+    DenseRunner,
+    Memory,
+    Precision,
+    Reference,
+    Runner,
+    accuracy_pass,
+    count_launches,
+    memory_now,
+    timed_pass,
+)
 from .convert import convert
 from .thresholds import ThresholdConfig, load_thresholds
+from .version import __version__
 
 SCENE_CUT = "scenecut"
 BASELINE_MODES = (("fp32", "eager"), ("fp32", "graph"), ("tf32", "eager"), ("tf32", "graph"),

@@ -110,7 +110,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 # -- run -----------------------------------------------------------------------------------
 def _storable(output: Any) -> Any:
     """A model output for outputs.pt: on the CPU; (N, C, H, W) maps as per-pixel argmax."""
-    from .ops.base import map_tensor_leaves
+    from .delta import map_tensor_leaves
 
     def store(tensor: torch.Tensor) -> torch.Tensor:
         tensor = tensor.detach().cpu()

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Union
+from typing import Callable, Union
 
 import torch
 from torch import fx, nn
 
-from . import __version__
 from . import handlers  # noqa: F401  (fills the op registry)
 from .graph.analysis import propagate_value_info
 from .graph.boundaries import insert_boundaries
@@ -29,6 +28,7 @@ from .graph.trace import trace_model
 from .model import DeltaGraphModule
 from .registry import describe_target
 from .thresholds import ThresholdConfig, load_thresholds
+from .version import __version__
 
 NORMALIZE_PASSES: tuple[Callable[[fx.GraphModule], fx.GraphModule], ...] = (
     remove_inference_identities,

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .delta import map_tensor_leaves, tensor_leaves
 from .errors import SequenceMismatch
-from .ops.base import map_tensor_leaves, tensor_leaves
 
 if TYPE_CHECKING:
     from .model import DeltaGraphModule

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from .ops.base import tensor_leaves
+from .delta import tensor_leaves
 
 
 def flat_output(output: Any) -> torch.Tensor:

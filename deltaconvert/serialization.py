@@ -34,11 +34,11 @@ from typing import Any, Callable
 import torch
 from torch import fx, nn
 
-from . import __version__
 from .errors import ModelFileError
 from .files import atomic_writer
 from .model import DeltaGraphModule
 from .thresholds import ThresholdConfig
+from .version import __version__
 
 FILE_FORMAT = "deltaconvert-model"
 FORMAT_VERSION = 1

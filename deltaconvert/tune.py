@@ -33,12 +33,12 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from . import __version__
+from .delta import map_tensor_leaves
 from .errors import ConfigError
 from .metrics import relative_error
 from .model import DeltaGraphModule
-from .ops.base import map_tensor_leaves
 from .thresholds import ThresholdConfig
+from .version import __version__
 
 Metric = Callable[[Any, Any], float]
 INPUT_KNOB = "input"

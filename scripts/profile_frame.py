@@ -30,8 +30,14 @@ from pathlib import Path
 import torch
 
 from deltaconvert.backends.cuda import kernels as cuda_kernels
-from deltaconvert.bench_data import (DEFAULT_DATA_DIR, clip_path, decode_rgb, parse_resolution,
-                                     scene_cut_frames, to_frames)
+from deltaconvert.bench_data import (
+    DEFAULT_DATA_DIR,
+    clip_path,
+    decode_rgb,
+    parse_resolution,
+    scene_cut_frames,
+    to_frames,
+)
 from deltaconvert.bench_models import MODELS, build_model
 from deltaconvert.bench_runners import PRECISIONS, DenseRunner
 from deltaconvert.convert import convert

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import deltaconvert
-from deltaconvert.synthetic import synthetic_video
 from deltaconvert.architectures import build_architecture, calibrate_batch_norm
 from deltaconvert.metrics import main_output, relative_error
+from deltaconvert.synthetic import synthetic_video
 from deltaconvert.testing import ARCHITECTURES, report
 
 FRAMES = 20

@@ -12,11 +12,11 @@ from torch import nn
 from torchvision.models.feature_extraction import get_graph_node_names
 
 import deltaconvert
+from deltaconvert.metrics import relative_error
 from deltaconvert.ops.base import DeltaOp
 from deltaconvert.ops.boundary import Densify, Sparsify
 from deltaconvert.ops.conv import ChannelScale, Conv2d
 from deltaconvert.synthetic import synthetic_video
-from deltaconvert.metrics import relative_error
 
 
 def _ops_of(model, cls):

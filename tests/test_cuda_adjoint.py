@@ -6,9 +6,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deltaconvert.backends import reference as ref
-from deltaconvert.backends.cuda.conv_transpose import adjoint_padding, adjoint_weight, spread
+from deltaconvert.backends.cuda.conv_transpose import (
+    adjoint_padding,
+    adjoint_weight,
+    spread,
+)
 from deltaconvert.delta import Delta
+from deltaconvert.ops import reference as ref
 
 
 @pytest.mark.parametrize("conv", [

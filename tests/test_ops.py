@@ -20,9 +20,9 @@ from torch import nn
 
 import deltaconvert
 from deltaconvert.delta import Delta
+from deltaconvert.metrics import relative_error
 from deltaconvert.ops.base import DeltaOp
 from deltaconvert.ops.boundary import Densify, Sparsify
-from deltaconvert.metrics import relative_error
 
 N, H, W = 2, 11, 13
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import deltaconvert
-from deltaconvert.synthetic import synthetic_video
 from deltaconvert.metrics import relative_error
+from deltaconvert.synthetic import synthetic_video
 from deltaconvert.weights import mobilenet_v2_embedder
 
 FRAMES = 200

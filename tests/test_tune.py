@@ -11,9 +11,9 @@ import torch
 
 from deltaconvert import ConfigError, DenseFallbackWarning, ThresholdConfig, convert
 from deltaconvert.architectures import build_architecture
+from deltaconvert.metrics import relative_error
 from deltaconvert.synthetic import synthetic_video
 from deltaconvert.testing import converted_small_net
-from deltaconvert.metrics import relative_error
 from deltaconvert.tune import tune
 from deltaconvert.weights import mobilenet_v2_embedder
 

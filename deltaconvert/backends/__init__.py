@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Callable, ContextManager
 
 import torch
 
+from ..delta import tensor_leaves
 from ..errors import BackendUnavailable
-from ..ops.base import tensor_leaves
 
 if TYPE_CHECKING:
     from ..model import DeltaGraphModule

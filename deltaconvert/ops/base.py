@@ -14,39 +14,12 @@ Incoming deltas are read-only: a value may feed several consumers.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from ..delta import Delta
-
-
-def tensor_leaves(tree: Any) -> Iterator[Any]:
-    """Tensors and Deltas inside nested lists, tuples and dicts (not inside torch.Size)."""
-    if isinstance(tree, (torch.Tensor, Delta)):
-        yield tree
-    elif type(tree) in (list, tuple):
-        for item in tree:
-            yield from tensor_leaves(item)
-    elif isinstance(tree, dict):
-        for item in tree.values():
-            yield from tensor_leaves(item)
-
-
-def map_tensor_leaves(tree: Any, fn: Callable[[Any], Any]) -> Any:
-    """Rebuild ``tree`` with ``fn`` applied to each tensor or Delta leaf."""
-    if isinstance(tree, (torch.Tensor, Delta)):
-        return fn(tree)
-    if type(tree) in (list, tuple):
-        return type(tree)(map_tensor_leaves(item, fn) for item in tree)
-    if isinstance(tree, dict):
-        return type(tree)((k, map_tensor_leaves(v, fn)) for k, v in tree.items())
-    return tree
-
-
-def contains_delta(tree: Any) -> bool:
-    return any(isinstance(leaf, Delta) for leaf in tensor_leaves(tree))
+from ..delta import Delta, contains_delta
 
 
 class DeltaOp(nn.Module):

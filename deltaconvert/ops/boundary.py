@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from ..backends import reference as ref
 from ..delta import Delta
 from ..errors import SequenceMismatch
+from . import reference as ref
 from .base import DeltaOp
 
 

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backends import reference as ref
 from ..delta import Delta
+from . import reference as ref
 from .base import DeltaOp
 
 

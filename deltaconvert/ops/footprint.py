@@ -23,9 +23,8 @@ from typing import Any, Callable
 
 import torch
 
-from ..backends import reference as ref
-from ..delta import Delta, mask_shape
-from .base import map_tensor_leaves, tensor_leaves
+from ..delta import Delta, map_tensor_leaves, mask_shape, tensor_leaves
+from . import reference as ref
 
 
 class Footprint(enum.Enum):

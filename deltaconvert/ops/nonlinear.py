@@ -19,9 +19,9 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ..backends import reference as ref
-from ..delta import Delta
-from .base import DeltaOp, map_tensor_leaves, tensor_leaves
+from ..delta import Delta, map_tensor_leaves, tensor_leaves
+from . import reference as ref
+from .base import DeltaOp
 from .footprint import Footprint, output_masks
 
 

@@ -16,9 +16,9 @@ import warnings
 
 import torch
 
+from deltaconvert.architectures import build_architecture, calibrate_batch_norm
 from deltaconvert.convert import convert
 from deltaconvert.synthetic import synthetic_video
-from deltaconvert.architectures import build_architecture, calibrate_batch_norm
 
 DEVICE = torch.device("cuda", 0)
 

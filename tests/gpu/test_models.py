@@ -31,10 +31,10 @@ import warnings
 import pytest
 import torch
 
-from deltaconvert.convert import convert
-from deltaconvert.synthetic import synthetic_video
 from deltaconvert.architectures import build_architecture, calibrate_batch_norm
+from deltaconvert.convert import convert
 from deltaconvert.metrics import main_output, relative_error
+from deltaconvert.synthetic import synthetic_video
 from deltaconvert.testing import ARCHITECTURES, report
 
 pytestmark = pytest.mark.cuda

@@ -5,7 +5,6 @@ reference math, run with torch ops on the backend stream.
 """
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import nn
 
@@ -22,8 +21,16 @@ from .conv import ConvKernel
 from .conv_transpose import ConvTransposeKernel
 from .device import DeviceRuntime
 from .fusion import fusion_pairs
-from .pointwise import (ADD_FNS, MUL_FNS, NEG_FNS, SUB_FNS, LinearPointwise, Product, Truncating,
-                        pixel_function)
+from .pointwise import (
+    ADD_FNS,
+    MUL_FNS,
+    NEG_FNS,
+    SUB_FNS,
+    LinearPointwise,
+    Product,
+    Truncating,
+    pixel_function,
+)
 from .pooling import AvgPoolKernel, MaxPoolKernel
 from .resize import ResizeKernel
 

@@ -13,13 +13,21 @@ from typing import Any
 
 import torch
 
-from ...backends import reference as ref
 from ...delta import Delta
+from ...ops import reference as ref
 from ...ops.base import DeltaOp
 from .base import Accelerated
 from .kernels import Args, kernel
 from .pointwise import accumulate
-from .tensors import as_nhwc, lanes_for, new_mask, new_values, pixel_grid, shape4, strides4
+from .tensors import (
+    as_nhwc,
+    lanes_for,
+    new_mask,
+    new_values,
+    pixel_grid,
+    shape4,
+    strides4,
+)
 
 
 class SparsifyKernel(Accelerated):

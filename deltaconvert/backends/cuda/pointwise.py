@@ -19,14 +19,23 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from ...delta import Delta, mask_shape
+from ...delta import Delta, mask_shape, tensor_leaves
 from ...layers import ChannelLayerNorm
-from ...ops.base import DeltaOp, tensor_leaves
+from ...ops.base import DeltaOp
 from .base import Accelerated, Fused
 from .device import DeviceRuntime
 from .kernels import SUPPORTED_DTYPES, Args, kernel
-from .tensors import (as_nhwc, fp32_vector, lanes_for, list_grid, new_mask, new_values,
-                      placeholder, shape4, strides4)
+from .tensors import (
+    as_nhwc,
+    fp32_vector,
+    lanes_for,
+    list_grid,
+    new_mask,
+    new_values,
+    placeholder,
+    shape4,
+    strides4,
+)
 
 ADD_FNS = (operator.add, torch.add, torch.Tensor.add)
 SUB_FNS = (operator.sub, torch.sub, torch.Tensor.sub)
