@@ -1,6 +1,6 @@
 // Shared definitions of the deltaconvert CUDA kernels.
 //
-// Conventions (DESIGN.md §1, §3):
+// Conventions (docs/ARCHITECTURE.md §1, §5):
 // * Every tensor is addressed through explicit element strides (int32), so NCHW,
 //   NHWC (channels_last) and broadcast (stride 0) views all work; kernels are fastest
 //   on NHWC, where the channels of one pixel are contiguous.

@@ -1,5 +1,5 @@
 // Per-pixel delta kernels: linear combinations, accumulation, and the
-// accumulate-recompute-truncate rule of non-linear ops (DESIGN.md §1).
+// accumulate-recompute-truncate rule of non-linear ops (docs/ARCHITECTURE.md §1).
 //
 // Layout: a group of `lanes` threads (a power of two ≤ 256, about C / 4) handles one
 // pixel (n, y, x) of an output of shape (N, C, H, W); its lanes stride over the channels.

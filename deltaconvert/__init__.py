@@ -19,8 +19,8 @@ from .errors import (  # noqa: E402
                      UnsupportedOp,
                      VideoError,
 )
+from .graph.registry import register_delta_op, register_leaf_module  # noqa: E402
 from .model import DeltaGraphModule  # noqa: E402
-from .registry import register_delta_op, register_leaf_module  # noqa: E402
 from .serialization import load, save  # noqa: E402
 from .thresholds import ThresholdConfig, load_thresholds  # noqa: E402
 from .version import __version__  # noqa: E402

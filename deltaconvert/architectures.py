@@ -12,7 +12,6 @@ them, and making random-init models input-dependent.
 """
 from __future__ import annotations
 
-import difflib
 import pickle
 from pathlib import Path
 from typing import Any, Iterable
@@ -21,6 +20,7 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError, UnknownArchitecture
+from .validation import closest_names
 
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net", "module")
 LISTED_KEYS = 8  # how many keys of each kind a mismatch message lists
@@ -46,9 +46,8 @@ def build_architecture(name: str, *, num_classes: int | None = None,
     import torchvision
     names = architecture_names()
     if name not in names:
-        close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise UnknownArchitecture(f"unknown architecture {name!r}.{hint} Any torchvision "
+        raise UnknownArchitecture(f"unknown architecture {name!r}.{closest_names(name, names)} "
+                                  "Any torchvision "
                                   f"classification or segmentation builder works, e.g. resnet18, "
                                   f"mobilenet_v2, deeplabv3_mobilenet_v3_large")
     kwargs: dict[str, Any] = {"weights": None}

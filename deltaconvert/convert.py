@@ -1,44 +1,22 @@
 """convert(): a stock PyTorch model → a stateful delta model, in one call.
 
-    trace → normalise → fold BN → plan delta regions → insert boundaries → swap ops
+The graph work is :func:`deltaconvert.graph.pipeline.lower_to_delta_graph`; this module
+adds the user-facing parts: argument defaults, thresholds, the dense-island warning.
 """
 from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Callable, Union
+from typing import Union
 
 import torch
-from torch import fx, nn
+from torch import nn
 
 from . import handlers  # noqa: F401  (fills the op registry)
-from .graph.analysis import propagate_value_info
-from .graph.boundaries import insert_boundaries
-from .graph.channels_last_blocks import channels_last_block_to_channels_first
-from .graph.fold_bn import fold_batch_norm_into_conv
-from .graph.functional_to_module import torch_functional_to_module
-from .graph.inplace import inplace_to_out_of_place
-from .graph.names import assign_stable_names, stable_name
-from .graph.plan import plan_delta_regions
-from .graph.rearrangements import rearrangement_chain_to_canonical_op
-from .graph.remove_identities import remove_inference_identities
-from .graph.spatial_mean import spatial_mean_to_global_pool
-from .graph.swap import swap_to_delta_ops
-from .graph.trace import trace_model
+from .graph.pipeline import lower_to_delta_graph
 from .model import DeltaGraphModule
-from .registry import describe_target
 from .thresholds import ThresholdConfig, load_thresholds
 from .version import __version__
-
-NORMALIZE_PASSES: tuple[Callable[[fx.GraphModule], fx.GraphModule], ...] = (
-    remove_inference_identities,
-    inplace_to_out_of_place,
-    torch_functional_to_module,
-    spatial_mean_to_global_pool,
-    channels_last_block_to_channels_first,
-    rearrangement_chain_to_canonical_op,
-    fold_batch_norm_into_conv,
-)
 
 ThresholdSpec = Union[None, float, dict, str, Path, ThresholdConfig]
 
@@ -80,20 +58,9 @@ def convert(model: nn.Module, example_input: torch.Tensor | tuple | None = None,
     example = example_input if example_input is not None else default_example_input(model)
     example = example if isinstance(example, tuple) else (example,)
 
-    gm = trace_model(model)
-    assign_stable_names(gm)
-    for normalize in NORMALIZE_PASSES:
-        propagate_value_info(gm, example)
-        gm = normalize(gm)
-    propagate_value_info(gm, example)
-
-    plan = plan_delta_regions(gm, set(config.dense))
-    modules = dict(gm.named_modules(remove_duplicate=False))
-    islands = {stable_name(node): f"{describe_target(node, modules)}: {reason}"
-               for node, reason in plan.islands.items()}
-    boundaries = insert_boundaries(gm, plan)
-    root, graph = swap_to_delta_ops(gm, {**plan.delta_ops, **boundaries})
-    converted = DeltaGraphModule(root, graph, f"Delta{type(model).__name__}", backend=backend,
+    lowered = lower_to_delta_graph(model, example, set(config.dense))
+    islands = lowered.islands
+    converted = DeltaGraphModule(lowered.root, lowered.graph, f"Delta{type(model).__name__}", backend=backend,
                                  conversion={"architecture": architecture or type(model).__name__,
                                              "dense_islands": islands,
                                              "forced_dense": sorted(set(config.dense) & set(islands)),

@@ -1,100 +1,105 @@
 """CUDA-graph replay of a converted model's delta frames.
 
-With ``model.cuda_graph = True`` (or ``convert(..., cuda_graph=True)``) a sequence runs:
+With ``model.cuda_graph = True`` (or ``convert(..., cuda_graph=True)``) the model hands
+a :class:`CudaGraphReplay` its eager frame function, its backend runtime and a function
+returning its ops' settings, and a sequence runs:
 
-1. the dense first frame, eagerly (it creates every state buffer);
+1. the dense first frame, eagerly (it creates every state buffer; the model does this
+   before it builds the replay);
 2. one eager delta frame (it creates the per-op statistics, scratch buffers, compiled
    kernels and channels_last state, none of which may be allocated during capture);
-3. the next frame is captured into one CUDA graph — on the CUDA backend's own stream,
-   or a side stream for the reference backend — and replayed to compute it;
+3. the next frame is captured into one CUDA graph — on the runtime's capture stream
+   (the CUDA backend's own stream), or a side stream for the reference math — and
+   replayed to compute it;
 4. every later frame copies its inputs into the captured input buffers, replays the
    graph, and returns copies of the captured outputs.
 
-The graph bakes in every op's threshold, Sparsify dilation and statistics switch: when
-one of them changes, the next frame is captured anew. A frame whose inputs differ in
+The graph bakes in every op's threshold, Sparsify dilation and statistics switch. They
+are not compared every frame: assigning one of them advances
+:func:`~deltaconvert.ops.base.settings_generation`, and only then are the settings
+compared, and the next frame captured anew if they differ. A frame whose inputs differ in
 structure, shape, dtype or device from the captured one raises
-:class:`~deltaconvert.errors.SequenceMismatch` (call ``model.reset()`` first).
-``model.reset()`` (and moving or casting the model) drops the graph.
+:class:`~deltaconvert.errors.SequenceMismatch` (call ``model.reset()`` first); the model
+drops its replay on ``reset()`` (and when moved or cast).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Callable
 
 import torch
 
+from .backends.runtime import Runtime
 from .delta import map_tensor_leaves, tensor_leaves
 from .errors import SequenceMismatch
-
-if TYPE_CHECKING:
-    from .model import DeltaGraphModule
+from .ops.base import settings_generation
 
 
 def _signature(args: tuple, kwargs: dict) -> Any:
     return map_tensor_leaves((args, kwargs), lambda t: ("tensor", tuple(t.shape), t.dtype, t.device))
 
 
-def _settings(ops: list) -> tuple:
-    return tuple((op.threshold, getattr(op, "dilation", None), op.track_stats) for op in ops)
-
-
 class CapturedFrame:
     """One captured delta frame: static inputs, the graph, and its outputs."""
 
-    def __init__(self, model: "DeltaGraphModule", args: tuple, kwargs: dict) -> None:
+    def __init__(self, run_frame: Callable[..., Any], runtime: Runtime, args: tuple,
+                 kwargs: dict) -> None:
         leaves = list(tensor_leaves((args, kwargs)))
         if not leaves or any(not isinstance(t, torch.Tensor) or t.device.type != "cuda"
                              for t in leaves):
             raise ValueError("cuda_graph=True needs the model inputs on a CUDA device")
-        self.ops = list(model.delta_ops().values())
-        self.settings = _settings(self.ops)
         self.signature = _signature(args, kwargs)
         self.static_args, self.static_kwargs = map_tensor_leaves((args, kwargs), torch.clone)
         self.static_inputs = list(tensor_leaves((self.static_args, self.static_kwargs)))
-        stream = None
-        if model.active_backend == "cuda":
-            from .backends.cuda import capture_stream
-            stream = capture_stream(leaves[0].device)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, stream=stream, capture_error_mode="thread_local"):
-            self.outputs = model._run_frame(*self.static_args, **self.static_kwargs)
+        with torch.cuda.graph(self.graph, stream=runtime.capture_stream,
+                              capture_error_mode="thread_local"):
+            self.outputs = run_frame(*self.static_args, **self.static_kwargs)
 
-    def current(self) -> bool:
-        """Whether the thresholds and switches baked into the graph still hold."""
-        return _settings(self.ops) == self.settings
-
-    def replay(self, model: "DeltaGraphModule", args: tuple, kwargs: dict) -> Any:
+    def replay(self, runtime: Runtime, args: tuple, kwargs: dict) -> Any:
         if _signature(args, kwargs) != self.signature:
             raise SequenceMismatch(
                 "this frame does not continue the captured sequence (the structure, shape, "
                 "dtype or device of the inputs changed). Call model.reset() to start a new "
                 "sequence with the new input.")
-        with model._runtime.frame():
+        with runtime.frame():
             for static, new in zip(self.static_inputs, tensor_leaves((args, kwargs))):
                 static.copy_(new)
             self.graph.replay()
             return map_tensor_leaves(self.outputs, torch.clone)
 
 
-@dataclass
-class GraphState:
-    """Per-sequence progress of the graph mode (see the module docstring)."""
+class CudaGraphReplay:
+    """Graph-mode delta frames of one sequence (see the module docstring).
 
-    eager_delta_frames: int = 0
-    captured: CapturedFrame | None = field(default=None)
+    ``run_frame(*args, **kwargs)`` runs one eager frame of the model; ``runtime`` is the
+    backend bound to the sequence; ``settings()`` returns the settings a graph bakes in.
+    """
 
+    def __init__(self, run_frame: Callable[..., Any], runtime: Runtime,
+                 settings: Callable[[], tuple]) -> None:
+        self._run_frame = run_frame
+        self._runtime = runtime
+        self._settings = settings
+        self.eager_delta_frames = 0
+        self.captured: CapturedFrame | None = None
+        self._captured_settings: tuple | None = None
+        self._generation = -1
 
-def graph_frame(model: "DeltaGraphModule", args: tuple, kwargs: dict) -> Any:
-    """Run one delta frame of ``model`` in graph mode (the model's ``__call__`` calls this
-    for every frame after the first of a sequence)."""
-    state = model._cuda_graph_state
-    if state is None:
-        state = model._cuda_graph_state = GraphState()
-    if state.eager_delta_frames < 1:
-        out = model._run_frame(*args, **kwargs)
-        state.eager_delta_frames += 1
-        return out
-    if state.captured is None or not state.captured.current():
-        state.captured = None  # free the old graph's memory before capturing anew
-        state.captured = CapturedFrame(model, args, kwargs)
-    return state.captured.replay(model, args, kwargs)
+    def _current(self) -> bool:
+        """Whether the settings baked into the captured graph still hold."""
+        generation = settings_generation()
+        if generation == self._generation:
+            return True
+        self._generation = generation
+        return self._settings() == self._captured_settings
+
+    def __call__(self, args: tuple, kwargs: dict) -> Any:
+        if self.eager_delta_frames < 1:
+            self.eager_delta_frames += 1
+            return self._run_frame(*args, **kwargs)
+        if self.captured is None or not self._current():
+            self.captured = None  # free the old graph's memory before capturing anew
+            self._captured_settings = self._settings()
+            self._generation = settings_generation()
+            self.captured = CapturedFrame(self._run_frame, self._runtime, args, kwargs)
+        return self.captured.replay(self._runtime, args, kwargs)

@@ -16,12 +16,12 @@ from torch import fx, nn
 
 from .errors import UnsupportedOp
 from .graph.analysis import value_info
+from .graph.registry import CallSite, register_delta_op
 from .layers import ChannelLayerNorm
 from .ops import conv as conv_ops
 from .ops.footprint import Footprint
 from .ops.linear import ChannelGather, LinearCall
 from .ops.nonlinear import Nonlinear
-from .registry import CallSite, register_delta_op
 
 POINTWISE_ACTIVATIONS = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Hardtanh, nn.Sigmoid, nn.SiLU, nn.Hardswish,

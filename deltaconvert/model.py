@@ -9,8 +9,6 @@ Moving or casting the model (``.to()``, ``.half()``, ``.cuda()``) resets the seq
 from __future__ import annotations
 
 import copy
-import difflib
-import math
 from collections.abc import MutableMapping
 from typing import Any, Iterator
 
@@ -18,9 +16,11 @@ import torch
 from torch import fx, nn
 
 from .backends import Runtime, bind_backend
-from .errors import ConfigError
+from .cuda_graph import CudaGraphReplay
 from .ops.base import DeltaOp
 from .ops.boundary import Sparsify
+from .stats import collect_stats
+from .validation import check_dilation, unknown_layer_message, validate_threshold
 
 
 class Thresholds(MutableMapping):
@@ -62,21 +62,6 @@ class Thresholds(MutableMapping):
         return f"Thresholds({dict(self)})"
 
 
-def validate_threshold(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"threshold for {name!r} must be a number, got {value!r}")
-    value = float(value)
-    if math.isnan(value) or value < 0 or math.isinf(value):
-        raise ConfigError(f"threshold for {name!r} must be finite and ≥ 0, got {value}")
-    return value
-
-
-def unknown_layer_message(name: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
-    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    return f"unknown layer {name!r}.{hint} (model.thresholds lists the {len(known)} valid names)"
-
-
 class DeltaGraphModule(fx.GraphModule):
     """A converted delta model. See the module docstring for the sequence semantics."""
 
@@ -92,16 +77,27 @@ class DeltaGraphModule(fx.GraphModule):
         self._runtime: Runtime | None = None
         # Replay delta frames through one CUDA graph (see deltaconvert.cuda_graph).
         self.cuda_graph = False
-        self._cuda_graph_state = None
+        self._replay: CudaGraphReplay | None = None
 
     # -- sequence control ---------------------------------------------------------------
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self._sequence_started and self._track_stats:
             self._delta_frames += 1
         if self.cuda_graph and self._sequence_started:
-            from .cuda_graph import graph_frame
-            return graph_frame(self, args, kwargs)
+            if self._replay is None:
+                self._replay = CudaGraphReplay(self._run_frame, self._runtime, self._settings)
+            return self._replay(args, kwargs)
         return self._run_frame(*args, **kwargs)
+
+    def _settings(self) -> tuple:
+        """Every op's settings that a captured CUDA graph bakes in."""
+        return tuple(op.settings() for op in self.delta_ops().values())
+
+    @property
+    def graph_replay(self) -> CudaGraphReplay | None:
+        """The CUDA-graph replay of the current sequence (None in eager mode and before
+        the first delta frame)."""
+        return self._replay
 
     def _run_frame(self, *args: Any, **kwargs: Any) -> Any:
         """One eager frame (binds the backend on the first frame of a sequence)."""
@@ -118,7 +114,7 @@ class DeltaGraphModule(fx.GraphModule):
             op.reset_state()
         self._sequence_started = False
         self._delta_frames = 0
-        self._cuda_graph_state = None
+        self._replay = None
 
     def __deepcopy__(self, memo: dict) -> "DeltaGraphModule":
         """An independent model with the same conversion, thresholds and switches; it
@@ -181,9 +177,7 @@ class DeltaGraphModule(fx.GraphModule):
             if threshold is not None:
                 op.threshold = validate_threshold(threshold, name)
             if dilation is not None:
-                if isinstance(dilation, bool) or not isinstance(dilation, int) or dilation < 0:
-                    raise ConfigError(f"dilation for {name!r} must be an integer ≥ 0, got {dilation!r}")
-                op.dilation = dilation
+                op.dilation = check_dilation(dilation, f"dilation for {name!r}")
 
     @property
     def dense_islands(self) -> dict[str, str]:
@@ -203,5 +197,4 @@ class DeltaGraphModule(fx.GraphModule):
         ``work_fraction_last``/``_mean``: multiply-adds a perfect delta kernel does over
         the dense multiply-adds, ``Σ updated·macs / Σ macs`` over ops with weights.
         """
-        from .stats import collect_stats
-        return collect_stats(self)
+        return collect_stats(self.delta_ops(), self._delta_frames)

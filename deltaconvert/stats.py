@@ -2,20 +2,19 @@
 fraction (see :meth:`DeltaGraphModule.stats`)."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Mapping
 
-if TYPE_CHECKING:
-    from .model import DeltaGraphModule
+from .ops.base import DeltaOp
 
 
-def collect_stats(model: "DeltaGraphModule") -> dict[str, Any]:
+def collect_stats(ops: Mapping[str, DeltaOp], frames: int) -> dict[str, Any]:
+    """Statistics of ``ops`` (by name, in graph order) after ``frames`` delta frames with
+    statistics on; see :meth:`DeltaGraphModule.stats` for the keys."""
     layers: dict[str, dict[str, float]] = {}
     work_last = work_mean = total = 0.0
-    frames = model._delta_frames
-    for name, op in model.delta_ops().items():
+    for name, op in ops.items():
         fractions = op.update_fraction(frames)
-        pixels = op._state.get("out_pixels", 0)
-        macs = float(op.macs_per_pixel * pixels)
+        macs = float(op.macs_per_pixel * op.output_pixels())
         entry: dict[str, float] = {"dense_macs": macs}
         if fractions is not None:
             entry["updated_last"], entry["updated_mean"] = fractions

@@ -22,7 +22,6 @@ closest valid names.
 """
 from __future__ import annotations
 
-import difflib
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -33,7 +32,12 @@ import yaml
 
 from .errors import ConfigError
 from .files import write_text_atomic
-from .model import unknown_layer_message, validate_threshold
+from .validation import (
+    check_dilation,
+    closest_names,
+    unknown_layer_message,
+    validate_threshold,
+)
 
 if TYPE_CHECKING:
     from .model import DeltaGraphModule
@@ -46,20 +50,6 @@ FILE_HEADER = ("# deltaconvert per-layer thresholds (format described in README.
                "section 'Threshold files')\n")
 
 KeyPath = tuple[Any, ...]
-
-
-# -- value validation (shared by the YAML parser and direct construction) -----------------
-def check_dilation(value: Any) -> int:
-    """``value`` if it is an integer ≥ 0, else ConfigError."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(f"input.dilation must be an integer ≥ 0, got {value!r}")
-    return value
-
-
-def closest_names(name: str, known: list[str] | tuple[str, ...]) -> str:
-    """`` Did you mean 'a', 'b'?`` for the names in ``known`` closest to ``name``, or ''."""
-    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
-    return f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
 
 
 def location(source: str | None, lines: dict[KeyPath, int], path: KeyPath) -> str:

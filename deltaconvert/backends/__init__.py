@@ -1,29 +1,17 @@
-"""Backend selection. The reference backend (plain PyTorch) runs everywhere; the CUDA
-backend (PyCUDA kernels) accelerates ops on NVIDIA GPUs where it is installed."""
+"""Backend selection. The reference math (:mod:`deltaconvert.ops.reference`) runs
+everywhere; the CUDA backend (PyCUDA kernels) accelerates ops on NVIDIA GPUs where it is
+installed."""
 from __future__ import annotations
-
-import contextlib
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, ContextManager
 
 import torch
 
 from ..delta import tensor_leaves
 from ..errors import BackendUnavailable
-
-if TYPE_CHECKING:
-    from ..model import DeltaGraphModule
+from .runtime import DeltaOpGraph, Runtime
 
 BACKENDS = ("auto", "reference", "cuda")
 
-
-@dataclass
-class Runtime:
-    """The backend bound to a sequence: its name, and a context entered around every
-    forward (the CUDA backend runs each frame on its own stream)."""
-
-    name: str
-    frame: Callable[[], ContextManager] = contextlib.nullcontext
+__all__ = ["BACKENDS", "DeltaOpGraph", "Runtime", "bind_backend", "cuda_backend_problem"]
 
 
 def _input_device(args: tuple, kwargs: dict) -> torch.device | None:
@@ -38,7 +26,7 @@ def cuda_backend_problem() -> str | None:
     return cuda.unavailable_reason()
 
 
-def bind_backend(model: "DeltaGraphModule", requested: str, args: tuple, kwargs: dict) -> Runtime:
+def bind_backend(model: DeltaOpGraph, requested: str, args: tuple, kwargs: dict) -> Runtime:
     """Choose the backend for a new sequence and attach its kernels to the ops.
 
     ``auto`` picks ``cuda`` for CUDA inputs when PyCUDA and nvcc are usable, else

@@ -1,2 +1,4 @@
-"""fx passes, one per module; each is a function ``GraphModule -> GraphModule`` that
-works on the private traced copy (never on the caller's model)."""
+"""The fx side of conversion: one pass per file, each a function ``GraphModule ->
+GraphModule`` named like its file, run in order by :mod:`.pipeline`; the op registry
+(:mod:`.registry`) that the planning pass consults; value info (:mod:`.analysis`) and
+stable node names (:mod:`.names`) shared by the passes."""

@@ -1,4 +1,4 @@
-"""PropagateValueInfo: run the graph once on an example input and record, for every
+"""``propagate_value_info``: run the graph once on an example input and record, for every
 node, what it produces and whether it varies with the input.
 
 Guarantees after the pass: every node has ``node.meta["dc_value"]``, a

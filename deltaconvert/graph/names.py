@@ -1,4 +1,4 @@
-"""AssignStableNames: give every node a human-readable name that survives conversion.
+"""``assign_stable_names``: give every node a human-readable name that survives conversion.
 
 The scheme is torchvision's ``get_graph_node_names``: a module call is named by the
 module's qualified path (``layer1.0.conv1``); a function or method call by the path of

@@ -21,6 +21,16 @@ from torch import nn
 
 from ..delta import Delta, contains_delta
 
+# Attributes of an op that a captured CUDA graph bakes in (see deltaconvert.cuda_graph).
+SETTINGS = ("threshold", "dilation", "track_stats")
+_settings_generation = 0
+
+
+def settings_generation() -> int:
+    """A process-wide counter that grows whenever any op's :data:`SETTINGS` attribute is
+    assigned: a replayed frame compares one integer instead of every op's settings."""
+    return _settings_generation
+
 
 class DeltaOp(nn.Module):
     """One node of a converted graph: parameters, thresholds and state of a delta op.
@@ -40,6 +50,16 @@ class DeltaOp(nn.Module):
         self.track_stats = True
         self.accelerated: Callable[..., Any] | None = None
         self._state: dict[str, Any] = {}
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in SETTINGS:
+            global _settings_generation
+            _settings_generation += 1
+        super().__setattr__(name, value)
+
+    def settings(self) -> tuple:
+        """The values of this op's :data:`SETTINGS` (None where it has no such setting)."""
+        return tuple(getattr(self, name, None) for name in SETTINGS)
 
     # -- dispatch -----------------------------------------------------------------
     def forward(self, *args: Any, **kwargs: Any) -> Any:
@@ -86,6 +106,17 @@ class DeltaOp(nn.Module):
             self._state["last_mask"] = out.mask
         elif isinstance(out, torch.Tensor) and out.dim() >= 2:
             self._state["out_pixels"] = out.numel() // out.shape[1]
+
+    @property
+    def state(self) -> dict[str, Any]:
+        """The sequence state: buffers by name (empty before the first frame). Backends
+        read and update it in place; it is not saved or copied."""
+        return self._state
+
+    def output_pixels(self) -> int:
+        """Pixels per sample and channel of the op's output on the dense frame (0 before
+        it ran with statistics on)."""
+        return self._state.get("out_pixels", 0)
 
     def update_fraction(self, delta_frames: int) -> tuple[float, float] | None:
         """(last delta frame, mean over the ``delta_frames`` frames since the dense one) of

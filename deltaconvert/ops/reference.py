@@ -1,4 +1,4 @@
-"""The reference backend: the delta math of DESIGN.md §1 in plain PyTorch.
+"""The reference math: the delta rules of docs/ARCHITECTURE.md §1 in plain PyTorch.
 
 Every function here is free of host synchronisation (no ``.item()``, no boolean
 indexing), so the reference path also runs, and captures into a CUDA graph, on a GPU.

@@ -42,7 +42,7 @@ def test_replay_matches_eager(runtime, frames, backend):
     for t, x in enumerate(frames):
         got, want = graphed(x), eager(x)
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=f"frame {t}")
-        state = graphed._cuda_graph_state
+        state = graphed.graph_replay
         assert (state is not None and state.captured is not None) == (t >= 2)
 
 
@@ -52,14 +52,14 @@ def test_threshold_change_recaptures_and_reset_drops(runtime, frames):
     eager.cuda_graph = False
     for x in frames[:4]:
         graphed(x), eager(x)
-    first = graphed._cuda_graph_state.captured
+    first = graphed.graph_replay.captured
     name = next(iter(graphed.thresholds))
     graphed.thresholds[name] = eager.thresholds[name] = 0.2
     for x in frames[4:]:
         torch.testing.assert_close(graphed(x), eager(x), rtol=1e-5, atol=1e-6)
-    assert graphed._cuda_graph_state.captured is not first
+    assert graphed.graph_replay.captured is not first
     graphed.reset()
-    assert graphed._cuda_graph_state is None
+    assert graphed.graph_replay is None
     eager.reset()
     for x in frames:
         torch.testing.assert_close(graphed(x), eager(x), rtol=1e-5, atol=1e-6)

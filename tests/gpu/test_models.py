@@ -134,7 +134,7 @@ def test_model_matches_dense(runtime, video, name, dtype, graph):
     report(record)
     assert delta.active_backend == "cuda"
     if graph:
-        assert delta._cuda_graph_state is not None and delta._cuda_graph_state.captured is not None
+        assert delta.graph_replay is not None and delta.graph_replay.captured is not None
     assert len(errors) >= 50
     per_frame = [f"{e:.2g}" for e in errors]
     if not half:

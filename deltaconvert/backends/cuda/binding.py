@@ -14,6 +14,7 @@ from ...ops.conv import ChannelScale, Conv2d, ConvTranspose2d
 from ...ops.footprint import Footprint
 from ...ops.linear import LinearCall
 from ...ops.nonlinear import Nonlinear
+from ..runtime import DeltaOpGraph
 from .base import Accelerated
 from .boundary import DensifyKernel, SparsifyKernel
 from .cat import CAT_FNS, CatKernel
@@ -84,7 +85,7 @@ def wrapper_for(op: DeltaOp, runtime: DeviceRuntime,
     return _consumer_wrapper(op, runtime)
 
 
-def accelerate(model, runtime: DeviceRuntime) -> dict[str, Accelerated]:
+def accelerate(model: DeltaOpGraph, runtime: DeviceRuntime) -> dict[str, Accelerated]:
     """The wrapper of every op the kernels run, by op name (installed on the ops)."""
     ops = model.delta_ops()
     wrappers = {name: wrapper_for(op, runtime) for name, op in ops.items()}

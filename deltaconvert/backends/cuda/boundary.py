@@ -38,12 +38,12 @@ class SparsifyKernel(Accelerated):
         self.raw: torch.Tensor | None = None  # undilated mask scratch (dilation > 0)
 
     def fallback(self, op: DeltaOp, x: torch.Tensor) -> Delta:
-        return ref.sparsify(x, op._state["ref"], op.threshold, op.dilation)
+        return ref.sparsify(x, op.state["ref"], op.threshold, op.dilation)
 
     def run(self, op: DeltaOp, x: torch.Tensor) -> Any:
-        if not self.usable(x) or not self.fp32_state(op._state["ref"]):
+        if not self.usable(x) or not self.fp32_state(op.state["ref"]):
             return NotImplemented
-        state = op._state
+        state = op.state
         state["ref"] = reference = as_nhwc(state["ref"])
         layer = op.node_name
         n, c, h, w = shape4(x.shape)
@@ -69,7 +69,7 @@ class DensifyKernel(Accelerated):
     """``op.accelerated`` of a Densify."""
 
     def run(self, op: DeltaOp, d: Any) -> Any:
-        y = op._state["y"]
+        y = op.state["y"]
         if not isinstance(d, Delta) or not self.usable(d) or not self.fp32_state(y):
             return NotImplemented
         accumulate(self.runtime, op.node_name, d, y)

@@ -1,5 +1,5 @@
 """One device as the CUDA backend sees it: the shared primary context, the backend's
-own stream, and the per-frame stream join (DESIGN.md §3).
+own stream, and the per-frame stream join (docs/ARCHITECTURE.md §5).
 
 * torch initialises the device's primary context first; PyCUDA then retains that same
   context (never ``pycuda.autoinit``, which would create a second one) and pushes it
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Any, Iterator
+from typing import Iterator
 
 import torch
 
@@ -100,7 +100,3 @@ def device_runtime(device: torch.device | int) -> DeviceRuntime:
             runtime = _DEVICES[index] = DeviceRuntime(index)
     return runtime
 
-
-def capture_stream(device: torch.device) -> Any:
-    """The torch stream a CUDA graph of a CUDA-backend model must be captured on."""
-    return device_runtime(device).torch_stream

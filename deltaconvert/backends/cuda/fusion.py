@@ -17,18 +17,19 @@ from ...ops.conv import ChannelScale, Conv2d
 from ...ops.footprint import Footprint
 from ...ops.linear import LinearCall
 from ...ops.nonlinear import Nonlinear
+from ..runtime import DeltaOpGraph
 
 PRODUCERS = (Conv2d, LinearCall, ChannelScale)
 
 
-def _op(gm: fx.GraphModule, node: fx.Node) -> DeltaOp | None:
+def _op(gm: DeltaOpGraph, node: fx.Node) -> DeltaOp | None:
     if node.op != "call_module":
         return None
     module = gm.get_submodule(node.target)
     return module if isinstance(module, DeltaOp) else None
 
 
-def fusion_pairs(gm: fx.GraphModule) -> dict[str, str]:
+def fusion_pairs(gm: DeltaOpGraph) -> dict[str, str]:
     """Producer op name → consumer op name, for every fusable pair."""
     pairs = {}
     for node in gm.graph.nodes:

@@ -145,7 +145,7 @@ def truncate(runtime: DeviceRuntime, layer: str, dtype: torch.dtype, out_shape: 
 
 def nhwc_state(op: DeltaOp) -> tuple[list[torch.Tensor], torch.Tensor]:
     """A Nonlinear op's accumulators and sent values, moved to channels_last once."""
-    state = op._state
+    state = op.state
     state["acc"] = [as_nhwc(a) for a in state["acc"]]
     state["sent"] = as_nhwc(state["sent"])
     return state["acc"], state["sent"]
@@ -179,7 +179,7 @@ class Truncating(Accelerated):
     def accepts(self, op: DeltaOp, shape: Sequence[int], dtype: torch.dtype) -> bool:
         """Whether a producer may hand this op its work (:class:`Fused`) for an output of
         ``shape`` and ``dtype``."""
-        acc, sent = op._state.get("acc"), op._state.get("sent")
+        acc, sent = op.state.get("acc"), op.state.get("sent")
         return (acc is not None and dtype in SUPPORTED_DTYPES and len(shape) in (2, 4)
                 and tuple(acc[0].shape) == tuple(shape) and acc[0].device == self.runtime.device
                 and self.fp32_state(acc[0], sent))
@@ -214,7 +214,7 @@ class Product(Accelerated):
             out_shape = torch.broadcast_shapes(x.shape, y.shape)
         except RuntimeError:
             return NotImplemented
-        if x.shape[0] != y.shape[0] or not self.fp32_state(*op._state["acc"], op._state["sent"]):
+        if x.shape[0] != y.shape[0] or not self.fp32_state(*op.state["acc"], op.state["sent"]):
             return NotImplemented
         acc, sent = nhwc_state(op)
         accumulate(self.runtime, op.node_name, x, acc[0])

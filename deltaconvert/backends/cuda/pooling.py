@@ -59,7 +59,7 @@ class MaxPoolKernel(Accelerated):
             return NotImplemented
         d = args[0]
         if (d.dim() != 4 or not self.usable(d)
-                or not self.fp32_state(*op._state["acc"], op._state["sent"])):
+                or not self.fp32_state(*op.state["acc"], op.state["sent"])):
             return NotImplemented
         acc, sent = nhwc_state(op)
         accumulate(self.runtime, op.node_name, d, acc[0])

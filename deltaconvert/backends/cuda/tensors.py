@@ -35,10 +35,6 @@ def shape4(shape: Sequence[int]) -> tuple[int, int, int, int]:
     raise ValueError(f"kernels take rank-2 or rank-4 tensors, got shape {tuple(shape)}")
 
 
-def supported_rank(t: torch.Tensor | torch.Size) -> bool:
-    return len(t if isinstance(t, torch.Size) else t.shape) in (2, 4)
-
-
 def strides4(t: torch.Tensor, target: Sequence[int] | None = None) -> tuple[int, int, int, int]:
     """Element strides of ``t`` as ``(N, C, H, W)``, broadcast to the rank-4 ``target``."""
     size = shape4(t.shape)

@@ -1,4 +1,4 @@
-"""InplaceToOutOfPlace: make every op of the private copy out of place.
+"""``inplace_to_out_of_place``: make every op of the private copy out of place.
 
 Delta ops treat their inputs as read-only, and a dense island must not overwrite a
 tensor another op still needs (a Densify's state, a value with several consumers).
@@ -46,6 +46,4 @@ def inplace_to_out_of_place(gm: fx.GraphModule) -> fx.GraphModule:
     for module in gm.modules():
         if getattr(module, "inplace", False) is True:
             module.inplace = False
-    gm.graph.lint()
-    gm.recompile()
     return gm

@@ -1,4 +1,4 @@
-"""ChannelsLastBlockToChannelsFirst: remove ``permute(0,2,3,1) … permute(0,3,1,2)``
+"""``channels_last_block_to_channels_first``: remove ``permute(0,2,3,1) … permute(0,3,1,2)``
 around per-pixel ops (ConvNeXt's ``LayerNorm → Linear → GELU → Linear``).
 
 Inside such a block every op acts on the last dim, i.e. on the channels of one pixel.
@@ -103,7 +103,4 @@ def channels_last_block_to_channels_first(gm: fx.GraphModule) -> fx.GraphModule:
             end.replace_all_uses_with(end.args[0])
             gm.graph.erase_node(end)
         modules = dict(gm.named_modules(remove_duplicate=False))
-    gm.graph.eliminate_dead_code()
-    gm.graph.lint()
-    gm.recompile()
     return gm

@@ -1,4 +1,4 @@
-"""FoldBatchNormIntoConv: ``conv → batch-norm`` (inference) becomes one conv.
+"""``fold_batch_norm_into_conv``: ``conv → batch-norm`` (inference) becomes one conv.
 
 ``BN(W x + b) = s·(W x + b − μ) + β`` with ``s = γ/√(σ²+ε)``: the folded conv has
 weights ``s·W`` and bias ``s·(b − μ) + β``. Applies to ``Conv2d → BatchNorm2d``,
@@ -54,6 +54,4 @@ def fold_batch_norm_into_conv(gm: fx.GraphModule) -> fx.GraphModule:
         producer_node.target = path
         bn_node.replace_all_uses_with(producer_node)
         gm.graph.erase_node(bn_node)
-    gm.graph.lint()
-    gm.recompile()
     return gm

@@ -1,4 +1,4 @@
-"""RemoveInferenceIdentities: drop ops that are the identity at inference.
+"""``remove_inference_identities``: drop ops that are the identity at inference.
 
 Guarantees: no ``nn.Dropout*``/``nn.Identity`` call, no dropout/stochastic-depth call
 with ``training=False`` and no ``.clone()``/``.detach()`` remains;
@@ -48,6 +48,4 @@ def remove_inference_identities(gm: fx.GraphModule) -> fx.GraphModule:
         if _is_identity(node, modules) and isinstance(node.args[0], fx.Node):
             node.replace_all_uses_with(node.args[0])
             gm.graph.erase_node(node)
-    gm.graph.lint()
-    gm.recompile()
     return gm

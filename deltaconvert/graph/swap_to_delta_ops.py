@@ -1,4 +1,4 @@
-"""SwapToDeltaOps: replace each planned node by its delta op and build the converted
+"""``swap_to_delta_ops``: replace each planned node by its delta op and build the converted
 module tree.
 
 Guarantees: every delta op and every remaining dense module is installed at the node's

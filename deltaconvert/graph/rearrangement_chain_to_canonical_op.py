@@ -1,4 +1,4 @@
-"""RearrangementChainToCanonicalOp: collapse chains of view/reshape/transpose/permute/
+"""``rearrangement_chain_to_canonical_op``: collapse chains of view/reshape/transpose/permute/
 squeeze/unsqueeze/indexing into one op with a delta form.
 
 A chain of pure rearrangements maps input elements to output elements. Running it on
@@ -135,7 +135,4 @@ def rearrangement_chain_to_canonical_op(gm: fx.GraphModule) -> fx.GraphModule:
         inherit(replacement, end)
         replacement.meta["dc_value"] = value_info(end)
         end.replace_all_uses_with(replacement)
-    gm.graph.eliminate_dead_code()
-    gm.graph.lint()
-    gm.recompile()
     return gm

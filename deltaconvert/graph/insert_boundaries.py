@@ -1,4 +1,4 @@
-"""InsertBoundaries: put a Sparsify where a varying dense value enters the delta domain
+"""``insert_boundaries``: put a Sparsify where a varying dense value enters the delta domain
 and a Densify where a delta value leaves it.
 
 Guarantees: every varying tensor argument of a delta op is a Delta at run time (one
@@ -14,7 +14,7 @@ from ..ops.base import DeltaOp
 from ..ops.boundary import Densify, Sparsify
 from .analysis import value_info
 from .names import inherit, unique_module_path
-from .plan import Plan, is_structural
+from .plan_delta_regions import Plan, is_structural
 
 
 def _boundary(gm: fx.GraphModule, producer: fx.Node, op: DeltaOp, suffix: str) -> fx.Node:
@@ -51,6 +51,4 @@ def insert_boundaries(gm: fx.GraphModule, plan: Plan) -> dict[fx.Node, DeltaOp]:
                         densified[arg] = _boundary(gm, arg, Densify(), "_densify")
                         boundaries[densified[arg]] = gm.get_submodule(densified[arg].target)
                     node.replace_input_with(arg, densified[arg])
-    gm.graph.lint()
-    gm.recompile()
     return boundaries

@@ -1,4 +1,4 @@
-"""TorchFunctionalToModule: functional activations, pools and norms become modules.
+"""``torch_functional_to_module``: functional activations, pools and norms become modules.
 
 After this pass the registry sees one form of each op: ``F.relu(x)``, ``torch.relu(x)``
 and ``x.relu()`` are all calls of a fresh ``nn.ReLU`` at that call site;
@@ -164,7 +164,4 @@ def torch_functional_to_module(gm: fx.GraphModule) -> fx.GraphModule:
         inherit(replacement, node)
         node.replace_all_uses_with(replacement)
         gm.graph.erase_node(node)
-    gm.graph.eliminate_dead_code()
-    gm.graph.lint()
-    gm.recompile()
     return gm

@@ -18,8 +18,8 @@ from typing import Any, Callable, TypeVar
 import torch
 from torch import fx, nn
 
-from .graph.analysis import ValueInfo, value_info
-from .ops.base import DeltaOp
+from ..ops.base import DeltaOp
+from .analysis import ValueInfo, value_info
 
 Handler = Callable[["CallSite"], DeltaOp]
 _HANDLERS: dict[Any, Handler] = {}

@@ -1,4 +1,4 @@
-"""PlanDeltaRegions: decide, per node, whether it runs as a delta op or dense.
+"""``plan_delta_regions``: decide, per node, whether it runs as a delta op or dense.
 
 A node becomes a delta op when it varies with the input, its target has a registered
 handler, and the handler accepts the call. Every other varying call runs dense (a
@@ -18,9 +18,9 @@ from torch import fx, nn
 
 from ..errors import UnsupportedOp
 from ..ops.base import DeltaOp
-from ..registry import CallSite, callable_for, describe_target, handler_for
 from .analysis import value_info
 from .names import stable_name
+from .registry import CallSite, callable_for, describe_target, handler_for
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""TraceModel: a stock ``nn.Module`` → a private ``fx.GraphModule`` in eval mode.
+"""``trace_model``: a stock ``nn.Module`` → a private ``fx.GraphModule`` in eval mode.
 
 Guarantees: the caller's model is never touched (it is deep-copied first); modules
 registered with :func:`deltaconvert.register_leaf_module` stay single ops; a model
@@ -15,7 +15,7 @@ import torch
 from torch import fx, nn
 
 from ..errors import TraceFailure
-from ..registry import is_registered_leaf
+from .registry import is_registered_leaf
 
 _LIBRARY_DIRS = (os.path.dirname(torch.__file__),
                  os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
