@@ -23,7 +23,7 @@ def report(record: dict[str, Any]) -> None:
 
 
 # The torchvision builders the CPU suite (tests/test_architectures.py) and the GPU suite
-# (tests/gpu/test_models.py) convert and compare with the original at threshold 0.
+# (tests/convert/test_architectures_cuda.py) convert and compare with the original at threshold 0.
 ARCHITECTURES = (
     "resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small",
     "efficientnet_b0", "regnet_y_400mf", "shufflenet_v2_x1_0", "squeezenet1_1", "vgg11_bn",

@@ -5,7 +5,7 @@
 #
 # 1. installs the staged PyCUDA wheel (.gpu-wheels/, see ../shared/gpu/stage-wheels) into
 #    /tmp/site and puts /usr/local/cuda/bin first on PATH (PyCUDA runs nvcc at run time);
-# 2. runs the GPU suite (tests/gpu: every op against the reference backend, whole models
+# 2. runs the GPU suite (tests marked cuda: every op against the reference backend, whole models
 #    at threshold 0 eagerly and under CUDA-graph replay, graph-mode behaviour);
 # 3. runs the op tests again under compute-sanitizer memcheck (caching allocator off, so
 #    out-of-bounds accesses are not hidden inside pooled blocks) unless SANITIZER=0;
@@ -45,10 +45,10 @@ step() {  # step NAME COMMAND...: run, log to $OUT/NAME.log, record status and t
 
 export DELTACONVERT_REPORT="$OUT/models.jsonl"
 rm -f "$DELTACONVERT_REPORT"
-step gpu_suite python3 -m pytest tests/gpu -q -rfEs --durations=10 --junitxml="$OUT/gpu_suite.xml" "${pytest_args[@]}"
+step gpu_suite python3 -m pytest tests -m cuda -q -rfEs --durations=10 --junitxml="$OUT/gpu_suite.xml" "${pytest_args[@]}"
 if [ "${SANITIZER:-1}" != 0 ]; then
     step sanitizer env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --error-exitcode 86 \
-        python3 -m pytest tests/gpu/test_ops.py -q -x -p no:cacheprovider --junitxml="$OUT/sanitizer.xml" \
+        python3 -m pytest tests/ops/test_cuda_ops.py -q -x -p no:cacheprovider --junitxml="$OUT/sanitizer.xml" \
         "${sanitizer_args[@]}"
 fi
 if [ "${PROBE:-1}" != 0 ]; then

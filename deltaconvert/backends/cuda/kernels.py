@@ -9,7 +9,7 @@
   ``Function.prepare`` takes them). :class:`Args` builds a launch's arguments and its
   format together, and every launch checks the format against the signature, the grid
   and block against the device limits, int32 ranges and the stream, raising errors that
-  name the layer. ``tests/gpu/test_kernel_signatures.py`` checks :data:`SIGNATURES`
+  name the layer. ``tests/ops/test_kernel_sources.py`` checks :data:`SIGNATURES`
   against the CUDA sources.
 """
 from __future__ import annotations

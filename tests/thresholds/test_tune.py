@@ -112,7 +112,7 @@ def test_forced_dense_layers_and_dilation_are_kept(frames):
     assert torch.equal(converted_small_net(thresholds=config)(frames[0]), model(frames[0]))
 
 
-CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])

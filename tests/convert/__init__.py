@@ -1,0 +1,1 @@
+"""Conversion: passes, dense islands, whole architectures (reference math and CUDA)."""

@@ -1,0 +1,1 @@
+"""The package layout: floors and import circles."""

@@ -1,0 +1,1 @@
+"""Saved model files and checkpoints."""

@@ -1,0 +1,1 @@
+"""Delta ops: the reference math, truncation, and the CUDA kernels against it."""

@@ -1,0 +1,1 @@
+"""Running a converted model: CUDA-graph replay and backend selection."""

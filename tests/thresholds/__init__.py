@@ -1,0 +1,1 @@
+"""Threshold files and tuning."""
