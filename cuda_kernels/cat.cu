@@ -4,8 +4,6 @@
 // Layout: a group of `lanes` threads per output pixel (as pointwise.cu).
 #include "common.cuh"
 
-#define CAT_MAX 32
-
 struct CatOperand {
     const scalar_t *v;
     const mask_t *m;

@@ -11,6 +11,9 @@
 //   arithmetic and state buffers are fp32. round_s() mirrors the reference
 //   backend's casts to the model dtype, so both backends compute the same math.
 #pragma once
+#ifndef DC_CONSTANTS
+#error "compile with the -D flags of deltaconvert/backends/cuda/constants.py (python3 deltaconvert/backends/cuda/constants.py prints them)"
+#endif
 #include <cuda_fp16.h>
 #include <stdint.h>
 
@@ -71,7 +74,7 @@ __device__ __forceinline__ bool group_scope_any(bool v, int lanes) {
 // list (block_list), and the groups take the entries in rounds — at most `depth`. A
 // region without updates costs one mask read per pixel instead of `lanes` threads per
 // pixel; every round is block-uniform, so group reductions stay legal inside it.
-#define DC_BLOCK 256
+// DC_BLOCK (threads per block, 256) comes from backends/cuda/constants.py.
 
 // The pixel this thread scans: base + threadIdx.x, valid below the span and the frame.
 struct ScanPixel {
@@ -158,22 +161,8 @@ __device__ __forceinline__ PixelGroup pixel_group(int lanes) {
 }
 
 // Element-wise functions f of the accumulate-recompute-truncate rule. p0/p1 are the
-// function's parameters (slopes, bounds). Each matches torch's definition.
-enum Activation {
-    ACT_IDENTITY = 0,
-    ACT_RELU = 1,
-    ACT_HARDTANH = 2,     // clamp(x, p0, p1); ReLU6 is (0, 6)
-    ACT_LEAKY_RELU = 3,   // x > 0 ? x : p0 * x
-    ACT_SIGMOID = 4,
-    ACT_SILU = 5,
-    ACT_HARDSWISH = 6,
-    ACT_HARDSIGMOID = 7,
-    ACT_GELU = 8,         // exact (erf)
-    ACT_GELU_TANH = 9,
-    ACT_TANH = 10,
-    ACT_ELU = 11,         // x > 0 ? x : p0 * (exp(x) - 1)
-};
-
+// function's parameters (slopes, bounds). Each matches torch's definition; the codes
+// ACT_* are the members of Activation in backends/cuda/constants.py.
 __device__ __forceinline__ float activate(int code, float x, float p0, float p1) {
     switch (code) {
     case ACT_RELU: return x > 0.f ? x : 0.f;

@@ -31,16 +31,12 @@
 
 #include "common.cuh"
 
-#define TILE 8           // output tile is TILE × TILE pixels
-#define TILE_P 64        // pixels per tile
-#define GEMM_CO 64       // output channels per conv_gemm block
+// TILE, GEMM_CO, DW_CO and the CONV_* mode bits come from backends/cuda/constants.py.
+#define TILE_P (TILE * TILE)  // pixels per tile
+static_assert(TILE_P == 64 && DC_BLOCK == 256, "the convolution kernels map 256 threads onto 8 × 8 tiles");
 #define GEMM_K 16        // reduction chunk
 #define FLUSH_K 64       // fp32 run length of the CUDA-core path's two-level sum
-#define DW_CO 32         // output channels per conv_depthwise block
 #define DW_WINDOW 361    // input pixels a conv_depthwise block stages (19 × 19: 5×5 at stride 2)
-#define CONV_ACCUMULATE 1
-#define CONV_VECTOR_A 2
-#define CONV_VECTOR_B 4
 #define TC_K 32          // reduction chunk of the tensor-core path
 #define TC_LDA (TC_K + 8)        // padded leading dimensions (multiples of 8 halves / 4 floats)
 #define TC_LDB (GEMM_CO + 8)

@@ -23,11 +23,9 @@
 #define DC_MASK_ARGS(i) m##i, m##i##N, m##i##H, m##i##W
 #define DC_VALUE(i, n, c, y, x) to_f(v##i[off4(n, c, y, x, v##i##N, v##i##C, v##i##H, v##i##W)])
 
-// Functions of accumulated inputs beyond the element-wise activations of common.cuh.
-enum PixelFunction {
-    FN_PRODUCT = 100,    // v = a0 · a1 (two varying operands, broadcast by strides)
-    FN_LAYER_NORM = 101, // v = (a0 − mean_c a0) / sqrt(var_c a0 + eps) · w + b
-};
+// Functions of accumulated inputs beyond the element-wise activations of common.cuh:
+// FN_PRODUCT (v = a0 · a1) and FN_LAYER_NORM (over channels), defined by PixelFunction
+// in deltaconvert/backends/cuda/constants.py.
 
 // Operand flags of this thread's scanned pixel (0 past the end): bit 0 operand 0's mask,
 // bit 1 operand 1's (read only if n_ops > 1).

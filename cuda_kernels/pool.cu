@@ -14,7 +14,7 @@
 // Layout of pool_window: a group of `lanes` threads per output pixel (as pointwise.cu).
 #include "common.cuh"
 
-enum PoolMode { POOL_MAX = 0, POOL_AVG = 1, POOL_ADAPTIVE_AVG = 2 };
+// mode: POOL_MAX, POOL_AVG or POOL_ADAPTIVE_AVG (PoolMode in backends/cuda/constants.py).
 
 extern "C" __global__ void pool_window(int N, int C, int H, int W, int OH, int OW, int lanes, int mode,
                                        int KH, int KW, int sh, int sw, int ph, int pw, int dh, int dw,
@@ -107,8 +107,6 @@ extern "C" __global__ void pool_window(int N, int C, int H, int W, int OH, int O
         out[off4(n, c, oy, ox, oN, oC, oH, oW)] = from_f<scalar_t>(dy);
     }
 }
-
-#define GLOBAL_PIXELS 64  // input pixels per pool_global_sum block
 
 // blockDim (32 channels, 8 pixel rows); grid (ceil(H·W / 64), ceil(C / 32), N).
 // sum: fp32 (N, C) scratch, flag: int (N), both zero on entry.

@@ -5,7 +5,8 @@
 // Layout: a group of `lanes` threads per output pixel (as pointwise.cu).
 #include "common.cuh"
 
-enum ResizeMode { RESIZE_NEAREST = 0, RESIZE_NEAREST_EXACT = 1, RESIZE_BILINEAR = 2 };
+// mode: RESIZE_NEAREST, RESIZE_NEAREST_EXACT or RESIZE_BILINEAR (ResizeMode in
+// backends/cuda/constants.py).
 
 // Bilinear source index along one axis: lower index i0, step to the upper neighbour
 // (0 at the border) and the two weights.

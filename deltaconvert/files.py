@@ -59,3 +59,16 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     with atomic_writer(path, "w") as handle:
         handle.write(text)
+
+
+def cache_dir(kind: str) -> Path:
+    """A per-user cache folder for ``kind`` (created if missing): under
+    ``$DELTACONVERT_CACHE`` if set, else ``$XDG_CACHE_HOME/deltaconvert``, else
+    ``~/.cache/deltaconvert``. Entries are written atomically, so processes may share it."""
+    root = os.environ.get("DELTACONVERT_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
+        "deltaconvert")
+    folder = Path(root) / kind
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from deltaconvert.backends.cuda.kernels import SIGNATURES, kernel_dir
+from deltaconvert.backends.cuda.constants import CAT_MAX, nvcc_defines, nvcc_flags
+from deltaconvert.backends.cuda.kernels import CAT_OPERAND_BYTES, SIGNATURES, kernel_dir
 
 NVCC = shutil.which("nvcc")
 needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH")
@@ -32,7 +33,7 @@ def test_every_family_has_a_source():
 def test_compiles(source: Path, scalar: str, tmp_path: Path):
     result = subprocess.run(
         [NVCC, "-arch=sm_90", "-std=c++17", f"-I{kernel_dir()}", f"-DDC_SCALAR={scalar}",
-         "-cubin", "-o", str(tmp_path / "out.cubin"), str(source)],
+         *nvcc_flags(), "-cubin", "-o", str(tmp_path / "out.cubin"), str(source)],
         capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
 
@@ -53,9 +54,9 @@ def _c_type_format(param: str, blob_sizes: dict[str, int]) -> str:
 
 
 def _entry_points(source: Path) -> dict[str, str]:
-    pre = subprocess.run([NVCC, "-E", "-std=c++17", f"-I{kernel_dir()}", str(source)],
+    pre = subprocess.run([NVCC, "-E", "-std=c++17", f"-I{kernel_dir()}", *nvcc_flags(), str(source)],
                          capture_output=True, text=True, check=True).stdout
-    blob_sizes = {"CatOperands": 32 * 56}
+    blob_sizes = {"CatOperands": CAT_MAX * CAT_OPERAND_BYTES}
     entries = {}
     pattern = re.compile(r'extern\s+"C"\s+__attribute__\(\(global\)\)\s+void\s+'
                          r'(?:__attribute__\(\(launch_bounds\([^)]*\)\)\)\s*)?(\w+)\s*\(')
@@ -74,3 +75,18 @@ def _entry_points(source: Path) -> dict[str, str]:
 @pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.name)
 def test_signatures_match(source: Path):
     assert _entry_points(source) == SIGNATURES[source.stem]
+
+
+@needs_nvcc
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.name)
+def test_needs_the_shared_constants(source: Path, tmp_path: Path):
+    """Without the defines of constants.py a kernel does not compile (so no value can
+    silently differ from Python's), and no source defines a shared name itself."""
+    result = subprocess.run([NVCC, "-arch=sm_90", "-std=c++17", f"-I{kernel_dir()}", "-cubin",
+                             "-o", str(tmp_path / "out.cubin"), str(source)],
+                            capture_output=True, text=True)
+    assert result.returncode != 0 and "constants.py" in result.stderr
+    for path in (source, *kernel_dir().glob("*.cuh")):
+        text = path.read_text()
+        for name in nvcc_defines():
+            assert not re.search(rf"#define\s+{name}\b|\b{name}\s*=", text), (path.name, name)

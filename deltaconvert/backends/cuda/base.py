@@ -40,11 +40,19 @@ class Fused:
     scale: torch.Tensor | None = None
 
 
-class Accelerated:
-    """``op.accelerated`` for one op of one sequence (see the module docstring)."""
+Consumer = tuple[DeltaOp, "Accelerated"]
 
-    def __init__(self, runtime: DeviceRuntime) -> None:
+
+class Accelerated:
+    """``op.accelerated`` for one op of one sequence (see the module docstring).
+
+    Built by :meth:`bind` for ``op``; ``consumer`` is the truncating op (and its wrapper)
+    a fusing producer hands its work to, None otherwise."""
+
+    def __init__(self, runtime: DeviceRuntime, op: DeltaOp,
+                 consumer: Consumer | None = None) -> None:
         self.runtime = runtime
+        self.consumer = consumer
 
     def __call__(self, op: DeltaOp, *args: Any, **kwargs: Any) -> Any:
         out = self.run(op, *args, **kwargs)

@@ -16,9 +16,12 @@ import torch
 from ...delta import Delta
 from ...ops import reference as ref
 from ...ops.base import DeltaOp
-from .base import Accelerated
+from ...ops.boundary import Densify, Sparsify
+from .base import Accelerated, Consumer
+from .device import DeviceRuntime
 from .kernels import Args, kernel
 from .pointwise import accumulate
+from .registry import accelerates
 from .tensors import (
     as_nhwc,
     lanes_for,
@@ -30,11 +33,12 @@ from .tensors import (
 )
 
 
+@accelerates(Sparsify)
 class SparsifyKernel(Accelerated):
     """``op.accelerated`` of a Sparsify."""
 
-    def __init__(self, runtime) -> None:
-        super().__init__(runtime)
+    def __init__(self, runtime: DeviceRuntime, op: DeltaOp, consumer: Consumer | None = None) -> None:
+        super().__init__(runtime, op, consumer)
         self.raw: torch.Tensor | None = None  # undilated mask scratch (dilation > 0)
 
     def fallback(self, op: DeltaOp, x: torch.Tensor) -> Delta:
@@ -65,6 +69,7 @@ class SparsifyKernel(Accelerated):
         return Delta(out, om)
 
 
+@accelerates(Densify)
 class DensifyKernel(Accelerated):
     """``op.accelerated`` of a Densify."""
 

@@ -13,8 +13,11 @@ import torch
 
 from ...delta import Delta
 from ...ops.base import DeltaOp
+from ...ops.linear import LinearCall
 from .base import Accelerated
-from .kernels import CAT_MAX, CAT_OPERAND_BYTES, Args, kernel
+from .constants import CAT_MAX
+from .kernels import CAT_OPERAND_BYTES, Args, kernel
+from .registry import accelerates
 from .tensors import lanes_for, mask_strides, new_mask, new_values, pixel_grid, strides4
 
 CAT_FNS = (torch.cat, torch.concat, torch.concatenate)
@@ -33,6 +36,7 @@ def cat_arguments(args: tuple, kwargs: dict) -> tuple[Any, int] | None:
     return tensors, dim
 
 
+@accelerates(LinearCall, when=lambda op: any(op.fn is fn for fn in CAT_FNS))
 class CatKernel(Accelerated):
     """``op.accelerated`` of a LinearCall wrapping torch.cat along dim 1."""
 

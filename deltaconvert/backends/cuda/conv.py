@@ -24,17 +24,16 @@ import torch
 
 from ...delta import Delta
 from ...ops.base import DeltaOp
-from .base import Accelerated, Fused
+from ...ops.conv import Conv2d
+from .base import Accelerated, Consumer, Fused
+from .constants import BLOCK, DW_CO, GEMM_CO, TILE, ConvMode
 from .device import DeviceRuntime
 from .kernels import Args, kernel
-from .pointwise import Truncating, nhwc_state
+from .pointwise import nhwc_state
+from .registry import accelerates
 from .tensors import new_mask, new_values, placeholder, strides4
 
-TILE = 8
-GEMM_CO = 64
-DW_CO = 32
 # conv_gemm mode bits (conv.cu)
-ACCUMULATE, VECTOR_A, VECTOR_B = 1, 2, 4
 # 16-byte tile loads where layout and alignment allow (DELTACONVERT_CUDA_VECTOR_LOADS=0: off).
 VECTOR_LOADS = os.environ.get("DELTACONVERT_CUDA_VECTOR_LOADS", "1") != "0"
 # Split-K for small conv_gemm grids (DELTACONVERT_CUDA_SPLIT_K=0: off).
@@ -65,9 +64,9 @@ def gemm_mode(values: torch.Tensor, weight: torch.Tensor, cin_g: int, cout_g: in
     mode = 0
     if (c == 1 and cin_g % chunk == 0 and n % width == 0 and h % width == 0 and w % width == 0
             and values.data_ptr() % 16 == 0):
-        mode |= VECTOR_A
+        mode |= ConvMode.VECTOR_A
     if cout_g % width == 0 and weight.data_ptr() % 16 == 0:
-        mode |= VECTOR_B
+        mode |= ConvMode.VECTOR_B
     return mode
 
 
@@ -80,13 +79,12 @@ def k_splits(blocks: int, k: int, multiprocessors: int) -> int:
     return max(1, min(MAX_SPLITS, RESIDENT_BLOCKS * multiprocessors // blocks, k // SPLIT_MIN_K))
 
 
+@accelerates(Conv2d, fuses=True)
 class ConvKernel(Accelerated):
     """``op.accelerated`` of a Conv2d (optionally fused into its consumer)."""
 
-    def __init__(self, runtime: DeviceRuntime,
-                 consumer: tuple[DeltaOp, Truncating] | None = None) -> None:
-        super().__init__(runtime)
-        self.consumer = consumer
+    def __init__(self, runtime: DeviceRuntime, op: DeltaOp, consumer: Consumer | None = None) -> None:
+        super().__init__(runtime, op, consumer)
         self._packed: tuple[tuple, torch.Tensor] | None = None
 
     def packed(self, weight: torch.Tensor, groups: int, depthwise: bool) -> torch.Tensor:
@@ -127,7 +125,7 @@ class ConvKernel(Accelerated):
         args_ = Args(layer).ints(n, cin, h, w, cout, oh, ow, kh, kw, sh, sw, top, left, dh, dw,
                                  groups)
         args_.tensor(d.values, strides4(d.values)).mask(d.mask, d.shape).ptr(weight)
-        mode = ACCUMULATE if fused else 0
+        mode = ConvMode.ACCUMULATE if fused else 0
         if not depthwise:
             mode |= gemm_mode(d.values, weight, cin_g, cout // groups)
         tiles = -(-oh // TILE) * -(-ow // TILE)
@@ -141,12 +139,12 @@ class ConvKernel(Accelerated):
         epilogue = Args(layer).ints(mode).tensor(out, strides4(out))
         epilogue.tensor(acc, strides4(acc) if acc is not None else (0, 0, 0, 0))
         args_.extend(epilogue).ptr(om).ints(splits).ptr(ws)
-        kernel(self.runtime, "conv", name, d.dtype)((grid[0], grid[1], n * splits), (256, 1, 1), args_)
+        kernel(self.runtime, "conv", name, d.dtype)((grid[0], grid[1], n * splits), (BLOCK, 1, 1), args_)
         if splits > 1:
             total = n * oh * ow * cout
             finish = Args(layer).ints(n, oh, ow, cout, splits).ptr(ws).ptr(om).extend(epilogue)
-            kernel(self.runtime, "conv", "conv_split_sum", d.dtype)((-(-total // 256), 1, 1),
-                                                                    (256, 1, 1), finish)
+            kernel(self.runtime, "conv", "conv_split_sum", d.dtype)((-(-total // BLOCK), 1, 1),
+                                                                    (BLOCK, 1, 1), finish)
         if fused:
             return Delta(out, om, {"fused": Fused(self.consumer[0], [Delta(out, om)], [1.0],
                                                   lin=False)})

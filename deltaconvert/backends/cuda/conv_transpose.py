@@ -24,9 +24,11 @@ from torch import nn
 
 from ...delta import Delta
 from ...ops.base import DeltaOp
-from .base import Accelerated
+from ...ops.conv import ConvTranspose2d
+from .base import Accelerated, Consumer
 from .conv import ConvKernel
 from .device import DeviceRuntime
+from .registry import accelerates
 
 
 @dataclass
@@ -76,12 +78,13 @@ def spread(d: Delta, stride: tuple[int, int]) -> Delta:
     return Delta(values, mask)
 
 
+@accelerates(ConvTranspose2d)
 class ConvTransposeKernel(Accelerated):
     """``op.accelerated`` of a ConvTranspose2d (see the module docstring)."""
 
-    def __init__(self, runtime: DeviceRuntime) -> None:
-        super().__init__(runtime)
-        self.conv = ConvKernel(runtime)
+    def __init__(self, runtime: DeviceRuntime, op: DeltaOp, consumer: Consumer | None = None) -> None:
+        super().__init__(runtime, op, consumer)
+        self.conv = ConvKernel(runtime, op)
         self._weight: tuple[tuple, torch.Tensor] | None = None
 
     def weight(self, conv: nn.ConvTranspose2d) -> torch.Tensor:

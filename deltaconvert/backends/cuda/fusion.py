@@ -1,8 +1,8 @@
 """The epilogue-fusion plan of a converted model (bind-time analysis; the graph is not
 changed).
 
-A *linear producer* — a Conv2d, a LinearCall (add/sub/neg/multiplication by a
-constant) or a ChannelScale — is fused with its consumer when the consumer is a
+A *linear producer* — an op whose kernel family declares ``fuses=True`` (convolution,
+add/sub/neg/multiplication by a constant, channel scale) — is fused with its consumer when the consumer is a
 Nonlinear per-pixel op with one varying input, that input is the producer's output, and
 the producer has no other user. At run time the producer then writes no values: its
 work is done inside the consumer's accumulate-recompute-truncate kernel (see
@@ -10,16 +10,14 @@ work is done inside the consumer's accumulate-recompute-truncate kernel (see
 """
 from __future__ import annotations
 
+from typing import Callable
+
 from torch import fx
 
 from ...ops.base import DeltaOp
-from ...ops.conv import ChannelScale, Conv2d
 from ...ops.footprint import Footprint
-from ...ops.linear import LinearCall
 from ...ops.nonlinear import Nonlinear
 from ..runtime import DeltaOpGraph
-
-PRODUCERS = (Conv2d, LinearCall, ChannelScale)
 
 
 def _op(gm: DeltaOpGraph, node: fx.Node) -> DeltaOp | None:
@@ -29,8 +27,9 @@ def _op(gm: DeltaOpGraph, node: fx.Node) -> DeltaOp | None:
     return module if isinstance(module, DeltaOp) else None
 
 
-def fusion_pairs(gm: DeltaOpGraph) -> dict[str, str]:
-    """Producer op name → consumer op name, for every fusable pair."""
+def fusion_pairs(gm: DeltaOpGraph, fuses: Callable[[DeltaOp], bool]) -> dict[str, str]:
+    """Producer op name → consumer op name, for every fusable pair; ``fuses(op)``: whether
+    ``op`` is a linear producer able to hand its work to a consumer."""
     pairs = {}
     for node in gm.graph.nodes:
         consumer = _op(gm, node)
@@ -41,6 +40,6 @@ def fusion_pairs(gm: DeltaOpGraph) -> dict[str, str]:
         if not isinstance(source, fx.Node) or len(source.users) != 1:
             continue
         producer = _op(gm, source)
-        if isinstance(producer, PRODUCERS):
+        if producer is not None and fuses(producer):
             pairs[source.target] = node.target
     return pairs

@@ -14,6 +14,8 @@
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import threading
 from pathlib import Path
@@ -22,6 +24,8 @@ from typing import Any, Sequence
 import torch
 
 from ...errors import BackendUnavailable
+from ...files import cache_dir, write_bytes_atomic
+from .constants import CAT_MAX, nvcc_flags
 from .device import DeviceRuntime
 from .errors import FIX_NVCC, FIX_REFERENCE
 from .tensors import mask_strides
@@ -32,7 +36,6 @@ INT32_MAX = 2**31 - 1
 _OPERAND = "PiiiiPiiif"
 _T4 = "Piiii"  # a tensor pointer and its (N, C, H, W) strides
 _M3 = "Piii"   # a mask pointer and its (N, H, W) strides
-CAT_MAX = 32
 CAT_OPERAND_BYTES = 56
 
 SIGNATURES: dict[str, dict[str, str]] = {
@@ -179,19 +182,44 @@ _KERNELS: dict[tuple[int, str, str, torch.dtype], Kernel] = {}
 _COMPILE_LOCK = threading.Lock()
 
 
+def cubin_path(family: str, dtype: torch.dtype, arch: str, options: list[str],
+               nvcc_version: str) -> Path:
+    """Where the compiled ``family`` for ``dtype`` and ``arch`` is cached on disk: the
+    name holds a hash of the source, every header beside it, the options and nvcc's
+    version, so an edit or a new toolkit never reuses a stale cubin."""
+    directory = kernel_dir()
+    digest = hashlib.sha256()
+    for part in (directory / f"{family}.cu", *sorted(directory.glob("*.cuh"))):
+        digest.update(part.name.encode() + b"\0" + part.read_bytes() + b"\0")
+    digest.update("\0".join([*options, arch, nvcc_version]).encode())
+    return cache_dir("cubins") / f"{family}-{_SCALAR_TYPES[dtype]}-{arch}-{digest.hexdigest()[:24]}.cubin"
+
+
 def _compile(runtime: DeviceRuntime, family: str, dtype: torch.dtype) -> Any:
-    from pycuda.compiler import SourceModule  # lazy: needs the driver
+    """The loaded module of ``family`` for ``dtype``: nvcc runs only when no cubin of the
+    same source, options and toolkit is cached on disk (see :func:`cubin_path`)."""
+    from pycuda.compiler import compile as nvcc_compile  # lazy: needs the driver
+    from pycuda.compiler import get_nvcc_version
+
+    from .errors import driver_module
 
     directory = kernel_dir()
-    source = (directory / f"{family}.cu").read_text()
+    options = ["-std=c++17", f"-DDC_SCALAR={_SCALAR_TYPES[dtype]}", *nvcc_flags()]
     try:
-        with runtime.pushed():
-            return SourceModule(source, no_extern_c=True, arch=runtime.arch,
-                                include_dirs=[str(directory)],
-                                options=["-std=c++17", f"-DDC_SCALAR={_SCALAR_TYPES[dtype]}"])
+        path = cubin_path(family, dtype, runtime.arch, options, get_nvcc_version("nvcc"))
+        if path.is_file():
+            cubin = path.read_bytes()
+        else:
+            cubin = nvcc_compile((directory / f"{family}.cu").read_text(), options=options,
+                                 no_extern_c=True, arch=runtime.arch, cache_dir=False,
+                                 include_dirs=[str(directory)])
+            with contextlib.suppress(OSError):  # a read-only cache only costs time
+                write_bytes_atomic(path, cubin)
     except OSError as exc:  # nvcc missing or not executable
         raise BackendUnavailable(f"compiling the CUDA kernels failed ({exc}): {FIX_NVCC}, "
                                  f"{FIX_REFERENCE}") from exc
+    with runtime.pushed():
+        return driver_module().module_from_buffer(cubin)
 
 
 def kernel(runtime: DeviceRuntime, family: str, name: str, dtype: torch.dtype) -> Kernel:

@@ -22,9 +22,15 @@ from torch import nn
 from ...delta import Delta, mask_shape, tensor_leaves
 from ...layers import ChannelLayerNorm
 from ...ops.base import DeltaOp
-from .base import Accelerated, Fused
+from ...ops.conv import ChannelScale
+from ...ops.footprint import Footprint
+from ...ops.linear import LinearCall
+from ...ops.nonlinear import Nonlinear
+from .base import Accelerated, Consumer, Fused
+from .constants import Activation, PixelFunction
 from .device import DeviceRuntime
 from .kernels import SUPPORTED_DTYPES, Args, kernel
+from .registry import accelerates
 from .tensors import (
     as_nhwc,
     fp32_vector,
@@ -42,41 +48,39 @@ SUB_FNS = (operator.sub, torch.sub, torch.Tensor.sub)
 NEG_FNS = (operator.neg, torch.neg, torch.Tensor.neg)
 MUL_FNS = (operator.mul, torch.mul, torch.Tensor.mul)
 
-# Codes of common.cuh's Activation and pointwise.cu's PixelFunction.
-ACT_RELU, ACT_HARDTANH, ACT_LEAKY_RELU, ACT_SIGMOID, ACT_SILU = 1, 2, 3, 4, 5
-ACT_HARDSWISH, ACT_HARDSIGMOID, ACT_GELU, ACT_GELU_TANH, ACT_TANH, ACT_ELU = 6, 7, 8, 9, 10, 11
-FN_PRODUCT, FN_LAYER_NORM = 100, 101
 
 
 @dataclass(frozen=True)
-class PixelFunction:
-    """A function the truncation kernel evaluates: its code and parameters."""
+class KernelFunction:
+    """A function the truncation kernel evaluates: its code (an :class:`Activation` or
+    :class:`PixelFunction`) and parameters."""
 
     code: int
     p0: float = 0.0
     p1: float = 0.0
-    norm: ChannelLayerNorm | None = None  # weight/bias source of FN_LAYER_NORM
+    norm: ChannelLayerNorm | None = None  # weight/bias source of PixelFunction.LAYER_NORM
 
 
-_SIMPLE = {nn.ReLU: ACT_RELU, nn.Sigmoid: ACT_SIGMOID, nn.SiLU: ACT_SILU,
-           nn.Hardswish: ACT_HARDSWISH, nn.Hardsigmoid: ACT_HARDSIGMOID, nn.Tanh: ACT_TANH}
+_SIMPLE = {nn.ReLU: Activation.RELU, nn.Sigmoid: Activation.SIGMOID, nn.SiLU: Activation.SILU,
+           nn.Hardswish: Activation.HARDSWISH, nn.Hardsigmoid: Activation.HARDSIGMOID,
+           nn.Tanh: Activation.TANH}
 
 
-def pixel_function(fn: Any) -> PixelFunction | None:
+def pixel_function(fn: Any) -> KernelFunction | None:
     """The kernel form of a Nonlinear op's ``fn``, or None if the kernels lack it."""
     kind = type(fn)
     if kind in _SIMPLE:
-        return PixelFunction(_SIMPLE[kind])
+        return KernelFunction(_SIMPLE[kind])
     if kind in (nn.Hardtanh, nn.ReLU6):
-        return PixelFunction(ACT_HARDTANH, float(fn.min_val), float(fn.max_val))
+        return KernelFunction(Activation.HARDTANH, float(fn.min_val), float(fn.max_val))
     if kind is nn.LeakyReLU:
-        return PixelFunction(ACT_LEAKY_RELU, float(fn.negative_slope))
+        return KernelFunction(Activation.LEAKY_RELU, float(fn.negative_slope))
     if kind is nn.ELU:
-        return PixelFunction(ACT_ELU, float(fn.alpha))
+        return KernelFunction(Activation.ELU, float(fn.alpha))
     if kind is nn.GELU:
-        return PixelFunction(ACT_GELU_TANH if fn.approximate == "tanh" else ACT_GELU)
+        return KernelFunction(Activation.GELU_TANH if fn.approximate == "tanh" else Activation.GELU)
     if kind is ChannelLayerNorm:
-        return PixelFunction(FN_LAYER_NORM, float(fn.eps), norm=fn)
+        return KernelFunction(PixelFunction.LAYER_NORM, float(fn.eps), norm=fn)
     return None
 
 
@@ -119,7 +123,7 @@ def accumulate(runtime: DeviceRuntime, layer: str, d: Delta, acc: torch.Tensor) 
 
 
 def truncate(runtime: DeviceRuntime, layer: str, dtype: torch.dtype, out_shape: Sequence[int],
-             fn: PixelFunction, work: Fused, acc: Sequence[torch.Tensor], sent: torch.Tensor,
+             fn: KernelFunction, work: Fused, acc: Sequence[torch.Tensor], sent: torch.Tensor,
              threshold: float, norm: tuple[torch.Tensor, torch.Tensor] | tuple[None, None]
              ) -> Delta:
     """One launch of ``pw_truncate`` (see pointwise.cu) for the pixels of ``out_shape``."""
@@ -168,12 +172,22 @@ class VectorCache:
         return found[1]
 
 
+def _is(fn: object, group: tuple) -> bool:
+    return any(fn is g for g in group)
+
+
+def _pointwise(op: DeltaOp, varying: tuple[bool, ...]) -> bool:
+    return (isinstance(op, Nonlinear) and op.footprint is Footprint.POINTWISE
+            and op.varying == varying)
+
+
+@accelerates(Nonlinear, when=lambda op: _pointwise(op, (True,)) and pixel_function(op.fn) is not None)
 class Truncating(Accelerated):
     """A Nonlinear op with one varying input and a kernel-supported ``fn``."""
 
-    def __init__(self, runtime: DeviceRuntime, function: PixelFunction) -> None:
-        super().__init__(runtime)
-        self.function = function
+    def __init__(self, runtime: DeviceRuntime, op: DeltaOp, consumer: Consumer | None = None) -> None:
+        super().__init__(runtime, op, consumer)
+        self.function = pixel_function(op.fn)
         self.vectors = VectorCache(runtime.device)
 
     def accepts(self, op: DeltaOp, shape: Sequence[int], dtype: torch.dtype) -> bool:
@@ -201,6 +215,7 @@ class Truncating(Accelerated):
                         acc, sent, op.threshold, vectors)
 
 
+@accelerates(Nonlinear, when=lambda op: _pointwise(op, (True, True)) and _is(op.fn, MUL_FNS))
 class Product(Accelerated):
     """``x · y`` of two varying tensors (non-linear: both operands accumulated)."""
 
@@ -220,10 +235,12 @@ class Product(Accelerated):
         accumulate(self.runtime, op.node_name, x, acc[0])
         accumulate(self.runtime, op.node_name, y, acc[1])
         return truncate(self.runtime, op.node_name, x.dtype, out_shape,
-                        PixelFunction(FN_PRODUCT), Fused(op, [x, y], [1.0, 1.0], lin=False),
+                        KernelFunction(PixelFunction.PRODUCT), Fused(op, [x, y], [1.0, 1.0], lin=False),
                         acc, sent, op.threshold, (None, None))
 
 
+@accelerates(ChannelScale, LinearCall, fuses=True, when=lambda op: isinstance(op, ChannelScale)
+             or _is(op.fn, (*ADD_FNS, *SUB_FNS, *NEG_FNS, *MUL_FNS)))
 class LinearPointwise(Accelerated):
     """add / sub / neg, multiplication by a constant, and ChannelScale.
 
@@ -231,10 +248,8 @@ class LinearPointwise(Accelerated):
     plan found one.
     """
 
-    def __init__(self, runtime: DeviceRuntime,
-                 consumer: tuple[DeltaOp, Truncating] | None = None) -> None:
-        super().__init__(runtime)
-        self.consumer = consumer
+    def __init__(self, runtime: DeviceRuntime, op: DeltaOp, consumer: Consumer | None = None) -> None:
+        super().__init__(runtime, op, consumer)
         self.vectors = VectorCache(runtime.device)
 
     def terms(self, op: DeltaOp, args: tuple, kwargs: dict

@@ -17,14 +17,15 @@ from torch.nn.modules.utils import _pair
 
 from ...delta import Delta
 from ...ops.base import DeltaOp
-from .base import Accelerated
+from ...ops.linear import LinearCall
+from ...ops.nonlinear import Nonlinear
+from .base import Accelerated, Consumer
+from .constants import BLOCK, GLOBAL_PIXELS, PoolMode
 from .device import DeviceRuntime
 from .kernels import Args, kernel
 from .pointwise import accumulate, nhwc_state
+from .registry import accelerates
 from .tensors import lanes_for, new_mask, new_values, pixel_grid, strides4
-
-POOL_MAX, POOL_AVG, POOL_ADAPTIVE_AVG = 0, 1, 2
-GLOBAL_PIXELS = 64
 
 
 def output_shape(fn: nn.Module, shape: torch.Size, dtype: torch.dtype) -> tuple[int, ...]:
@@ -50,6 +51,7 @@ def pool_window(runtime: DeviceRuntime, layer: str, mode: int, d: Delta,
     return Delta(out, om)
 
 
+@accelerates(Nonlinear, when=lambda op: type(op.fn) is nn.MaxPool2d and not op.fn.return_indices)
 class MaxPoolKernel(Accelerated):
     """``op.accelerated`` of a Nonlinear op wrapping ``nn.MaxPool2d``."""
 
@@ -67,16 +69,17 @@ class MaxPoolKernel(Accelerated):
         sh, sw = _pair(fn.stride if fn.stride is not None else fn.kernel_size)
         ph, pw = _pair(fn.padding)
         dh, dw = _pair(fn.dilation)
-        return pool_window(self.runtime, op.node_name, POOL_MAX, d, tuple(sent.shape),
+        return pool_window(self.runtime, op.node_name, PoolMode.MAX, d, tuple(sent.shape),
                            (kh, kw, sh, sw, ph, pw, dh, dw), (0, 0), acc[0], sent, op.threshold)
 
 
+@accelerates(LinearCall, when=lambda op: type(op.fn) in (nn.AvgPool2d, nn.AdaptiveAvgPool2d))
 class AvgPoolKernel(Accelerated):
     """``op.accelerated`` of a LinearCall wrapping ``nn.AvgPool2d`` or
     ``nn.AdaptiveAvgPool2d``."""
 
-    def __init__(self, runtime: DeviceRuntime) -> None:
-        super().__init__(runtime)
+    def __init__(self, runtime: DeviceRuntime, op: DeltaOp, consumer: Consumer | None = None) -> None:
+        super().__init__(runtime, op, consumer)
         self.scratch: tuple[torch.Tensor, torch.Tensor] | None = None  # global-pool sums, flags
 
     def run(self, op: DeltaOp, *args: Any, **kwargs: Any) -> Any:
@@ -91,13 +94,13 @@ class AvgPoolKernel(Accelerated):
         if isinstance(fn, nn.AdaptiveAvgPool2d):
             if out_shape[2:] == (1, 1):
                 return self.global_pool(layer, d)
-            return pool_window(self.runtime, layer, POOL_ADAPTIVE_AVG, d, out_shape,
+            return pool_window(self.runtime, layer, PoolMode.ADAPTIVE_AVG, d, out_shape,
                                (1,) * 8, (0, 0), None, None, 0.0)
         kh, kw = _pair(fn.kernel_size)
         sh, sw = _pair(fn.stride if fn.stride is not None else fn.kernel_size)
         ph, pw = _pair(fn.padding)
         avg = (int(fn.count_include_pad), int(fn.divisor_override or 0))
-        return pool_window(self.runtime, layer, POOL_AVG, d, out_shape,
+        return pool_window(self.runtime, layer, PoolMode.AVG, d, out_shape,
                            (kh, kw, sh, sw, ph, pw, 1, 1), avg, None, None, 0.0)
 
     def global_pool(self, layer: str, d: Delta) -> Delta:
@@ -116,5 +119,5 @@ class AvgPoolKernel(Accelerated):
         out_strides = strides4(out)
         args = Args(layer).ints(c).floats(1.0 / (h * w)).ptr(sums).ptr(flags).ptr(out)
         args.ints(out_strides[0], out_strides[1]).ptr(om)
-        kernel(self.runtime, "pool", "pool_global_finish", d.dtype)((n, 1, 1), (256, 1, 1), args)
+        kernel(self.runtime, "pool", "pool_global_finish", d.dtype)((n, 1, 1), (BLOCK, 1, 1), args)
         return Delta(out, om)

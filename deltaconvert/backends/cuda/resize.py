@@ -19,11 +19,15 @@ from torch.nn.modules.utils import _pair
 
 from ...delta import Delta
 from ...ops.base import DeltaOp
+from ...ops.linear import LinearCall
 from .base import Accelerated
+from .constants import ResizeMode
 from .kernels import Args, kernel
+from .registry import accelerates
 from .tensors import lanes_for, new_mask, new_values, pixel_grid, strides4
 
-MODES = {"nearest": 0, "nearest-exact": 1, "bilinear": 2}
+MODES = {"nearest": ResizeMode.NEAREST, "nearest-exact": ResizeMode.NEAREST_EXACT,
+         "bilinear": ResizeMode.BILINEAR}
 _INTERPOLATE = inspect.signature(F.interpolate)
 _MODULES = (nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d)
 
@@ -53,6 +57,7 @@ def source_scale(size_in: int, size_out: int, factor: float | None, align_corner
     return float(np.float32(size_in) / np.float32(size_out))
 
 
+@accelerates(LinearCall, when=lambda op: op.fn is F.interpolate or type(op.fn) in _MODULES)
 class ResizeKernel(Accelerated):
     """``op.accelerated`` of a LinearCall that resizes."""
 

@@ -16,6 +16,7 @@ from typing import Sequence
 import torch
 
 from ...delta import mask_shape
+from .constants import BLOCK
 
 _POISON = False
 
@@ -81,7 +82,7 @@ def placeholder(shape: Sequence[int], dtype: torch.dtype, device: torch.device) 
 
 
 CHANNELS_PER_LANE = 4
-MAX_LANES = 256
+MAX_LANES = BLOCK
 
 
 def lanes_for(channels: int) -> int:
@@ -97,7 +98,7 @@ def lanes_for(channels: int) -> int:
     return lanes
 
 
-def pixel_grid(pixels: int, lanes: int, threads: int = 256) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+def pixel_grid(pixels: int, lanes: int, threads: int = BLOCK) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
     """Grid and block for one group of ``lanes`` threads per pixel (``lanes`` ≤ ``threads``;
     groups of more than 32 lanes span whole warps, see ``group_reduce`` in common.cuh)."""
     per_block = threads // lanes
@@ -108,7 +109,7 @@ LIST_DEPTH = 4      # rounds of a block-local work list, at most
 LIST_BLOCKS = 3600  # fewest blocks a deeper list may leave (~27 per SM of an H200)
 
 
-def list_grid(pixels: int, lanes: int, threads: int = 256
+def list_grid(pixels: int, lanes: int, threads: int = BLOCK
               ) -> tuple[tuple[int, int, int], tuple[int, int, int], int]:
     """Grid, block and span of the kernels with block-local work lists (pointwise.cu;
     see "Block-local work lists" in common.cuh): a block scans ``span`` pixels, hands
