@@ -14,9 +14,9 @@ BACKENDS = ("auto", "reference", "cuda")
 __all__ = ["BACKENDS", "DeltaOpGraph", "Runtime", "bind_backend", "cuda_backend_problem"]
 
 
-def _input_device(args: tuple, kwargs: dict) -> torch.device | None:
+def _first_input(args: tuple, kwargs: dict) -> torch.Tensor | None:
     for leaf in tensor_leaves((args, kwargs)):
-        return leaf.device
+        return leaf
     return None
 
 
@@ -34,7 +34,8 @@ def bind_backend(model: DeltaOpGraph, requested: str, args: tuple, kwargs: dict)
     """
     if requested not in BACKENDS:
         raise ValueError(f"unknown backend {requested!r}; choose one of {BACKENDS}")
-    device = _input_device(args, kwargs)
+    first = _first_input(args, kwargs)
+    device = first.device if first is not None else None
     chosen = requested
     if requested == "auto":
         on_gpu = device is not None and device.type == "cuda"
@@ -48,7 +49,7 @@ def bind_backend(model: DeltaOpGraph, requested: str, args: tuple, kwargs: dict)
         if problem is not None:
             raise BackendUnavailable(problem)
         from . import cuda
-        return cuda.bind(model, device)
+        return cuda.bind(model, device, first.dtype)
     for op in model.delta_ops().values():
         op.accelerated = None
     return Runtime("reference")

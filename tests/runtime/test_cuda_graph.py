@@ -75,6 +75,7 @@ def test_replay_rejects_a_new_shape(runtime, frames):
 
 def _relu_with_kernels(runtime):
     from deltaconvert.backends.cuda.binding import wrapper_for
+    from deltaconvert.backends.cuda.kernels import load_all
     from deltaconvert.delta import Delta
     from deltaconvert.ops.footprint import Footprint
     from deltaconvert.ops.nonlinear import Nonlinear
@@ -83,6 +84,7 @@ def _relu_with_kernels(runtime):
     op.node_name = "features.relu"
     op(torch.randn(2, 4, 5, 6, device=DEVICE))
     op.accelerated = wrapper_for(op, runtime)
+    load_all(runtime, torch.float32)  # no module load inside the capture tested below
     return op, Delta(torch.randn(2, 4, 5, 6, device=DEVICE),
                      torch.ones(2, 1, 5, 6, dtype=torch.bool, device=DEVICE))
 

@@ -21,11 +21,15 @@ from .tensors import poison_outputs
 __all__ = ["bind", "poison_outputs", "unavailable_reason"]
 
 
-def bind(model: DeltaOpGraph, device: torch.device) -> Runtime:
-    """Install the kernels on ``model``'s ops for a sequence on ``device``."""
+def bind(model: DeltaOpGraph, device: torch.device, dtype: torch.dtype) -> Runtime:
+    """Install the kernels on ``model``'s ops for a sequence on ``device`` whose inputs
+    have ``dtype``; the kernels for that dtype are loaded before the first frame."""
     from .binding import accelerate
     from .device import device_runtime
+    from .kernels import SUPPORTED_DTYPES, load_all
 
     runtime = device_runtime(device)
     accelerate(model, runtime)
+    if dtype in SUPPORTED_DTYPES:
+        load_all(runtime, dtype)
     return Runtime("cuda", frame=runtime.frame, capture_stream=runtime.torch_stream)

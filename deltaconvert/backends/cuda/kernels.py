@@ -222,6 +222,15 @@ def _compile(runtime: DeviceRuntime, family: str, dtype: torch.dtype) -> Any:
         return driver_module().module_from_buffer(cubin)
 
 
+def load_all(runtime: DeviceRuntime, dtype: torch.dtype) -> None:
+    """Load every entry point for ``dtype`` now: a module must not be compiled or loaded
+    while a CUDA graph is being captured (a threshold change can recapture on a path the
+    eager frames never took)."""
+    for family, entries in SIGNATURES.items():
+        for name in entries:
+            kernel(runtime, family, name, dtype)
+
+
 def kernel(runtime: DeviceRuntime, family: str, name: str, dtype: torch.dtype) -> Kernel:
     """The prepared entry point ``name`` of ``family`` for ``dtype`` (compiled on first use)."""
     key = (runtime.index, family, name, dtype)
