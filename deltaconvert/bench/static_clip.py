@@ -1,5 +1,5 @@
-#!/usr/bin/env python3
-"""Generate the static-camera benchmark clip (issue 5), deterministically.
+"""The static-camera benchmark clip, generated deterministically (needs scikit-image,
+the ``bench`` extra, and PyAV).
 
 What it contains, frame by frame (RGB, ``height × width``):
 
@@ -14,25 +14,26 @@ What it contains, frame by frame (RGB, ``height × width``):
 
 encoded with H.264 (libx264, yuv420p, constant quality ``--crf``) through PyAV, so the
 frames the benchmark decodes carry real compression artefacts. The clip is decoded back
-once to check its frame count and size before it is moved into place (atomically).
+once to check its frame count and size before it replaces the destination (atomically,
+through :func:`deltaconvert.files.atomic_writer`).
 
 Fixed seeds and bit-exact muxing make the file reproducible byte for byte given the same
 versions of numpy, scikit-image, PyAV and its FFmpeg/x264.
 
-    python scripts/make_static_clip.py --out .gpu-data/static_clip.mp4
+:func:`deltaconvert.bench.data.static_clip` calls :func:`write_clip` with the defaults
+on first use; ``scripts/make_static_clip.py`` is its command line.
 """
 from __future__ import annotations
 
-import argparse
-import os
-import tempfile
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 import numpy as np
 
-DEFAULT_OUT = Path(".gpu-data/static_clip.mp4")
+from ..files import atomic_writer
+
+HEIGHT, WIDTH, FRAMES = 720, 1280, 120  # the benchmark's clip
 
 
 def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -109,12 +110,13 @@ def render_frames(height: int, width: int, frames: int, seed: int = 0,
         yield np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
 
 
-def encode_h264(frames: Iterator[np.ndarray], path: Path, height: int, width: int,
+def encode_h264(frames: Iterator[np.ndarray], out: BinaryIO, height: int, width: int,
                 fps: int = 30, crf: int = 20) -> None:
-    """Encode RGB frames into an H.264 mp4 at ``path`` with bit-exact muxing."""
+    """Encode RGB frames as an H.264 mp4 into the seekable binary file ``out``, with
+    bit-exact muxing."""
     import av
 
-    with av.open(str(path), "w", format="mp4", options={"fflags": "+bitexact"}) as container:
+    with av.open(out, "w", format="mp4", options={"fflags": "+bitexact"}) as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.time_base = Fraction(1, fps)
@@ -138,43 +140,19 @@ def count_decoded(path: Path) -> tuple[int, int, int]:
     return count, shape[0], shape[1]
 
 
-def write_clip(path: Path, height: int = 720, width: int = 1280, frames: int = 120,
+def write_clip(path: Path, height: int = HEIGHT, width: int = WIDTH, frames: int = FRAMES,
                seed: int = 0, noise: float = 2.0, crf: int = 20) -> Path:
-    """Render, encode, decode back to check, then atomically move the clip to ``path``."""
+    """Render and encode the clip, decode it back to check its frame count and size, and
+    only then let it replace ``path`` (its folder is created if needed); returns ``path``."""
     if height % 2 or width % 2:
         raise ValueError(f"H.264 (yuv420p) needs an even size, got {height}×{width}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(suffix=".mp4", prefix=f".{path.stem}-", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        encode_h264(render_frames(height, width, frames, seed, noise), tmp, height, width, crf=crf)
-        decoded = count_decoded(tmp)
+    with atomic_writer(path, "wb") as out:
+        encode_h264(render_frames(height, width, frames, seed, noise), out, height, width, crf=crf)
+        out.flush()
+        decoded = count_decoded(Path(out.name))
         if decoded != (frames, height, width):
             raise RuntimeError(f"decoding the new clip gave (frames, H, W) = {decoded}, "
                                f"expected {(frames, height, width)}")
-        tmp.chmod(0o644)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"default {DEFAULT_OUT}")
-    parser.add_argument("--height", type=int, default=720)
-    parser.add_argument("--width", type=int, default=1280)
-    parser.add_argument("--frames", type=int, default=120)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--noise", type=float, default=2.0, help="sensor noise σ in grey levels")
-    parser.add_argument("--crf", type=int, default=20, help="x264 constant quality")
-    args = parser.parse_args(argv)
-    path = write_clip(args.out, args.height, args.width, args.frames, args.seed, args.noise, args.crf)
-    print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB, {args.frames} frames, "
-          f"{args.height}x{args.width})")
-
-
-if __name__ == "__main__":
-    main()
