@@ -172,3 +172,25 @@ def test_frame_times_and_timed_on_the_cpu():
     assert out == 5 and ms >= 0
     with pytest.raises(RuntimeError, match="CUDA graph needs a CUDA tensor"):
         timing.GraphReplay(lambda x: x, torch.zeros(1))
+
+
+def test_only_the_command_line_imports_the_bench_package():
+    """The benchmark sits above the library: no library module imports it (any import,
+    at any depth, counts), only deltaconvert/cli.py."""
+    import ast
+
+    import deltaconvert
+
+    package = Path(deltaconvert.__file__).parent
+    importers = set()
+    for path in package.rglob("*.py"):
+        if "bench" in path.relative_to(package).parts[:1]:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [f"{'.' * node.level}{node.module or ''}"] + [a.name for a in node.names]
+                     if isinstance(node, ast.ImportFrom) else [])
+            if any(name.lstrip(".").split(".")[0] == "bench" or name.startswith("deltaconvert.bench")
+                   for name in names):
+                importers.add(path.relative_to(package).as_posix())
+    assert importers == {"cli.py"}
