@@ -126,7 +126,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from .demo import timed
+    from .bench.timing import timed
     from .files import write_bytes_atomic, write_text_atomic
     from .heatmap import UpdateRecorder, heatmap_png
     from .video import iter_frames, to_rgb_image, video_info
@@ -200,16 +200,16 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 # -- bench ---------------------------------------------------------------------------------
 def cmd_bench(args: argparse.Namespace) -> int:
-    """Delegates every argument after ``bench`` to ``deltaconvert.benchmark.main``."""
+    """Delegates every argument after ``bench`` to ``deltaconvert.bench.matrix.main``."""
     try:
-        from . import benchmark
+        from .bench import matrix
     except ModuleNotFoundError as error:
-        if error.name != f"{__package__}.benchmark":
+        if error.name not in (f"{__package__}.bench", f"{__package__}.bench.matrix"):
             raise
         raise DeltaConvertError("the benchmark is not part of this installation "
-                                "(deltaconvert/benchmark.py is missing); update deltaconvert, "
-                                "or run scripts/bench.py from a checkout") from None
-    return int(benchmark.main(list(args.bench_args)) or 0)
+                                "(deltaconvert/bench/matrix.py is missing); reinstall "
+                                "deltaconvert") from None
+    return int(matrix.main(list(args.bench_args)) or 0)
 
 
 # -- info ----------------------------------------------------------------------------------
@@ -249,8 +249,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 # -- demo ----------------------------------------------------------------------------------
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
-    print(run_demo().report())
+    from .bench.demo import run_demo
+    print(run_demo(size=args.input_size, max_frames=args.max_frames).report())
     return 0
 
 
@@ -335,6 +335,10 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="MobileNetV2 (ImageNet) on a real clip: delta vs dense speed and error",
         description="Needs no arguments. GPU if available (full 720p clip), else the CPU "
                     "reference backend at a reduced resolution and frame count.")
+    demo.add_argument("--input-size", type=input_size, metavar="HxW",
+                      help="resize frames (default: 720p on a GPU, 144x256 on the CPU)")
+    demo.add_argument("--max-frames", type=positive_int,
+                      help="frames from the clip's start (default: all on a GPU, 24 on the CPU)")
     demo.set_defaults(handler=cmd_demo)
     return parser
 

@@ -1,17 +1,16 @@
 #!/usr/bin/env python3
-"""Delta models against dense baselines on video (issue 5); see deltaconvert.benchmark.
+"""Delta models against dense baselines on video: the same as ``deltaconvert bench``
+(see deltaconvert.bench.matrix for what is measured).
 
     python scripts/bench.py --quick            # a few minutes on a GPU
     python scripts/bench.py --help
 
-Runs from a checkout without installing the package (the GPU machine).
+Needs deltaconvert importable: installed (pip install -e .), or from a checkout with
+PYTHONPATH=. and --configs-dir configs.
 """
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from deltaconvert.benchmark import main  # noqa: E402
+from deltaconvert.bench.matrix import main
 
 if __name__ == "__main__":
     sys.exit(main())

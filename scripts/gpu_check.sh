@@ -10,12 +10,17 @@
 # 3. runs the op tests again under compute-sanitizer memcheck (caching allocator off, so
 #    out-of-bounds accesses are not hidden inside pooled blocks) unless SANITIZER=0;
 # 4. runs the speed probe (tests/gpu/speed_probe.py) unless PROBE=0, and
-#    scripts/bench.py --quick if it exists unless BENCH=0;
+#    scripts/bench.py --quick unless BENCH=0, on the clips and weights staged in .gpu-data/
+#    (scripts/stage_gpu_data.sh) and the tuned thresholds of configs/;
 # 5. prints a summary table last.
 # Logs and JSON go to $OUT (default /tmp/gpu_check). Extra arguments, parsed as shell words
 # (quote inside them): PYTEST_ARGS (GPU suite), SANITIZER_ARGS (e.g. '-k "conv2d or fused"'),
 # PROBE_ARGS (speed probe, e.g. '--frames 20 --profile').
 set -uo pipefail
+if [ "${1:-}" = --help ] || [ "${1:-}" = -h ]; then  # the comment above, without running anything
+    sed -n '2,/^set /{/^set /d;s/^# \{0,1\}//;p}' "$0"
+    exit 0
+fi
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_check}
 mkdir -p "$OUT"
@@ -24,6 +29,7 @@ export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu-wheels/*.whl || {
     echo "installing .gpu-wheels failed: run ../shared/gpu/stage-wheels here and carry .gpu-wheels"; exit 2; }
 export PYTHONPATH=/tmp/site:$PWD
+export DELTACONVERT_DATA_DIR=$PWD/.gpu-data
 export PATH=/usr/local/cuda/bin:$PATH
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
@@ -54,8 +60,8 @@ fi
 if [ "${PROBE:-1}" != 0 ]; then
     step speed_probe python3 tests/gpu/speed_probe.py --json "$OUT/speed_probe.json" "${probe_args[@]}"
 fi
-if [ -f scripts/bench.py ] && [ "${BENCH:-1}" != 0 ]; then
-    step bench python3 scripts/bench.py --quick --out "$OUT/bench"
+if [ "${BENCH:-1}" != 0 ]; then
+    step bench python3 scripts/bench.py --quick --configs-dir configs --out "$OUT/bench"
 fi
 
 python3 - "$OUT" <<'PY'

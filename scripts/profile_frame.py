@@ -1,7 +1,7 @@
-"""Where one delta frame spends its GPU time (issue 5), per kernel launch, next to the
+"""Where one delta frame spends its GPU time, per kernel launch, next to the
 dense model's kernels on the same frames.
 
-A benchmark model (``--model``, built as ``scripts/bench.py`` builds it) on a benchmark
+A benchmark model (``--model``, built as ``deltaconvert bench`` builds it) on a benchmark
 clip (``--clip static|bigbuckbunny|scenecut``, ``--resolution``), batch 1, CUDA backend
 with CUDA-graph replay and statistics off, as the benchmark's timed pass runs it. Per
 dtype:
@@ -24,23 +24,26 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import warnings
 from pathlib import Path
 
 import torch
 
 from deltaconvert.backends.cuda import kernels as cuda_kernels
-from deltaconvert.bench_data import (
-    DEFAULT_DATA_DIR,
+from deltaconvert.bench.data import (
     clip_path,
     decode_rgb,
+    default_data_dir,
     parse_resolution,
     scene_cut_frames,
     to_frames,
 )
-from deltaconvert.bench_models import MODELS, build_model
-from deltaconvert.bench_runners import PRECISIONS, DenseRunner
+from deltaconvert.bench.models import MODELS, build_model
+from deltaconvert.bench.runners import PRECISIONS, DenseRunner
+from deltaconvert.bench.timing import frame_times
 from deltaconvert.convert import convert
+from deltaconvert.files import write_text_atomic
 from deltaconvert.thresholds import ThresholdConfig
 
 DEVICE = torch.device("cuda", 0)
@@ -65,14 +68,8 @@ def record_launches(model, frame) -> list[tuple[str, str, tuple]]:
 
 
 def median_ms(model, frames) -> float:
-    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-              for _ in frames]
-    for x, (start, end) in zip(frames, events):
-        start.record()
-        model(x)
-        end.record()
-    torch.cuda.synchronize()
-    return statistics.median(s.elapsed_time(e) for s, e in events)
+    """Median milliseconds per frame (CUDA events, as the benchmark's timed pass)."""
+    return statistics.median(frame_times(model, frames, DEVICE))
 
 
 def kernel_times(model, frames) -> list[tuple[str, float]]:
@@ -191,7 +188,7 @@ def print_report(result: dict, dense: dict, top: int) -> None:
     for name, (n, us) in totals(clip, stage).items():
         print(f"| {name} | {n} | {us:.1f} | {empty_stages.get(name, (0, 0.0))[1]:.1f} |")
     updated = result["layers_updated"]
-    print(f"\n| layer | kernel | grid | clip µs | empty µs | updated |\n|---|---|---|---|---|---|")
+    print("\n| layer | kernel | grid | clip µs | empty µs | updated |\n|---|---|---|---|---|---|")
     order = sorted(range(len(clip)), key=lambda i: -clip[i]["us"])[:top]
     for i in order:
         r, e = clip[i], empty[i]
@@ -200,19 +197,21 @@ def print_report(result: dict, dense: dict, top: int) -> None:
               f"{'' if frac is None else f'{frac:.3f}'} |")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="mobilenet_v2", choices=MODELS)
     parser.add_argument("--clip", default="static", help="static, bigbuckbunny or scenecut")
     parser.add_argument("--resolution", default="720x1280")
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    parser.add_argument("--data-dir", type=Path, default=default_data_dir(),
+                        help="clips and weights staged here are used first (default: as "
+                        "deltaconvert bench)")
     parser.add_argument("--frames", type=int, default=14)
     parser.add_argument("--repeats", type=int, default=5, help="profiled replays")
     parser.add_argument("--tau", type=float, default=0.05)
     parser.add_argument("--dtypes", default="fp32,fp16")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--json")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.backends.cudnn.benchmark = True
     source = "static" if args.clip == "scenecut" else args.clip
     rgb = decode_rgb(clip_path(source, args.data_dir), args.frames)
@@ -230,8 +229,9 @@ def main() -> None:
     for result, dense in results:
         print_report(result, dense, args.top)
     if args.json:
-        Path(args.json).write_text(json.dumps([{"delta": r, "dense": d} for r, d in results], indent=1))
+        write_text_atomic(args.json, json.dumps([{"delta": r, "dense": d} for r, d in results], indent=1))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

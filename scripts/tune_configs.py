@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Regenerate the tuned threshold files in configs/ by running deltaconvert.tune.
 
-    python scripts/tune_configs.py                      # every model, defaults below
+    python scripts/tune_configs.py                      # every model, defaults below (run
+                                                        # from the project root)
     python scripts/tune_configs.py --only mobilenet_v2 --clip static.mp4 --size 288x512
 
 Each model is converted at the tuning resolution and tuned with the default metric
@@ -35,7 +36,7 @@ from deltaconvert.tune import tune
 from deltaconvert.video import iter_frames, sample_clip_path
 from deltaconvert.weights import mobilenet_v2_embedder
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS = Path("configs")  # the project's, relative to the project root
 CALIBRATION_FRAMES = slice(64, 72)  # BatchNorm statistics of random-init models
 
 
@@ -75,7 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=positive_int, default=8, help="calibration frames (default 8)")
     parser.add_argument("--budget", type=positive_float, default=0.02,
                         help="relative output error budget (default 0.02)")
-    parser.add_argument("--output-dir", type=Path, default=CONFIGS)
+    parser.add_argument("--output-dir", type=Path, default=CONFIGS,
+                        help=f"where the YAML files go (default {CONFIGS}/ under the current "
+                        "folder: run from the project root)")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.only.split(",")] if args.only else list(TARGETS)
     unknown = [n for n in names if n not in TARGETS]

@@ -159,12 +159,12 @@ def test_run_with_thresholds_frame_cap_and_no_heatmap(work, tuned):
 def test_bench_delegates_to_the_benchmark(tmp_path):
     result = cli("bench", "--help", cwd=tmp_path)
     if "not part of this installation" in result.stderr:
-        pytest.skip("deltaconvert.benchmark is not installed")
+        pytest.skip("deltaconvert.bench is not installed")
     assert result.returncode == 0 and "usage: deltaconvert bench" in result.stdout
 
 
 def test_bench_without_the_benchmark_module_says_so(tmp_path):
-    code = ("import sys; sys.modules['deltaconvert.benchmark'] = None; "
+    code = ("import sys; sys.modules['deltaconvert.bench.matrix'] = None; "
             "from deltaconvert.cli import main; sys.exit(main(['bench']))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             cwd=tmp_path, env=ENVIRONMENT)

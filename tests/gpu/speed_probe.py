@@ -1,6 +1,7 @@
 """A quick speed probe of the CUDA backend (not a test, and not the benchmark of
-scripts/bench.py): median ms per frame, batch 1, synthetic static-camera clip, threshold
-0, dense baselines and delta models measured in the same process.
+``deltaconvert bench``): median ms per frame, batch 1, synthetic static-camera clip,
+threshold 0, dense baselines and delta models measured in the same process, timed by the
+benchmark's harness (deltaconvert.bench.timing).
 
     python tests/gpu/speed_probe.py [--height 720 --width 1280 --frames 30] [--json PATH]
 
@@ -17,6 +18,7 @@ import warnings
 import torch
 
 from deltaconvert.architectures import build_architecture, calibrate_batch_norm
+from deltaconvert.bench.timing import GraphReplay, frame_times
 from deltaconvert.convert import convert
 from deltaconvert.synthetic import synthetic_video
 
@@ -25,36 +27,7 @@ DEVICE = torch.device("cuda", 0)
 
 def time_frames(fn, frames, warm: int) -> float:
     """Median milliseconds per call over the frames after the first ``warm``."""
-    times = []
-    for i, x in enumerate(frames):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn(x)
-        end.record()
-        end.synchronize()
-        if i >= warm:
-            times.append(start.elapsed_time(end))
-    return statistics.median(times)
-
-
-def dense_graph(model, example):
-    """The dense model replayed from one CUDA graph (inputs copied in)."""
-    static = example.clone()
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream), torch.no_grad():
-        for _ in range(3):
-            model(static)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph), torch.no_grad():
-        out = model(static)
-
-    def run(x):
-        static.copy_(x)
-        graph.replay()
-        return out
-    return run
+    return statistics.median(frame_times(fn, frames, DEVICE)[warm:])
 
 
 def probe(name: str, frames: list, rows: list, profile: bool) -> None:
@@ -66,7 +39,8 @@ def probe(name: str, frames: list, rows: list, profile: bool) -> None:
         torch.backends.cudnn.benchmark = True
         with torch.no_grad():
             rows.append((name, label, "dense eager (cuDNN)", time_frames(dense, xs, 5), None))
-        rows.append((name, label, "dense CUDA graph (cuDNN)", time_frames(dense_graph(dense, xs[0]), xs, 5), None))
+            replay = GraphReplay(dense, xs[0])
+        rows.append((name, label, "dense CUDA graph (cuDNN)", time_frames(replay, xs, 5), None))
         variants = (("delta reference + graph", "reference", True, 0.0, True),
                     ("delta cuda", "cuda", False, 0.0, True),
                     ("delta cuda + graph", "cuda", True, 0.0, True),

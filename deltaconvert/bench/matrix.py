@@ -1,5 +1,5 @@
-"""The delta-inference benchmark (issue 5): delta models against the best dense
-inference, all measured in one process on the same frames.
+"""The delta-inference benchmark (``deltaconvert bench``): delta models against the best
+dense inference, all measured in one process on the same frames.
 
 For every model × clip × resolution ("case"), batch 1:
 
@@ -8,8 +8,8 @@ For every model × clip × resolution ("case"), batch 1:
   a CUDA graph, and fp16 ``torch.compile(mode="reduce-overhead")`` (``--no-compile``:
   without it);
 * the delta model (``deltaconvert.convert``, the backend given by ``--backend``) in each
-  ``--delta-precisions``, at threshold 0, with the tuned thresholds shipped in
-  ``configs/*.yaml`` for that architecture, and over a sweep of uniform thresholds
+  ``--delta-precisions``, at threshold 0, with the tuned thresholds shipped with the
+  package (``deltaconvert.configs``, or ``--configs-dir``) for that architecture, and over a sweep of uniform thresholds
   (every truncating layer and the input Sparsify at τ), replayed from a CUDA graph
   (``convert(..., cuda_graph=True)``) on a GPU, eagerly on a CPU (``--delta-modes``).
 
@@ -21,20 +21,21 @@ form against dense fp32 eager (mean and max over frames 1 …), the work fractio
 ``ms / (efficiency-baseline ms × work fraction)`` with the dense fp16 CUDA-graph
 baseline (the fastest dense baseline measured where that one cannot run, e.g. on a CPU),
 per-layer update fractions, peak GPU memory (allocated and reserved) beyond the harness,
-and kernels and launch calls per frame. See :mod:`deltaconvert.bench_runners` for how each is measured.
+and kernels and launch calls per frame. See :mod:`deltaconvert.bench.runners` for how each is measured.
 
 The ``scenecut`` clip is the static clip with every pixel changing at every frame; only
 threshold 0 runs on it (the target: at most 1.3× dense fp32 CUDA graph).
 
 Without ``--models``, ``--clips``, ``--resolutions`` or ``--quick`` the cases are the
-issue's matrix, sized to finish within one 10-minute call of the GPU machine: every model
-on the static clip, bigbuckbunny and the scene cut at 720×1280, and mobilenet_v2 on the
-static clip and bigbuckbunny at 1080×1920 and 224 high (:data:`MATRIX`); with any of
-them, every combination of the given (or default) models, clips and resolutions.
+default matrix: every model on the static clip, bigbuckbunny and the scene cut at
+720×1280, and mobilenet_v2 on the static clip and bigbuckbunny at 1080×1920 and 224 high
+(:data:`MATRIX`); with any of them, every combination of the given (or default) models,
+clips and resolutions. Clips and weights come from :mod:`deltaconvert.bench.data` (the
+static clip is generated into the data folder on first use).
 
-    python scripts/bench.py --quick                 # a few minutes on a GPU
-    python scripts/bench.py                         # the matrix (about 9 minutes on an H200)
-    python scripts/bench.py --device cpu --resolutions 32x48 --frames 6 --models mobilenet_v2
+    deltaconvert bench --quick                 # a few minutes on a GPU
+    deltaconvert bench                         # the matrix (about 9 minutes on an H200)
+    deltaconvert bench --device cpu --resolutions 32x48 --frames 6 --models mobilenet_v2
 """
 from __future__ import annotations
 
@@ -55,18 +56,23 @@ import numpy as np
 import torch
 from torch import nn
 
-from .bench_data import (
+from ..convert import convert
+from ..files import write_text_atomic
+from ..thresholds import ThresholdConfig, load_thresholds
+from ..version import __version__
+from .data import (
     CLIPS,
-    DEFAULT_DATA_DIR,
     clip_path,
+    configs_dir,
     decode_rgb,
+    default_data_dir,
     parse_resolution,
     scene_cut_frames,
     to_frames,
 )
-from .bench_models import MODELS, build_model
-from .bench_report import EFFICIENCY_BASELINE, markdown, write_plots
-from .bench_runners import (
+from .models import MODELS, build_model
+from .report import EFFICIENCY_BASELINE, markdown, write_plots
+from .runners import (
     PRECISIONS,
     DeltaRunner,
     DenseRunner,
@@ -79,14 +85,10 @@ from .bench_runners import (
     memory_now,
     timed_pass,
 )
-from .convert import convert
-from .thresholds import ThresholdConfig, load_thresholds
-from .version import __version__
 
 SCENE_CUT = "scenecut"
 BASELINE_MODES = (("fp32", "eager"), ("fp32", "graph"), ("tf32", "eager"), ("tf32", "graph"),
                   ("fp16", "eager"), ("fp16", "graph"))
-REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 CONVERT_EXAMPLE = (1, 3, 64, 64)  # conversion is resolution-independent; a small trace is fast
 FULL = {"models": ",".join(MODELS), "clips": f"static,bigbuckbunny,{SCENE_CUT}",
         "resolutions": "720x1280", "frames": 40, "sweep": "0.01,0.02,0.05,0.1", "compile": True}
@@ -111,7 +113,7 @@ class ThresholdSetting:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="deltaconvert bench", description="Delta models against dense baselines on video "
-        "(see the module docstring of deltaconvert.benchmark for what is measured).")
+        "(see the module docstring of deltaconvert.bench.matrix for what is measured).")
     parser.add_argument("--quick", action="store_true",
                         help=f"quick defaults: {QUICK} (explicit flags still win)")
     parser.add_argument("--models", help=f"comma-separated, from {', '.join(MODELS)}")
@@ -131,10 +133,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "with --quick)")
     parser.add_argument("--backend", default="auto", help="delta backend: auto, reference or cuda")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
-                        help=f"clips and weights staged here are used first (default {DEFAULT_DATA_DIR})")
-    parser.add_argument("--configs-dir", type=Path, default=REPO_CONFIGS,
-                        help=f"where tuned threshold YAML files are looked up (default {REPO_CONFIGS})")
+    parser.add_argument("--data-dir", type=Path, default=default_data_dir(),
+                        help="clips and weights staged here are used first, and the static clip "
+                        "is generated here on first use (default: $DELTACONVERT_DATA_DIR, else "
+                        f"the user cache folder; here {default_data_dir()})")
+    parser.add_argument("--configs-dir", type=Path,
+                        help="where tuned threshold YAML files are looked up (default: those "
+                        "installed with deltaconvert, deltaconvert.configs)")
     parser.add_argument("--profile-frames", type=int, default=5,
                         help="delta frames profiled to count kernel launches (default 5)")
     parser.add_argument("--reference-cache-gb", type=float, default=4.0,
@@ -142,6 +147,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("out/bench"), help="output folder")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     args = parser.parse_args(argv)
+    if args.configs_dir is None:
+        args.configs_dir = configs_dir()
     matrix = not (args.quick or args.models or args.clips or args.resolutions)
     defaults = QUICK if args.quick else FULL
     for key, value in defaults.items():
@@ -235,7 +242,7 @@ class Conversions:
 # -- measuring one runner --------------------------------------------------------------------
 def measure(runner: Runner, frames: list[torch.Tensor], reference: Reference, harness: Memory,
             args: argparse.Namespace) -> dict[str, Any]:
-    """Accuracy, timing and launch passes of one runner (see bench_runners)."""
+    """Accuracy, timing and launch passes of one runner (see deltaconvert.bench.runners)."""
     accuracy = accuracy_pass(runner, frames, reference)
     timing = timed_pass(runner, frames, harness)
     launches = count_launches(runner, frames[:args.profile_frames + 1])
@@ -381,7 +388,7 @@ def environment(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     device = args.device
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": "python scripts/bench.py " + " ".join(shlex.quote(a) for a in argv),
+        "command": "deltaconvert bench " + " ".join(shlex.quote(a) for a in argv),
         "device": (torch.cuda.get_device_name(device) if device.type == "cuda"
                    else platform.processor() or "cpu"),
         "torch": torch.__version__, "cuda": torch.version.cuda,
@@ -430,7 +437,7 @@ def run(args: argparse.Namespace, argv: list[str],
             log(f"{name} on {clip} at {tuple(frames[0].shape[2:])}")
             started = time.perf_counter()
             case = run_case(args, name, models[name], clip, frames, conversions)
-            case["wall_s"] = time.perf_counter() - started  # to plan runs within time limits
+            case["wall_s"] = time.perf_counter() - started
             log(f"  case done in {case['wall_s']:.0f} s")
             results["cases"].append(case)
             on_case(results)
@@ -444,11 +451,11 @@ def log(message: str) -> None:
 
 
 def write_results(results: dict[str, Any], out: Path) -> str:
-    """bench.json and bench.md under ``out``; returns the markdown."""
+    """bench.json and bench.md under ``out``, each written atomically; returns the markdown."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "bench.json").write_text(json.dumps(results, indent=1))
+    write_text_atomic(out / "bench.json", json.dumps(results, indent=1))
     table = markdown(results)
-    (out / "bench.md").write_text(table)
+    write_text_atomic(out / "bench.md", table)
     return table
 
 
@@ -461,6 +468,6 @@ def main(argv: list[str] | None = None) -> int:
     results = run(args, argv, on_case=lambda partial: write_results(partial, args.out))
     table = write_results(results, args.out)
     if not args.no_plots and write_plots(results, args.out) is None:
-        log("matplotlib is not installed: no plots (pip install matplotlib)")
+        log("matplotlib is not installed: no plots (pip install 'deltaconvert[bench]')")
     print(table)
     return 0

@@ -1,6 +1,7 @@
-"""The benchmark script runs end to end (tiny, on the CPU) and the static clip generator
-is deterministic. Nothing here is timed: these only check that the tools work and that
-their output is consistent."""
+"""The benchmark runs end to end (tiny, on the CPU), the static clip generator is
+deterministic and its clip is generated once into the data folder, and the data, configs
+and timing helpers behave as documented. Nothing here is timed: these only check that the
+tools work and that their output is consistent."""
 from __future__ import annotations
 
 import importlib.util
@@ -9,18 +10,17 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
-ROOT = Path(__file__).resolve().parent.parent
+from deltaconvert.bench import data, timing
+from deltaconvert.errors import DeltaConvertError
 
 
 def load_clip_generator():
     pytest.importorskip("av")
     pytest.importorskip("skimage")
-    path = ROOT / "scripts" / "make_static_clip.py"
-    spec = importlib.util.spec_from_file_location("make_static_clip", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from deltaconvert.bench import static_clip
+    return static_clip
 
 
 def test_static_clip_is_deterministic(tmp_path):
@@ -43,7 +43,7 @@ def test_static_clip_has_motion_and_static_background():
 def bench_result(tmp_path_factory):
     import torch
 
-    from deltaconvert.benchmark import main
+    from deltaconvert.bench.matrix import main
 
     tmp = tmp_path_factory.mktemp("bench")
     load_clip_generator().write_clip(tmp / "data" / "static_clip.mp4", height=48, width=64, frames=6)
@@ -107,8 +107,8 @@ def test_benchmark_writes_tables_and_plots(bench_result):
         assert len(list(out.glob("*.png"))) == 4
 
 
-def test_default_cases_are_the_issue_matrix():
-    from deltaconvert.benchmark import parse_args
+def test_default_cases_are_the_matrix():
+    from deltaconvert.bench.matrix import parse_args
 
     args = parse_args([])
     at_720 = [(m, c, (720, 1280)) for c in ("static", "bigbuckbunny", "scenecut")
@@ -123,3 +123,74 @@ def test_default_cases_are_the_issue_matrix():
     assert not explicit.compile
     quick = parse_args(["--quick"])
     assert not quick.compile and {m for m, _, _ in quick.cases} == {"mobilenet_v2"}
+
+
+def test_defaults_name_the_installed_configs_and_the_user_cache(monkeypatch, tmp_path):
+    from deltaconvert.bench.matrix import parse_args
+
+    shipped = data.configs_dir()
+    assert {"mobilenet_v2.yaml", "resnet18.yaml"} <= {p.name for p in shipped.glob("*.yaml")}
+    assert parse_args(["--quick"]).configs_dir == shipped
+    monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert data.default_data_dir() == tmp_path / "cache" / "deltaconvert"
+    monkeypatch.setenv(data.DATA_DIR_ENV, str(tmp_path / "staged"))
+    assert data.default_data_dir() == tmp_path / "staged"
+    assert parse_args(["--quick"]).data_dir == tmp_path / "staged"
+
+
+def test_static_clip_is_generated_once_into_the_data_folder(monkeypatch, tmp_path):
+    generator = load_clip_generator()
+    write_clip, calls = generator.write_clip, []
+
+    def small_clip(path: Path) -> Path:
+        calls.append(path)
+        return write_clip(path, height=48, width=64, frames=4)
+    monkeypatch.setattr(generator, "write_clip", small_clip)
+    folder = tmp_path / "not" / "yet"
+    first = data.clip_path("static", folder)
+    assert first == folder / data.STATIC_CLIP and calls == [first]
+    assert generator.count_decoded(first) == (4, 48, 64)
+    assert data.clip_path("static", folder) == first and len(calls) == 1  # cached
+    assert [p.name for p in folder.iterdir()] == [data.STATIC_CLIP]
+
+
+def test_static_clip_without_the_bench_extra_names_it(monkeypatch, tmp_path):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "skimage" else real_find_spec(name, *a))
+    with pytest.raises(DeltaConvertError, match=r"scikit-image.*deltaconvert\[bench\]"):
+        data.static_clip(tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+def test_frame_times_and_timed_on_the_cpu():
+    calls = []
+    times = timing.frame_times(calls.append, [1, 2, 3], torch.device("cpu"))
+    assert calls == [1, 2, 3] and len(times) == 3 and all(t >= 0 for t in times)
+    out, ms = timing.timed(torch.device("cpu"), lambda a, b: a + b, 2, 3)
+    assert out == 5 and ms >= 0
+    with pytest.raises(RuntimeError, match="CUDA graph needs a CUDA tensor"):
+        timing.GraphReplay(lambda x: x, torch.zeros(1))
+
+
+def test_only_the_command_line_imports_the_bench_package():
+    """The benchmark sits above the library: no library module imports it (any import,
+    at any depth, counts), only deltaconvert/cli.py."""
+    import ast
+
+    import deltaconvert
+
+    package = Path(deltaconvert.__file__).parent
+    importers = set()
+    for path in package.rglob("*.py"):
+        if "bench" in path.relative_to(package).parts[:1]:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [f"{'.' * node.level}{node.module or ''}"] + [a.name for a in node.names]
+                     if isinstance(node, ast.ImportFrom) else [])
+            if any(name.lstrip(".").split(".")[0] == "bench" or name.startswith("deltaconvert.bench")
+                   for name in names):
+                importers.add(path.relative_to(package).as_posix())
+    assert importers == {"cli.py"}

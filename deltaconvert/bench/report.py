@@ -1,11 +1,14 @@
-"""Benchmark results (the dict :func:`deltaconvert.benchmark.run` returns) as markdown
-tables, the issue-5 target checks, and PNG plots (matplotlib, imported only here)."""
+"""Benchmark results (the dict :func:`deltaconvert.bench.matrix.run` returns) as markdown
+tables, checks against the benchmark's performance targets, and PNG plots (matplotlib,
+imported only here)."""
 from __future__ import annotations
 
 import math
 import re
 from pathlib import Path
 from typing import Any
+
+from ..files import atomic_writer
 
 BASELINE_ORDER = ("dense fp32 eager", "dense fp32 graph", "dense tf32 eager", "dense tf32 graph",
                   "dense fp16 eager", "dense fp16 graph", "dense fp16 compile")
@@ -70,7 +73,7 @@ def _ms(case: dict[str, Any], name: str) -> float | None:
 
 
 def targets(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
-    """(target, case, measured, verdict) rows for the issue-5 targets that the run covers
+    """(target, case, measured, verdict) rows for the performance targets that the run covers
     (none on a CPU: they are defined against CUDA-graph baselines)."""
     rows = []
     for case in results["cases"]:
@@ -113,7 +116,7 @@ def markdown(results: dict[str, Any]) -> str:
            f"backend requested: {meta['backend_requested']} · batch 1", ""]
     rows = targets(results)
     if rows:
-        out += ["### Targets (issue 5)", "", "| target | case | measured | verdict |", "|---|---|---|---|"]
+        out += ["### Targets", "", "| target | case | measured | verdict |", "|---|---|---|---|"]
         out += [f"| {t} | {c} | {m} | {v} |" for t, c, m, v in rows]
         out.append("")
     for case in results["cases"]:
@@ -126,9 +129,15 @@ def _slug(case: dict[str, Any]) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", f"{case['model']}_{case['clip']}_{height}x{width}")
 
 
+def _save(fig: Any, path: Path) -> None:
+    """``fig`` as a PNG at ``path``, written atomically."""
+    with atomic_writer(path, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=110)
+
+
 def write_plots(results: dict[str, Any], out_dir: Path) -> list[Path] | None:
     """Per case: ms per frame along the clip with the work fraction below it, and
-    ms per frame against pooled error. None if matplotlib is missing."""
+    ms per frame against pooled error. Each PNG is written atomically; None if matplotlib is missing."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -159,7 +168,7 @@ def write_plots(results: dict[str, Any], out_dir: Path) -> list[Path] | None:
         bottom.set_ylim(0, 1.05)
         path = out_dir / f"{_slug(case)}_clip.png"
         fig.tight_layout()
-        fig.savefig(path, dpi=110)
+        _save(fig, path)
         plt.close(fig)
         written.append(path)
 
@@ -179,7 +188,7 @@ def write_plots(results: dict[str, Any], out_dir: Path) -> list[Path] | None:
         ax.set_title(_case_title(case))
         path = out_dir / f"{_slug(case)}_speed_error.png"
         fig.tight_layout()
-        fig.savefig(path, dpi=110)
+        _save(fig, path)
         plt.close(fig)
         written.append(path)
     return written

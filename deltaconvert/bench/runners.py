@@ -11,8 +11,8 @@ Three passes per runner, each over the same frames, each starting a new sequence
    graph capture, compilation): relative L2 error of every frame's output and pooled
    output against dense fp32 eager (TF32 off); for delta models, the work fraction of
    every frame from ``model.stats()``.
-2. :func:`timed_pass`: per-frame milliseconds, CUDA events recorded around each step on
-   the current stream and read once at the end (``time.perf_counter`` on a CPU), plus
+2. :func:`timed_pass`: per-frame milliseconds (:func:`~deltaconvert.bench.timing.frame_times`:
+   CUDA events around each step, read once at the end; wall time on a CPU), plus
    the peak GPU memory beyond what the harness held before the runner was built, both
    allocated by live tensors and reserved by the caching allocator (a CUDA graph's
    private pool shows only in the latter). Delta models
@@ -26,7 +26,6 @@ import contextlib
 import copy
 import gc
 import re
-import time
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -34,7 +33,8 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
-from .metrics import main_output, pooled, relative_error
+from ..metrics import main_output, pooled, relative_error
+from .timing import GraphReplay, frame_times, synchronize
 
 MODES = ("eager", "graph", "compile")
 
@@ -64,11 +64,6 @@ PRECISIONS = {
     "tf32": Precision("tf32", torch.float32, tf32=True),
     "fp16": Precision("fp16", torch.float16, tf32=False),
 }
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class Runner:
@@ -105,8 +100,9 @@ class DenseRunner(Runner):
     """The original model, dense, in one of :data:`MODES`:
 
     * ``eager``: plain PyTorch calls;
-    * ``graph``: the forward captured once in a CUDA graph (after three warm-up calls on
-      a side stream); each frame is copied into the captured input and replayed;
+    * ``graph``: the forward captured once in a CUDA graph on the first frame
+      (:class:`~deltaconvert.bench.timing.GraphReplay`); each frame is copied into the
+      captured input and replayed;
     * ``compile``: ``torch.compile(mode="reduce-overhead")`` (Inductor with CUDA graphs).
 
     It runs a copy of ``model``.
@@ -119,7 +115,7 @@ class DenseRunner(Runner):
             raise RuntimeError(f"{mode} mode needs a CUDA device")
         super().__init__(f"dense {precision.name} {mode}", copy.deepcopy(model), precision, device)
         self.mode = mode
-        self._graph: torch.cuda.CUDAGraph | None = None
+        self._replay: GraphReplay | None = None
         self._compiled = torch.compile(self.model, mode="reduce-overhead") if mode == "compile" else None
 
     def step(self, frame: torch.Tensor) -> Any:
@@ -128,23 +124,9 @@ class DenseRunner(Runner):
         if self.mode == "compile":
             torch.compiler.cudagraph_mark_step_begin()
             return self._compiled(self.prepare(frame))
-        if self._graph is None:
-            self._capture(frame)
-        self._static_in.copy_(frame)
-        self._graph.replay()
-        return self._static_out
-
-    def _capture(self, frame: torch.Tensor) -> None:
-        self._static_in = self.prepare(frame).clone(memory_format=torch.channels_last)
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
-            for _ in range(3):
-                self.model(self._static_in)
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        self._graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self._graph):
-            self._static_out = self.model(self._static_in)
+        if self._replay is None:
+            self._replay = GraphReplay(self.model, self.prepare(frame))
+        return self._replay(frame)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "mode": self.mode}
@@ -261,6 +243,8 @@ def memory_now(device: torch.device) -> Memory:
 
 @dataclass
 class Timing:
+    """Milliseconds of every frame, and the peak memory beyond the harness (None on a CPU)."""
+
     ms_per_frame: list[float]
     peak: Memory | None
 
@@ -272,24 +256,14 @@ def timed_pass(runner: Runner, frames: list[torch.Tensor], harness: Memory) -> T
         runner.track_stats(False)
     device = runner.device
     runner.reset()
-    synchronize(device)
     if device.type != "cuda":
-        times = []
-        for frame in frames:
-            start = time.perf_counter()
-            runner(frame)
-            times.append((time.perf_counter() - start) * 1e3)
-        return Timing(times, None)
-    torch.cuda.reset_peak_memory_stats(device)
-    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in frames]
-    for frame, (start, end) in zip(frames, events):
-        start.record()
-        runner(frame)
-        end.record()
+        return Timing(frame_times(runner, frames, device), None)
     synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    times = frame_times(runner, frames, device)
     peak = Memory(torch.cuda.max_memory_allocated(device) - harness.allocated,
                   torch.cuda.max_memory_reserved(device) - harness.reserved)
-    return Timing([start.elapsed_time(end) for start, end in events], peak)
+    return Timing(times, peak)
 
 
 LAUNCH_CALL = re.compile(r"^cu(da)?(Graph)?Launch|^cuLaunch")

