@@ -9,7 +9,7 @@
 #    at threshold 0 eagerly and under CUDA-graph replay, graph-mode behaviour);
 # 3. runs the op tests again under compute-sanitizer memcheck (caching allocator off, so
 #    out-of-bounds accesses are not hidden inside pooled blocks) unless SANITIZER=0;
-# 4. runs the speed probe (tests/gpu/speed_probe.py) unless PROBE=0, and
+# 4. runs the speed probe (scripts/speed_probe.py) unless PROBE=0, and
 #    scripts/bench.py --quick unless BENCH=0, on the clips and weights staged in .gpu-data/
 #    (scripts/stage_gpu_data.sh) and the tuned thresholds of configs/;
 # 5. prints a summary table last.
@@ -58,7 +58,7 @@ if [ "${SANITIZER:-1}" != 0 ]; then
         "${sanitizer_args[@]}"
 fi
 if [ "${PROBE:-1}" != 0 ]; then
-    step speed_probe python3 tests/gpu/speed_probe.py --json "$OUT/speed_probe.json" "${probe_args[@]}"
+    step speed_probe python3 scripts/speed_probe.py --json "$OUT/speed_probe.json" "${probe_args[@]}"
 fi
 if [ "${BENCH:-1}" != 0 ]; then
     step bench python3 scripts/bench.py --quick --configs-dir configs --out "$OUT/bench"

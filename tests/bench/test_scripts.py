@@ -33,6 +33,7 @@ HELP = {  # script → a text its --help prints
     "make_static_clip.py": "--out",
     "stage_gpu_data.sh": "usage: stage_gpu_data",
     "gpu_check.sh": "GPU check of the CUDA backend",
+    "speed_probe.py": "--height",
 }
 
 

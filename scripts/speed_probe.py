@@ -1,9 +1,9 @@
-"""A quick speed probe of the CUDA backend (not a test, and not the benchmark of
+"""A quick speed probe of the CUDA backend (not the benchmark of
 ``deltaconvert bench``): median ms per frame, batch 1, synthetic static-camera clip,
 threshold 0, dense baselines and delta models measured in the same process, timed by the
 benchmark's harness (deltaconvert.bench.timing).
 
-    python tests/gpu/speed_probe.py [--height 720 --width 1280 --frames 30] [--json PATH]
+    python scripts/speed_probe.py [--height 720 --width 1280 --frames 30] [--json PATH]
 
 Prints a markdown table; ``--json`` also writes the rows.
 """
