@@ -166,9 +166,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="delta frames after frame 0 left out of the median (default 2)")
     parser.add_argument("--streams", default="1",
                         help="comma-separated numbers of independent streams per batch (default 1); "
-                        "each N > 1 runs after the case's batch-1 run, with dense fp16 graph and the "
-                        "delta model at the tuned thresholds and those the criterion selected at batch 1 "
-                        "(see deltaconvert.bench.streams)")
+                        "each N > 1 runs after the case's batch-1 run, with the dense baselines but "
+                        "torch.compile, and the delta model at the tuned thresholds and those the "
+                        "criterion selected at batch 1 (see deltaconvert.bench.streams)")
     parser.add_argument("--stream-stride", type=int, default=DEFAULT_STRIDE,
                         help=f"stream i starts at clip frame i·STRIDE mod frames (default {DEFAULT_STRIDE})")
     parser.add_argument("--sweep", help="uniform thresholds to sweep, comma-separated ('' for none)")
@@ -377,10 +377,11 @@ def guarded(describe: dict[str, Any], work: Callable[[], dict[str, Any]]) -> dic
 
 
 # -- one case --------------------------------------------------------------------------------
-def dense_baselines(args: argparse.Namespace, model_name: str) -> list[tuple[str, str]]:
-    """(precision, mode) of every dense baseline asked for that can run on this device."""
+def dense_baselines(args: argparse.Namespace, model_name: str, streams: int) -> list[tuple[str, str]]:
+    """(precision, mode) of every dense baseline asked for that can run on this device;
+    torch.compile at batch 1 only (every batch size would compile again)."""
     modes = [tuple(b.split("-")) for b in args.baselines]
-    if args.compile and model_name in args.compile_models:
+    if args.compile and model_name in args.compile_models and streams == 1:
         modes.append(("fp16", "compile"))
     if args.device.type != "cuda":  # no CUDA graphs, no TF32 and no fast fp16 on a CPU
         modes = [("fp32", "eager")]
@@ -400,7 +401,7 @@ def run_case(args: argparse.Namespace, model_name: str, model: nn.Module, clip: 
     reference = Reference(DenseRunner(model, PRECISIONS["fp32"], "eager", device), frames,
                           int(args.reference_cache_gb * 2**30))
     runners: list[dict[str, Any]] = []
-    for precision, mode in dense_baselines(args, model_name):
+    for precision, mode in dense_baselines(args, model_name, streams):
         describe = {"name": f"dense {precision} {mode}", "kind": "dense", "precision": precision,
                     "mode": mode}
 
