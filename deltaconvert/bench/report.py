@@ -201,7 +201,9 @@ def markdown(results: dict[str, Any]) -> str:
 
 def _slug(case: dict[str, Any]) -> str:
     height, width = case["resolution"]
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", f"{case['model']}_{case['clip']}_{height}x{width}")
+    streams = case.get("streams", 1)
+    batch = f"_{streams}streams" if streams > 1 else ""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", f"{case['model']}_{case['clip']}_{height}x{width}{batch}")
 
 
 def _save(fig: Any, path: Path) -> None:
