@@ -222,7 +222,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     header = read_header(args.model)
     model = _load_model(args.model, torch.device("cpu"), None)
     size = args.input_size or tuple(model.conversion.get("input_size", (224, 224)))
-    model(torch.zeros(1, 3, *size))  # a dense frame allocates every buffer
+    model(torch.zeros(args.batch, 3, *size))  # a dense frame allocates every buffer
     thresholds = model.thresholds
     inputs = model.input_sparsifiers()
     parameters = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -232,7 +232,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     if "weights" in model.conversion:
         print(f"weights       {model.conversion['weights']}")
     print(f"parameters    {_megabytes(parameters)}")
-    print(f"buffers       {_megabytes(model.state_bytes())} of sequence state at 1x3x{size[0]}x{size[1]}")
+    print(f"buffers       {_megabytes(model.state_bytes())} of sequence state at "
+          f"{args.batch}x3x{size[0]}x{size[1]} ({_megabytes(model.state_bytes() // args.batch)} per stream)")
     print(f"input         threshold {next(iter(inputs.values())).threshold if inputs else 0.0}, "
           f"dilation {next(iter(inputs.values())).dilation if inputs else 0}")
     islands = model.dense_islands
@@ -329,6 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("model", type=Path, help="model file")
     info.add_argument("--input-size", type=input_size, metavar="HxW",
                       help="input size for the buffer memory (default: the conversion size)")
+    info.add_argument("--batch", type=positive_int, default=1, metavar="N",
+                      help="independent streams in one batch for the buffer memory (default 1)")
     info.set_defaults(handler=cmd_info)
 
     demo = commands.add_parser(

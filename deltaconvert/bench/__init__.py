@@ -10,6 +10,11 @@
 * :mod:`~deltaconvert.bench.runners`: how each runner is run and measured;
 * :mod:`~deltaconvert.bench.timing`: the timing harness (CUDA-graph replay of a dense
   model, per-frame times) shared by the benchmark, the demo and the profiling scripts;
+* :mod:`~deltaconvert.bench.streams`: N independent streams of one clip in one batch;
+* :mod:`~deltaconvert.bench.unchanged`: the unchanged frame, measured around the model call;
+* :mod:`~deltaconvert.bench.fit`: the fitted cost ``ms ≈ a + b·work`` of a delta model;
+* :mod:`~deltaconvert.bench.criterion`: the accuracy criterion and the run it selects;
+* :mod:`~deltaconvert.bench.verdict`: the verdict on the issue-11 targets;
 * :mod:`~deltaconvert.bench.report`: markdown tables and plots of the results;
 * :mod:`~deltaconvert.bench.demo`: ``deltaconvert demo``.
 

@@ -6,6 +6,7 @@ profiling scripts: a dense forward replayed from a CUDA graph, and milliseconds 
 * :func:`frame_times`: milliseconds of every call over a sequence of frames, CUDA events
   recorded around each call on the current stream and read once at the end (no
   synchronisation between frames), ``time.perf_counter`` on a CPU.
+* :func:`host_times`: host wall time of every call, no synchronisation;
 * :func:`timed`: one call and its milliseconds, synchronising with the device before and
   after (for loops that need each output before the next frame).
 """
@@ -61,14 +62,9 @@ def frame_times(fn: Callable[[torch.Tensor], Any], frames: Sequence[torch.Tensor
     """Milliseconds of ``fn(frame)`` for every frame, in order. On a GPU, CUDA events
     recorded around each call on the current stream and read after the last one (so the
     host may run ahead of the device, as in a video pipeline); on a CPU, wall time."""
-    synchronize(device)
     if device.type != "cuda":
-        times = []
-        for frame in frames:
-            start = time.perf_counter()
-            fn(frame)
-            times.append((time.perf_counter() - start) * 1e3)
-        return times
+        return host_times(fn, frames, device)
+    synchronize(device)
     events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
               for _ in frames]
     for frame, (start, end) in zip(frames, events):
@@ -77,6 +73,20 @@ def frame_times(fn: Callable[[torch.Tensor], Any], frames: Sequence[torch.Tensor
         end.record()
     synchronize(device)
     return [start.elapsed_time(end) for start, end in events]
+
+
+def host_times(fn: Callable[[torch.Tensor], Any], frames: Sequence[torch.Tensor],
+               device: torch.device) -> list[float]:
+    """Milliseconds of host wall time for each ``fn(frame)`` to return, after one
+    synchronisation before the first; none between calls, so on a GPU this is the host
+    side of each call (a call waits for the device only once its launch queue is full)."""
+    synchronize(device)
+    times = []
+    for frame in frames:
+        start = time.perf_counter()
+        fn(frame)
+        times.append((time.perf_counter() - start) * 1e3)
+    return times
 
 
 def timed(device: torch.device, fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:

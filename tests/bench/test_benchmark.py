@@ -57,6 +57,7 @@ def bench_result(tmp_path_factory):
         code = main(["--device", "cpu", "--backend", "reference", "--data-dir", str(tmp / "data"),
                      "--models", "mobilenet_v2", "--clips", "static,scenecut", "--resolutions", "32x48",
                      "--frames", "5", "--warmup", "1", "--sweep", "0.1", "--delta-precisions", "fp32",
+                     "--streams", "1,2", "--unchanged-calls", "2",
                      "--configs-dir", str(tmp / "configs"), "--out", str(out)])
     finally:
         torch.set_num_threads(threads)
@@ -67,9 +68,10 @@ def bench_result(tmp_path_factory):
 def test_benchmark_json_is_complete_and_sane(bench_result):
     results, _ = bench_result
     assert results["meta"]["device"] and results["meta"]["date"]
-    cases = {case["clip"]: case for case in results["cases"]}
-    assert set(cases) == {"static", "scenecut"}
-    for case in cases.values():
+    assert [(c["clip"], c["streams"]) for c in results["cases"]] == [
+        ("static", 1), ("static", 2), ("scenecut", 1), ("scenecut", 2)]
+    cases = {case["clip"]: case for case in results["cases"] if case["streams"] == 1}
+    for case in results["cases"]:
         assert case["resolution"] == [32, 48] and case["frames"] == 5
         names = {r["name"] for r in case["runners"]}
         assert {"dense fp32 eager", "delta fp32 τ=0"} <= names
@@ -89,6 +91,7 @@ def test_benchmark_json_is_complete_and_sane(bench_result):
             assert runner["efficiency"] == pytest.approx(
                 runner["ms_median"] / (base_ms * runner["work_fraction"]))
             assert runner["layers"] and runner["state_bytes"] > 0
+            assert runner["state_bytes_per_stream"] == runner["state_bytes"] / case["streams"]
     exact = next(r for r in cases["static"]["runners"] if r["name"] == "delta fp32 τ=0")
     assert exact["err_output_max"] < 1e-4  # threshold 0 reproduces the dense model
     for name in ("delta fp32 τ=0.1", "delta fp32 tuned:mnv2_static"):
@@ -99,30 +102,78 @@ def test_benchmark_json_is_complete_and_sane(bench_result):
     assert cut["work_fraction"] == pytest.approx(1.0)  # every pixel changes at every frame
 
 
+def test_benchmark_streams_unchanged_frame_fit_criterion_and_verdict(bench_result):
+    results, _ = bench_result
+    static, two, cut, _ = results["cases"]
+    single = next(r for r in static["runners"] if r["name"] == "delta fp32 τ=0")
+    double = next(r for r in two["runners"] if r["name"] == "delta fp32 τ=0")
+    assert double["state_bytes"] == 2 * single["state_bytes"]  # state per stream, two streams
+    assert double["frames_per_s"] == pytest.approx(2e3 / double["ms_median"])
+    # at two streams: the settings the criterion selected at batch 1, and the tuned file
+    selected = static["criterion"]["selected_thresholds"]["fp32"]
+    assert static["criterion"]["bound"] == 0.02 and selected is not None
+    assert {r["thresholds"] for r in two["runners"] if r["kind"] == "delta"} == {selected, "tuned:mnv2_static"}
+    entry = static["unchanged"]["delta fp32"]
+    for label in ("statistics on", "statistics off"):
+        assert entry[label]["calls"] == 2 and entry[label]["wall_ms"] > 0 and entry[label]["frame_ms"] > 0
+    assert entry["statistics on"]["work_fraction"] == 0  # nothing changed
+    assert not two["unchanged"] and not cut["unchanged"] and not cut["fits"]
+    fit = static["fits"]["delta fp32"]
+    assert fit["points"] == 4  # τ=0, tuned, τ=0.1 and the unchanged frame
+    # a CPU run has no dense fp16 graph nor a 720p case: nothing passes
+    assert {row["verdict"] for row in results["verdict"]} == {"NOT RUN"}
+
+
 def test_benchmark_writes_tables_and_plots(bench_result):
     _, out = bench_result
     table = (out / "bench.md").read_text()
     assert "| delta fp32 τ=0 | reference |" in table and "mobilenet_v2 · scenecut · 32×48" in table
+    for title in ("### Streams", "### Unchanged frame", "### Cost per frame"):
+        assert title in table
+    assert table.rstrip().splitlines()[-1].endswith("| NOT RUN |")  # the verdict comes last
+    assert "### Verdict" in table.split("### Cost per frame")[1]
     if importlib.util.find_spec("matplotlib") is not None:
-        assert len(list(out.glob("*.png"))) == 4
+        assert len(list(out.glob("*.png"))) == 8
 
 
 def test_default_cases_are_the_matrix():
     from deltaconvert.bench.matrix import parse_args
 
     args = parse_args([])
-    at_720 = [(m, c, (720, 1280)) for c in ("static", "bigbuckbunny", "scenecut")
+    at_720 = [(m, c, (720, 1280), 1) for c in ("static", "bigbuckbunny", "scenecut")
               for m in ("mobilenet_v2", "resnet18", "resnet50", "lraspp_mobilenet_v3_large")]
-    extra = [("mobilenet_v2", c, size) for size in ((1080, 1920), (224, None))
+    extra = [("mobilenet_v2", c, size, 1) for size in ((1080, 1920), (224, None))
              for c in ("static", "bigbuckbunny")]
     assert args.cases == at_720 + extra
-    assert args.compile and args.frames == 40
-    explicit = parse_args(["--models", "resnet18", "--resolutions", "224,720x1280", "--no-compile"])
-    assert explicit.cases == [("resnet18", c, size) for size in ((224, None), (720, 1280))
+    assert args.compile and args.frames == 40 and args.delta_precisions == ["fp32", "fp16"]
+    assert len(args.baselines) == 6 and args.unchanged_calls == 50
+    explicit = parse_args(["--models", "resnet18", "--resolutions", "224,720x1280", "--no-compile",
+                           "--streams", "8,1"])
+    assert explicit.cases == [("resnet18", c, size, n) for n in (1, 8) for size in ((224, None), (720, 1280))
                               for c in ("static", "bigbuckbunny", "scenecut")]
     assert not explicit.compile
     quick = parse_args(["--quick"])
-    assert not quick.compile and {m for m, _, _ in quick.cases} == {"mobilenet_v2"}
+    assert not quick.compile and {m for m, _, _, _ in quick.cases} == {"mobilenet_v2"}
+
+
+def test_the_issue11_suite_runs_what_the_verdict_needs(capsys):
+    from deltaconvert.bench.matrix import dense_baselines, group_cases, parse_args
+    from deltaconvert.bench.verdict import TARGETS
+
+    args = parse_args(["--suite", "issue11", "--device", "cuda", "--frames", "30"])
+    assert args.frames == 30 and args.delta_precisions == ["fp16"] and args.baselines == ["fp16-graph"]
+    for target in TARGETS:  # every target has its case
+        assert any(target.applies_to({"model": m, "clip": c, "resolution": list(r), "streams": n})
+                   for m, c, r, n in args.cases), target.name
+    assert dense_baselines(args, "mobilenet_v2", 1) == [("fp16", "graph"), ("fp16", "compile")]
+    assert dense_baselines(args, "mobilenet_v2", 32) == [("fp16", "graph")]
+    assert dense_baselines(args, "resnet50", 1) == [("fp16", "graph")]
+    static = group_cases(args.cases)[("static", (720, 1280))]
+    assert static[0] == ("mobilenet_v2", 1) and static[-2:] == [("mobilenet_v2", 8), ("mobilenet_v2", 32)]
+    for clash in (["--quick"], ["--models", "resnet18"], ["--streams", "8"]):
+        with pytest.raises(SystemExit):
+            parse_args(["--suite", "issue11", *clash])
+        assert "--suite selects the cases" in capsys.readouterr().err
 
 
 def test_defaults_name_the_installed_configs_and_the_user_cache(monkeypatch, tmp_path):

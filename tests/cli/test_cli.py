@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -96,6 +97,24 @@ def test_info_shows_layers_thresholds_islands_and_memory(work):
     for text in (f"architecture  {ARCH}", "weights       ckpt.pth", "dense islands 0",
                  "buffers", "MiB of sequence state at 1x3x48x64", "x_sparsify", "threshold"):
         assert text in result.stdout
+
+
+def test_info_reports_state_per_stream_at_a_size_and_batch(work):
+    def state(*args: str) -> tuple[str, float, float]:
+        """(shape, MiB in all, MiB per stream) of the buffers line."""
+        result = cli("info", "model.delta.pt", *args, cwd=work)
+        assert result.returncode == 0, result.stderr
+        found = re.search(r"^buffers +([\d.]+) MiB of sequence state at (\S+) \(([\d.]+) MiB per stream\)$",
+                          result.stdout, re.MULTILINE)
+        assert found, result.stdout
+        return found[2], float(found[1]), float(found[3])
+    shape, total, per_stream = state("--input-size", "96x128")
+    assert shape == "1x3x96x128" and total == per_stream
+    shape, total3, per_stream3 = state("--input-size", "96x128", "--batch", "3")
+    assert shape == "3x3x96x128" and per_stream3 == pytest.approx(per_stream, abs=0.01)
+    assert total3 == pytest.approx(3 * total, abs=0.02)
+    assert state()[2] < per_stream  # the conversion size, 48x64
+
 
 
 def test_output_into_a_closed_pipe_ends_quietly(work):
