@@ -20,6 +20,7 @@ from ..ops.base import DeltaOp
 from .analysis import propagate_value_info
 from .channels_last_block_to_channels_first import channels_last_block_to_channels_first
 from .fold_batch_norm_into_conv import fold_batch_norm_into_conv
+from .fold_parameter_only_subgraphs import fold_parameter_only_subgraphs
 from .inplace_to_out_of_place import inplace_to_out_of_place
 from .insert_boundaries import insert_boundaries
 from .names import assign_stable_names, stable_name
@@ -39,6 +40,7 @@ GraphPass = Callable[[fx.GraphModule], fx.GraphModule]
 NORMALIZE_PASSES: tuple[GraphPass, ...] = (
     inplace_to_out_of_place,
     remove_inference_identities,
+    fold_parameter_only_subgraphs,
     torch_functional_to_module,
     spatial_mean_to_global_pool,
     channels_last_block_to_channels_first,
