@@ -83,7 +83,7 @@ def lower_to_delta_graph(model: nn.Module, example: tuple, forced_dense: set[str
 
     ``forced_dense``: stable node names to run as dense islands whatever their op.
     """
-    gm = trace_model(model)
+    gm = trace_model(model, example)
     assign_stable_names(gm)
     gm = run_passes(gm, example, NORMALIZE_PASSES)
     plan = plan_delta_regions(gm, forced_dense)

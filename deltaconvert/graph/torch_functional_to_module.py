@@ -197,6 +197,7 @@ def torch_functional_to_module(gm: fx.GraphModule) -> fx.GraphModule:
         with gm.graph.inserting_before(node):
             replacement = gm.graph.call_module(path, (node.args[0],))
         inherit(replacement, node)
+        replacement.meta["dc_value"] = value_info(node)  # the same value, for later calls
         node.replace_all_uses_with(replacement)
         gm.graph.erase_node(node)
     return gm
