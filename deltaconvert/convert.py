@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from . import handlers  # noqa: F401  (fills the op registry)
+from .frontends import prepare_source
 from .graph.pipeline import lower_to_delta_graph
 from .model import DeltaGraphModule
 from .thresholds import ThresholdConfig, load_thresholds
@@ -58,10 +59,14 @@ def convert(model: nn.Module, example_input: torch.Tensor | tuple | None = None,
     example = example_input if example_input is not None else default_example_input(model)
     example = example if isinstance(example, tuple) else (example,)
 
-    lowered = lower_to_delta_graph(model, example, set(config.dense))
-    islands = lowered.islands
+    source = prepare_source(model)
+    lowered = lower_to_delta_graph(source.module, example, set(config.dense), source.leaves)
+    heads = {name: why for name, why in source.heads.items() if name in lowered.islands}
+    islands = {name: why for name, why in lowered.islands.items() if name not in heads}
     converted = DeltaGraphModule(lowered.root, lowered.graph, f"Delta{type(model).__name__}", backend=backend,
                                  conversion={"architecture": architecture or type(model).__name__,
+                                             "source": source.library,
+                                             "dense_heads": heads,
                                              "dense_islands": islands,
                                              "forced_dense": sorted(set(config.dense) & set(islands)),
                                              "deltaconvert_version": __version__})

@@ -77,13 +77,14 @@ class DeltaGraph:
     islands: dict[str, str]
 
 
-def lower_to_delta_graph(model: nn.Module, example: tuple, forced_dense: set[str]
-                         ) -> DeltaGraph:
+def lower_to_delta_graph(model: nn.Module, example: tuple, forced_dense: set[str],
+                         leaves: tuple[type, ...] = ()) -> DeltaGraph:
     """Run the whole pipeline on a private copy of ``model`` (see the module docstring).
 
-    ``forced_dense``: stable node names to run as dense islands whatever their op.
+    ``forced_dense``: stable node names to run as dense islands whatever their op;
+    ``leaves``: module classes traced as single ops (a front-end's dense heads).
     """
-    gm = trace_model(model, example)
+    gm = trace_model(model, example, leaves)
     assign_stable_names(gm)
     gm = run_passes(gm, example, NORMALIZE_PASSES)
     plan = plan_delta_regions(gm, forced_dense)

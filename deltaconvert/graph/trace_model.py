@@ -47,10 +47,16 @@ class _SingleModule(nn.Module):
 
 
 class DeltaTracer(fx.Tracer):
-    """torch.fx tracer that also keeps registered leaf modules whole."""
+    """torch.fx tracer that also keeps registered leaf modules, and instances of
+    ``leaves``, whole."""
+
+    def __init__(self, leaves: tuple[type, ...] = ()) -> None:
+        super().__init__()
+        self.leaves = leaves
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return is_registered_leaf(m) or super().is_leaf_module(m, module_qualified_name)
+        return (is_registered_leaf(m) or isinstance(m, self.leaves)
+                or super().is_leaf_module(m, module_qualified_name))
 
 
 try:  # the tracer's patches of nn.Module.__call__/__getattr__, lifted for eager runs
@@ -93,8 +99,8 @@ class _SizedProxy(fx.Proxy):
 class _SizedTracer(DeltaTracer):
     """Traces with ``example`` running beside the graph (see the module docstring)."""
 
-    def __init__(self, example: tuple) -> None:
-        super().__init__()
+    def __init__(self, example: tuple, leaves: tuple[type, ...] = ()) -> None:
+        super().__init__(leaves)
         self.example = list(example)
         self.values: dict[fx.Node, Any] = {}
         self.resolved: dict[str, str] = {}  # module path → class name
@@ -143,15 +149,17 @@ def require_traced_size(x: torch.Tensor, size: tuple[int, ...], layers: str) -> 
             "size).")
 
 
-def trace_model(model: nn.Module, example: tuple = ()) -> fx.GraphModule:
-    """Deep-copy ``model``, put the copy in eval mode and trace it; if that fails and
-    ``example`` is given, trace with sizes resolved for it (module docstring)."""
+def trace_model(model: nn.Module, example: tuple = (), leaves: tuple[type, ...] = ()
+                ) -> fx.GraphModule:
+    """Deep-copy ``model``, put the copy in eval mode and trace it, keeping instances of
+    ``leaves`` whole; if that fails and ``example`` is given, trace with sizes resolved
+    for it (module docstring)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"convert() expects a torch.nn.Module, got {type(model).__name__}")
     private = copy.deepcopy(model).eval()
     if isinstance(private, fx.GraphModule):
         return private
-    tracer = DeltaTracer()
+    tracer = DeltaTracer(leaves)
     if tracer.is_leaf_module(private, ""):
         private = _SingleModule(private)
     try:
@@ -165,7 +173,7 @@ def trace_model(model: nn.Module, example: tuple = ()) -> fx.GraphModule:
 
 def _trace_with_sizes(model: nn.Module, private: nn.Module, example: tuple,
                       plain: DeltaTracer, plain_error: Exception) -> fx.Graph:
-    sized = _SizedTracer(example)
+    sized = _SizedTracer(example, plain.leaves)
     try:
         graph = sized.trace(private)
     except Exception:  # noqa: BLE001 - the plain trace's error is the one to explain
