@@ -19,10 +19,12 @@ ultralytics is imported only here, and only for a model whose class comes from i
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from ..errors import CheckpointError, TraceFailure
 from .source import Source
 
 
@@ -52,7 +54,6 @@ def _task_model(model: nn.Module) -> nn.Module:
     from ultralytics.engine.model import Model
     inner = model.model if isinstance(model, Model) else model
     if not isinstance(getattr(inner, "model", None), nn.Sequential):
-        from ..errors import TraceFailure
         raise TraceFailure(
             f"{type(model).__name__} is an ultralytics object without a layer list "
             "(.model); pass a YOLO model or its DetectionModel/SegmentationModel/PoseModel "
@@ -78,9 +79,21 @@ def prepare(model: nn.Module) -> Source:
     return Source(body, (Detect,), heads, "ultralytics")
 
 
-def load_checkpoint(path) -> nn.Module:
+def load_checkpoint(path: str | Path) -> nn.Module:
     """The model of an ultralytics checkpoint file (``best.pt``, ``yolov8n.pt``), in
-    float32 and eval mode (ultralytics stores the EMA weights in float16)."""
-    from ultralytics.nn.tasks import load_checkpoint as ultralytics_load
-    model, _ = ultralytics_load(str(path), device="cpu")
+    float32 and eval mode (ultralytics stores the EMA weights in float16). Never
+    downloads: the file must exist."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"--checkpoint {path}: no such file")
+    try:
+        from ultralytics.nn.tasks import load_checkpoint as ultralytics_load
+    except ImportError:
+        raise CheckpointError("reading a YOLO checkpoint needs ultralytics: pip install "
+                              "'deltaconvert[ultralytics]'") from None
+    try:
+        model, _ = ultralytics_load(str(path), device="cpu")
+    except Exception as error:  # noqa: BLE001 - ultralytics raises many kinds
+        raise CheckpointError(f"{path}: not an ultralytics checkpoint ({type(error).__name__}: "
+                              f"{error})") from error
     return model.float().eval()
