@@ -29,6 +29,7 @@ from .rearrangement_chain_to_canonical_op import rearrangement_chain_to_canonica
 from .registry import describe_target
 from .remove_inference_identities import remove_inference_identities
 from .spatial_mean_to_global_pool import spatial_mean_to_global_pool
+from .stack_reduction_to_sum import stack_reduction_to_sum
 from .swap_to_delta_ops import swap_to_delta_ops
 from .torch_functional_to_module import torch_functional_to_module
 from .trace_model import trace_model
@@ -42,6 +43,7 @@ NORMALIZE_PASSES: tuple[GraphPass, ...] = (
     remove_inference_identities,
     fold_parameter_only_subgraphs,
     torch_functional_to_module,
+    stack_reduction_to_sum,
     spatial_mean_to_global_pool,
     channels_last_block_to_channels_first,
     rearrangement_chain_to_canonical_op,
