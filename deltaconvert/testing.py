@@ -76,7 +76,9 @@ def matches_original(model: nn.Module, frames: list, **convert_kwargs: Any) -> d
       model's own floating-point noise, the scale ``error`` is judged against
       (random-init networks can amplify rounding enormously);
     * ``error64``: the delta model converted in float64 against the float64 original,
-      which is the math itself (re-association only, ~1e-15 per op).
+      which is the math itself (re-association only, ~1e-15 per op);
+    * ``change``: the original's largest change between consecutive frames (a test
+      whose model ignores its input cannot fail).
 
     The caller's model is not modified.
     """
@@ -96,12 +98,15 @@ def matches_original(model: nn.Module, frames: list, **convert_kwargs: Any) -> d
         warnings.simplefilter("ignore", DenseFallbackWarning)
         delta = convert(model, frames[0], **convert_kwargs)
         delta64 = convert(exact, frames[0].double(), **convert_kwargs)
-    errors, noise, errors64 = [], [], []
+    errors, noise, errors64, changes, previous = [], [], [], [], None
     with torch.no_grad():
         for frame in frames:
             expected, truth = model(frame), exact(frame.double())
+            if previous is not None:
+                changes.append(worst(expected, previous))
+            previous = expected
             errors.append(worst(delta(frame), expected))
             noise.append(worst(expected, truth))
             errors64.append(worst(delta64(frame.double()), truth))
     return {"dense_islands": delta.dense_islands, "error": max(errors), "noise": max(noise),
-            "error64": max(errors64), "model": delta}
+            "error64": max(errors64), "change": max(changes, default=0.0), "model": delta}
