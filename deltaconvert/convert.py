@@ -5,12 +5,13 @@ adds the user-facing parts: argument defaults, thresholds, the dense-island warn
 """
 from __future__ import annotations
 
+import functools
 import warnings
 from pathlib import Path
 from typing import Any, Union
 
 import torch
-from torch import nn
+from torch import fx, nn
 
 from . import handlers  # noqa: F401  (fills the op registry)
 from .backends import BACKENDS
@@ -39,6 +40,15 @@ def default_example_input(model: nn.Module) -> torch.Tensor:
                                dtype=param.dtype if param is not None else None)
     raise InvalidArgument("cannot guess an input shape for a model without Conv2d: pass "
                           "example_input=torch.randn(...) to convert()")
+
+
+@functools.cache
+def _model_attributes() -> frozenset[str]:
+    """Every attribute name of a converted model, of its class or set by ``__init__``
+    (``backend``, ``conversion``, …): no op may be installed under one of these."""
+    graph = fx.Graph()
+    graph.output(None)
+    return frozenset(dir(DeltaGraphModule)) | frozenset(vars(DeltaGraphModule(nn.Module(), graph)))
 
 
 def _check_arguments(model: Any, example_input: Any, backend: Any, architecture: Any,
@@ -90,7 +100,8 @@ def convert(model: nn.Module, example_input: torch.Tensor | tuple | None = None,
 
     source = prepare_source(model)
     try:
-        lowered = lower_to_delta_graph(source.module, example, set(config.dense), source.leaves)
+        lowered = lower_to_delta_graph(source.module, example, set(config.dense), source.leaves,
+                                       _model_attributes())
     except DeltaConvertError:
         raise
     except Exception as error:  # noqa: BLE001 - no internal error reaches the user as is

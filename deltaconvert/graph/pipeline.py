@@ -80,14 +80,16 @@ class DeltaGraph:
 
 
 def lower_to_delta_graph(model: nn.Module, example: tuple, forced_dense: set[str],
-                         leaves: tuple[type, ...] = ()) -> DeltaGraph:
+                         leaves: tuple[type, ...] = (), reserved: frozenset[str] = frozenset()
+                         ) -> DeltaGraph:
     """Run the whole pipeline on a private copy of ``model`` (see the module docstring).
 
     ``forced_dense``: stable node names to run as dense islands whatever their op;
-    ``leaves``: module classes traced as single ops (a front-end's dense heads).
+    ``leaves``: module classes traced as single ops (a front-end's dense heads);
+    ``reserved``: attribute names of the converted model's class, which no op may take.
     """
     gm = trace_model(model, example, leaves)
-    assign_stable_names(gm)
+    assign_stable_names(gm, reserved)
     gm = run_passes(gm, example, NORMALIZE_PASSES)
     plan = plan_delta_regions(gm, forced_dense)
     modules = dict(gm.named_modules(remove_duplicate=False))
