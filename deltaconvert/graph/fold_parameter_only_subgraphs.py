@@ -17,8 +17,6 @@ the first may be random, the second differ between input sizes.
 """
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import fx
 
@@ -27,34 +25,16 @@ from .names import stable_name, unique_module_path
 _CALLS = ("call_function", "call_method", "call_module")
 
 
-def _evaluate(gm: fx.GraphModule, node: fx.Node, env: dict[fx.Node, Any]) -> Any:
-    args, kwargs = fx.node.map_arg((node.args, node.kwargs), env.__getitem__)
-    if node.op == "get_attr":
-        return _attribute(gm, node.target)
-    if node.op == "call_function":
-        return node.target(*args, **kwargs)
-    if node.op == "call_method":
-        self_arg, *rest = args
-        return getattr(self_arg, node.target)(*rest, **kwargs)
-    return gm.get_submodule(node.target)(*args, **kwargs)
-
-
-def _attribute(gm: fx.GraphModule, path: str) -> Any:
-    obj: Any = gm
-    for part in path.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
 def fold_parameter_only_subgraphs(gm: fx.GraphModule) -> fx.GraphModule:
-    env: dict[fx.Node, Any] = {}
+    interpreter = fx.Interpreter(gm)
+    env = interpreter.env  # parameter-only node → its value
     with torch.no_grad():
         for node in gm.graph.nodes:
             inputs = node.all_input_nodes
             if node.op == "get_attr" or (node.op in _CALLS and inputs
                                          and all(n in env for n in inputs)):
-                env[node] = _evaluate(gm, node, env)
-    for node, value in env.items():
+                env[node] = interpreter.run_node(node)
+    for node, value in list(env.items()):
         if node.op == "get_attr" or not isinstance(value, torch.Tensor):
             continue
         if all(user in env for user in node.users):

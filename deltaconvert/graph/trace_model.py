@@ -20,6 +20,7 @@ change is a new conversion, as it is for a CUDA graph.)
 from __future__ import annotations
 
 import copy
+import operator
 import os
 import traceback
 from typing import Any
@@ -122,11 +123,8 @@ class _SizedTracer(DeltaTracer):
         if node.op == "placeholder":
             return self.example.pop(0) if self.example else None
         if node.op == "get_attr":
-            obj: Any = self.root
             with _unpatched():
-                for part in node.target.split("."):
-                    obj = getattr(obj, part)
-            return obj
+                return operator.attrgetter(node.target)(self.root)
         args, kwargs = fx.node.map_arg((node.args, node.kwargs), self._value)
         with torch.no_grad(), _unpatched():
             if node.op == "call_module":
