@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import torch
 
 from .errors import DeltaConvertError
+from .validation import check_output_directory, check_output_file
 
 EXIT_ERROR = 1
 
@@ -57,11 +58,6 @@ def _device(name: str) -> torch.device:
     return device
 
 
-def _check_output_directory(path: Path) -> Path:
-    """``path`` if it can become an output directory (it is created on the first write)."""
-    if path.exists() and not path.is_dir():
-        raise DeltaConvertError(f"-o {path}: exists and is not a directory")
-    return path
 
 
 def _load_model(path: Path, device: torch.device, thresholds: Path | None):
@@ -86,12 +82,20 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from .architectures import build_architecture, model_from_checkpoint
     from .convert import convert
     from .serialization import save
+    check_output_file(args.output, "-o")
     if args.thresholds is not None:
         from .thresholds import ThresholdConfig
         thresholds = ThresholdConfig.from_yaml(args.thresholds)  # fail before the slow part
     else:
         thresholds = None
-    if args.checkpoint is not None:
+    if args.arch == "yolo":
+        if args.checkpoint is None:
+            raise DeltaConvertError("convert yolo needs --checkpoint FILE (an ultralytics .pt "
+                                    "file such as best.pt or yolov8n.pt)")
+        from .frontends.ultralytics import load_checkpoint
+        model = load_checkpoint(args.checkpoint)
+        weights = str(args.checkpoint)
+    elif args.checkpoint is not None:
         model = model_from_checkpoint(args.arch, args.checkpoint, num_classes=args.num_classes)
         weights = str(args.checkpoint)
     else:
@@ -130,10 +134,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .files import write_bytes_atomic, write_text_atomic
     from .heatmap import UpdateRecorder, heatmap_png
     from .video import iter_frames, to_rgb_image, video_info
+    directory = check_output_directory(args.output, "-o")
     device = _device(args.device)
     model = _load_model(args.model, device, args.thresholds)
     info = video_info(args.video)  # fails early and clearly for missing or undecodable files
-    directory = _check_output_directory(args.output)
     heatmaps = directory / "updates"
     total = min(filter(None, (info.frames, args.max_frames)), default=None)
     outputs, times, work = [], [], []
@@ -180,6 +184,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 # -- tune ----------------------------------------------------------------------------------
 def cmd_tune(args: argparse.Namespace) -> int:
     from .tune import tune
+    check_output_file(args.output, "-o")  # before minutes of tuning
     device = _device(args.device)
     model = _load_model(args.model, device, None)
     frames = _video_frames(args.video, args.input_size, args.frames, device)
@@ -268,7 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Build a torchvision classification or segmentation architecture (never "
                     "downloading weights), load a checkpoint, convert it and save the delta model.")
     convert.add_argument("arch", help="torchvision builder name, e.g. resnet18, mobilenet_v2, "
-                                      "deeplabv3_mobilenet_v3_large")
+                                      "deeplabv3_mobilenet_v3_large; or yolo, for an "
+                                      "ultralytics checkpoint (--checkpoint best.pt)")
     weights = convert.add_mutually_exclusive_group(required=True)
     weights.add_argument("--checkpoint", type=Path, help="state_dict (or a checkpoint holding one) "
                                                          "or a whole pickled model")

@@ -41,3 +41,22 @@ class VideoError(DeltaConvertError):
 
 class UnknownArchitecture(DeltaConvertError):
     """No torchvision classification or segmentation builder has the given name."""
+
+
+class InvalidArgument(DeltaConvertError, TypeError, ValueError):
+    """An argument of a public function has the wrong type or value. The message says
+    what was given, what was expected and the fix. (Also a TypeError/ValueError, so
+    code catching those keeps working.)"""
+
+
+class ConversionError(DeltaConvertError):
+    """Conversion stopped inside deltaconvert: the message names the stage and the node or
+    module, and the ways out (register the module as a leaf, or report the model)."""
+
+
+class UnknownLayer(DeltaConvertError, KeyError):
+    """A layer name that the model does not have (with the closest names). Also a
+    KeyError, as ``model.thresholds`` is a mapping."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""

@@ -33,16 +33,22 @@ def atomic_writer(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     directory = destination.parent
     if not directory.is_dir():
         raise FileNotFoundError(f"cannot write {destination}: directory {directory} does not exist")
-    handle = tempfile.NamedTemporaryFile(mode, dir=directory, prefix=f".{destination.name}.",
-                                         suffix=".tmp", delete=False,
-                                         **({"encoding": "utf-8"} if mode == "w" else {}))
+    try:
+        handle = tempfile.NamedTemporaryFile(mode, dir=directory, prefix=f".{destination.name}.",
+                                             suffix=".tmp", delete=False,
+                                             **({"encoding": "utf-8"} if mode == "w" else {}))
+    except OSError as error:  # name the destination, not the temporary file
+        raise type(error)(f"cannot write {destination}: {error.strerror}") from None
     try:
         with handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(handle.name, 0o666 & ~_current_umask())  # as a plain open() would
-        os.replace(handle.name, destination)
+        try:
+            os.replace(handle.name, destination)
+        except OSError as error:
+            raise type(error)(f"cannot write {destination}: {error.strerror}") from None
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(handle.name)

@@ -17,10 +17,12 @@ from torch import fx, nn
 
 from .backends import Runtime, bind_backend
 from .cuda_graph import CudaGraphReplay
+from .errors import UnknownLayer
 from .ops.base import DeltaOp
 from .ops.boundary import Sparsify
 from .stats import collect_stats
-from .validation import check_dilation, unknown_layer_message, validate_threshold
+from .validation import (check_dilation, check_frame_inputs, unknown_layer_message,
+                         validate_threshold)
 
 
 class Thresholds(MutableMapping):
@@ -40,7 +42,7 @@ class Thresholds(MutableMapping):
     def _op(self, name: str) -> DeltaOp:
         ops = self._ops()
         if name not in ops:
-            raise KeyError(unknown_layer_message(name, list(ops)))
+            raise UnknownLayer(unknown_layer_message(name, list(ops)))
         return ops[name]
 
     def __getitem__(self, name: str) -> float:
@@ -102,6 +104,7 @@ class DeltaGraphModule(fx.GraphModule):
     def _run_frame(self, *args: Any, **kwargs: Any) -> Any:
         """One eager frame (binds the backend on the first frame of a sequence)."""
         if not self._sequence_started:
+            check_frame_inputs(self.conversion.get("inputs"), args)
             self._runtime = bind_backend(self, self.backend, args, kwargs)
         with torch.no_grad(), self._runtime.frame():
             out = super().__call__(*args, **kwargs)

@@ -34,10 +34,11 @@ from typing import Any, Callable
 import torch
 from torch import fx, nn
 
-from .errors import ModelFileError
+from .errors import InvalidArgument, ModelFileError
 from .files import atomic_writer
 from .model import DeltaGraphModule
 from .thresholds import ThresholdConfig
+from .validation import check_output_file, describe
 from .version import __version__
 
 FILE_FORMAT = "deltaconvert-model"
@@ -162,8 +163,11 @@ def save(model: DeltaGraphModule, path: str | os.PathLike) -> None:
     The model is not modified and its current sequence is not saved.
     """
     if not isinstance(model, DeltaGraphModule):
-        raise TypeError(f"deltaconvert.save expects a converted model (from deltaconvert.convert "
-                        f"or deltaconvert.load), got {type(model).__name__}")
+        raise InvalidArgument(f"deltaconvert.save expects a converted model (from "
+                              f"deltaconvert.convert or deltaconvert.load), got "
+                              f"{describe(model)}; convert it first: "
+                              "deltaconvert.save(deltaconvert.convert(model), path)")
+    check_output_file(path, "deltaconvert.save(path=...)")
     header = {
         "format": FILE_FORMAT,
         "format_version": FORMAT_VERSION,
@@ -214,6 +218,14 @@ def read_header(path: str | os.PathLike) -> dict[str, Any]:
 
 def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> DeltaGraphModule:
     """Restore a model written by :func:`save`, on ``device``, starting a new sequence."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise InvalidArgument(f"deltaconvert.load(path=...): expected the path of a model file "
+                              f"(from deltaconvert.save), got {describe(path)}")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InvalidArgument(f"deltaconvert.load(device=...): expected a torch device such as "
+                              f"'cpu' or 'cuda:0', got {describe(device)}") from None
     header = read_header(path)
     with zipfile.ZipFile(path) as archive:
         blob = archive.read(MODULES_NAME)

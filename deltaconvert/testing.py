@@ -60,3 +60,53 @@ def converted_small_net(**convert_kwargs: Any):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DenseFallbackWarning)
         return convert(SmallNet().eval(), torch.randn(1, 3, 24, 32), **convert_kwargs)
+
+
+def matches_original(model: nn.Module, frames: list, **convert_kwargs: Any) -> dict[str, Any]:
+    """Convert ``model`` at threshold 0 and run it beside the original over ``frames``.
+
+    Returns the conversion's ``dense_islands`` and, as the worst frame's relative error
+    (:func:`deltaconvert.metrics.relative_error`):
+
+    Each is the worst over the output's tensors (a detection head's decoded boxes and
+    its raw maps are judged apart, so large coordinates cannot hide a wrong map).
+
+    * ``error``: the float32 delta model against the float32 original;
+    * ``noise``: the float32 original against the same original in float64 — the
+      model's own floating-point noise, the scale ``error`` is judged against
+      (random-init networks can amplify rounding enormously);
+    * ``error64``: the delta model converted in float64 against the float64 original,
+      which is the math itself (re-association only, ~1e-15 per op);
+    * ``change``: the original's largest change between consecutive frames (a test
+      whose model ignores its input cannot fail).
+
+    The caller's model is not modified.
+    """
+    import copy
+    import warnings
+
+    from .convert import DenseFallbackWarning, convert
+    from .delta import tensor_leaves
+    from .metrics import relative_error
+
+    def worst(output: Any, reference: Any) -> float:
+        pairs = zip(tensor_leaves(output), tensor_leaves(reference), strict=True)
+        return max(relative_error(a, b) for a, b in pairs)
+    model = copy.deepcopy(model).eval()
+    exact = copy.deepcopy(model).double()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DenseFallbackWarning)
+        delta = convert(model, frames[0], **convert_kwargs)
+        delta64 = convert(exact, frames[0].double(), **convert_kwargs)
+    errors, noise, errors64, changes, previous = [], [], [], [], None
+    with torch.no_grad():
+        for frame in frames:
+            expected, truth = model(frame), exact(frame.double())
+            if previous is not None:
+                changes.append(worst(expected, previous))
+            previous = expected
+            errors.append(worst(delta(frame), expected))
+            noise.append(worst(expected, truth))
+            errors64.append(worst(delta64(frame.double()), truth))
+    return {"dense_islands": delta.dense_islands, "error": max(errors), "noise": max(noise),
+            "error64": max(errors64), "change": max(changes, default=0.0), "model": delta}

@@ -6,6 +6,11 @@ the module whose ``forward`` made it plus the op (``layer1.0.add``); repeats in 
 scope get ``_1``, ``_2``, … (``layer1.0.relu_1`` is the second call of
 ``layer1.0.relu``). Names are stored in ``node.meta["dc_name"]``; passes that replace
 a node hand its name to the replacement (:func:`inherit`).
+
+A name whose first part is taken by an attribute of the converted model's class
+(``x.to(...)`` or ``x.float()`` at the top level, a submodule called ``graph`` or
+``backend``) gets ``_`` appended to that part (``to_``, ``graph_.conv``), so every op
+can be installed at its name without hiding a method.
 """
 from __future__ import annotations
 
@@ -29,8 +34,18 @@ def _scope(node: fx.Node) -> str:
     return path.split("@")[0]
 
 
-def assign_stable_names(gm: fx.GraphModule) -> fx.GraphModule:
-    """Set ``node.meta["dc_name"]`` on every node (see module docstring)."""
+def _unreserved(name: str, reserved: frozenset[str]) -> str:
+    first, dot, rest = name.partition(".")
+    while first in reserved:
+        first += "_"
+    return first + dot + rest
+
+
+def assign_stable_names(gm: fx.GraphModule, reserved: frozenset[str] = frozenset()
+                        ) -> fx.GraphModule:
+    """Set ``node.meta["dc_name"]`` on every node (see module docstring); ``reserved``:
+    the attribute names of the class the converted model will be."""
+    reserved = frozenset(reserved) | frozenset(dir(fx.GraphModule))
     seen: Counter[str] = Counter()
     for node in gm.graph.nodes:
         if node.op == "call_module":
@@ -42,6 +57,7 @@ def assign_stable_names(gm: fx.GraphModule) -> fx.GraphModule:
             base = str(node.target)
         else:
             base = node.name
+        base = _unreserved(base, reserved)
         count = seen[base]
         seen[base] += 1
         node.meta["dc_name"] = base if count == 0 else f"{base}_{count}"

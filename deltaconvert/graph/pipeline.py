@@ -20,6 +20,7 @@ from ..ops.base import DeltaOp
 from .analysis import propagate_value_info
 from .channels_last_block_to_channels_first import channels_last_block_to_channels_first
 from .fold_batch_norm_into_conv import fold_batch_norm_into_conv
+from .fold_parameter_only_subgraphs import fold_parameter_only_subgraphs
 from .inplace_to_out_of_place import inplace_to_out_of_place
 from .insert_boundaries import insert_boundaries
 from .names import assign_stable_names, stable_name
@@ -28,6 +29,7 @@ from .rearrangement_chain_to_canonical_op import rearrangement_chain_to_canonica
 from .registry import describe_target
 from .remove_inference_identities import remove_inference_identities
 from .spatial_mean_to_global_pool import spatial_mean_to_global_pool
+from .stack_reduction_to_sum import stack_reduction_to_sum
 from .swap_to_delta_ops import swap_to_delta_ops
 from .torch_functional_to_module import torch_functional_to_module
 from .trace_model import trace_model
@@ -39,7 +41,9 @@ GraphPass = Callable[[fx.GraphModule], fx.GraphModule]
 NORMALIZE_PASSES: tuple[GraphPass, ...] = (
     inplace_to_out_of_place,
     remove_inference_identities,
+    fold_parameter_only_subgraphs,
     torch_functional_to_module,
+    stack_reduction_to_sum,
     spatial_mean_to_global_pool,
     channels_last_block_to_channels_first,
     rearrangement_chain_to_canonical_op,
@@ -75,14 +79,17 @@ class DeltaGraph:
     islands: dict[str, str]
 
 
-def lower_to_delta_graph(model: nn.Module, example: tuple, forced_dense: set[str]
+def lower_to_delta_graph(model: nn.Module, example: tuple, forced_dense: set[str],
+                         leaves: tuple[type, ...] = (), reserved: frozenset[str] = frozenset()
                          ) -> DeltaGraph:
     """Run the whole pipeline on a private copy of ``model`` (see the module docstring).
 
-    ``forced_dense``: stable node names to run as dense islands whatever their op.
+    ``forced_dense``: stable node names to run as dense islands whatever their op;
+    ``leaves``: module classes traced as single ops (a front-end's dense heads);
+    ``reserved``: attribute names of the converted model's class, which no op may take.
     """
-    gm = trace_model(model)
-    assign_stable_names(gm)
+    gm = trace_model(model, example, leaves)
+    assign_stable_names(gm, reserved)
     gm = run_passes(gm, example, NORMALIZE_PASSES)
     plan = plan_delta_regions(gm, forced_dense)
     modules = dict(gm.named_modules(remove_duplicate=False))

@@ -6,8 +6,11 @@ handler, and the handler accepts the call. Every other varying call runs dense (
 of a ``chunk``) is structural: it passes on whatever the container holds.
 
 Guarantees of the returned plan: a delta op never receives a container node as an
-argument, and a container produced by a delta op feeds only structural ``getitem``s
-or other delta ops (Densify/Sparsify take single tensors).
+argument, a container produced by a delta op feeds only structural ``getitem``s
+or other delta ops (Densify/Sparsify take single tensors), and every varying dense
+tensor that enters the delta domain is a per-stream map (rank ≥ 2, the batch first):
+an op reading a reduced value from a dense island (``y.max()``, ``y.std()``, a mean
+over the batch) runs dense too, with the reason naming that value.
 """
 from __future__ import annotations
 
@@ -87,7 +90,37 @@ def plan_delta_regions(gm: fx.GraphModule, forced_dense: set[str] = frozenset())
         else:
             plan.islands[node] = decision
     _demote_containers_with_dense_consumers(plan)
+    _demote_ops_reading_non_maps(plan, _batch_size(gm))
     return plan
+
+
+def _batch_size(gm: fx.GraphModule) -> int | None:
+    for node in gm.graph.nodes:
+        info = value_info(node)
+        if node.op == "placeholder" and info.kind == "tensor" and info.rank >= 1:
+            return info.shape[0]
+    return None
+
+
+def _is_map(node: fx.Node, batch: int | None) -> bool:
+    info = value_info(node)
+    return info.kind != "tensor" or (info.rank >= 2 and info.shape[0] == batch)
+
+
+def _demote_ops_reading_non_maps(plan: Plan, batch: int | None) -> None:
+    changed = True
+    while changed:
+        changed = False
+        for node in list(plan.delta_ops):
+            for arg in node.all_input_nodes:
+                if value_info(arg).varying and not plan.is_delta(arg) and not _is_map(arg, batch):
+                    del plan.delta_ops[node]
+                    plan.islands[node] = (
+                        f"reads {stable_name(arg)}, a value of shape {value_info(arg).shape} "
+                        "that is not a per-pixel map of each stream (a reduction over pixels "
+                        "or the batch), which has no delta form")
+                    changed = True
+                    break
 
 
 def _demote_containers_with_dense_consumers(plan: Plan) -> None:

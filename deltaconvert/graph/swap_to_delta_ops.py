@@ -4,8 +4,10 @@ module tree.
 Guarantees: every delta op and every remaining dense module is installed at the node's
 stable name (``model.get_submodule("layer1.0.relu_1")``), each node has its own op
 instance (a module called from several sites gets one op per site), and parameters
-read by ``get_attr`` keep their paths. Nothing of the traced modules is shared with the
-result except by copy.
+read by ``get_attr`` keep their paths — unless an op or module sits on that path or
+above it (a module both called and read from, ``self.proj(x)`` and
+``self.proj.weight.device``), then they move to a free ``dc_attr_…`` path. Nothing of
+the traced modules is shared with the result except by copy.
 """
 from __future__ import annotations
 
@@ -49,9 +51,7 @@ def swap_to_delta_ops(gm: fx.GraphModule, ops: dict[fx.Node, DeltaOp]) -> tuple[
     root = nn.Module()
     graph = gm.graph
     for node in graph.nodes:
-        if node.op == "get_attr":
-            _install(root, node.target, copy.deepcopy(_attribute(gm, node.target)))
-        elif node in ops:
+        if node in ops:
             name = stable_name(node)
             op = ops[node]
             op.node_name = name
@@ -61,4 +61,30 @@ def swap_to_delta_ops(gm: fx.GraphModule, ops: dict[fx.Node, DeltaOp]) -> tuple[
             name = stable_name(node)
             _install(root, name, copy.deepcopy(gm.get_submodule(node.target)))
             node.target = name
+    installed = {node.target for node in graph.nodes if node.op == "call_module"}
+    for node in graph.nodes:
+        if node.op == "get_attr":
+            value = copy.deepcopy(_attribute(gm, node.target))
+            if _on_installed_path(root, node.target, installed):
+                node.target = _free_path(root, "dc_attr_" + node.target.replace(".", "_"))
+            _install(root, node.target, value)
     return root, graph
+
+
+def _on_installed_path(root: nn.Module, path: str, installed: set[str]) -> bool:
+    parts = path.split(".")
+    prefixes = {".".join(parts[:i]) for i in range(1, len(parts) + 1)}
+    if prefixes & installed:
+        return True
+    try:
+        _attribute(root, path)
+    except AttributeError:
+        return False
+    return True
+
+
+def _free_path(root: nn.Module, base: str) -> str:
+    path, i = base, 1
+    while hasattr(root, path):
+        path, i = f"{base}_{i}", i + 1
+    return path

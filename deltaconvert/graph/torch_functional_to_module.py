@@ -3,8 +3,13 @@
 After this pass the registry sees one form of each op: ``F.relu(x)``, ``torch.relu(x)``
 and ``x.relu()`` are all calls of a fresh ``nn.ReLU`` at that call site;
 ``F.layer_norm``, ``F.conv2d`` and ``F.linear`` whose weights are parameters become
-``nn.LayerNorm``/``nn.Conv2d``/``nn.Linear`` holding copies of those parameters. A call whose non-input arguments are not all constants
-(or that passes an argument the module cannot take) is left as it is.
+``nn.LayerNorm``/``nn.Conv2d``/``nn.Linear`` holding copies of those parameters, and
+``F.batch_norm`` with running statistics and ``training=False`` (inference, as in
+timm's fused norm-act layers) becomes an eval-mode ``nn.BatchNorm1d/2d/3d`` with copies
+of its statistics and affine parameters: ``y = γ·(x − μ)/√(σ²+ε) + β`` either way, so
+the batch-norm can then be folded into a preceding conv or run as a channel scale. A
+call whose non-input arguments are not all constants (or that passes an argument the
+module cannot take) is left as it is.
 """
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from .analysis import value_info
 from .names import inherit, stable_name, unique_module_path
 
 # (targets, module class, names of the arguments after the input, in positional order)
@@ -93,11 +99,14 @@ def _tensors(gm: fx.GraphModule, *operands) -> list[torch.Tensor | None] | None:
 
 
 def _load(module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
+    """``module`` in ``weight``'s dtype and device holding exact copies of the operands
+    (cast first, then copied: a float64 model keeps every bit of its weights)."""
+    module = module.to(weight.device, weight.dtype)
     with torch.no_grad():
         module.weight.copy_(weight)
         if bias is not None:
             module.bias.copy_(bias)
-    return module.to(weight.device, weight.dtype)
+    return module
 
 
 def _layer_norm_module(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
@@ -135,9 +144,35 @@ def _linear_module(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
     return _load(nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None), weight, bias)
 
 
+_BATCH_NORM_FOR_RANK = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}
+
+
+def _batch_norm_module(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
+    bound = _bound(node, ("running_mean", "running_var", "weight", "bias", "training",
+                          "momentum", "eps"))
+    params = _tensors(gm, bound.get("running_mean"), bound.get("running_var"),
+                      bound.get("weight"), bound.get("bias"))
+    eps = bound.get("eps", 1e-5)
+    bn_class = _BATCH_NORM_FOR_RANK.get(value_info(node.args[0]).rank)
+    if (params is None or params[0] is None or params[1] is None or bn_class is None
+            or bound.get("training", False) is not False or isinstance(eps, fx.Node)):
+        return None
+    mean, var, weight, bias = params
+    bn = bn_class(mean.numel(), eps=eps, affine=weight is not None or bias is not None)
+    bn = bn.to(mean.device, mean.dtype).eval()
+    with torch.no_grad():
+        bn.running_mean.copy_(mean)
+        bn.running_var.copy_(var)
+        if bn.affine:
+            bn.weight.copy_(weight if weight is not None else torch.ones_like(mean))
+            bn.bias.copy_(bias if bias is not None else torch.zeros_like(mean))
+    return bn
+
+
 # Functionals whose tensor operands are parameters: built with the parameters copied in.
 _WEIGHTED = {F.layer_norm: _layer_norm_module, F.conv2d: _conv2d_module,
-             torch.conv2d: _conv2d_module, F.linear: _linear_module}
+             torch.conv2d: _conv2d_module, F.linear: _linear_module,
+             F.batch_norm: _batch_norm_module}
 
 
 def _resolve_attr(gm: fx.GraphModule, target: str) -> torch.Tensor:
@@ -162,6 +197,7 @@ def torch_functional_to_module(gm: fx.GraphModule) -> fx.GraphModule:
         with gm.graph.inserting_before(node):
             replacement = gm.graph.call_module(path, (node.args[0],))
         inherit(replacement, node)
+        replacement.meta["dc_value"] = value_info(node)  # the same value, for later calls
         node.replace_all_uses_with(replacement)
         gm.graph.erase_node(node)
     return gm

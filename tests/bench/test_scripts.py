@@ -32,6 +32,7 @@ HELP = {  # script → a text its --help prints
     "tune_configs.py": "--output-dir",
     "make_static_clip.py": "--out",
     "stage_gpu_data.sh": "usage: stage_gpu_data",
+    "stage_gpu_wheels.sh": "usage: stage_gpu_wheels",
     "gpu_check.sh": "GPU check of the CUDA backend",
     "speed_probe.py": "--height",
 }
