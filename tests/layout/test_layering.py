@@ -23,7 +23,7 @@ FLOORS: list[set[str]] = [
     {"graph", "backends", "stats"},
     {"cuda_graph", "handlers"},
     {"model"},
-    {"thresholds", "video", "weights", "architectures", "heatmap"},
+    {"thresholds", "video", "weights", "architectures", "heatmap", "streams"},
     {"serialization", "convert", "tune"},
     {"", "testing"},
     {"bench"},
