@@ -20,8 +20,8 @@ fixes it ahead of the first frame (otherwise the first frame's batch size does).
   dense for its row — the original model's output for that sample — while the other
   slots continue as delta frames. The restarted rows run densely as a sub-batch on an
   empty state, and the buffers that dense run builds are written into their rows of
-  every op's state in place (:meth:`~deltaconvert.ops.base.DeltaOp.write_rows`); the
-  other slots' frame runs first, gated, through the eager or CUDA-graph path as usual.
+  every op's state in place (:meth:`~deltaconvert.ops.base.DeltaOp.write_rows`); then
+  the other slots' frame runs, gated, through the eager or CUDA-graph path as usual.
 * The first frame of a sequence is dense for every slot; slots that get no frame in it
   (``run_slots`` with a subset) are restarted at their first frame.
 
@@ -205,21 +205,24 @@ class DeltaGraphModule(fx.GraphModule):
             self._whole_batch_frame(full_args, full_kwargs)  # builds the state buffers
             self._restart = set(range(slots))
         self._install_ready_gate(_input_device(args, kwargs))
-        moving = [r for r in rows if r not in self._restart]
+        dense = {}
+        for position, row in enumerate(rows):
+            if row in self._restart:
+                sample_args, sample_kwargs = map_tensor_leaves(
+                    (args, kwargs), lambda t: t[position:position + 1])
+                dense[row] = self._dense_rows(torch.tensor([row]), sample_args, sample_kwargs)
+                self._restart.discard(row)
+        # The slots with a delta frame run after the restarts (which are gated off in
+        # this run), so the last masks every op saw are this frame's delta masks.
+        moving = [r for r in rows if r not in dense]
         out = None
         if moving:
             ready = torch.zeros(slots, dtype=torch.bool)
             ready[moving] = True
             self._ready.copy_(ready)
             out = self._whole_batch_frame(full_args, full_kwargs)
-        for position, row in enumerate(rows):
-            if row in self._restart:
-                sample_args, sample_kwargs = map_tensor_leaves(
-                    (args, kwargs), lambda t: t[position:position + 1])
-                row_index = torch.tensor([row], dtype=torch.long)
-                dense = self._dense_rows(row_index, sample_args, sample_kwargs)
-                self._restart.discard(row)
-                out = _write_output_rows(out, row_index, dense, slots)
+        for row, rows_out in dense.items():
+            out = _write_output_rows(out, torch.tensor([row]), rows_out, slots)
         return _select_rows(out, index)
 
     def _full_batch(self, rows: list[int], index: torch.Tensor, args: tuple,
