@@ -185,7 +185,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     baseline = copy.deepcopy(model) if args.compare_dense else None
     summaries = {source.name: _StreamSummary() for source in sources}
     videos: dict[str, HeatmapVideo] = {}
-    interrupted = False
+    interrupted, failure = False, None
     rows = FrameRows(directory, save_outputs=not args.no_outputs)
     with contextlib.ExitStack() as stack:
         stack.callback(rows.close)
@@ -219,12 +219,17 @@ def cmd_run(args: argparse.Namespace) -> int:
                     videos[result.stream].write(result.rgb, result.heat, label)
         except KeyboardInterrupt:
             interrupted = True
+        except DeltaConvertError as error:  # e.g. a stream that breaks off: keep the rest
+            failure = error
     per_stream = {name: s.as_dict() for name, s in summaries.items()}
     write_text_atomic(directory / "summary.json", json.dumps({
         "model": str(args.model), "sources": {s.name: s.url for s in sources},
         "device": str(device), "backend": model.active_backend, "interrupted": interrupted,
+        "error": None if failure is None else str(failure),
         "stride": args.stride, "start": args.start, "end": end, "streams": per_stream,
     }, indent=2))
+    if failure is not None:
+        raise failure
     for name, summary in per_stream.items():
         print(_describe(name, summary))
     written = ["frames.jsonl", "summary.json"] + (["outputs/"] if not args.no_outputs else [])
@@ -267,6 +272,35 @@ def cmd_bench(args: argparse.Namespace) -> int:
                                 "(deltaconvert/benchmark.py is missing); update deltaconvert, "
                                 "or run scripts/bench.py from a checkout") from None
     return int(benchmark.main(list(args.bench_args)) or 0)
+
+
+# -- serve ---------------------------------------------------------------------------------
+def cmd_serve(args: argparse.Namespace) -> int:
+    import time
+    try:
+        import ray
+        from ray import serve
+    except ImportError:
+        raise DeltaConvertError("serving needs Ray Serve: pip install 'deltaconvert[serve]'") from None
+    from .serialization import load
+    from .serve import APP_NAME, build_app
+    load(args.model)  # fails early and clearly for a missing or foreign file
+    ray.init(address=args.address, include_dashboard=False)
+    serve.start(http_options={"host": args.host, "port": args.port})
+    serve.run(build_app(args.model, replicas=args.replicas, slots=args.slots, device=args.device,
+                        gpus_per_replica=args.gpus_per_replica, batch_wait_s=args.batch_wait_ms / 1000,
+                        idle_timeout=args.idle_timeout, thresholds=args.thresholds),
+              name=APP_NAME, route_prefix="/")
+    print(f"serving {args.model} as Ray Serve application {APP_NAME!r}: {args.replicas} replica(s) "
+          f"of {args.slots} slots; HTTP on http://{args.host}:{args.port}/ (POST an image with "
+          f"headers x-session-id and x-frame); Python: deltaconvert.serve.StreamClient(). "
+          "Ctrl-C stops.")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        serve.shutdown()
+    return 0
 
 
 # -- info ----------------------------------------------------------------------------------
@@ -398,6 +432,31 @@ def build_parser() -> argparse.ArgumentParser:
         "bench", add_help=False, help="benchmark delta against dense inference "
                                       "(arguments go to the benchmark; see `bench --help`)")
     bench.set_defaults(handler=cmd_bench)  # main() hands it the raw arguments
+
+    serve = commands.add_parser(
+        "serve", help="serve a model file on Ray Serve: many streams per replica",
+        description="Start a Ray Serve application: each replica owns one GPU (or CPU) and "
+                    "SLOTS stream slots; a stream's frames are routed to one replica by "
+                    "consistent hashing of its id (no fallback); concurrent frames on a "
+                    "replica run as one batch. Needs pip install 'deltaconvert[serve]'. To "
+                    "span GPUs and hosts, `ray start --head` on one node, `ray start "
+                    "--address HEAD:6379` on the others, then run this with --address auto "
+                    "and --replicas = the GPUs to use.")
+    serve.add_argument("model", type=Path, help="model file from `deltaconvert convert`")
+    serve.add_argument("--replicas", type=positive_int, default=1, help="replicas (GPUs) to run")
+    serve.add_argument("--slots", type=positive_int, default=8, help="streams per replica")
+    serve.add_argument("--device", default="auto", help="auto (a GPU per replica if any), cpu, cuda")
+    serve.add_argument("--gpus-per-replica", type=float, help="default 1 with GPUs, else 0")
+    serve.add_argument("--batch-wait-ms", type=positive_float, default=5.0,
+                       help="how long a replica waits to fill a batch (default 5)")
+    serve.add_argument("--idle-timeout", type=positive_float, default=300.0,
+                       help="seconds after which a silent stream's slot is reused (default 300)")
+    serve.add_argument("--thresholds", type=Path, help="threshold YAML to apply")
+    serve.add_argument("--address", default=None,
+                       help="Ray cluster to join (auto: the one `ray start` runs); default: a new local one")
+    serve.add_argument("--host", default="127.0.0.1", help="HTTP host (default 127.0.0.1)")
+    serve.add_argument("--port", type=positive_int, default=8000, help="HTTP port (default 8000)")
+    serve.set_defaults(handler=cmd_serve)
 
     info = commands.add_parser("info", help="layers, thresholds, dense islands and memory of a model file")
     info.add_argument("model", type=Path, help="model file")

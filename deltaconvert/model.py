@@ -128,8 +128,8 @@ class DeltaGraphModule(fx.GraphModule):
             if self._replay is None:
                 self._replay = CudaGraphReplay(self._run_frame, self._runtime, self._settings)
             return self._replay(args, kwargs)
-        if not self._sequence_started:
-            self._batch = _batch_size(args, kwargs)
+        if not self._sequence_started:  # the first input's batch: as in Sparsify's check
+            self._batch = next(iter(tensor_leaves((args, kwargs)))).shape[0]
         return self._run_frame(*args, **kwargs)
 
     def _settings(self) -> tuple:
@@ -209,7 +209,7 @@ class DeltaGraphModule(fx.GraphModule):
         for position, row in enumerate(rows):
             if row in self._restart:
                 sample_args, sample_kwargs = map_tensor_leaves(
-                    (args, kwargs), lambda t: t[position:position + 1])
+                    (args, kwargs), lambda t, i=position: t[i:i + 1])
                 dense[row] = self._dense_rows(torch.tensor([row]), sample_args, sample_kwargs)
                 self._restart.discard(row)
         # The slots with a delta frame run after the restarts (which are gated off in

@@ -104,9 +104,21 @@ def _open(source: Source):
 
 
 def check_source(source: Source) -> None:
-    """Open and close ``source``: raises VideoError now, before a run starts, if it cannot
-    be decoded."""
-    _open(source).close()
+    """Open ``source`` and decode its first two frames (or its only one): raises
+    VideoError now, before a run starts, if it cannot be decoded. (Two, because FFmpeg
+    reads one frame out of some non-video files before it fails.)"""
+    import itertools
+
+    import av
+    container = _open(source)
+    try:
+        if not list(itertools.islice(container.decode(video=0), 2)):
+            raise StopIteration
+    except (av.error.FFmpegError, StopIteration) as error:
+        reason = getattr(error, "strerror", None) or str(error) or "no frame could be read"
+        raise VideoError(f"cannot decode video file {source.url}: {reason}") from None
+    finally:
+        container.close()
 
 
 class FrameReader:

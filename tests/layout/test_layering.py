@@ -24,8 +24,10 @@ FLOORS: list[set[str]] = [
     {"cuda_graph", "handlers"},
     {"model"},
     {"thresholds", "video", "weights", "architectures", "heatmap", "streams"},
-    {"serialization", "convert", "tune"},
-    {"", "testing"},
+    {"sources", "serving"},
+    {"serialization", "convert", "tune", "sinks"},
+    {"predict"},
+    {"", "testing", "serve"},
     {"bench"},
     {"cli"},
 ]

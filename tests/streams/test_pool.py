@@ -23,6 +23,7 @@ class Clock:
 @pytest.fixture(scope="module")
 def clips():
     from deltaconvert.synthetic import synthetic_video
+
     from .test_slots import HEIGHT, WIDTH
     return {name: synthetic_video(FRAMES, HEIGHT, WIDTH, batch=1, seed=s)
             for s, name in enumerate(["cam-a", "cam-b", "cam-c", "cam-d"], start=5)}
