@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import torch
 
 from .errors import DeltaConvertError
-from .validation import check_output_directory, check_output_file
+from .validation import check_output_file
 
 EXIT_ERROR = 1
 
@@ -49,6 +49,12 @@ def positive_int(text: str) -> int:
     return int(text)
 
 
+def non_negative_int(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected an integer ≥ 0, got {text!r}")
+    return int(text)
+
+
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -56,8 +62,6 @@ def _device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise DeltaConvertError(f"--device {name}: no CUDA device is available; use --device cpu")
     return device
-
-
 
 
 def _load_model(path: Path, device: torch.device, thresholds: Path | None):
@@ -112,73 +116,136 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 # -- run -----------------------------------------------------------------------------------
-def _storable(output: Any) -> Any:
-    """A model output for outputs.pt: on the CPU; (N, C, H, W) maps as per-pixel argmax."""
-    from .delta import map_tensor_leaves
+class _StreamSummary:
+    """Per-stream counters of a run (constant memory apart from the delta-frame times)."""
 
-    def store(tensor: torch.Tensor) -> torch.Tensor:
-        tensor = tensor.detach().cpu()
-        if tensor.dim() == 4:
-            return tensor.argmax(dim=1).to(torch.uint8 if tensor.shape[1] <= 256 else torch.int32)
-        return tensor
-    return map_tensor_leaves(output, store)
+    def __init__(self) -> None:
+        self.frames = 0
+        self.dense_ms: float | None = None
+        self.delta_ms: list[float] = []
+        self.work: list[float] = []
+        self.errors: list[float] = []
+        self.baseline_ms: list[float] = []
+
+    def as_dict(self) -> dict[str, Any]:
+        delta = statistics.median(self.delta_ms) if self.delta_ms else None
+        return {
+            "frames": self.frames, "dense_frame_ms": self.dense_ms,
+            "delta_frames": len(self.delta_ms), "delta_ms_median": delta,
+            "delta_fps": 1000 / delta if delta else None,
+            "work_fraction_mean": statistics.fmean(self.work) if self.work else None,
+            "dense_baseline_ms_median": (statistics.median(self.baseline_ms)
+                                         if self.baseline_ms else None),
+            "error_vs_dense_mean": statistics.fmean(self.errors) if self.errors else None,
+            "error_vs_dense_max": max(self.errors) if self.errors else None,
+        }
+
+
+def _describe(name: str, summary: dict[str, Any]) -> str:
+    if summary["delta_frames"] == 0:
+        speed = "no delta frame ran, so no delta-frame speed was measured"
+    else:
+        speed = (f"{summary['delta_fps']:.1f} fps on delta frames "
+                 f"({summary['delta_ms_median']:.1f} ms/frame)")
+    text = (f"{name}: {summary['frames']} frames; dense first frame "
+            f"{summary['dense_frame_ms']:.1f} ms; {speed}")
+    if summary["work_fraction_mean"] is not None:
+        text += f"; work fraction {summary['work_fraction_mean']:.3f}"
+    if summary["error_vs_dense_mean"] is not None:
+        text += (f"; dense baseline {summary['dense_baseline_ms_median']:.1f} ms/frame, relative "
+                 f"error vs dense {summary['error_vs_dense_mean']:.4f} mean, "
+                 f"{summary['error_vs_dense_max']:.4f} max")
+    return text
+
+
+def _preprocess(args: argparse.Namespace, model: Any):
+    from .sources import Preprocess
+    try:
+        return Preprocess.for_model(model, mean=args.mean and tuple(args.mean),
+                                    std=args.std and tuple(args.std), size=args.resize,
+                                    letterbox=args.letterbox or None)
+    except ValueError as error:
+        raise DeltaConvertError(str(error)) from None
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     import contextlib
-    import io
+    import copy
 
     from tqdm import tqdm
 
     from .bench.timing import timed
-    from .files import write_bytes_atomic, write_text_atomic
-    from .heatmap import UpdateRecorder, heatmap_png
-    from .video import iter_frames, to_rgb_image, video_info
-    directory = check_output_directory(args.output, "-o")
+    from .files import write_text_atomic
+    from .metrics import relative_error
+    from .predict import stream_sources
+    from .sinks import FrameRows, HeatmapVideo, new_run_folder
+    from .sources import check_source, expand_sources
     device = _device(args.device)
     model = _load_model(args.model, device, args.thresholds)
-    info = video_info(args.video)  # fails early and clearly for missing or undecodable files
-    heatmaps = directory / "updates"
-    total = min(filter(None, (info.frames, args.max_frames)), default=None)
-    outputs, times, work = [], [], []
+    preprocess = _preprocess(args, model)
+    sources = expand_sources(args.sources)
+    for source in sources:  # fail early and clearly, before anything is written
+        check_source(source)
+    end = args.end
+    if args.max_frames is not None:
+        capped = args.start + args.max_frames * args.stride
+        end = capped if end is None else min(end, capped)
+    directory = new_run_folder(args.output)
+    baseline = copy.deepcopy(model) if args.compare_dense else None
+    summaries = {source.name: _StreamSummary() for source in sources}
+    videos: dict[str, HeatmapVideo] = {}
+    interrupted, failure = False, None
+    rows = FrameRows(directory, save_outputs=not args.no_outputs)
     with contextlib.ExitStack() as stack:
-        recorder = None if args.no_heatmap else stack.enter_context(UpdateRecorder(model))
-        frames = iter_frames(args.video, size=args.input_size, max_frames=args.max_frames)
-        for index, frame in enumerate(tqdm(frames, desc="run", unit="frame", total=total)):
-            output, milliseconds = timed(device, model, frame.to(device))
-            times.append(milliseconds)
-            outputs.append(_storable(output))
-            if index == 0:
-                size = tuple(frame.shape[-2:])
-                continue
-            work.append(model.stats()["work_fraction_last"])
-            heat = recorder.work_map(size) if recorder is not None else None
-            if heat is not None:
-                heatmaps.mkdir(parents=True, exist_ok=True)
-                write_bytes_atomic(heatmaps / f"frame_{index:05d}.png",
-                                   heatmap_png(to_rgb_image(frame[0]), heat[0]))
-    buffer = io.BytesIO()
-    torch.save(outputs, buffer)
-    directory.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(directory / "outputs.pt", buffer.getvalue())
-    delta_ms = statistics.median(times[1:] or times)
-    known_work = [w for w in work if w is not None]
-    summary = {
-        "model": str(args.model), "video": str(args.video), "frames": len(times),
-        "resolution": list(size), "device": str(device), "backend": model.active_backend,
-        "first_frame_ms": times[0], "delta_ms_median": delta_ms, "delta_fps": 1000 / delta_ms,
-        "work_fraction_mean": statistics.fmean(known_work) if known_work else None,
-        "work_fraction_per_frame": work, "ms_per_frame": times,
-    }
-    write_text_atomic(directory / "summary.json", json.dumps(summary, indent=2))
-    work_text = ("" if summary["work_fraction_mean"] is None
-                 else f", work fraction {summary['work_fraction_mean']:.3f}")
-    print(f"{len(times)} frames at {size[0]}x{size[1]} on {device} ({model.active_backend} "
-          f"backend): {1000 / delta_ms:.1f} fps on delta frames ({delta_ms:.1f} ms/frame; first, "
-          f"dense frame {times[0]:.1f} ms){work_text}")
-    print(f"wrote {directory / 'outputs.pt'}, {directory / 'summary.json'}"
-          + ("" if recorder is None else f", heatmaps in {heatmaps}"))
-    return 0
+        stack.callback(rows.close)
+        stack.callback(lambda: [video.close() for video in videos.values()])
+        results = stream_sources(model, sources, preprocess=preprocess, stride=args.stride,
+                                 start=args.start, end=end, heatmap=not args.no_heatmap)
+        try:
+            for result in tqdm(results, desc="run", unit="frame"):
+                summary = summaries[result.stream]
+                summary.frames += 1
+                if result.dense:
+                    summary.dense_ms = result.ms
+                else:
+                    summary.delta_ms.append(result.ms)
+                    if result.work_fraction is not None:
+                        summary.work.append(result.work_fraction)
+                row = {"stream": result.stream, "frame": result.frame, "dense": result.dense,
+                       "ms": result.ms, "work_fraction": result.work_fraction}
+                if baseline is not None:
+                    baseline.reset()
+                    reference, baseline_ms = timed(device, baseline, result.input)
+                    summary.baseline_ms.append(baseline_ms)
+                    row["error_vs_dense"] = relative_error(result.output, reference)
+                    summary.errors.append(row["error_vs_dense"])
+                rows.write(row, result.output)
+                if result.heat is not None:
+                    if result.stream not in videos:
+                        videos[result.stream] = HeatmapVideo(directory / f"{result.stream}.mp4")
+                    label = ("dense frame" if result.dense else
+                             f"frame {result.frame}: work {100 * (result.work_fraction or 0):.1f}%")
+                    videos[result.stream].write(result.rgb, result.heat, label)
+        except KeyboardInterrupt:
+            interrupted = True
+        except DeltaConvertError as error:  # e.g. a stream that breaks off: keep the rest
+            failure = error
+    per_stream = {name: s.as_dict() for name, s in summaries.items()}
+    write_text_atomic(directory / "summary.json", json.dumps({
+        "model": str(args.model), "sources": {s.name: s.url for s in sources},
+        "device": str(device), "backend": model.active_backend, "interrupted": interrupted,
+        "error": None if failure is None else str(failure),
+        "stride": args.stride, "start": args.start, "end": end, "streams": per_stream,
+    }, indent=2))
+    if failure is not None:
+        raise failure
+    for name, summary in per_stream.items():
+        print(_describe(name, summary))
+    written = ["frames.jsonl", "summary.json"] + (["outputs/"] if not args.no_outputs else [])
+    written += [f"{name}.mp4" for name in videos]
+    print(("interrupted; kept what ran: " if interrupted else "wrote ")
+          + f"{', '.join(written)} in {directory}")
+    return 130 if interrupted else 0
 
 
 # -- tune ----------------------------------------------------------------------------------
@@ -215,6 +282,35 @@ def cmd_bench(args: argparse.Namespace) -> int:
                                 "(deltaconvert/bench/matrix.py is missing); reinstall "
                                 "deltaconvert") from None
     return int(matrix.main(list(args.bench_args)) or 0)
+
+
+# -- serve ---------------------------------------------------------------------------------
+def cmd_serve(args: argparse.Namespace) -> int:
+    import time
+    try:
+        import ray
+        from ray import serve
+    except ImportError:
+        raise DeltaConvertError("serving needs Ray Serve: pip install 'deltaconvert[serve]'") from None
+    from .serialization import load
+    from .serve import APP_NAME, build_app
+    load(args.model)  # fails early and clearly for a missing or foreign file
+    ray.init(address=args.address, include_dashboard=False)
+    serve.start(http_options={"host": args.host, "port": args.port})
+    serve.run(build_app(args.model, replicas=args.replicas, slots=args.slots, device=args.device,
+                        gpus_per_replica=args.gpus_per_replica, batch_wait_s=args.batch_wait_ms / 1000,
+                        idle_timeout=args.idle_timeout, thresholds=args.thresholds),
+              name=APP_NAME, route_prefix="/")
+    print(f"serving {args.model} as Ray Serve application {APP_NAME!r}: {args.replicas} replica(s) "
+          f"of {args.slots} slots; HTTP on http://{args.host}:{args.port}/ (POST an image with "
+          f"headers x-session-id and x-frame); Python: deltaconvert.serve.StreamClient(). "
+          "Ctrl-C stops.")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        serve.shutdown()
+    return 0
 
 
 # -- info ----------------------------------------------------------------------------------
@@ -290,21 +386,38 @@ def build_parser() -> argparse.ArgumentParser:
     convert.set_defaults(handler=cmd_convert)
 
     run = commands.add_parser(
-        "run", help="run a model file on a video: fps, outputs, update heatmaps",
-        description="Run a converted model on every frame of a video. Writes DIR/summary.json "
-                    "(timings, work fraction per frame), DIR/outputs.pt (per-frame outputs on "
-                    "the CPU; (N, C, H, W) outputs as per-pixel argmax class maps) and "
-                    "DIR/updates/frame_NNNNN.png (where each delta frame did its work).")
+        "run", help="run a model file on videos, folders, globs, URLs or webcams",
+        description="Run a model file on one or more video sources, each its own stream "
+                    "(frames decoded in background threads, normalised on the device). "
+                    "Writes frames.jsonl (one row per frame), outputs/<stream>/<frame>.pt, "
+                    "<stream>.mp4 (work heatmap video) and summary.json into a new run folder: "
+                    "-o DIR itself if it is missing or empty, else DIR2, DIR3, …. Ctrl-C "
+                    "stops the run and keeps what it did, with its summary.")
     run.add_argument("model", type=Path, help="model file from `deltaconvert convert`")
-    run.add_argument("video", type=Path, help="video file")
-    run.add_argument("-o", "--output", type=Path, required=True, metavar="DIR",
-                     help="output directory (created if needed)")
+    run.add_argument("sources", nargs="+", metavar="SOURCE",
+                     help="video file, directory, glob ('clips/*.mp4'), rtsp:// or http:// URL, "
+                          "or webcam index (0); several sources run as several streams")
+    run.add_argument("-o", "--output", type=Path, default=Path("runs/predict"), metavar="DIR",
+                     help="run folder (default runs/predict; numbered if it holds files)")
     run.add_argument("--thresholds", type=Path, help="threshold YAML to apply before running")
-    run.add_argument("--input-size", type=input_size, metavar="HxW",
-                     help="resize frames (default: the video's size)")
-    run.add_argument("--max-frames", type=positive_int, help="stop after this many frames")
+    run.add_argument("--resize", "--input-size", dest="resize", type=input_size, metavar="HxW",
+                     help="resize frames to HEIGHTxWIDTH (default: the model's input size "
+                          "if it records one, else the source resolution)")
+    run.add_argument("--letterbox", action="store_true",
+                     help="keep the aspect ratio: fit inside --resize and pad with grey")
+    run.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"),
+                     help="normalisation mean (default: the model's, else ImageNet)")
+    run.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"),
+                     help="normalisation standard deviation (default: the model's, else ImageNet)")
+    run.add_argument("--stride", type=positive_int, default=1, help="keep every STRIDE-th frame")
+    run.add_argument("--start", type=non_negative_int, default=0, help="first frame to keep (default 0)")
+    run.add_argument("--end", type=positive_int, help="stop before this frame number")
+    run.add_argument("--max-frames", type=positive_int, help="stop after this many frames per stream")
     run.add_argument("--device", default="auto", help="auto (GPU if available), cpu, cuda, cuda:1 …")
-    run.add_argument("--no-heatmap", action="store_true", help="do not write heatmap PNGs")
+    run.add_argument("--no-heatmap", action="store_true", help="do not write heatmap videos")
+    run.add_argument("--no-outputs", action="store_true", help="do not write per-frame .pt outputs")
+    run.add_argument("--compare-dense", action="store_true",
+                     help="also run the dense model on every frame: its time and the error")
     run.set_defaults(handler=cmd_run)
 
     tune = commands.add_parser(
@@ -331,6 +444,31 @@ def build_parser() -> argparse.ArgumentParser:
         "bench", add_help=False, help="benchmark delta against dense inference "
                                       "(arguments go to the benchmark; see `bench --help`)")
     bench.set_defaults(handler=cmd_bench)  # main() hands it the raw arguments
+
+    serve = commands.add_parser(
+        "serve", help="serve a model file on Ray Serve: many streams per replica",
+        description="Start a Ray Serve application: each replica owns one GPU (or CPU) and "
+                    "SLOTS stream slots; a stream's frames are routed to one replica by "
+                    "consistent hashing of its id (no fallback); concurrent frames on a "
+                    "replica run as one batch. Needs pip install 'deltaconvert[serve]'. To "
+                    "span GPUs and hosts, `ray start --head` on one node, `ray start "
+                    "--address HEAD:6379` on the others, then run this with --address auto "
+                    "and --replicas = the GPUs to use.")
+    serve.add_argument("model", type=Path, help="model file from `deltaconvert convert`")
+    serve.add_argument("--replicas", type=positive_int, default=1, help="replicas (GPUs) to run")
+    serve.add_argument("--slots", type=positive_int, default=8, help="streams per replica")
+    serve.add_argument("--device", default="auto", help="auto (a GPU per replica if any), cpu, cuda")
+    serve.add_argument("--gpus-per-replica", type=float, help="default 1 with GPUs, else 0")
+    serve.add_argument("--batch-wait-ms", type=positive_float, default=5.0,
+                       help="how long a replica waits to fill a batch (default 5)")
+    serve.add_argument("--idle-timeout", type=positive_float, default=300.0,
+                       help="seconds after which a silent stream's slot is reused (default 300)")
+    serve.add_argument("--thresholds", type=Path, help="threshold YAML to apply")
+    serve.add_argument("--address", default=None,
+                       help="Ray cluster to join (auto: the one `ray start` runs); default: a new local one")
+    serve.add_argument("--host", default="127.0.0.1", help="HTTP host (default 127.0.0.1)")
+    serve.add_argument("--port", type=positive_int, default=8000, help="HTTP port (default 8000)")
+    serve.set_defaults(handler=cmd_serve)
 
     info = commands.add_parser("info", help="layers, thresholds, dense islands and memory of a model file")
     info.add_argument("model", type=Path, help="model file")

@@ -19,6 +19,7 @@ from .errors import ConversionError, DeltaConvertError, InvalidArgument
 from .frontends import prepare_source
 from .graph.pipeline import lower_to_delta_graph
 from .model import DeltaGraphModule
+from .sources import timm_data_config
 from .thresholds import ThresholdConfig, load_thresholds
 from .validation import describe, input_signature
 from .version import __version__
@@ -121,6 +122,9 @@ def convert(model: nn.Module, example_input: torch.Tensor | tuple | None = None,
                                              "dense_islands": islands,
                                              "forced_dense": sorted(set(config.dense) & set(islands)),
                                              "deltaconvert_version": __version__})
+    data_config = timm_data_config(model)
+    if data_config is not None:  # the preprocessing run/stream use (sources.Preprocess)
+        converted.conversion["data_config"] = data_config
     config.apply_to(converted)
     converted.cuda_graph = cuda_graph
     if islands:

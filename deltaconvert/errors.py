@@ -35,6 +35,10 @@ class ModelFileError(DeltaConvertError):
     """A saved delta-model file is missing, not a deltaconvert file, or of another version."""
 
 
+class PoolFull(DeltaConvertError):
+    """Every slot of a StreamPool holds a stream; a new stream cannot be admitted."""
+
+
 class VideoError(DeltaConvertError):
     """A video file is missing or cannot be decoded."""
 

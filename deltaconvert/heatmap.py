@@ -64,18 +64,6 @@ class UpdateRecorder:
         return total / max(weight_sum, 1e-30)
 
 
-def heatmap_png(image: torch.Tensor, heat: torch.Tensor) -> bytes:
-    """:func:`render_heatmap` encoded as PNG file contents (Pillow, which torchvision
-    depends on; torchvision's own PNG encoder is deprecated since 0.29)."""
-    import io
-
-    from PIL import Image
-    buffer = io.BytesIO()
-    pixels = render_heatmap(image, heat).permute(1, 2, 0).contiguous().numpy()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def render_heatmap(image: torch.Tensor, heat: torch.Tensor) -> torch.Tensor:
     """``image`` (3, H, W) uint8 in grey, overlaid with ``heat`` (H, W) in [0, 1] from
     transparent (0) through red to yellow (1); returns (3, H, W) uint8."""

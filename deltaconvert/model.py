@@ -5,24 +5,52 @@ The first call after conversion or :meth:`~DeltaGraphModule.reset` is a dense fr
 that fills every op's buffers and returns exactly the original model's output; each
 later call processes only what changed. A batch of N is N independent streams.
 Moving or casting the model (``.to()``, ``.half()``, ``.cuda()``) resets the sequence.
+
+**Slots.** The N rows of the batch are *slots*, one stream each, and the batch size is
+fixed for the sequence (so a captured CUDA graph keeps its shapes). ``model.slots = N``
+fixes it ahead of the first frame (otherwise the first frame's batch size does).
+
+* ``model.run_slots(rows, frames)`` runs frames for a subset of slots: ``frames`` has
+  ``len(rows)`` samples, row ``i`` being slot ``rows[i]``; the result has the same rows.
+  Slots not in ``rows`` are *not ready*: their input Sparsify mask rows are empty, so
+  no op does work for them, and their state is kept exactly (READY gate,
+  :class:`~deltaconvert.ops.boundary.Sparsify`). ``model(frames)`` is the case of every
+  slot being ready.
+* ``model.reset(slots=[...])`` restarts chosen slots: the next frame of such a slot is
+  dense for its row — the original model's output for that sample — while the other
+  slots continue as delta frames. The restarted rows run densely as a sub-batch on an
+  empty state, and the buffers that dense run builds are written into their rows of
+  every op's state in place (:meth:`~deltaconvert.ops.base.DeltaOp.write_rows`); then
+  the other slots' frame runs, gated, through the eager or CUDA-graph path as usual.
+* The first frame of a sequence is dense for every slot; slots that get no frame in it
+  (``run_slots`` with a subset) are restarted at their first frame.
+
+A slot's outputs do not depend on its neighbours: every op works per sample, a
+neighbour that is idle contributes empty masks, and a neighbour's restart only writes
+that neighbour's rows. Thresholds are per layer and shared by every slot.
 """
 from __future__ import annotations
 
 import copy
 from collections.abc import MutableMapping
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import fx, nn
 
 from .backends import Runtime, bind_backend
 from .cuda_graph import CudaGraphReplay
-from .errors import UnknownLayer
+from .delta import map_tensor_leaves, tensor_leaves
+from .errors import ConfigError, SequenceMismatch, UnknownLayer
 from .ops.base import DeltaOp
 from .ops.boundary import Sparsify
 from .stats import collect_stats
-from .validation import (check_dilation, check_frame_inputs, unknown_layer_message,
-                         validate_threshold)
+from .validation import (
+    check_dilation,
+    check_frame_inputs,
+    unknown_layer_message,
+    validate_threshold,
+)
 
 
 class Thresholds(MutableMapping):
@@ -80,15 +108,33 @@ class DeltaGraphModule(fx.GraphModule):
         # Replay delta frames through one CUDA graph (see deltaconvert.cuda_graph).
         self.cuda_graph = False
         self._replay: CudaGraphReplay | None = None
+        # Slots (see the module docstring): their number, the rows waiting for a dense
+        # restart, the READY buffer the input Sparsify ops read (None until a frame
+        # leaves a slot out or restarts one), and the full-batch input buffers that
+        # run_slots scatters partial frames into.
+        self._slots: int | None = None  # set by the user: slot mode
+        self._batch: int | None = None  # the batch size of the current sequence
+        self._restart: set[int] = set()
+        self._ready: torch.Tensor | None = None
+        self._slot_inputs: Any = None
 
     # -- sequence control ---------------------------------------------------------------
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self._slots is not None or self._restart or self._ready is not None:
+            self._check_batch(args, kwargs, self.slots)
+            return self._slot_frame(list(range(self.slots)), args, kwargs)
+        return self._whole_batch_frame(args, kwargs)
+
+    def _whole_batch_frame(self, args: tuple, kwargs: dict) -> Any:
+        """One frame of every slot, the dense first frame included."""
         if self._sequence_started and self._track_stats:
             self._delta_frames += 1
         if self.cuda_graph and self._sequence_started:
             if self._replay is None:
                 self._replay = CudaGraphReplay(self._run_frame, self._runtime, self._settings)
             return self._replay(args, kwargs)
+        if not self._sequence_started:  # the first input's batch: as in Sparsify's check
+            self._batch = next(iter(tensor_leaves((args, kwargs)))).shape[0]
         return self._run_frame(*args, **kwargs)
 
     def _settings(self) -> tuple:
@@ -111,19 +157,158 @@ class DeltaGraphModule(fx.GraphModule):
         self._sequence_started = True
         return out
 
-    def reset(self) -> None:
-        """Start a new sequence: the next call is a dense first frame."""
+    # -- slots -------------------------------------------------------------------------
+    @property
+    def slots(self) -> int | None:
+        """The number of slots (the fixed batch size): as set, else the batch size of the
+        current sequence (None before its first frame). Setting it resets the sequence
+        and puts the model in slot mode, where every slot's dense frame is computed on
+        its own sample alone (see :meth:`run_slots`); None leaves slot mode."""
+        return self._slots if self._slots is not None else self._batch
+
+    @slots.setter
+    def slots(self, count: int | None) -> None:
+        if count is not None and (isinstance(count, bool) or not isinstance(count, int)
+                                  or count < 1):
+            raise ConfigError(f"model.slots must be an integer ≥ 1 (or None), got {count!r}")
+        self.reset()
+        self._slots = count
+
+    def run_slots(self, rows: Sequence[int], *args: Any, **kwargs: Any) -> Any:
+        """One frame for the slots ``rows``; the other slots are idle this frame.
+
+        Every input tensor has ``len(rows)`` samples, sample ``i`` belonging to slot
+        ``rows[i]``; the outputs have the same rows in the same order. Slots waiting for
+        a restart (and every slot on the sequence's first frame) get a dense frame; the
+        others a delta frame. Idle slots do no work and keep their state exactly.
+
+        A dense slot frame runs the model on that slot's sample alone (batch 1), so its
+        output is the original model's output for the sample whatever else restarts in
+        the same frame; the first frame of a sequence also runs every slot densely once
+        to build the state buffers (its outputs are not used), so starting costs one
+        extra dense batch.
+        """
+        if self.slots is None:
+            raise ConfigError("run_slots needs the number of slots: set model.slots = N "
+                              "(the batch size every frame of the sequence is run at) first")
+        rows = _check_rows(rows, self.slots)
+        self._check_batch(args, kwargs, len(rows))
+        return self._slot_frame(rows, args, kwargs)
+
+    def _check_batch(self, args: tuple, kwargs: dict, expected: int | None) -> None:
+        found = _batch_size(args, kwargs)
+        if expected is not None and found != expected:
+            raise SequenceMismatch(
+                f"expected inputs with {expected} samples (one per slot given), got {found}; "
+                "pass one sample per slot, or set model.slots to change the number of slots")
+
+    def _slot_frame(self, rows: list[int], args: tuple, kwargs: dict) -> Any:
+        """Frames for slots ``rows`` (inputs with ``len(rows)`` samples, in that order)."""
+        index = torch.tensor(rows, dtype=torch.long)
+        full_args, full_kwargs = self._full_batch(rows, index, args, kwargs)
+        slots = self.slots
+        if not self._sequence_started:
+            self._whole_batch_frame(full_args, full_kwargs)  # builds the state buffers
+            self._restart = set(range(slots))
+        self._install_ready_gate(_input_device(args, kwargs))
+        dense = {}
+        for position, row in enumerate(rows):
+            if row in self._restart:
+                sample_args, sample_kwargs = map_tensor_leaves(
+                    (args, kwargs), lambda t, i=position: t[i:i + 1])
+                dense[row] = self._dense_rows(torch.tensor([row]), sample_args, sample_kwargs)
+                self._restart.discard(row)
+        # The slots with a delta frame run after the restarts (which are gated off in
+        # this run), so the last masks every op saw are this frame's delta masks.
+        moving = [r for r in rows if r not in dense]
+        out = None
+        if moving:
+            ready = torch.zeros(slots, dtype=torch.bool)
+            ready[moving] = True
+            self._ready.copy_(ready)
+            out = self._whole_batch_frame(full_args, full_kwargs)
+        for row, rows_out in dense.items():
+            out = _write_output_rows(out, torch.tensor([row]), rows_out, slots)
+        return _select_rows(out, index)
+
+    def _full_batch(self, rows: list[int], index: torch.Tensor, args: tuple,
+                    kwargs: dict) -> tuple[tuple, dict]:
+        """The inputs of every slot: ``args`` themselves when they hold every slot in
+        order, else the persistent input buffers with the given rows written in."""
+        if rows == list(range(self.slots)):
+            return args, kwargs
+        if self._slot_inputs is None or not self._sequence_started:
+            self._slot_inputs = map_tensor_leaves(
+                (args, kwargs), lambda t: t.new_zeros((self.slots, *t.shape[1:])))
+        buffers = list(tensor_leaves(self._slot_inputs))
+        given = list(tensor_leaves((args, kwargs)))
+        if len(buffers) != len(given):
+            raise SequenceMismatch("the inputs' structure changed within the sequence; "
+                                   "call model.reset() to start a new sequence")
+        for buffer, tensor in zip(buffers, given):
+            if (buffer.shape[1:], buffer.dtype, buffer.device) != (tensor.shape[1:], tensor.dtype,
+                                                                    tensor.device):
+                raise SequenceMismatch(
+                    f"this frame does not continue the current sequence: per-sample shape, "
+                    f"dtype and device {tuple(buffer.shape[1:])}, {buffer.dtype}, "
+                    f"{buffer.device} → {tuple(tensor.shape[1:])}, {tensor.dtype}, "
+                    f"{tensor.device}. Call model.reset() to start a new sequence.")
+            buffer.index_copy_(0, index.to(buffer.device), tensor)
+        return self._slot_inputs
+
+    def _install_ready_gate(self, device: torch.device) -> None:
+        """Give every Sparsify op the READY buffer (once per sequence); a graph captured
+        without the gate is dropped so that the next capture includes it."""
+        if self._ready is not None:
+            return
+        self._ready = torch.ones(self.slots, dtype=torch.bool, device=device)
+        for op in self.delta_ops().values():
+            if isinstance(op, Sparsify):
+                op.ready = self._ready
+        self._replay = None
+
+    def _dense_rows(self, index: torch.Tensor, args: tuple, kwargs: dict) -> Any:
+        """Dense frame of the slots ``index`` (inputs: those rows, in that order): run on
+        an empty state, then write the state it built into those rows in place."""
+        ops = self.delta_ops()
+        saved = {name: op.swap_state({}) for name, op in ops.items()}
+        try:
+            with torch.no_grad(), self._runtime.frame():
+                out = super().__call__(*args, **kwargs)
+        finally:
+            fresh = {name: op.swap_state(saved[name]) for name, op in ops.items()}
+        for name, op in ops.items():
+            op.write_rows(index, fresh[name])
+        return out
+
+    def reset(self, slots: Sequence[int] | None = None) -> None:
+        """Start a new sequence: the next call is a dense first frame.
+
+        With ``slots``, restart only those slots: the next frame of each is dense for its
+        row, and the other slots keep their sequence.
+        """
+        if slots is not None and self.slots is not None:
+            slots = _check_rows(slots, self.slots)
+        if slots is not None and self._sequence_started:
+            self._restart |= set(slots)
+            return
         for op in self.delta_ops().values():
             op.reset_state()
+            if isinstance(op, Sparsify):
+                op.ready = None
         self._sequence_started = False
         self._delta_frames = 0
         self._replay = None
+        self._batch = None
+        self._restart = set()
+        self._ready = None
+        self._slot_inputs = None
 
     def __deepcopy__(self, memo: dict) -> "DeltaGraphModule":
         """An independent model with the same conversion, thresholds and switches; it
         starts a new sequence."""
         clone = super().__deepcopy__(memo)
-        for key in ("backend", "conversion", "cuda_graph", "_track_stats"):
+        for key in ("backend", "conversion", "cuda_graph", "_track_stats", "_slots"):
             setattr(clone, key, copy.deepcopy(getattr(self, key), memo))
         clone._runtime = None
         clone.reset()
@@ -201,3 +386,40 @@ class DeltaGraphModule(fx.GraphModule):
         the dense multiply-adds, ``Σ updated·macs / Σ macs`` over ops with weights.
         """
         return collect_stats(self.delta_ops(), self._delta_frames)
+
+
+def _batch_size(args: tuple, kwargs: dict) -> int:
+    sizes = {t.shape[0] for t in tensor_leaves((args, kwargs)) if t.dim() > 0}
+    if len(sizes) != 1:
+        raise SequenceMismatch(f"every input tensor needs the same batch size (one sample per "
+                               f"slot), got batch sizes {sorted(sizes)}")
+    return sizes.pop()
+
+
+def _input_device(args: tuple, kwargs: dict) -> torch.device:
+    return next(iter(tensor_leaves((args, kwargs)))).device
+
+
+def _check_rows(rows: Sequence[int], slots: int) -> list[int]:
+    """``rows`` as a list of distinct slot numbers in ``[0, slots)``."""
+    rows = list(rows)
+    bad = [r for r in rows if isinstance(r, bool) or not isinstance(r, int) or not 0 <= r < slots]
+    if bad or not rows:
+        raise ConfigError(f"slots must be a non-empty list of distinct integers in [0, {slots}), "
+                          f"got {rows!r}")
+    if len(set(rows)) != len(rows):
+        raise ConfigError(f"slots must be distinct, got {rows!r}")
+    return rows
+
+
+def _select_rows(out: Any, index: torch.Tensor) -> Any:
+    return map_tensor_leaves(out, lambda t: t.index_select(0, index.to(t.device)))
+
+
+def _write_output_rows(out: Any, index: torch.Tensor, rows: Any, slots: int) -> Any:
+    """``out`` (every slot's output, or None) with rows ``index`` replaced by ``rows``."""
+    if out is None:
+        out = map_tensor_leaves(rows, lambda t: t.new_zeros((slots, *t.shape[1:])))
+    replacement = iter(list(tensor_leaves(rows)))
+    return map_tensor_leaves(
+        out, lambda t: t.index_copy(0, index.to(t.device), next(replacement).to(t.dtype)))

@@ -78,6 +78,7 @@ from ..convert import convert
 from ..files import write_text_atomic
 from ..thresholds import ThresholdConfig, load_thresholds
 from ..version import __version__
+from .criterion import criterion_summary
 from .data import (
     CLIPS,
     clip_path,
@@ -88,7 +89,6 @@ from .data import (
     scene_cut_frames,
     to_frames,
 )
-from .criterion import criterion_summary
 from .fit import case_fits, variant
 from .models import MODELS, build_model
 from .report import EFFICIENCY_BASELINE, markdown, write_plots

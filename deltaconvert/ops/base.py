@@ -85,6 +85,25 @@ class DeltaOp(nn.Module):
         """Forget the sequence: the next call is a first frame."""
         self._state = {}
 
+    def swap_state(self, state: dict[str, Any]) -> dict[str, Any]:
+        """Install ``state`` as the sequence state and return the previous one (the model
+        uses this to run a dense sub-batch beside the running sequence)."""
+        previous, self._state = self._state, state
+        return previous
+
+    def write_rows(self, rows: torch.Tensor, fresh: dict[str, Any]) -> None:
+        """Restart rows ``rows`` (a ``long`` index vector) of the sequence state in place.
+
+        ``fresh`` is the state :meth:`dense` built on a sub-batch holding exactly those
+        rows, in the order of ``rows``. Invariant every op keeps: each tensor that
+        :meth:`dense` stores (also inside lists) is a per-sample buffer with the batch in
+        dim 0, so row ``i`` of ``fresh`` is the buffer of sample ``rows[i]``; plain data
+        (signatures, pixel counts) describes the whole batch and is kept. Buffers are
+        written in place (``index_copy_``, any memory layout), so a captured CUDA graph
+        that reads them stays valid.
+        """
+        _write_rows(self._state, fresh, rows, self.node_name)
+
     def state_bytes(self) -> int:
         """Bytes held in state buffers (accumulators, sent outputs, references)."""
         return sum(t.numel() * t.element_size() for t in self._state.values()
@@ -143,3 +162,27 @@ class DeltaOp(nn.Module):
         if self.threshold is not None:
             parts.append(f"threshold={self.threshold}")
         return ", ".join(parts)
+
+
+def _write_rows(current: Any, fresh: Any, rows: torch.Tensor, where: str) -> None:
+    """Copy the tensors of ``fresh`` into rows ``rows`` of the matching tensors of
+    ``current`` (dicts and lists matched by key and position; other values, such as
+    the signature tuple, are plain data and left alone)."""
+    if isinstance(fresh, torch.Tensor):
+        if (not isinstance(current, torch.Tensor) or current.shape[1:] != fresh.shape[1:]
+                or fresh.shape[0] != rows.numel()):
+            raise RuntimeError(
+                f"{where}: cannot restart rows: a dense sub-batch built a state buffer of shape "
+                f"{tuple(fresh.shape)} that does not match the sequence's "
+                f"{tuple(getattr(current, 'shape', ()))}; call model.reset() to restart every row")
+        current.index_copy_(0, rows.to(current.device), fresh.to(current.dtype))
+    elif isinstance(fresh, dict):
+        for key, value in fresh.items():
+            _write_rows(current.get(key) if isinstance(current, dict) else None, value, rows,
+                        f"{where}[{key!r}]")
+    elif isinstance(fresh, list):
+        if not isinstance(current, list) or len(current) != len(fresh):
+            raise RuntimeError(f"{where}: cannot restart rows: the state's structure changed; "
+                               "call model.reset() to restart every row")
+        for index, (cur, new) in enumerate(zip(current, fresh)):
+            _write_rows(cur, new, rows, f"{where}[{index}]")

@@ -16,12 +16,20 @@ class Sparsify(DeltaOp):
     ``δ = x − ref``, ``m = max_c|δ| > τ_in`` dilated by ``dilation`` pixels, ``δ ← δ·m``,
     ``ref ← ref + δ``. Checks every frame that shape, dtype and device match the
     sequence's first frame.
+
+    READY gate: when the model runs slots (see :mod:`deltaconvert.model`), ``ready`` is
+    the model's ``(N,)`` bool buffer of rows that have a new frame. A row without one
+    gets an empty mask (no op downstream does work for it) and its ``ref`` row is left
+    exactly as it was: ``m ← m ∧ ready``, ``ref ← where(ready, ref', ref)``. The gate
+    sits around whichever backend computes ``δ``, so kernels need no READY input; the
+    buffer is read on the device, so a captured CUDA graph follows its new contents.
     """
 
     def __init__(self, threshold: float = 0.0, dilation: int = 0) -> None:
         super().__init__()
         self.threshold = float(threshold)
         self.dilation = int(dilation)
+        self.ready: torch.Tensor | None = None
 
     def dense(self, x: torch.Tensor) -> torch.Tensor:
         self._check_frame(x)
@@ -36,12 +44,23 @@ class Sparsify(DeltaOp):
         if "ref" not in self._state:
             return super().forward(x)
         self._check_frame(x)
+        held = self._state["ref"].clone() if self.ready is not None else None
         impl = self.accelerated
         out = impl(self, x) if impl is not None else ref.sparsify(
             x, self._state["ref"], self.threshold, self.dilation)
+        if held is not None:
+            out = self._gate(out, held)
         if self.track_stats:
             self._record(out)
         return out
+
+    def _gate(self, out: Delta, held: torch.Tensor) -> Delta:
+        """Undo the frame for rows that are not ready: their mask rows become empty and
+        their ``ref`` rows get back the values ``held`` before the frame."""
+        ready = self.ready.view(-1, *([1] * (out.mask.dim() - 1)))
+        reference = self._state["ref"]  # the backend may have replaced it (layout)
+        reference.copy_(torch.where(ready, reference, held))
+        return Delta(out.values, out.mask & ready)
 
     def _check_frame(self, x) -> None:
         if not isinstance(x, torch.Tensor):
@@ -64,6 +83,11 @@ class Sparsify(DeltaOp):
                 f"{self.node_name}: this frame does not continue the current sequence: "
                 + "; ".join(changes)
                 + ". Call model.reset() to start a new sequence with the new input.")
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state["ready"] = None  # the model's buffer; a copy gets its own on its first frame
+        return state
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, dilation={self.dilation}"

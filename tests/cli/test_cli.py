@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-from PIL import Image
 
 from deltaconvert import ThresholdConfig
 from deltaconvert.synthetic import synthetic_video
@@ -24,7 +23,7 @@ from deltaconvert.video import to_rgb_image
 ARCH = "squeezenet1_1"  # the fastest torchvision model to convert
 SIZE = "48x64"
 FRAMES = 8
-COMMANDS = ("convert", "run", "tune", "bench", "info", "demo")
+COMMANDS = ("convert", "run", "tune", "bench", "serve", "info", "demo")
 
 
 # Tiny inputs run fastest on one thread, and CI machines are small.
@@ -152,27 +151,55 @@ def test_convert_with_thresholds_then_run(work, tuned):
                info.stdout.splitlines() if line.strip())
     result = cli("run", "tuned.delta.pt", "clip.mp4", "-o", "out", cwd=work)
     assert result.returncode == 0, result.stderr
-    assert "fps" in result.stdout and "run" in result.stderr
+    assert "fps on delta frames" in result.stdout and "run" in result.stderr
     summary = json.loads((work / "out" / "summary.json").read_text())
-    assert summary["frames"] == FRAMES and summary["resolution"] == [48, 64]
-    assert summary["delta_fps"] > 0 and 0 < summary["work_fraction_mean"] <= 1
-    outputs = torch.load(work / "out" / "outputs.pt")
-    assert len(outputs) == FRAMES and outputs[0].shape == (1, 1000)
+    stream = summary["streams"]["clip"]
+    assert stream["frames"] == FRAMES and stream["delta_frames"] == FRAMES - 1
+    assert stream["delta_fps"] > 0 and 0 < stream["work_fraction_mean"] <= 1
+    assert not summary["interrupted"]
+    rows = [json.loads(line) for line in (work / "out" / "frames.jsonl").read_text().splitlines()]
+    assert [(r["frame"], r["dense"]) for r in rows] == [(i, i == 0) for i in range(FRAMES)]
+    outputs = [torch.load(work / "out" / r["output"]) for r in rows]
+    assert outputs[0].shape == (1, 1000)
     assert not torch.equal(outputs[0], outputs[-1])  # the model depends on its input
-    heatmaps = sorted((work / "out" / "updates").iterdir())
-    assert [p.name for p in heatmaps] == [f"frame_{i:05d}.png" for i in range(1, FRAMES)]
-    with Image.open(heatmaps[0]) as png:
-        assert png.format == "PNG" and png.size == (64, 48) and png.mode == "RGB"
-    assert not [p for p in (work / "out").rglob(".*.tmp")]
+    import av
+    with av.open(str(work / "out" / "clip.mp4")) as video:
+        stream = video.streams.video[0]
+        frames = list(video.decode(stream))
+        assert len(frames) == FRAMES and frames[0].width == 64 and frames[0].height >= 48 + 24
+    assert not [p for p in (work / "out").rglob(".*.tmp")] + list((work / "out").rglob("*.partial"))
+    # A second run into the same folder goes to out2: nothing is mixed.
+    again = cli("run", "tuned.delta.pt", "clip.mp4", "-o", "out", "--no-heatmap", "--max-frames",
+                "1", cwd=work)
+    assert again.returncode == 0, again.stderr
+    assert "in out2" in again.stdout
+    assert "no delta frame ran, so no delta-frame speed was measured" in again.stdout
+    assert len((work / "out" / "frames.jsonl").read_text().splitlines()) == FRAMES
 
 
-def test_run_with_thresholds_frame_cap_and_no_heatmap(work, tuned):
-    result = cli("run", "model.delta.pt", "clip.mp4", "-o", "out2", "--thresholds", tuned,
-                 "--max-frames", "3", "--no-heatmap", "--input-size", "32x48", cwd=work)
+def test_run_several_sources_stride_and_compare_dense(work, tuned):
+    (work / "clips").mkdir(exist_ok=True)
+    shutil.copy(work / "clip.mp4", work / "clips" / "a.mp4")
+    shutil.copy(work / "clip.mp4", work / "clips" / "b.mp4")
+    result = cli("run", "model.delta.pt", "clips", "clip.mp4", "-o", "multi", "--thresholds", tuned,
+                 "--stride", "2", "--start", "1", "--no-heatmap", "--resize", "32x48",
+                 "--compare-dense", cwd=work)
     assert result.returncode == 0, result.stderr
-    summary = json.loads((work / "out2" / "summary.json").read_text())
-    assert summary["frames"] == 3 and summary["resolution"] == [32, 48]
-    assert not (work / "out2" / "updates").exists()
+    summary = json.loads((work / "multi" / "summary.json").read_text())
+    assert sorted(summary["streams"]) == ["a", "b", "clip"]
+    rows = [json.loads(line) for line in (work / "multi" / "frames.jsonl").read_text().splitlines()]
+    assert sorted({r["frame"] for r in rows}) == [1, 3, 5, 7]
+    for name, stream in summary["streams"].items():
+        assert stream["frames"] == 4 and stream["error_vs_dense_max"] < 0.2
+        assert stream["dense_baseline_ms_median"] > 0
+    assert "relative error vs dense" in result.stdout
+    output = torch.load(work / "multi" / rows[0]["output"])
+    assert output.shape == (1, 1000)
+    # Identical clips in different slots give identical outputs.
+    by_stream = {(r["stream"], r["frame"]): r["output"] for r in rows}
+    for frame in (1, 3, 5, 7):
+        assert torch.equal(torch.load(work / "multi" / by_stream[("a", frame)]),
+                           torch.load(work / "multi" / by_stream[("clip", frame)]))
 
 
 def test_bench_delegates_to_the_benchmark(tmp_path):
@@ -231,6 +258,11 @@ ERRORS = [
     (["run", "model.delta.pt", "clip.mp4", "-o", "junk.bin"], 1, ["junk.bin: exists and is not a directory"], None),
     (["run", "model.delta.pt", "clip.mp4", "-o", "o", "--thresholds", "bad.yaml"], 1,
      ["bad.yaml:3: unknown layer"], "o"),
+    (["run", "model.delta.pt", "nothing/*.mp4", "-o", "o"], 1, ["glob 'nothing/*.mp4' matches no file"], "o"),
+    (["run", "model.delta.pt", "clip.mp4", "-o", "o", "--letterbox"], 1,
+     ["letterbox needs a size"], "o"),
+    (["run", "model.delta.pt", "clip.mp4", "-o", "o", "--start", "-1"], 2,
+     ["expected an integer ≥ 0"], "o"),
     (["tune", "model.delta.pt", "clip.mp4", "-o", "t.yaml", "--budget", "-1"], 2,
      ["expected a finite number > 0"], "t.yaml"),
     (["tune", "model.delta.pt", "none.mp4", "-o", "t.yaml"], 1, ["video file not found"], "t.yaml"),

@@ -3,14 +3,12 @@ weights, and update heatmaps."""
 from __future__ import annotations
 
 import importlib.util
-import io
 
-import numpy as np
 import pytest
 import torch
 
 from deltaconvert import CheckpointError, VideoError, video, weights
-from deltaconvert.heatmap import UpdateRecorder, heatmap_png, render_heatmap
+from deltaconvert.heatmap import UpdateRecorder, render_heatmap
 from deltaconvert.synthetic import synthetic_video
 from deltaconvert.testing import converted_small_net
 
@@ -128,13 +126,3 @@ def test_work_map_matches_the_work_fraction():
     image = render_heatmap(torch.full((3, 24, 32), 200, dtype=torch.uint8), heat[0])
     assert image.shape == (3, 24, 32) and image.dtype == torch.uint8
     assert not model.delta_ops()["head"]._forward_hooks  # the recorder removed its hooks
-
-
-def test_heatmap_png_holds_the_rendered_pixels():
-    from PIL import Image
-    heat = torch.linspace(0, 1, 24 * 32).reshape(24, 32)
-    image = torch.randint(0, 256, (3, 24, 32), dtype=torch.uint8)
-    decoded = Image.open(io.BytesIO(heatmap_png(image, heat)))
-    assert decoded.format == "PNG" and decoded.size == (32, 24)
-    pixels = torch.from_numpy(np.array(decoded.convert("RGB"))).permute(2, 0, 1)
-    assert torch.equal(pixels, render_heatmap(image, heat))
