@@ -4,10 +4,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 import torch
+
+av = pytest.importorskip("av")  # decoding and encoding clips needs PyAV
 
 import deltaconvert
 from deltaconvert.errors import VideoError
