@@ -70,6 +70,12 @@ def prepare(model: nn.Module) -> Source:
         if hasattr(module, "forward_split"):
             module.forward = module.forward_split
     head = private.model[-1]
+    if isinstance(head, Detect):
+        # The head caches its anchors as plain tensors (not buffers) on the device of the
+        # last input it saw, and ultralytics moves them in its own model's _apply, which
+        # the converted model does not have: rebuilt every frame from the feature maps,
+        # they are always on the frame's device (same values; a few small kernels).
+        head.dynamic = True
     body = YoloBody(private.model, list(getattr(private, "save", [])))
     heads = {}
     if isinstance(head, Detect):
