@@ -32,6 +32,8 @@ class Result:
     multiply-adds done for this frame and stream (1.0 on a dense frame). ``heat``: the
     ``(h, w)`` CPU map of that share per pixel when asked for, else None. ``ms``: the wall
     time of the model call that computed the frame, shared by the streams batched in it.
+    ``input``: the model input (one sample, on the device); ``rgb``: the decoded frame,
+    ``(H, W, 3)`` uint8.
     """
 
     stream: str
