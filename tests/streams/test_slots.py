@@ -51,11 +51,11 @@ def clips():
     return [synthetic_video(FRAMES, HEIGHT, WIDTH, batch=1, seed=s) for s in (1, 2, 3)]
 
 
-def slot0_outputs(scenario: str, clips) -> list[torch.Tensor]:
-    """Slot 0 plays clip 0 from frame 0; its neighbours do what ``scenario`` says."""
-    _, model = make()
+def play_slot0(model, scenario: str, clips, frames: int) -> list[torch.Tensor]:
+    """Slot 0 of ``model`` plays clip 0 from frame 0 for ``frames`` frames; its neighbours
+    do what ``scenario`` says. Returns slot 0's outputs (shared with the GPU tests)."""
     outs = []
-    for t in range(FRAMES):
+    for t in range(frames):
         mine = clips[0][t]
         if scenario == "alone":
             outs.append(model.run_slots([0], mine))
@@ -82,8 +82,8 @@ def slot0_outputs(scenario: str, clips) -> list[torch.Tensor]:
 
 @pytest.mark.parametrize("scenario", ["busy", "idle_then_busy", "reset", "replaced"])
 def test_slot_outputs_do_not_depend_on_neighbours(clips, scenario):
-    alone = slot0_outputs("alone", clips)
-    other = slot0_outputs(scenario, clips)
+    alone = play_slot0(make()[1], "alone", clips, FRAMES)
+    other = play_slot0(make()[1], scenario, clips, FRAMES)
     for t, (a, b) in enumerate(zip(alone, other)):
         assert torch.equal(a, b), f"{scenario}: frame {t} differs by {(a - b).abs().max()}"
 

@@ -12,7 +12,7 @@ import torch
 from deltaconvert.convert import DenseFallbackWarning, convert
 from deltaconvert.synthetic import synthetic_video
 
-from .test_slots import FRAMES, HEIGHT, SLOTS, WIDTH, Net
+from .test_slots import FRAMES, HEIGHT, SLOTS, WIDTH, Net, play_slot0
 
 pytestmark = pytest.mark.cuda
 DEVICE = torch.device("cuda", 0)
@@ -35,38 +35,13 @@ def clips():
             for s in (1, 2, 3)]
 
 
-def slot0(model, scenario: str, clips) -> list[torch.Tensor]:
-    outs = []
-    for t in range(FRAMES + 4):
-        mine = clips[0][t]
-        if scenario == "alone":
-            outs.append(model.run_slots([0], mine))
-            continue
-        if scenario == "busy":
-            out = model(torch.cat([mine, clips[1][t], clips[2][t]]))
-        elif scenario == "idle_then_busy":
-            rows = [0, 1, 2] if t % 2 == 0 else [0]
-            out = model.run_slots(rows, torch.cat([mine, clips[1][t], clips[2][t]][:len(rows)]))
-        elif scenario == "reset":
-            if t % 2:
-                model.reset(slots=[1, 2])
-            out = model(torch.cat([mine, clips[1][t], clips[2][t]]))
-        else:  # replaced: slot 1 gets another stream at frame 3
-            other = clips[1][t] if t < 3 else clips[2][t - 3]
-            if t == 3:
-                model.reset(slots=[1])
-            out = model.run_slots([1, 0], torch.cat([other, mine]))[1:]
-        outs.append(out[:1])
-    return outs
-
-
 @pytest.mark.parametrize("cuda_graph", [False, True], ids=["eager", "graph"])
 @pytest.mark.parametrize("backend", ["cuda", "reference"])
 @pytest.mark.parametrize("scenario", ["busy", "idle_then_busy", "reset", "replaced"])
 def test_slot_outputs_do_not_depend_on_neighbours(runtime, clips, backend, cuda_graph, scenario):
-    alone = slot0(make(backend, cuda_graph)[1], "alone", clips)
+    alone = play_slot0(make(backend, cuda_graph)[1], "alone", clips, FRAMES + 4)
     model = make(backend, cuda_graph)[1]
-    other = slot0(model, scenario, clips)
+    other = play_slot0(model, scenario, clips, FRAMES + 4)
     for t, (a, b) in enumerate(zip(alone, other)):
         assert torch.equal(a, b), f"frame {t} differs by {(a - b).abs().max()}"
     if cuda_graph:
