@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import torch
 
 from .errors import DeltaConvertError
-from .validation import check_output_file
+from .validation import check_output_directory, check_output_file
 
 EXIT_ERROR = 1
 
@@ -180,6 +180,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .predict import stream_sources
     from .sinks import FrameRows, HeatmapVideo, new_run_folder
     from .sources import check_source, expand_sources
+    check_output_directory(args.output, "-o")  # before any work
     device = _device(args.device)
     model = _load_model(args.model, device, args.thresholds)
     preprocess = _preprocess(args, model)

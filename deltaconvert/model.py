@@ -120,10 +120,17 @@ class DeltaGraphModule(fx.GraphModule):
 
     # -- sequence control ---------------------------------------------------------------
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self._check_first_frame(args)
         if self._slots is not None or self._restart or self._ready is not None:
             self._check_batch(args, kwargs, self.slots)
             return self._slot_frame(list(range(self.slots)), args, kwargs)
         return self._whole_batch_frame(args, kwargs)
+
+    def _check_first_frame(self, args: tuple) -> None:
+        """On a sequence's first frame, check the inputs against what the converted graph
+        expects (tensors, rank, channels) before any work."""
+        if not self._sequence_started:
+            check_frame_inputs(self.conversion.get("inputs"), args)
 
     def _whole_batch_frame(self, args: tuple, kwargs: dict) -> Any:
         """One frame of every slot, the dense first frame included."""
@@ -150,7 +157,6 @@ class DeltaGraphModule(fx.GraphModule):
     def _run_frame(self, *args: Any, **kwargs: Any) -> Any:
         """One eager frame (binds the backend on the first frame of a sequence)."""
         if not self._sequence_started:
-            check_frame_inputs(self.conversion.get("inputs"), args)
             self._runtime = bind_backend(self, self.backend, args, kwargs)
         with torch.no_grad(), self._runtime.frame():
             out = super().__call__(*args, **kwargs)
@@ -192,6 +198,7 @@ class DeltaGraphModule(fx.GraphModule):
             raise ConfigError("run_slots needs the number of slots: set model.slots = N "
                               "(the batch size every frame of the sequence is run at) first")
         rows = _check_rows(rows, self.slots)
+        self._check_first_frame(args)
         self._check_batch(args, kwargs, len(rows))
         return self._slot_frame(rows, args, kwargs)
 
