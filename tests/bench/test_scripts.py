@@ -28,6 +28,7 @@ def script(name: str, *args: str | Path, cwd: Path, **env: str) -> subprocess.Co
 
 HELP = {  # script → a text its --help prints
     "bench.py": "usage: deltaconvert bench",
+    "bench_streams.py": "--lifetime",
     "profile_frame.py": "--tau",
     "tune_configs.py": "--output-dir",
     "make_static_clip.py": "--out",
