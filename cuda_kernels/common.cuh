@@ -11,9 +11,7 @@
 //   arithmetic and state buffers are fp32. round_s() mirrors the reference
 //   backend's casts to the model dtype, so both backends compute the same math.
 #pragma once
-#ifndef DC_CONSTANTS
-#error "compile with the -D flags of deltaconvert/backends/cuda/constants.py (python3 deltaconvert/backends/cuda/constants.py prints them)"
-#endif
+#include "constants.cuh"  // the values of backends/cuda/constants.py (also passed as -D)
 #include <cuda_fp16.h>
 #include <stdint.h>
 
