@@ -27,15 +27,19 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import DeltaConvertError
-from ..video import SAMPLE_CLIP, read_rgb_frames, sample_clip_path
+from ..video import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    SAMPLE_CLIP,
+    read_rgb_frames,
+    sample_clip_path,
+)
 from ..weights import DEEP_SORT_WEIGHTS, deep_sort_weights_path
 from . import static_clip as clip_generator
 
 DATA_DIR_ENV = "DELTACONVERT_DATA_DIR"
 CONFIGS_PACKAGE = "deltaconvert.configs"
 STATIC_CLIP = "static_clip.mp4"
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # A scene-cut frame adds this much (ImageNet-normalised units) to every value of the
 # previous frame's image, alternating sign: every pixel and channel changes every frame.
 SCENE_CUT_STEP = 0.5

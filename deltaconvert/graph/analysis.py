@@ -74,3 +74,14 @@ def propagate_value_info(gm: fx.GraphModule, example_inputs: tuple) -> fx.GraphM
     with torch.no_grad():
         _Recorder(gm).run(*example_inputs)
     return gm
+
+
+def call_entry(node: fx.Node, table: dict) -> Any:
+    """``table``'s entry for the function or method name a ``call_function`` /
+    ``call_method`` node calls; None for other nodes, missing and unhashable targets."""
+    if node.op not in ("call_function", "call_method"):
+        return None
+    try:
+        return table.get(node.target)
+    except TypeError:  # an unhashable target
+        return None

@@ -19,7 +19,7 @@ import torch
 from torch import fx, nn
 
 from ..ops.base import DeltaOp
-from .analysis import ValueInfo, value_info
+from .analysis import ValueInfo, call_entry, value_info
 
 Handler = Callable[["CallSite"], DeltaOp]
 _HANDLERS: dict[Any, Handler] = {}
@@ -87,12 +87,7 @@ def handler_for(node: fx.Node, modules: dict[str, nn.Module]) -> Handler | None:
             if cls in _HANDLERS:
                 return _HANDLERS[cls]
         return None
-    if node.op in ("call_function", "call_method"):
-        try:
-            return _HANDLERS.get(node.target)
-        except TypeError:  # unhashable target
-            return None
-    return None
+    return call_entry(node, _HANDLERS)
 
 
 def describe_target(node: fx.Node, modules: dict[str, nn.Module]) -> str:

@@ -17,19 +17,10 @@ import operator
 import torch
 from torch import fx
 
-from .analysis import value_info
+from .analysis import call_entry, value_info
 from .names import inherit
 
 _REDUCTIONS = {torch.sum: "sum", torch.mean: "mean", "sum": "sum", "mean": "mean"}
-
-
-def _reduction(node: fx.Node) -> str | None:
-    if node.op not in ("call_function", "call_method"):
-        return None
-    try:
-        return _REDUCTIONS.get(node.target)
-    except TypeError:
-        return None
 
 
 def _stacked_items(node: fx.Node) -> list[fx.Node] | None:
@@ -54,7 +45,7 @@ def _stacked_items(node: fx.Node) -> list[fx.Node] | None:
 
 def stack_reduction_to_sum(gm: fx.GraphModule) -> fx.GraphModule:
     for node in list(gm.graph.nodes):
-        kind = _reduction(node)
+        kind = call_entry(node, _REDUCTIONS)
         items = _stacked_items(node) if kind else None
         if items is None:
             continue

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from .analysis import value_info
+from .analysis import call_entry, value_info
 from .names import inherit, stable_name, unique_module_path
 
 # (targets, module class, names of the arguments after the input, in positional order)
@@ -47,15 +47,6 @@ _TABLE: list[tuple[tuple, type[nn.Module], tuple[str, ...]]] = [
     ((F.adaptive_max_pool2d,), nn.AdaptiveMaxPool2d, ("output_size", "return_indices")),
 ]
 _MODULE_FOR = {target: (cls, names) for targets, cls, names in _TABLE for target in targets}
-
-
-def _lookup(node: fx.Node):
-    if node.op not in ("call_function", "call_method"):
-        return None
-    try:
-        return _MODULE_FOR.get(node.target)
-    except TypeError:
-        return None
 
 
 def _module_kwargs(node: fx.Node, names: tuple[str, ...]) -> dict | None:
@@ -187,7 +178,7 @@ def torch_functional_to_module(gm: fx.GraphModule) -> fx.GraphModule:
         if node.op == "call_function" and node.target in _WEIGHTED:
             module = _WEIGHTED[node.target](gm, node)
         else:
-            entry = _lookup(node)
+            entry = call_entry(node, _MODULE_FOR)
             kwargs = _module_kwargs(node, entry[1]) if entry else None
             module = entry[0](**kwargs) if kwargs is not None else None
         if module is None or not isinstance(node.args[0], fx.Node):
