@@ -8,8 +8,10 @@
 // * A delta's values outside its mask are unspecified: kernels read a value only
 //   where its mask is set, and treat it as zero elsewhere.
 // * scalar_t is the model's dtype (float or __half, chosen by -DDC_SCALAR=...);
-//   arithmetic and state buffers are fp32. round_s() mirrors the reference
-//   backend's casts to the model dtype, so both backends compute the same math.
+//   arithmetic, accumulators and references are fp32; sent outputs o are scalar_t
+//   (every sent value is a rounded output value, so that is exact: sent_dtype in
+//   ops/reference.py). round_s() mirrors the reference backend's casts to the model
+//   dtype, so both backends compute the same math.
 #pragma once
 #include "constants.cuh"  // the values of backends/cuda/constants.py (also passed as -D)
 #include <cuda_fp16.h>
@@ -144,6 +146,21 @@ __device__ __forceinline__ int block_list(bool has, int tag, int *list) {
     return base[DC_BLOCK / 32];
 }
 
+// Update counters (statistics, see deltaconvert/stats.py): a kernel that writes an
+// output mask adds how many of its bytes it set to one int32 counter of the op. One
+// global atomic per block whose share is not zero, none when `counter` is null
+// (statistics off). Every thread of the block must call it; `n` is this thread's share.
+__device__ __forceinline__ void block_count(int n, int *counter) {
+    __shared__ int share;
+    if (counter == nullptr) return;  // the same pointer for the whole block
+    if (threadIdx.x == 0) share = 0;
+    __syncthreads();
+    n = __reduce_add_sync(DC_FULL_WARP, n);
+    if ((threadIdx.x & 31) == 0 && n) atomicAdd_block(&share, n);
+    __syncthreads();
+    if (threadIdx.x == 0 && share) atomicAdd(counter, share);
+}
+
 // The position of one thread in the "group of lanes per pixel" layout used by the
 // per-pixel kernels: pixel = global group index, sub = lane inside the group.
 struct PixelGroup {
@@ -178,6 +195,61 @@ __device__ __forceinline__ float activate(int code, float x, float p0, float p1)
     case ACT_TANH: return tanhf(x);
     case ACT_ELU: return x > 0.f ? x : p0 * expm1f(x);
     default: return x;
+    }
+}
+
+// Channel vectors: V consecutive channels (channel stride 1) loaded or stored at once,
+// as fp32 values: V = 1, 4 or 8 (8: fp32 as two 16-byte loads, fp16 as one). The caller
+// guarantees the alignment (V elements, at most 16 bytes).
+template <int V>
+__device__ __forceinline__ void load_vec(const float *p, float (&v)[V]) {
+    static_assert(V == 1 || V == 4 || V == 8, "channel vectors of 1, 4 or 8");
+    if constexpr (V == 1) {
+        v[0] = *p;
+    } else {
+#pragma unroll
+        for (int h = 0; h < V; h += 4) {
+            const float4 q = *reinterpret_cast<const float4 *>(p + h);
+            v[h] = q.x, v[h + 1] = q.y, v[h + 2] = q.z, v[h + 3] = q.w;
+        }
+    }
+}
+template <int V>
+__device__ __forceinline__ void load_vec(const __half *p, float (&v)[V]) {
+    static_assert(V == 1 || V == 4 || V == 8, "channel vectors of 1, 4 or 8");
+    if constexpr (V == 1) {
+        v[0] = __half2float(*p);
+    } else {
+        __half2 q[V / 2];
+        if constexpr (V == 4)
+            *reinterpret_cast<uint2 *>(q) = *reinterpret_cast<const uint2 *>(p);
+        else
+            *reinterpret_cast<uint4 *>(q) = *reinterpret_cast<const uint4 *>(p);
+#pragma unroll
+        for (int h = 0; h < V / 2; ++h) {
+            const float2 f = __half22float2(q[h]);
+            v[2 * h] = f.x, v[2 * h + 1] = f.y;
+        }
+    }
+}
+template <int V>
+__device__ __forceinline__ void store_vec(float *p, const float (&v)[V]) {
+    static_assert(V == 1 || V == 4, "stores of 1 or 4 channels");
+    if constexpr (V == 4)
+        *reinterpret_cast<float4 *>(p) = make_float4(v[0], v[1], v[2], v[3]);
+    else
+        *p = v[0];
+}
+template <int V>
+__device__ __forceinline__ void store_vec(__half *p, const float (&v)[V]) {
+    static_assert(V == 1 || V == 4, "stores of 1 or 4 channels");
+    if constexpr (V == 4) {
+        uint2 q;
+        *reinterpret_cast<__half2 *>(&q.x) = __floats2half2_rn(v[0], v[1]);
+        *reinterpret_cast<__half2 *>(&q.y) = __floats2half2_rn(v[2], v[3]);
+        *reinterpret_cast<uint2 *>(p) = q;
+    } else {
+        *p = __float2half_rn(v[0]);
     }
 }
 

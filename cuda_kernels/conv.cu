@@ -49,11 +49,11 @@ static_assert(TILE_P == 64 && DC_BLOCK == 256, "the convolution kernels map 256 
         const scalar_t *x, int xN, int xC, int xH, int xW,                                  \
         const mask_t *m, int mN, int mH, int mW, const scalar_t *wp, int mode,              \
         scalar_t *out, int oN, int oC, int oH, int oW,                                      \
-        float *acc, int aN, int aC, int aH, int aW, mask_t *om, int splits, float *ws
+        float *acc, int aN, int aC, int aH, int aW, mask_t *om, int splits, float *ws, int *counter
 
 #define CONV_ARGS                                                                           \
     N, Cin, H, W, Cout, OH, OW, KH, KW, sh, sw, pt, pl, dh, dw, groups, x, xN, xC, xH, xW, m,  \
-        mN, mH, mW, wp, mode, out, oN, oC, oH, oW, acc, aN, aC, aH, aW, om, splits, ws
+        mN, mH, mW, wp, mode, out, oN, oC, oH, oW, acc, aN, aC, aH, aW, om, splits, ws, counter
 
 // The input mask as one tile reads it. The tile's output pixels read the input window of
 // rows × cols pixels from (y0, x0); when that window fits FOOT_MAX bytes the block stages
@@ -119,12 +119,13 @@ __device__ __forceinline__ TileMask tile_mask(int n, int OW, int H, int W, int K
     return t;
 }
 
-// Output mask of the tile into `active` (also written to `om` by the blocks of the
-// first output-channel block and split). Returns whether any pixel of the tile is active.
+// Output mask of the tile into `active` (also written to `om`, and its active pixels
+// added to `counter` if not null, by the blocks of the first output-channel block and
+// split). Returns whether any pixel of the tile is active.
 // All threads of the block must call it.
 __device__ __forceinline__ bool tile_output_mask(const TileMask &t, int OH, int OW, int KH, int KW,
                                                  int sh, int sw, int pt, int pl, int dh, int dw,
-                                                 mask_t *om, bool *active) {
+                                                 mask_t *om, int *counter, bool *active) {
     const int p = threadIdx.x;
     bool act = false;
     if (p < TILE_P) {
@@ -137,7 +138,9 @@ __device__ __forceinline__ bool tile_output_mask(const TileMask &t, int OH, int 
         }
         active[p] = act;
     }
-    return __syncthreads_or(act) != 0;
+    const int count = __syncthreads_count(act);
+    if (counter && threadIdx.x == 0 && count && blockIdx.y == 0 && blockIdx.z == t.n) atomicAdd(counter, count);
+    return count != 0;
 }
 
 __device__ __forceinline__ void conv_store(int mode, float v, int n, int c, int oy, int ox,
@@ -204,21 +207,24 @@ __device__ __forceinline__ scalar_t gather_a(int kg, int K, int cin_g, int KW, b
     return xg[off4(t.n, ci, iy, ix, xN, xC, xH, xW)];
 }
 
-// Vector loads of an A-tile row segment: with CONV_VECTOR_A a chunk [k0, k0 + chunk) lies
-// in one kernel tap (Cin_g is a multiple of the chunk), so its channels are contiguous.
-// Fills `count` (4 floats or 8 halves) values for the pixel whose window starts at (y0, x0).
+// Vector loads of an A-tile row segment: the vector of reduction indices [k, k + width)
+// (k = k0 + c; 4 floats or 8 halves) for the pixel whose window starts at (y0, x0). With
+// CONV_VECTOR_A, Cin_g is a multiple of the width, so a vector lies in one kernel tap
+// and its channels are contiguous; vectors at k ≥ K (the end of a short reduction, e.g.
+// a 1×1 conv over 16 or 24 channels) are zero.
 template <typename V>
-__device__ __forceinline__ V gather_a_vector(int k0, int cin_g, int KW, bool pixel_active, int y0,
-                                             int x0, int dh, int dw, const TileMask &t, int c,
+__device__ __forceinline__ V gather_a_vector(int k0, int K, int cin_g, int KW, bool pixel_active,
+                                             int y0, int x0, int dh, int dw, const TileMask &t, int c,
                                              const scalar_t *xg, int xN, int xH, int xW) {
     V v;
     memset(&v, 0, sizeof(V));
-    if (!pixel_active) return v;
-    const int r = k0 / cin_g;
+    const int k = k0 + c;
+    if (!pixel_active || k >= K) return v;
+    const int r = k / cin_g;
     const int kh = r / KW;
     const int iy = y0 + kh * dh, ix = x0 + (r - kh * KW) * dw;
     if (!t(iy, ix)) return v;
-    return *reinterpret_cast<const V *>(xg + t.n * xN + iy * xH + ix * xW + (k0 - r * cin_g) + c);
+    return *reinterpret_cast<const V *>(xg + t.n * xN + iy * xH + ix * xW + (k - r * cin_g));
 }
 
 // Both GEMM paths keep the next reduction chunk's A and B elements in registers: they are
@@ -244,7 +250,7 @@ __device__ __forceinline__ void conv_gemm_cuda_cores(CONV_PARAMS) {
     const int tid = threadIdx.x;
     const ConvSlice slice = conv_slice<SPLIT>(N);
     const TileMask t = tile_mask(slice.n, OW, H, W, KH, KW, sh, sw, pt, pl, dh, dw, m, mN, mH, mW, foot);
-    if (!tile_output_mask(t, OH, OW, KH, KW, sh, sw, pt, pl, dh, dw, om, active)) return;
+    if (!tile_output_mask(t, OH, OW, KH, KW, sh, sw, pt, pl, dh, dw, om, counter, active)) return;
 
     const GemmBlock gb = gemm_block<SPLIT>(Cin, Cout, groups, KH, KW, splits, slice.split);
     const int cin_g = gb.cin_g, cout_g = gb.cout_g, grp = gb.grp, co0 = gb.co0, K = gb.K;
@@ -273,7 +279,7 @@ __device__ __forceinline__ void conv_gemm_cuda_cores(CONV_PARAMS) {
     float a_next[4], b_next[4];
     auto load = [&](int k0) {
         if (mode & CONV_VECTOR_A) {
-            const float4 a = gather_a_vector<float4>(k0, cin_g, KW, vok, vy, vx, dh, dw, t, 4 * (tid & 3),
+            const float4 a = gather_a_vector<float4>(k0, K, cin_g, KW, vok, vy, vx, dh, dw, t, 4 * (tid & 3),
                                                      reinterpret_cast<const scalar_t *>(xg), xN, xH, xW);
             a_next[0] = to_f(a.x);
             a_next[1] = to_f(a.y);
@@ -363,7 +369,7 @@ __device__ __forceinline__ void conv_gemm_tensor_cores(CONV_PARAMS) {
     const int tid = threadIdx.x;
     const ConvSlice slice = conv_slice<SPLIT>(N);
     const TileMask t = tile_mask(slice.n, OW, H, W, KH, KW, sh, sw, pt, pl, dh, dw, m, mN, mH, mW, foot);
-    if (!tile_output_mask(t, OH, OW, KH, KW, sh, sw, pt, pl, dh, dw, om, active)) return;
+    if (!tile_output_mask(t, OH, OW, KH, KW, sh, sw, pt, pl, dh, dw, om, counter, active)) return;
     const GemmBlock gb = gemm_block<SPLIT>(Cin, Cout, groups, KH, KW, splits, slice.split);
     const T *xg = x + gb.grp * gb.cin_g * xC;
     const T *wg = wp + (size_t)gb.grp * gb.K * gb.cout_g;
@@ -391,8 +397,8 @@ __device__ __forceinline__ void conv_gemm_tensor_cores(CONV_PARAMS) {
     T a_next[8], b_next[8];
     auto load = [&](int k0) {
         if (mode & CONV_VECTOR_A) {
-            a_vec = gather_a_vector<uint4>(k0, gb.cin_g, KW, vok, vy, vx, dh, dw, t, 8 * (tid & 3), xg, xN,
-                                           xH, xW);
+            a_vec = gather_a_vector<uint4>(k0, gb.K, gb.cin_g, KW, vok, vy, vx, dh, dw, t, 8 * (tid & 3), xg,
+                                           xN, xH, xW);
         } else {
 #pragma unroll
             for (int i = 0; i < 8; ++i)
@@ -475,19 +481,34 @@ extern "C" __global__ void __launch_bounds__(256, 3) conv_gemm_split(CONV_PARAMS
 // load per window value instead of one per tap and output pixel. A thread then computes
 // one channel of one tile row from the window, each output summing its taps in (kh, kw)
 // order. Windows larger than DW_WINDOW (large dilations) are read from global memory tap
-// by tap instead. At least 4 blocks per multiprocessor.
+// by tap instead. With CONV_VECTOR_A (one output channel per input channel, channels
+// contiguous and a multiple of the vector: see gemm_mode's rule in backends/cuda/conv.py)
+// the window is staged one 16-byte vector of channels per load (DW_VECTOR threads per
+// pixel). At least 4 blocks per multiprocessor.
 extern "C" __global__ void __launch_bounds__(256, 4) conv_depthwise(CONV_PARAMS) {
     __shared__ bool active[TILE_P];
     __shared__ mask_t foot[FOOT_MAX];
     __shared__ float window[DW_WINDOW][DW_CO];
     const TileMask t = tile_mask(blockIdx.z, OW, H, W, KH, KW, sh, sw, pt, pl, dh, dw, m, mN, mH, mW, foot);
-    if (!tile_output_mask(t, OH, OW, KH, KW, sh, sw, pt, pl, dh, dw, om, active)) return;
+    if (!tile_output_mask(t, OH, OW, KH, KW, sh, sw, pt, pl, dh, dw, om, counter, active)) return;
     const int lane = threadIdx.x & 31, row = threadIdx.x >> 5;
     const int co = blockIdx.y * DW_CO + lane;
     const int ci = co / (Cout / groups);  // Cin_g == 1: group index == input channel
     const int rows = (TILE - 1) * sh + (KH - 1) * dh + 1;  // the window is rows × t.cols pixels
     const bool staged = rows * t.cols <= DW_WINDOW;
-    if (staged) {
+    if (staged && (mode & CONV_VECTOR_A)) {
+        constexpr int VW = 16 / sizeof(scalar_t);  // channels per vector
+        constexpr int PER_PIXEL = DW_CO / VW;      // threads per window pixel
+        const int q = threadIdx.x % PER_PIXEL, c0 = blockIdx.y * DW_CO + q * VW;
+        for (int p = threadIdx.x / PER_PIXEL; p < rows * t.cols; p += DC_BLOCK / PER_PIXEL) {
+            const int r = p / t.cols, iy = t.y0 + r, ix = t.x0 + (p - r * t.cols);
+            float v[VW] = {};
+            if (c0 < Cout && t(iy, ix)) load_vec<VW>(x + off4(t.n, c0, iy, ix, xN, xC, xH, xW), v);
+#pragma unroll
+            for (int j = 0; j < VW; ++j) window[p][q * VW + j] = v[j];
+        }
+        __syncthreads();
+    } else if (staged) {
         for (int p = row; p < rows * t.cols; p += 256 / DW_CO) {
             const int r = p / t.cols, iy = t.y0 + r, ix = t.x0 + (p - r * t.cols);
             window[p][lane] = (co < Cout && t(iy, ix)) ? to_f(x[off4(t.n, ci, iy, ix, xN, xC, xH, xW)]) : 0.f;

@@ -45,12 +45,13 @@ extern "C" __global__ void pw_linear(int N, int C, int H, int W, int lanes, int 
                                      DC_OPERAND(0), DC_OPERAND(1),
                                      const float *scale, int scale_stride,
                                      scalar_t *out, int oN, int oC, int oH, int oW,
-                                     mask_t *om) {
+                                     mask_t *om, int *counter) {
     __shared__ int list[DC_BLOCK];
     const ScanPixel sp = scan_pixel(N * H * W, span);
     const int flags = operand_flags(sp, H, W, n_ops, DC_MASK_ARGS(0), DC_MASK_ARGS(1));
     if (sp.valid) om[sp.pixel] = flags != 0;
     const int count = block_list(flags != 0, ((int)threadIdx.x << 2) | flags, list);
+    if (counter && threadIdx.x == 0 && count) atomicAdd(counter, count);  // = the mask bytes set
     for (int r0 = 0; r0 < count; r0 += DC_BLOCK / lanes) {
         const ListPixel p = list_pixel(list, count, r0, lanes, sp.base, H, W);
         if (!p.cand) continue;
@@ -93,83 +94,113 @@ extern "C" __global__ void pw_accumulate(int N, int C, int H, int W, int lanes, 
 //   δy = v − o;  emit iff max_c |δy| > thr;  where emitted: o ← v, out = δy.
 // With lin = 0 the operands contribute only their masks (inputs already accumulated,
 // e.g. by a convolution epilogue or pw_accumulate). Masks of non-emitted pixels are 0.
-extern "C" __global__ void __launch_bounds__(DC_BLOCK, 5) pw_truncate(int N, int C, int H, int W, int lanes, int span,
-                                       int n_ops, int lin, DC_OPERAND(0), DC_OPERAND(1),
-                                       const float *scale, int scale_stride,
-                                       int fn, float p0, float p1,
-                                       float *a0, int a0N, int a0C, int a0H, int a0W,
-                                       const float *a1, int a1N, int a1C, int a1H, int a1W,
-                                       const float *norm_w, const float *norm_b,
-                                       float *o, int sN, int sC, int sH, int sW, float thr,
-                                       scalar_t *out, int oN, int oC, int oH, int oW,
-                                       mask_t *om) {
+// Update counters (may be null): `counter` += emitted pixels, `cand_counter` += candidate
+// pixels (the mask of a fused linear producer, the OR of the operand masks).
+// vec: channel vectors of 4 (the host sets it when C, every channel stride and every
+// pixel's alignment allow; see truncate() in backends/cuda/pointwise.py).
+#define TRUNC_PARAMS                                                                        \
+    int N, int C, int H, int W, int lanes, int span, int n_ops, int lin, DC_OPERAND(0),      \
+        DC_OPERAND(1), const float *scale, int scale_stride, int fn, float p0, float p1,    \
+        float *a0, int a0N, int a0C, int a0H, int a0W, const float *a1, int a1N, int a1C,   \
+        int a1H, int a1W, const float *norm_w, const float *norm_b, scalar_t *o, int sN,    \
+        int sC, int sH, int sW, float thr, scalar_t *out, int oN, int oC, int oH, int oW,   \
+        mask_t *om, int *counter, int *cand_counter
+#define TRUNC_ARGS                                                                          \
+    N, C, H, W, lanes, span, n_ops, lin, v0, v0N, v0C, v0H, v0W, m0, m0N, m0H, m0W, k0, v1,  \
+        v1N, v1C, v1H, v1W, m1, m1N, m1H, m1W, k1, scale, scale_stride, fn, p0, p1, a0, a0N, \
+        a0C, a0H, a0W, a1, a1N, a1C, a1H, a1W, norm_w, norm_b, o, sN, sC, sH, sW, thr, out,   \
+        oN, oC, oH, oW, om, counter, cand_counter
+
+template <int V>
+__device__ __forceinline__ void truncate_pixels(TRUNC_PARAMS) {
     __shared__ int list[DC_BLOCK];
     const ScanPixel sp = scan_pixel(N * H * W, span);
     const int flags = operand_flags(sp, H, W, n_ops, DC_MASK_ARGS(0), DC_MASK_ARGS(1));
     if (sp.valid && !flags) om[sp.pixel] = 0;
     const int count = block_list(flags != 0, ((int)threadIdx.x << 2) | flags, list);
+    if (cand_counter && threadIdx.x == 0 && count) atomicAdd(cand_counter, count);
+    int emitted = 0;  // pixels this thread's group emitted (counted by lane 0)
+    const int step = V * lanes;  // channels one pass of the group covers
     // Every group runs every round (spare groups with cand = false) for the reductions.
     for (int r0 = 0; r0 < count; r0 += DC_BLOCK / lanes) {
         const ListPixel p = list_pixel(list, count, r0, lanes, sp.base, H, W);
         const bool cand = p.cand, act0 = p.flags & 1, act1 = p.flags & 2;
         const int sub = p.sub, n = p.at.n, y = p.at.y, x = p.at.x;
+        float *a0p = a0 + off4(n, 0, y, x, a0N, a0C, a0H, a0W);  // the pixel's channel 0
         if (lin && cand) {
-#pragma unroll 4
-            for (int c = sub; c < C; c += lanes) {
-                float s = 0.f;
-                if (act0) s += k0 * DC_VALUE(0, n, c, y, x);
-                if (act1) s += k1 * DC_VALUE(1, n, c, y, x);
-                if (scale) s *= round_s(scale[c * scale_stride]);
-                float *dst = a0 + off4(n, c, y, x, a0N, a0C, a0H, a0W);
-                *dst = *dst + round_s(s);
+#pragma unroll 2
+            for (int c = V * sub; c < C; c += step) {
+                float s[V] = {}, t[V];
+                if (act0) {
+                    load_vec<V>(v0 + off4(n, c, y, x, v0N, v0C, v0H, v0W), t);
+#pragma unroll
+                    for (int j = 0; j < V; ++j) s[j] += k0 * t[j];
+                }
+                if (act1) {
+                    load_vec<V>(v1 + off4(n, c, y, x, v1N, v1C, v1H, v1W), t);
+#pragma unroll
+                    for (int j = 0; j < V; ++j) s[j] += k1 * t[j];
+                }
+                load_vec<V>(a0p + c * a0C, t);
+#pragma unroll
+                for (int j = 0; j < V; ++j)
+                    t[j] += round_s(scale ? s[j] * round_s(scale[(c + j) * scale_stride]) : s[j]);
+                store_vec<V>(a0p + c * a0C, t);
             }
         }
         // Per-pixel statistics of the layer norm (two passes over the channels, fp32).
         float mean = 0.f, rstd = 0.f;
         if (fn == FN_LAYER_NORM) {
-            float s = 0.f;
-            for (int c0 = 0; c0 < C; c0 += lanes) {
-                const int c = c0 + sub;
-                if (cand && c < C) s += round_s(a0[off4(n, c, y, x, a0N, a0C, a0H, a0W)]);
+            float s = 0.f, q = 0.f, t[V];
+            for (int c = V * sub; c < C; c += step) {
+                if (!cand) break;
+                load_vec<V>(a0p + c * a0C, t);
+#pragma unroll
+                for (int j = 0; j < V; ++j) s += round_s(t[j]);
             }
             mean = group_sum(s, lanes) / C;
-            float q = 0.f;
-            for (int c0 = 0; c0 < C; c0 += lanes) {
-                const int c = c0 + sub;
-                if (cand && c < C) {
-                    const float d = round_s(a0[off4(n, c, y, x, a0N, a0C, a0H, a0W)]) - mean;
-                    q += d * d;
-                }
+            for (int c = V * sub; c < C; c += step) {
+                if (!cand) break;
+                load_vec<V>(a0p + c * a0C, t);
+#pragma unroll
+                for (int j = 0; j < V; ++j) q += (round_s(t[j]) - mean) * (round_s(t[j]) - mean);
             }
             rstd = rsqrtf(group_sum(q, lanes) / C + p0);
         }
-        // v at channel c (p0 is eps for the layer norm, else the activation's parameter).
-        auto value = [&](int c) -> float {
-            const float x0 = round_s(a0[off4(n, c, y, x, a0N, a0C, a0H, a0W)]);
-            float v;
-            if (fn == FN_PRODUCT) {
-                v = x0 * round_s(a1[off4(n, c, y, x, a1N, a1C, a1H, a1W)]);
-            } else if (fn == FN_LAYER_NORM) {
-                v = (x0 - mean) * rstd;
-                if (norm_w) v *= norm_w[c];
-                if (norm_b) v += norm_b[c];
-            } else {
-                v = activate(fn, x0, p0, p1);
+        // v at channels c..c+V-1 (p0 is eps for the layer norm, else the activation's parameter).
+        auto values = [&](int c, float (&v)[V]) {
+            load_vec<V>(a0p + c * a0C, v);
+            float b[V];
+            if (fn == FN_PRODUCT) load_vec<V>(a1 + off4(n, c, y, x, a1N, a1C, a1H, a1W), b);
+#pragma unroll
+            for (int j = 0; j < V; ++j) {
+                const float x0 = round_s(v[j]);
+                float u;
+                if (fn == FN_PRODUCT) {
+                    u = x0 * round_s(b[j]);
+                } else if (fn == FN_LAYER_NORM) {
+                    u = (x0 - mean) * rstd;
+                    if (norm_w) u *= norm_w[c + j];
+                    if (norm_b) u += norm_b[c + j];
+                } else {
+                    u = activate(fn, x0, p0, p1);
+                }
+                v[j] = round_s(u);
             }
-            return round_s(v);
         };
         // The peak pass keeps the thread's values v and sent values in registers, a chunk
         // of TRUNC_REGS · lanes channels at a time; the emit pass reuses them when the
         // pixel is one chunk (C ≤ 2048 with the host's lanes), else recomputes each chunk.
+        constexpr int SLOTS = TRUNC_REGS / V;
         const int chunk = TRUNC_REGS * lanes;
-        float v[TRUNC_REGS] = {}, sent[TRUNC_REGS] = {};
+        float v[SLOTS][V] = {}, sent[SLOTS][V] = {};
         auto load_chunk = [&](int c0) {
 #pragma unroll
-            for (int i = 0; i < TRUNC_REGS; ++i) {
-                const int c = c0 + sub + i * lanes;
+            for (int i = 0; i < SLOTS; ++i) {
+                const int c = c0 + V * sub + i * step;
                 if (cand && c < C) {
-                    v[i] = value(c);
-                    sent[i] = o[off4(n, c, y, x, sN, sC, sH, sW)];
+                    values(c, v[i]);
+                    load_vec<V>(o + off4(n, c, y, x, sN, sC, sH, sW), sent[i]);
                 }
             }
         };
@@ -177,23 +208,39 @@ extern "C" __global__ void __launch_bounds__(DC_BLOCK, 5) pw_truncate(int N, int
         for (int c0 = 0; c0 < C; c0 += chunk) {
             load_chunk(c0);
 #pragma unroll
-            for (int i = 0; i < TRUNC_REGS; ++i)
-                if (cand && c0 + sub + i * lanes < C) peak = fmaxf(peak, fabsf(v[i] - sent[i]));
+            for (int i = 0; i < SLOTS; ++i)
+                if (cand && c0 + V * sub + i * step < C)
+#pragma unroll
+                    for (int j = 0; j < V; ++j) peak = fmaxf(peak, fabsf(v[i][j] - sent[i][j]));
         }
         peak = group_max(peak, lanes);
         const bool emit = cand && peak > thr;
-        if (cand && sub == 0) om[p.pixel] = emit;
+        if (cand && sub == 0) {
+            om[p.pixel] = emit;
+            emitted += emit;
+        }
         if (!emit) continue;
         for (int c0 = 0; c0 < C; c0 += chunk) {
             if (C > chunk) load_chunk(c0);
 #pragma unroll
-            for (int i = 0; i < TRUNC_REGS; ++i) {
-                const int c = c0 + sub + i * lanes;
+            for (int i = 0; i < SLOTS; ++i) {
+                const int c = c0 + V * sub + i * step;
                 if (c < C) {
-                    o[off4(n, c, y, x, sN, sC, sH, sW)] = v[i];
-                    out[off4(n, c, y, x, oN, oC, oH, oW)] = from_f<scalar_t>(v[i] - sent[i]);
+                    float dy[V];
+#pragma unroll
+                    for (int j = 0; j < V; ++j) dy[j] = v[i][j] - sent[i][j];
+                    store_vec<V>(o + off4(n, c, y, x, sN, sC, sH, sW), v[i]);  // exact: v is rounded
+                    store_vec<V>(out + off4(n, c, y, x, oN, oC, oH, oW), dy);
                 }
             }
         }
     }
+    block_count(emitted, counter);
+}
+
+extern "C" __global__ void __launch_bounds__(DC_BLOCK, 4) pw_truncate(TRUNC_PARAMS, int vec) {
+    if (vec)
+        truncate_pixels<4>(TRUNC_ARGS);
+    else
+        truncate_pixels<1>(TRUNC_ARGS);
 }

@@ -22,7 +22,7 @@ extern "C" __global__ void pool_window(int N, int C, int H, int W, int OH, int O
                                        const scalar_t *v, int vN, int vC, int vH, int vW,
                                        const mask_t *m, int mN, int mH, int mW,
                                        const float *a, int aN, int aC, int aH, int aW,
-                                       float *o, int sN, int sC, int sH, int sW, float thr,
+                                       scalar_t *o, int sN, int sC, int sH, int sW, float thr,
                                        scalar_t *out, int oN, int oC, int oH, int oW, mask_t *om) {
     const PixelGroup g = pixel_group(lanes);
     const bool valid = g.pixel < N * OH * OW;
@@ -93,17 +93,17 @@ extern "C" __global__ void pool_window(int N, int C, int H, int W, int OH, int O
     float peak = 0.f;
     for (int c0 = 0; c0 < C; c0 += lanes) {
         const int c = c0 + g.sub;
-        if (cand && c < C) peak = fmaxf(peak, fabsf(value(c) - o[off4(n, c, oy, ox, sN, sC, sH, sW)]));
+        if (cand && c < C) peak = fmaxf(peak, fabsf(value(c) - to_f(o[off4(n, c, oy, ox, sN, sC, sH, sW)])));
     }
     peak = group_max(peak, lanes);
     const bool emit = cand && peak > thr;
     if (valid && g.sub == 0) om[g.pixel] = emit;
     if (!emit) return;
     for (int c = g.sub; c < C; c += lanes) {
-        float *sent = o + off4(n, c, oy, ox, sN, sC, sH, sW);
+        scalar_t *sent = o + off4(n, c, oy, ox, sN, sC, sH, sW);
         const float v = value(c);
-        const float dy = v - *sent;
-        *sent = v;
+        const float dy = v - to_f(*sent);
+        *sent = from_f<scalar_t>(v);  // exact: v is a rounded input value
         out[off4(n, c, oy, ox, oN, oC, oH, oW)] = from_f<scalar_t>(dy);
     }
 }

@@ -35,12 +35,13 @@ extern "C" __global__ void sparsify_mask(int N, int C, int H, int W, int lanes,
 
 // Writes the delta and its mask and updates ref. With raw == null the mask is computed
 // here (no dilation); otherwise m = any raw in the (2·dil+1)² window around the pixel.
+// `counter` (may be null) += the pixels of the mask.
 extern "C" __global__ void sparsify_apply(int N, int C, int H, int W, int lanes,
                                           const scalar_t *xv, int xN, int xC, int xH, int xW,
                                           float *ref, int rN, int rC, int rH, int rW,
                                           float thr, const mask_t *raw, int dil,
                                           scalar_t *out, int oN, int oC, int oH, int oW,
-                                          mask_t *om) {
+                                          mask_t *om, int *counter) {
     const PixelGroup g = pixel_group(lanes);
     const bool valid = g.pixel < N * H * W;
     const Pixel q = pixel_at(valid ? g.pixel : 0, H, W);
@@ -65,6 +66,7 @@ extern "C" __global__ void sparsify_apply(int N, int C, int H, int W, int lanes,
         emit = change_peak(valid, n, y, x, C, lanes, g.sub, xv, xN, xC, xH, xW, ref, rN, rC, rH, rW) > thr && valid;
     }
     if (valid && g.sub == 0) om[g.pixel] = emit;
+    block_count(valid && g.sub == 0 && emit, counter);
     if (!emit) return;
     for (int c = g.sub; c < C; c += lanes) {
         float *r = ref + off4(n, c, y, x, rN, rC, rH, rW);

@@ -44,7 +44,7 @@ from .delta import map_tensor_leaves, tensor_leaves
 from .errors import ConfigError, SequenceMismatch, UnknownLayer
 from .ops.base import DeltaOp
 from .ops.boundary import Sparsify
-from .stats import collect_stats
+from .stats import UpdateCounters, collect_stats
 from .validation import (
     check_dilation,
     check_frame_inputs,
@@ -104,6 +104,7 @@ class DeltaGraphModule(fx.GraphModule):
         self._sequence_started = False
         self._delta_frames = 0  # delta frames run with statistics on
         self._track_stats = True
+        self._counters: UpdateCounters | None = None  # built with the sequence
         self._runtime: Runtime | None = None
         # Replay delta frames through one CUDA graph (see deltaconvert.cuda_graph).
         self.cuda_graph = False
@@ -158,7 +159,11 @@ class DeltaGraphModule(fx.GraphModule):
         """One eager frame (binds the backend on the first frame of a sequence)."""
         if not self._sequence_started:
             self._runtime = bind_backend(self, self.backend, args, kwargs)
+            self._counters = UpdateCounters(self.delta_ops(), _input_device(args, kwargs))
+            self._counters.attach(self.delta_ops(), self._track_stats)
         with torch.no_grad(), self._runtime.frame():
+            if self._sequence_started and self._track_stats:
+                self._counters.begin_frame()
             out = super().__call__(*args, **kwargs)
         self._sequence_started = True
         return out
@@ -305,6 +310,7 @@ class DeltaGraphModule(fx.GraphModule):
                 op.ready = None
         self._sequence_started = False
         self._delta_frames = 0
+        self._counters = None
         self._replay = None
         self._batch = None
         self._restart = set()
@@ -343,15 +349,19 @@ class DeltaGraphModule(fx.GraphModule):
 
     @property
     def track_stats(self) -> bool:
-        """Whether ops record update statistics for :meth:`stats` (a small device-side
-        reduction per op and frame; switch off for timing)."""
+        """Whether ops count updated pixels for :meth:`stats` (on the device: two small
+        kernels per frame and one atomic add per kernel block that updates something,
+        see :mod:`deltaconvert.stats`)."""
         return self._track_stats
 
     @track_stats.setter
     def track_stats(self, enabled: bool) -> None:
         self._track_stats = bool(enabled)
-        for op in self.delta_ops().values():
+        ops = self.delta_ops()
+        for op in ops.values():
             op.track_stats = self._track_stats
+        if self._counters is not None:
+            self._counters.attach(ops, self._track_stats)
 
     @property
     def thresholds(self) -> Thresholds:
@@ -392,7 +402,7 @@ class DeltaGraphModule(fx.GraphModule):
         ``work_fraction_last``/``_mean``: multiply-adds a perfect delta kernel does over
         the dense multiply-adds, ``Σ updated·macs / Σ macs`` over ops with weights.
         """
-        return collect_stats(self.delta_ops(), self._delta_frames)
+        return collect_stats(self.delta_ops(), self._delta_frames, self._counters)
 
 
 def _batch_size(args: tuple, kwargs: dict) -> int:

@@ -43,6 +43,9 @@ class DeltaOp(nn.Module):
 
     threshold: float | None = None
     macs_per_pixel: int = 0
+    # This op's slot of the model's update counters (:class:`deltaconvert.stats.
+    # UpdateCounters`): a one-element int32 device tensor, None while statistics are off.
+    update_counter: torch.Tensor | None = None
 
     def __init__(self) -> None:
         super().__init__()
@@ -111,20 +114,22 @@ class DeltaOp(nn.Module):
 
     # -- statistics ---------------------------------------------------------------------
     def _record(self, out: Any) -> None:
-        """Per frame, one device-side add: ``updates += mask`` (no host sync).
-
-        The fraction of updated pixels is derived only when :meth:`update_fraction` is
-        asked: from the last output mask (kept by reference) and the running counts.
-        """
+        """Statistics of one call: the pixel count of the output (dense frame) or of its
+        mask (delta frame), and the mask's updated pixels added to :attr:`update_counter`
+        — by the kernel that wrote the mask when it says so (``extras["counted_by"]``),
+        else with one device-side sum here (no host sync)."""
         if isinstance(out, Delta):
-            updates = self._state.get("updates")
-            if updates is None or updates.shape != out.mask.shape:
-                updates = self._state["updates"] = torch.zeros(
-                    out.mask.shape, dtype=torch.int32, device=out.mask.device)
-            updates.add_(out.mask)
-            self._state["last_mask"] = out.mask
+            self._state["mask_pixels"] = out.mask.numel()
+            counter = self.update_counter
+            if counter is not None and out.extras.get("counted_by") is not self:
+                counter.add_(out.mask.sum(dtype=torch.int32))
         elif isinstance(out, torch.Tensor) and out.dim() >= 2:
             self._state["out_pixels"] = out.numel() // out.shape[1]
+
+    def counter_for_kernel(self) -> torch.Tensor | None:
+        """The counter a kernel writing this op's output mask adds its updated pixels to
+        (None: statistics off); the Delta it returns then carries ``counted_by=self``."""
+        return self.update_counter if self.track_stats else None
 
     @property
     def state(self) -> dict[str, Any]:
@@ -137,15 +142,9 @@ class DeltaOp(nn.Module):
         it ran with statistics on)."""
         return self._state.get("out_pixels", 0)
 
-    def update_fraction(self, delta_frames: int) -> tuple[float, float] | None:
-        """(last delta frame, mean over the ``delta_frames`` frames since the dense one) of
-        the updated-pixel fraction; None before the first delta frame."""
-        if "last_mask" not in self._state or delta_frames < 1:
-            return None
-        frames = delta_frames
-        updates = self._state["updates"]
-        last = float(self._state["last_mask"].float().mean())
-        return last, float(updates.double().sum()) / (updates.numel() * frames)
+    def mask_pixels(self) -> int:
+        """Mask elements (samples × pixels) of the op's last delta output (0 before one)."""
+        return self._state.get("mask_pixels", 0)
 
     # -- pickling and copying -----------------------------------------------------------
     def __getstate__(self) -> dict:
@@ -155,6 +154,7 @@ class DeltaOp(nn.Module):
         state = dict(state)
         state["_state"] = {}
         state["accelerated"] = None
+        state["update_counter"] = None
         return state
 
     def extra_repr(self) -> str:

@@ -1,7 +1,8 @@
 """Non-linear ops: recompute from accumulated inputs, emit truncated output changes.
 
-State per op: ``a_i``, the accumulated value of each varying input, and ``o``, the
-output value downstream layers have been sent (both fp32 or wider). For the output
+State per op: ``a_i``, the accumulated value of each varying input (fp32 or wider),
+and ``o``, the output value downstream layers have been sent (in the model dtype for
+16-bit models, where that is exact, else fp32 or wider). For the output
 pixels in the footprint of the input updates::
 
     a_i += δx_i;   v = f(a_1, …);   δy = v − o
@@ -49,7 +50,7 @@ class Nonlinear(DeltaOp):
         out = self.fn(*args, **kwargs)
         self._state["acc"] = [x.detach().to(ref.buffer_dtype(x.dtype, x.device), copy=True)
                               for x, v in zip(leaves, self.varying) if v]
-        self._state["sent"] = out.detach().to(ref.buffer_dtype(out.dtype, out.device), copy=True)
+        self._state["sent"] = out.detach().to(ref.sent_dtype(out.dtype, out.device), copy=True)
         return out
 
     def delta(self, *args: Any, **kwargs: Any) -> Delta:

@@ -32,6 +32,19 @@ def buffer_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
+def sent_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    """Dtype of a non-linear op's sent outputs ``o``.
+
+    Every value ``o`` holds is an output value of the op in the model dtype (the dense
+    frame's output, or ``v = f(a)`` computed in the model dtype), so a 16-bit model
+    stores ``o`` in its own dtype exactly, at half the bytes of fp32. Other dtypes use
+    :func:`buffer_dtype`. Differences ``v − o`` are still taken in ≥ fp32.
+    """
+    if dtype in (torch.float16, torch.bfloat16):
+        return dtype
+    return buffer_dtype(dtype, device)
+
+
 def accumulation_dtype(x: torch.Tensor) -> torch.dtype:
     """Precision in which the reference backend evaluates weighted sums of deltas.
 
@@ -92,13 +105,15 @@ def truncate(v: torch.Tensor, o: torch.Tensor, candidates: torch.Tensor, thresho
     """Emit ``δy = v − o`` at candidate pixels whose ``max_c |δy|`` exceeds ``τ``.
 
     ``o`` (the value downstream has been sent) is updated in place where emitted;
-    what is not emitted waits in ``v − o`` for a later frame.
+    what is not emitted waits in ``v − o`` for a later frame. The difference is taken
+    in ``o``'s dtype promoted to at least fp32 (exact for 16-bit ``v`` and ``o``).
     """
-    v = v.to(o.dtype)
-    dy = v - o
+    work = torch.promote_types(o.dtype, torch.float32)
+    v = v.to(work)
+    dy = v - o.to(work)
     emit = candidates & (channel_max_abs(dy) > threshold)
     dy = torch.where(emit, dy, torch.zeros((), dtype=dy.dtype, device=dy.device))
-    o.copy_(torch.where(emit, v, o))
+    o.copy_(torch.where(emit, v, o.to(work)))
     return Delta(dy.to(out_dtype), emit)
 
 

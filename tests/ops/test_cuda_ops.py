@@ -206,6 +206,12 @@ CONVS = {
     "vec_1x1_grouped": (lambda: nn.Conv2d(64, 48, 1, groups=2), (2, 64, 9, 11)),
     "vec_strided_dilated": (lambda: nn.Conv2d(32, 40, 3, stride=2, dilation=2, padding=2), (2, 32, 15, 17)),
     "vec_a_only": (lambda: nn.Conv2d(32, 30, 1), (3, 32, 7, 9)),
+    # Cin_g a multiple of the vector width but not of the reduction chunk: vectors past
+    # K are zero (1×1 over 16/24/144 channels, as in MobileNetV2), taps of 8 channels.
+    "vec_1x1_k16": (lambda: nn.Conv2d(16, 96, 1), (2, 16, 9, 11)),
+    "vec_1x1_k24": (lambda: nn.Conv2d(24, 20, 1), (2, 24, 9, 11)),
+    "vec_1x1_k144": (lambda: nn.Conv2d(144, 24, 1), (2, 144, 7, 9)),
+    "vec_3x3_k8": (lambda: nn.Conv2d(8, 16, 3, padding=1), (2, 8, 9, 11)),
 }
 
 
@@ -265,22 +271,27 @@ def _layer_norm(channels: int) -> ChannelLayerNorm:
     return ChannelLayerNorm(ln)
 
 
+# Functions of the channel count (the layer norm's weights have one per channel).
 ACTIVATIONS = {
-    "relu": nn.ReLU, "relu6": nn.ReLU6, "leaky": lambda: nn.LeakyReLU(0.1),
-    "hardtanh": lambda: nn.Hardtanh(-1.0, 2.0), "sigmoid": nn.Sigmoid, "silu": nn.SiLU,
-    "hardswish": nn.Hardswish, "hardsigmoid": nn.Hardsigmoid, "gelu": nn.GELU,
-    "gelu_tanh": lambda: nn.GELU("tanh"), "tanh": nn.Tanh, "elu": lambda: nn.ELU(0.7),
-    "layer_norm": lambda: _layer_norm(37),
+    "relu": lambda c: nn.ReLU(), "relu6": lambda c: nn.ReLU6(), "leaky": lambda c: nn.LeakyReLU(0.1),
+    "hardtanh": lambda c: nn.Hardtanh(-1.0, 2.0), "sigmoid": lambda c: nn.Sigmoid(),
+    "silu": lambda c: nn.SiLU(), "hardswish": lambda c: nn.Hardswish(),
+    "hardsigmoid": lambda c: nn.Hardsigmoid(), "gelu": lambda c: nn.GELU(),
+    "gelu_tanh": lambda c: nn.GELU("tanh"), "tanh": lambda c: nn.Tanh(), "elu": lambda c: nn.ELU(0.7),
+    "layer_norm": _layer_norm,
 }
 
 
+# 37 channels: one channel per load; 40: vectors of 4 channels where the layout allows
+# (channels_last frames; the NCHW frames in between fall back to one channel per load).
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("channels", [37, 40])
 @pytest.mark.parametrize("threshold", [0.0, 0.25])
 @pytest.mark.parametrize("name", ACTIVATIONS)
-def test_activation(poisoned, name, threshold, dtype):
+def test_activation(poisoned, name, threshold, channels, dtype):
     make = ACTIVATIONS[name]
-    check(poisoned, lambda: [Nonlinear(make(), Footprint.POINTWISE, (True,), threshold)],
-          (V((2, 37, 9, 11)),), dtype)
+    check(poisoned, lambda: [Nonlinear(make(channels), Footprint.POINTWISE, (True,), threshold)],
+          (V((2, channels, 9, 11)),), dtype)
 
 
 # (1, 2100, 3, 4): wider than pw_truncate's register chunk (8 channels × 256 lanes), so

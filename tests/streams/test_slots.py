@@ -111,7 +111,7 @@ def state_rows(model, row: int) -> dict[str, torch.Tensor]:
     for name, op in model.delta_ops().items():
         for key, value in op.state.items():
             for i, t in enumerate(value if isinstance(value, list) else [value]):
-                if isinstance(t, torch.Tensor) and key not in ("updates", "last_mask"):
+                if isinstance(t, torch.Tensor):
                     rows[f"{name}.{key}.{i}"] = t[row].clone()
     return rows
 

@@ -14,7 +14,7 @@ with the correct output mask and placeholder values (never read).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -30,7 +30,9 @@ class Fused:
 
     ``lin``: the consumer adds ``round(scale[c] · Σ coefs[i] · operands[i])`` into its
     accumulator; otherwise the producer already accumulated into it and the operands
-    only carry the candidate mask.
+    only carry the candidate mask. ``counter``: the producer's update counter, to which
+    the consumer's kernel adds the candidate pixels (the producer's output mask), or
+    None (statistics off, or the producer counted them itself).
     """
 
     consumer: DeltaOp
@@ -38,6 +40,7 @@ class Fused:
     coefs: list[float]
     lin: bool
     scale: torch.Tensor | None = None
+    counter: torch.Tensor | None = None
 
 
 Consumer = tuple[DeltaOp, "Accelerated"]
@@ -69,6 +72,14 @@ class Accelerated:
         """Whether state buffers are fp32, the only state dtype the kernels address (the
         reference backend keeps float64 state on the CPU)."""
         return all(b.dtype == torch.float32 for b in buffers)
+
+    @classmethod
+    def nonlinear_state(cls, acc: Sequence[torch.Tensor], sent: torch.Tensor,
+                        dtype: torch.dtype) -> bool:
+        """Whether a non-linear op's state is what the kernels address: fp32
+        accumulators and sent outputs in the model dtype ``dtype`` (see
+        ``ops.reference.sent_dtype``)."""
+        return cls.fp32_state(*acc) and sent.dtype == dtype
 
     def usable(self, *values: Any) -> bool:
         """Whether the kernels take these tensors/Deltas: rank 2 or 4, fp32/fp16, this

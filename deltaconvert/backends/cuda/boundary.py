@@ -64,9 +64,11 @@ class SparsifyKernel(Accelerated):
         out, om = new_values(x.shape, x.dtype, x.device), new_mask(x.shape, x.device)
         args = Args(layer).ints(n, c, h, w, lanes).tensor(x, strides4(x))
         args.tensor(reference, strides4(reference)).floats(op.threshold).ptr(raw)
-        args.ints(op.dilation).tensor(out, strides4(out)).ptr(om)
+        # A READY gate (slots) clears mask rows after the kernel: the op counts then.
+        counter = op.counter_for_kernel() if op.ready is None else None
+        args.ints(op.dilation).tensor(out, strides4(out)).ptr(om).ptr(counter)
         kernel(self.runtime, "sparsify", "sparsify_apply", x.dtype)(grid, block, args)
-        return Delta(out, om)
+        return Delta(out, om, {"counted_by": op} if counter is not None else {})
 
 
 @accelerates(Densify)

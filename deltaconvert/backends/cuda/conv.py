@@ -53,21 +53,30 @@ def pack_weight(weight: torch.Tensor, groups: int, depthwise: bool) -> torch.Ten
     return w.reshape(groups, cout // groups, cin_g, kh, kw).permute(0, 3, 4, 2, 1).contiguous()
 
 
-def gemm_mode(values: torch.Tensor, weight: torch.Tensor, cin_g: int, cout_g: int) -> int:
-    """The conv_gemm vector-load bits: A needs NHWC-contiguous channels, Cin_g a multiple
-    of the reduction chunk (16 fp32 / 32 fp16, so a chunk stays in one kernel tap) and
-    16-byte aligned pixels; B needs Cout_g a multiple of the vector width."""
-    if not VECTOR_LOADS:
-        return 0
-    width, chunk = (8, 32) if values.dtype == torch.float16 else (4, 16)
+def vector_rows(values: torch.Tensor, channels: int) -> bool:
+    """Whether input pixels may be read as 16-byte vectors of ``channels`` consecutive
+    channels: NHWC-contiguous channels, ``channels`` a multiple of the vector width (8
+    fp16 / 4 fp32) and 16-byte aligned pixels."""
+    width = 16 // values.element_size()
     n, c, h, w = strides4(values)
-    mode = 0
-    if (c == 1 and cin_g % chunk == 0 and n % width == 0 and h % width == 0 and w % width == 0
-            and values.data_ptr() % 16 == 0):
-        mode |= ConvMode.VECTOR_A
-    if cout_g % width == 0 and weight.data_ptr() % 16 == 0:
+    return (VECTOR_LOADS and c == 1 and channels % width == 0 and n % width == 0
+            and h % width == 0 and w % width == 0 and values.data_ptr() % 16 == 0)
+
+
+def gemm_mode(values: torch.Tensor, weight: torch.Tensor, cin_g: int, cout_g: int) -> int:
+    """The conv_gemm vector-load bits: A needs :func:`vector_rows` over Cin_g (so a vector
+    stays in one kernel tap); B needs Cout_g a multiple of the vector width."""
+    mode = ConvMode.VECTOR_A if vector_rows(values, cin_g) else 0
+    if VECTOR_LOADS and cout_g % (16 // weight.element_size()) == 0 and weight.data_ptr() % 16 == 0:
         mode |= ConvMode.VECTOR_B
     return mode
+
+
+def depthwise_mode(values: torch.Tensor, cin: int, cout: int) -> int:
+    """conv_depthwise stages its input window in 16-byte vectors (CONV_VECTOR_A) when each
+    output channel reads its own input channel (no channel multiplier) and
+    :func:`vector_rows` holds over the channels."""
+    return ConvMode.VECTOR_A if cin == cout and vector_rows(values, cin) else 0
 
 
 def k_splits(blocks: int, k: int, multiprocessors: int) -> int:
@@ -94,12 +103,16 @@ class ConvKernel(Accelerated):
         return self._packed[1]
 
     def run(self, op: DeltaOp, *args: Any, **kwargs: Any) -> Any:
-        conv = op.conv
-        if (len(args) != 1 or kwargs or not isinstance(args[0], Delta)
-                or conv.padding_mode != "zeros"):
+        if len(args) != 1 or kwargs or not isinstance(args[0], Delta):
             return NotImplemented
-        d = args[0]
-        if d.dim() != 4 or not self.usable(d) or conv.weight.dtype != d.dtype:
+        return self.convolve(op.conv, op, args[0])
+
+    def convolve(self, conv: Any, op: DeltaOp, d: Delta) -> Any:
+        """``conv(δ)`` for ``op`` (named in errors, counted in statistics); ``conv`` has
+        the attributes of an ``nn.Conv2d`` the kernels read (the op's own conv, or the
+        adjoint conv of a transposed one). NotImplemented where the kernels decline."""
+        if (conv.padding_mode != "zeros" or d.dim() != 4 or not self.usable(d)
+                or conv.weight.dtype != d.dtype):
             return NotImplemented
         n, cin, h, w = d.shape
         cout, cin_g, kh, kw = conv.weight.shape
@@ -126,7 +139,9 @@ class ConvKernel(Accelerated):
                                  groups)
         args_.tensor(d.values, strides4(d.values)).mask(d.mask, d.shape).ptr(weight)
         mode = ConvMode.ACCUMULATE if fused else 0
-        if not depthwise:
+        if depthwise:
+            mode |= depthwise_mode(d.values, cin, cout)
+        else:
             mode |= gemm_mode(d.values, weight, cin_g, cout // groups)
         tiles = -(-oh // TILE) * -(-ow // TILE)
         if depthwise:
@@ -138,14 +153,15 @@ class ConvKernel(Accelerated):
         ws = new_values((splits, n, oh, ow, cout), torch.float32, device) if splits > 1 else None
         epilogue = Args(layer).ints(mode).tensor(out, strides4(out))
         epilogue.tensor(acc, strides4(acc) if acc is not None else (0, 0, 0, 0))
-        args_.extend(epilogue).ptr(om).ints(splits).ptr(ws)
+        counter = op.counter_for_kernel()
+        args_.extend(epilogue).ptr(om).ints(splits).ptr(ws).ptr(counter)
         kernel(self.runtime, "conv", name, d.dtype)((grid[0], grid[1], n * splits), (BLOCK, 1, 1), args_)
         if splits > 1:
             total = n * oh * ow * cout
             finish = Args(layer).ints(n, oh, ow, cout, splits).ptr(ws).ptr(om).extend(epilogue)
             kernel(self.runtime, "conv", "conv_split_sum", d.dtype)((-(-total // BLOCK), 1, 1),
                                                                     (BLOCK, 1, 1), finish)
+        extras: dict[str, Any] = {"counted_by": op} if counter is not None else {}
         if fused:
-            return Delta(out, om, {"fused": Fused(self.consumer[0], [Delta(out, om)], [1.0],
-                                                  lin=False)})
-        return Delta(out, om)
+            extras["fused"] = Fused(self.consumer[0], [Delta(out, om)], [1.0], lin=False)
+        return Delta(out, om, extras)

@@ -43,12 +43,6 @@ class _AdjointConv:
     padding_mode: str = "zeros"
 
 
-@dataclass
-class _AdjointOp:
-    conv: _AdjointConv
-    node_name: str
-
-
 def adjoint_weight(weight: torch.Tensor, groups: int) -> torch.Tensor:
     """``W'``: ``(Cin, Cout_g, kh, kw)`` → ``(Cout, Cin_g, kh, kw)``, kernel flipped."""
     cin, cout_g, kh, kw = weight.shape
@@ -107,4 +101,4 @@ class ConvTransposeKernel(Accelerated):
         if pads is None:
             return NotImplemented
         adjoint = _AdjointConv(self.weight(conv), conv.groups, tuple(conv.dilation), pads)
-        return self.conv.run(_AdjointOp(adjoint, op.node_name), spread(d, conv.stride))
+        return self.conv.convolve(adjoint, op, spread(d, conv.stride))

@@ -32,7 +32,10 @@ from .device import DeviceRuntime
 from .kernels import SUPPORTED_DTYPES, Args, kernel
 from .registry import accelerates
 from .tensors import (
+    CHANNELS_PER_LANE,
+    VECTOR_CHANNELS,
     as_nhwc,
+    channel_vectors,
     fp32_vector,
     lanes_for,
     list_grid,
@@ -91,22 +94,24 @@ def add_operand(args: Args, d: Delta | None, coef: float, out_shape: Sequence[in
     return args.tensor(d.values, strides4(d.values, out_shape)).mask(d.mask, out_shape).floats(coef)
 
 
-def linear(runtime: DeviceRuntime, layer: str, operands: Sequence[Delta], coefs: Sequence[float],
+def linear(runtime: DeviceRuntime, op: DeltaOp, operands: Sequence[Delta], coefs: Sequence[float],
            scale: torch.Tensor | None, out_shape: Sequence[int]) -> Delta:
-    """``δy = scale[c] · Σ coefs[i] · operands[i]`` on the union of their masks."""
+    """``δy = scale[c] · Σ coefs[i] · operands[i]`` on the union of their masks (the
+    output of ``op``, whose update counter the kernel adds to)."""
     dtype, device = operands[0].dtype, runtime.device
     n, c, h, w = shape4(out_shape)
     out, om = new_values(out_shape, dtype, device), new_mask(out_shape, device)
     lanes = lanes_for(c)
     grid, block, span = list_grid(n * h * w, lanes)
-    args = Args(layer).ints(n, c, h, w, lanes, span, len(operands))
+    args = Args(op.node_name).ints(n, c, h, w, lanes, span, len(operands))
     for i in range(2):
         add_operand(args, operands[i] if i < len(operands) else None,
                     coefs[i] if i < len(coefs) else 0.0, out_shape)
     args.ptr(scale).ints(int(scale is not None and scale.numel() > 1))
-    args.tensor(out, strides4(out)).ptr(om)
+    counter = op.counter_for_kernel()
+    args.tensor(out, strides4(out)).ptr(om).ptr(counter)
     kernel(runtime, "pointwise", "pw_linear", dtype)(grid, block, args)
-    return Delta(out, om)
+    return Delta(out, om, {"counted_by": op} if counter is not None else {})
 
 
 def accumulate(runtime: DeviceRuntime, layer: str, d: Delta, acc: torch.Tensor) -> None:
@@ -122,16 +127,20 @@ def accumulate(runtime: DeviceRuntime, layer: str, d: Delta, acc: torch.Tensor) 
     kernel(runtime, "pointwise", "pw_accumulate", d.dtype)(grid, block, args)
 
 
-def truncate(runtime: DeviceRuntime, layer: str, dtype: torch.dtype, out_shape: Sequence[int],
+def truncate(runtime: DeviceRuntime, op: DeltaOp, dtype: torch.dtype, out_shape: Sequence[int],
              fn: KernelFunction, work: Fused, acc: Sequence[torch.Tensor], sent: torch.Tensor,
-             threshold: float, norm: tuple[torch.Tensor, torch.Tensor] | tuple[None, None]
-             ) -> Delta:
-    """One launch of ``pw_truncate`` (see pointwise.cu) for the pixels of ``out_shape``."""
+             norm: tuple[torch.Tensor, torch.Tensor] | tuple[None, None]) -> Delta:
+    """One launch of ``pw_truncate`` (see pointwise.cu) for ``op``'s pixels of
+    ``out_shape``; it counts ``op``'s updates and those of a fused linear producer
+    (``work.counter``)."""
     n, c, h, w = shape4(out_shape)
     out, om = new_values(out_shape, dtype, runtime.device), new_mask(out_shape, runtime.device)
-    lanes = lanes_for(c)
+    product = fn.code == PixelFunction.PRODUCT
+    vec = channel_vectors(out_shape, out, sent, acc[0], acc[1] if product else None,
+                          *(d.values for d in work.operands if work.lin))
+    lanes = lanes_for(c, 2 * VECTOR_CHANNELS if vec else CHANNELS_PER_LANE)
     grid, block, span = list_grid(n * h * w, lanes)
-    args = Args(layer).ints(n, c, h, w, lanes, span, len(work.operands), int(work.lin))
+    args = Args(op.node_name).ints(n, c, h, w, lanes, span, len(work.operands), int(work.lin))
     for i in range(2):
         add_operand(args, work.operands[i] if i < len(work.operands) else None,
                     work.coefs[i] if i < len(work.coefs) else 0.0, out_shape)
@@ -141,10 +150,11 @@ def truncate(runtime: DeviceRuntime, layer: str, dtype: torch.dtype, out_shape: 
     args.tensor(acc[1] if len(acc) > 1 else None,
                 strides4(acc[1], out_shape) if len(acc) > 1 else (0, 0, 0, 0))
     args.ptr(norm[0]).ptr(norm[1])
-    args.tensor(sent, strides4(sent)).floats(threshold)
-    args.tensor(out, strides4(out)).ptr(om)
+    args.tensor(sent, strides4(sent)).floats(op.threshold)
+    counter = op.counter_for_kernel()
+    args.tensor(out, strides4(out)).ptr(om).ptr(counter).ptr(work.counter).ints(int(vec))
     kernel(runtime, "pointwise", "pw_truncate", dtype)(grid, block, args)
-    return Delta(out, om)
+    return Delta(out, om, {"counted_by": op} if counter is not None else {})
 
 
 def nhwc_state(op: DeltaOp) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -196,7 +206,7 @@ class Truncating(Accelerated):
         acc, sent = op.state.get("acc"), op.state.get("sent")
         return (acc is not None and dtype in SUPPORTED_DTYPES and len(shape) in (2, 4)
                 and tuple(acc[0].shape) == tuple(shape) and acc[0].device == self.runtime.device
-                and self.fp32_state(acc[0], sent))
+                and self.nonlinear_state(acc[:1], sent, dtype))
 
     def run(self, op: DeltaOp, *args: Any, **kwargs: Any) -> Any:
         if len(args) != 1 or kwargs or not isinstance(args[0], Delta):
@@ -211,8 +221,8 @@ class Truncating(Accelerated):
         norm = self.function.norm
         vectors = ((self.vectors.get(norm.weight), self.vectors.get(norm.bias))
                    if norm is not None else (None, None))
-        return truncate(self.runtime, op.node_name, d.dtype, d.shape, self.function, work,
-                        acc, sent, op.threshold, vectors)
+        return truncate(self.runtime, op, d.dtype, d.shape, self.function, work, acc, sent,
+                        vectors)
 
 
 @accelerates(Nonlinear, when=lambda op: _pointwise(op, (True, True)) and _is(op.fn, MUL_FNS))
@@ -229,14 +239,15 @@ class Product(Accelerated):
             out_shape = torch.broadcast_shapes(x.shape, y.shape)
         except RuntimeError:
             return NotImplemented
-        if x.shape[0] != y.shape[0] or not self.fp32_state(*op.state["acc"], op.state["sent"]):
+        if x.shape[0] != y.shape[0] or not self.nonlinear_state(op.state["acc"], op.state["sent"],
+                                                                x.dtype):
             return NotImplemented
         acc, sent = nhwc_state(op)
         accumulate(self.runtime, op.node_name, x, acc[0])
         accumulate(self.runtime, op.node_name, y, acc[1])
-        return truncate(self.runtime, op.node_name, x.dtype, out_shape,
+        return truncate(self.runtime, op, x.dtype, out_shape,
                         KernelFunction(PixelFunction.PRODUCT), Fused(op, [x, y], [1.0, 1.0], lin=False),
-                        acc, sent, op.threshold, (None, None))
+                        acc, sent, (None, None))
 
 
 @accelerates(ChannelScale, LinearCall, fuses=True, when=lambda op: isinstance(op, ChannelScale)
@@ -297,9 +308,13 @@ class LinearPointwise(Accelerated):
             for other in operands[1:]:
                 mask = mask | other.mask
             mask = mask.expand(mask_shape(tuple(out_shape)))
-            return Delta(placeholder(out_shape, dtype, self.runtime.device), mask,
-                         {"fused": Fused(self.consumer[0], operands, coefs, True, scale)})
-        return linear(self.runtime, op.node_name, operands, coefs, scale, out_shape)
+            counter = op.counter_for_kernel()  # counted by the consumer's kernel
+            extras: dict[str, Any] = {"fused": Fused(self.consumer[0], operands, coefs, True, scale,
+                                                     counter)}
+            if counter is not None:
+                extras["counted_by"] = op
+            return Delta(placeholder(out_shape, dtype, self.runtime.device), mask, extras)
+        return linear(self.runtime, op, operands, coefs, scale, out_shape)
 
 
 def _per_channel(const: torch.Tensor, shape: Sequence[int]) -> bool:

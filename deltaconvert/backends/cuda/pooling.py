@@ -61,7 +61,7 @@ class MaxPoolKernel(Accelerated):
             return NotImplemented
         d = args[0]
         if (d.dim() != 4 or not self.usable(d)
-                or not self.fp32_state(*op.state["acc"], op.state["sent"])):
+                or not self.nonlinear_state(op.state["acc"], op.state["sent"], d.dtype)):
             return NotImplemented
         acc, sent = nhwc_state(op)
         accumulate(self.runtime, op.node_name, d, acc[0])

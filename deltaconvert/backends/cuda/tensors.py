@@ -85,15 +85,16 @@ CHANNELS_PER_LANE = 4
 MAX_LANES = BLOCK
 
 
-def lanes_for(channels: int) -> int:
-    """Threads per pixel in the per-pixel kernels: the power of two ≥ C / 4, at most 256.
+def lanes_for(channels: int, per_lane: int = CHANNELS_PER_LANE) -> int:
+    """Threads per pixel in the per-pixel kernels: the power of two ≥ C / per_lane, at
+    most 256.
 
     About four channels per thread keep each thread's channel loop short: with at most
     32 lanes, a pixel of a 960-channel layer took 30 dependent rounds of loads per pass,
     which left the wide, low-resolution layers latency bound; narrow layers keep few
-    threads per pixel."""
+    threads per pixel. Kernels that load channel vectors take more channels per lane."""
     lanes = 1
-    while lanes < min(-(-channels // CHANNELS_PER_LANE), MAX_LANES):
+    while lanes < min(-(-channels // per_lane), MAX_LANES):
         lanes *= 2
     return lanes
 
@@ -129,6 +130,26 @@ def list_grid(pixels: int, lanes: int, threads: int = BLOCK
         depth *= 2
     span = min(threads, groups * depth)
     return (-(-pixels // span), 1, 1), (threads, 1, 1), span
+
+
+VECTOR_CHANNELS = 4  # channels of one vector load in the per-pixel kernels (pointwise.cu)
+
+
+def channel_vectors(shape: Sequence[int], *tensors: torch.Tensor | None) -> bool:
+    """Whether the per-pixel kernels may load 4 consecutive channels at once from every
+    tensor of ``tensors`` (None: absent) addressed as ``shape``: C a multiple of 4, and in
+    every tensor channel stride 1, pixel strides multiples of 4 (0 where broadcast) and
+    a 4-element-aligned address."""
+    if shape4(shape)[1] % VECTOR_CHANNELS:
+        return False
+    for t in tensors:
+        if t is None:
+            continue
+        n, c, h, w = strides4(t, shape)
+        if (c != 1 or any(s % VECTOR_CHANNELS for s in (n, h, w))
+                or t.data_ptr() % (VECTOR_CHANNELS * t.element_size())):
+            return False
+    return True
 
 
 def as_nhwc(t: torch.Tensor) -> torch.Tensor:
