@@ -15,6 +15,7 @@ that every reader sets when it queues something. Frames stay RGB ``uint8`` until
 """
 from __future__ import annotations
 
+import functools
 import glob
 import queue
 import sys
@@ -280,8 +281,7 @@ class Preprocess:
         x = image.permute(2, 0, 1).unsqueeze(0).float().div_(255)
         if self.size is not None:
             x = self._letterbox(x) if self.letterbox else _resize(x, self.size)
-        mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=device).view(1, 3, 1, 1)
+        mean, std = _channels(tuple(self.mean), device), _channels(tuple(self.std), device)
         return ((x - mean) / std).to(dtype)
 
     def _letterbox(self, x: torch.Tensor) -> torch.Tensor:
@@ -292,6 +292,13 @@ class Preprocess:
         top, left = (height - inner[0]) // 2, (width - inner[1]) // 2
         return F.pad(x, (left, width - inner[1] - left, top, height - inner[0] - top),
                      value=LETTERBOX_GREY)
+
+
+@functools.lru_cache(maxsize=16)
+def _channels(values: tuple[float, float, float], device: torch.device) -> torch.Tensor:
+    """Per-channel constants as a ``(1, 3, 1, 1)`` tensor on ``device``, made once (not
+    copied to the device every frame); callers never modify it."""
+    return torch.tensor(values, device=device).view(1, 3, 1, 1)
 
 
 def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
