@@ -223,7 +223,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                 rows.write(row, result.output)
                 if result.heat is not None:
                     if result.stream not in videos:
-                        videos[result.stream] = HeatmapVideo(directory / f"{result.stream}.mp4")
+                        videos[result.stream] = HeatmapVideo(directory / f"{result.stream}.mp4",
+                                                             fps=args.fps or result.fps)
                     label = ("dense frame" if result.dense else
                              f"frame {result.frame}: work {100 * (result.work_fraction or 0):.1f}%")
                     videos[result.stream].write(result.rgb, result.heat, label)
@@ -392,8 +393,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "(frames decoded in background threads, normalised on the device). "
                     "Writes frames.jsonl (one row per frame), outputs/<stream>/<frame>.pt, "
                     "<stream>.mp4 (work heatmap video) and summary.json into a new run folder: "
-                    "-o DIR itself if it is missing or empty, else DIR2, DIR3, …. Ctrl-C "
-                    "stops the run and keeps what it did, with its summary.")
+                    "-o DIR itself if it is missing or empty, else DIR2, DIR3, …. Streams "
+                    "advance independently: each model call takes the streams with a frame "
+                    "ready, so a slow source holds back no other and a source that ends "
+                    "frees its slot while the others go on. Ctrl-C stops the run and keeps "
+                    "what it did, with its summary.")
     run.add_argument("model", type=Path, help="model file from `deltaconvert convert`")
     run.add_argument("sources", nargs="+", metavar="SOURCE",
                      help="video file, directory, glob ('clips/*.mp4'), rtsp:// or http:// URL, "
@@ -416,6 +420,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-frames", type=positive_int, help="stop after this many frames per stream")
     run.add_argument("--device", default="auto", help="auto (GPU if available), cpu, cuda, cuda:1 …")
     run.add_argument("--no-heatmap", action="store_true", help="do not write heatmap videos")
+    run.add_argument("--fps", type=positive_float,
+                     help="frame rate of the heatmap videos (default: each source's own rate "
+                          "divided by --stride; 25 for a source that states none)")
     run.add_argument("--no-outputs", action="store_true", help="do not write per-frame .pt outputs")
     run.add_argument("--compare-dense", action="store_true",
                      help="also run the dense model on every frame: its time and the error")

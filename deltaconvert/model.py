@@ -52,6 +52,8 @@ from .validation import (
     validate_threshold,
 )
 
+ROW_INDEX_CACHE = 64  # slot patterns whose device index tensors a model keeps
+
 
 class Thresholds(MutableMapping):
     """Per-layer truncation thresholds of a converted model, by stable node name.
@@ -117,7 +119,11 @@ class DeltaGraphModule(fx.GraphModule):
         self._batch: int | None = None  # the batch size of the current sequence
         self._restart: set[int] = set()
         self._ready: torch.Tensor | None = None
+        self._ready_rows: tuple[int, ...] | None = None  # the rows _ready holds as True
         self._slot_inputs: Any = None
+        # Row index tensors on the inputs' device by (rows, device), least recently used
+        # first, so a frame that repeats a recent slot pattern copies nothing to the device.
+        self._row_indices: dict[tuple, torch.Tensor] = {}
 
     # -- sequence control ---------------------------------------------------------------
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -216,39 +222,62 @@ class DeltaGraphModule(fx.GraphModule):
 
     def _slot_frame(self, rows: list[int], args: tuple, kwargs: dict) -> Any:
         """Frames for slots ``rows`` (inputs with ``len(rows)`` samples, in that order)."""
-        index = torch.tensor(rows, dtype=torch.long)
-        full_args, full_kwargs = self._full_batch(rows, index, args, kwargs)
         slots = self.slots
+        device = _input_device(args, kwargs)
+        every_slot = rows == list(range(slots))
+        full_args, full_kwargs = self._full_batch(rows, device, args, kwargs)
         if not self._sequence_started:
             self._whole_batch_frame(full_args, full_kwargs)  # builds the state buffers
             self._restart = set(range(slots))
-        self._install_ready_gate(_input_device(args, kwargs))
+        self._install_ready_gate(device)
         dense = {}
         for position, row in enumerate(rows):
             if row in self._restart:
                 sample_args, sample_kwargs = map_tensor_leaves(
                     (args, kwargs), lambda t, i=position: t[i:i + 1])
-                dense[row] = self._dense_rows(torch.tensor([row]), sample_args, sample_kwargs)
+                dense[row] = self._dense_rows(self._rows_index([row], device), sample_args,
+                                              sample_kwargs)
                 self._restart.discard(row)
         # The slots with a delta frame run after the restarts (which are gated off in
         # this run), so the last masks every op saw are this frame's delta masks.
         moving = [r for r in rows if r not in dense]
         out = None
         if moving:
-            ready = torch.zeros(slots, dtype=torch.bool)
-            ready[moving] = True
-            self._ready.copy_(ready)
+            self._set_ready(moving, device)
             out = self._whole_batch_frame(full_args, full_kwargs)
         for row, rows_out in dense.items():
-            out = _write_output_rows(out, torch.tensor([row]), rows_out, slots)
-        return _select_rows(out, index)
+            out = _write_output_rows(out, self._rows_index([row], device), rows_out, slots)
+        # Every output is a fresh tensor (Densify and graph replays return copies), so
+        # a frame of every slot in order needs no selection.
+        return out if every_slot else _select_rows(out, self._rows_index(rows, device))
 
-    def _full_batch(self, rows: list[int], index: torch.Tensor, args: tuple,
+    def _rows_index(self, rows: Sequence[int], device: torch.device) -> torch.Tensor:
+        """``rows`` as a ``long`` index tensor on ``device``, built once per pattern (the
+        last :data:`ROW_INDEX_CACHE` patterns are kept until the sequence is reset)."""
+        key = (tuple(rows), device)
+        index = self._row_indices.pop(key, None)  # re-inserted below: most recently used
+        if index is None:
+            index = torch.tensor(key[0], dtype=torch.long, device=device)
+            if len(self._row_indices) >= ROW_INDEX_CACHE:
+                del self._row_indices[next(iter(self._row_indices))]
+        self._row_indices[key] = index
+        return index
+
+    def _set_ready(self, rows: list[int], device: torch.device) -> None:
+        """Make exactly ``rows`` READY, writing the gate buffer on the device only when
+        the set of rows differs from the one it holds."""
+        pattern = tuple(sorted(rows))
+        if pattern != self._ready_rows:
+            self._ready.zero_().index_fill_(0, self._rows_index(pattern, device), True)
+            self._ready_rows = pattern
+
+    def _full_batch(self, rows: list[int], device: torch.device, args: tuple,
                     kwargs: dict) -> tuple[tuple, dict]:
         """The inputs of every slot: ``args`` themselves when they hold every slot in
         order, else the persistent input buffers with the given rows written in."""
         if rows == list(range(self.slots)):
             return args, kwargs
+        index = self._rows_index(rows, device)
         if self._slot_inputs is None or not self._sequence_started:
             self._slot_inputs = map_tensor_leaves(
                 (args, kwargs), lambda t: t.new_zeros((self.slots, *t.shape[1:])))
@@ -274,6 +303,7 @@ class DeltaGraphModule(fx.GraphModule):
         if self._ready is not None:
             return
         self._ready = torch.ones(self.slots, dtype=torch.bool, device=device)
+        self._ready_rows = tuple(range(self.slots))
         for op in self.delta_ops().values():
             if isinstance(op, Sparsify):
                 op.ready = self._ready
@@ -315,7 +345,9 @@ class DeltaGraphModule(fx.GraphModule):
         self._batch = None
         self._restart = set()
         self._ready = None
+        self._ready_rows = None
         self._slot_inputs = None
+        self._row_indices = {}
 
     def __deepcopy__(self, memo: dict) -> "DeltaGraphModule":
         """An independent model with the same conversion, thresholds and switches; it

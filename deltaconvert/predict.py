@@ -2,16 +2,23 @@
 or several video sources, as a generator (like ultralytics' ``stream=True``).
 
 Each source is a stream in its own slot of a :class:`~deltaconvert.streams.StreamPool`.
-The streams advance in lockstep: every model call takes the next frame of each stream
-that still has one (one batched call), and a stream that ends releases its slot. A
-stream's first frame is dense; later frames are delta frames. Memory does not grow with
-the number of frames: a result holds one frame, and the decoders' queues are bounded.
+The streams advance independently: every model call takes the next frame of each stream
+whose decoder has one ready (one batched call; when none has, the loop sleeps until one
+has). A stream without a new frame is idle in that call: it costs no work and keeps its
+state (the READY gate of :meth:`~deltaconvert.model.DeltaGraphModule.run_slots`), so a
+slow source (a 5 fps camera beside a 30 fps one, a stalled network stream) never holds
+back the others, and a source that ends releases its slot while the others go on. A
+stream's first frame is dense; later frames are delta frames. A stream's outputs depend
+only on its own frames, not on which streams share a call. Memory does not grow with the
+number of frames: a result holds one frame, and the decoders' queues are bounded.
 """
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -33,7 +40,8 @@ class Result:
     ``(h, w)`` CPU map of that share per pixel when asked for, else None. ``ms``: the wall
     time of the model call that computed the frame, shared by the streams batched in it.
     ``input``: the model input (one sample, on the device); ``rgb``: the decoded frame,
-    ``(H, W, 3)`` uint8.
+    ``(H, W, 3)`` uint8. ``fps``: the stream's rate of kept frames (the source's frame
+    rate divided by ``stride``), None when the source states no rate.
     """
 
     stream: str
@@ -45,6 +53,7 @@ class Result:
     input: torch.Tensor
     rgb: np.ndarray
     heat: torch.Tensor | None = None
+    fps: Fraction | None = None
 
 
 def _model_placement(model: DeltaGraphModule) -> tuple[torch.device, torch.dtype]:
@@ -78,23 +87,28 @@ def stream_sources(model: DeltaGraphModule, sources: Sequence[Source], *,
     device, dtype = _model_placement(model)
     preprocess = preprocess or Preprocess.for_model(model)
     pool = StreamPool(model, slots=len(sources))
+    wake = threading.Event()  # set by a decoder whenever it queues a frame or its end
     with contextlib.ExitStack() as stack:
-        readers = {s.name: stack.enter_context(FrameReader(s, stride, start, end))
+        readers = {s.name: stack.enter_context(FrameReader(s, stride, start, end, wake=wake))
                    for s in sources}
-        iterators = {name: iter(reader) for name, reader in readers.items()}
         recorder = stack.enter_context(UpdateRecorder(model))
-        while iterators:
+        running = dict(readers)
+        while running:
+            wake.clear()  # before polling: a frame queued after a poll sets it again
             frames, rgbs = {}, {}
-            for name in list(iterators):
-                item = next(iterators[name], None)
-                if item is None:
-                    del iterators[name]
-                    pool.release(name)
-                    continue
-                index, rgbs[name] = item
-                frames[name] = (index, preprocess(rgbs[name], device, dtype))
+            for name, reader in list(running.items()):
+                item = reader.poll()
+                if item is not None:
+                    index, rgbs[name] = item
+                    frames[name] = (index, preprocess(rgbs[name], device, dtype))
+                elif reader.ended:
+                    del running[name]
+                    if name in pool:
+                        pool.release(name)
             if not frames:
-                return
+                if running:
+                    wake.wait()
+                continue
             dense = {name for name in frames if name not in pool}
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
@@ -114,4 +128,4 @@ def stream_sources(model: DeltaGraphModule, sources: Sequence[Source], *,
                     fraction = float(row.mean()) if row is not None else None
                     heat = row if heatmap else None
                 yield Result(name, index, outputs[name], name in dense, fraction, ms, x,
-                             rgbs[name], heat)
+                             rgbs[name], heat, readers[name].fps)

@@ -9,14 +9,16 @@
   (``outputs/<stream>/<frame>.pt``).
 * :class:`HeatmapVideo`: per stream, an H.264 video (PyAV) of the frame in grey with the
   share of the dense work done at each pixel overlaid, a colour legend and the frame's
-  work fraction; written as ``<name>.partial`` and renamed when closed, also when the
-  run is interrupted (then it holds the frames done so far).
+  work fraction, at the stream's frame rate (:data:`DEFAULT_FPS` when it has none);
+  written as ``<name>.partial`` and renamed when closed, also when the run is
+  interrupted (then it holds the frames done so far).
 """
 from __future__ import annotations
 
 import io
 import json
 import os
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +26,13 @@ import numpy as np
 import torch
 
 from .delta import map_tensor_leaves
+from .errors import InvalidArgument
 from .files import write_bytes_atomic
 from .heatmap import render_heatmap
 from .validation import check_output_directory
 
 LEGEND_HEIGHT = 24
+DEFAULT_FPS = 25  # heatmap videos of sources that state no frame rate
 
 
 def new_run_folder(path: str | os.PathLike) -> Path:
@@ -105,12 +109,17 @@ def legend(width: int, text: str) -> np.ndarray:
 
 
 class HeatmapVideo:
-    """One stream's annotated work-map video (see the module docstring)."""
+    """One stream's annotated work-map video (see the module docstring), played at
+    ``fps`` frames per second (a number or a ``Fraction`` such as 30000/1001; None:
+    :data:`DEFAULT_FPS`)."""
 
-    def __init__(self, path: Path, fps: float = 25.0) -> None:
+    def __init__(self, path: Path, fps: float | Fraction | None = None) -> None:
+        if fps is not None and not 0 < fps < float("inf"):
+            raise InvalidArgument(f"fps of {path.name} must be a finite number > 0, got {fps!r}")
         self.path = path
         self._partial = path.with_name(path.name + ".partial")
-        self._fps = max(1, round(fps))
+        # An exact rational rate (29.97 → 2997/100) that the container's time base can hold.
+        self._fps = Fraction(DEFAULT_FPS if fps is None else fps).limit_denominator(65535)
         self._container = None
         self._stream = None
         self.frames = 0

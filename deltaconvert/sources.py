@@ -7,17 +7,21 @@ PyAV (FFmpeg) opens all of them. Each resolved source is one stream.
 
 :class:`FrameReader` decodes one source in a background thread with FFmpeg's threaded
 decoding (``thread_type = "AUTO"``) into a bounded queue (constant memory), keeping
-frames ``start, start + stride, …`` before ``end``; frames stay RGB ``uint8`` until
+frames ``start, start + stride, …`` before ``end``; a consumer of several sources polls
+each reader without waiting (:meth:`FrameReader.poll`) and sleeps on one shared event
+that every reader sets when it queues something. Frames stay RGB ``uint8`` until
 :class:`Preprocess` moves them to the device and normalises them there:
 ``x = (resize_or_letterbox(rgb / 255) − mean) / std``.
 """
 from __future__ import annotations
 
+import functools
 import glob
 import queue
 import sys
 import threading
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -121,26 +125,42 @@ def check_source(source: Source) -> None:
         container.close()
 
 
+def frame_rate(container: Any) -> Fraction | None:
+    """The frame rate of an open PyAV container's first video stream (its average rate,
+    else FFmpeg's guess), None when the source states none (some webcams and streams)."""
+    stream = container.streams.video[0]
+    rate = stream.average_rate or stream.guessed_rate
+    return Fraction(rate) if rate else None
+
+
 class FrameReader:
-    """Decodes ``source`` in a background thread; iterate it for ``(index, rgb)`` pairs,
-    ``rgb`` an ``(H, W, 3)`` uint8 array and ``index`` the frame's number in the source.
+    """Decodes ``source`` in a background thread; iterate it (or :meth:`poll` it) for
+    ``(index, rgb)`` pairs, ``rgb`` an ``(H, W, 3)`` uint8 array and ``index`` the
+    frame's number in the source.
 
     Keeps frames ``start, start + stride, …`` below ``end`` (None: to the end). At most
-    ``buffer`` decoded frames wait in memory. Decoding errors surface, as VideoError,
-    from the iteration; :meth:`close` stops the thread (also on ``with`` exit).
+    ``buffer`` decoded frames wait in memory. ``fps`` is the rate of the kept frames (the
+    source's :func:`frame_rate` divided by ``stride``; None when the source states none).
+    ``wake``, when given, is set every time the thread queues a frame, an error or the
+    end. Decoding errors surface, as VideoError, from the iteration or :meth:`poll`;
+    :meth:`close` stops the thread (also on ``with`` exit).
     """
 
     _DONE = object()
 
     def __init__(self, source: Source, stride: int = 1, start: int = 0, end: int | None = None,
-                 buffer: int = 4) -> None:
+                 buffer: int = 4, wake: threading.Event | None = None) -> None:
         if stride < 1 or start < 0 or (end is not None and end <= start):
             raise ValueError(f"need stride ≥ 1, start ≥ 0 and end > start; got stride={stride}, "
                              f"start={start}, end={end}")
         self.source = source
         self._container = _open(source)  # fails here, in the caller, for a bad source
+        rate = frame_rate(self._container)
+        self.fps: Fraction | None = rate / stride if rate else None
+        self.ended = False
         self._keep = (stride, start, end)
         self._queue: queue.Queue = queue.Queue(maxsize=buffer)
+        self._wake = wake
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._decode, name=f"decode-{source.name}",
                                         daemon=True)
@@ -150,9 +170,11 @@ class FrameReader:
         while not self._stop.is_set():
             try:
                 self._queue.put(item, timeout=0.1)
-                return True
             except queue.Full:
                 continue
+            if self._wake is not None:
+                self._wake.set()
+            return True
         return False
 
     def _decode(self) -> None:
@@ -178,13 +200,30 @@ class FrameReader:
             self._put(self._DONE)
 
     def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
-        while True:
-            item = self._queue.get()
-            if item is self._DONE:
-                return
-            if isinstance(item, BaseException):
-                raise item
+        while not self.ended and (item := self._take(self._queue.get())) is not None:
             yield item
+
+    def poll(self) -> tuple[int, np.ndarray] | None:
+        """The next kept frame if one is decoded, else None at once (also after the end,
+        when ``ended`` is True); raises the source's decoding error."""
+        if self.ended:
+            return None
+        try:
+            item = self._queue.get_nowait()
+        except queue.Empty:
+            return None
+        return self._take(item)
+
+    def _take(self, item: Any) -> tuple[int, np.ndarray] | None:
+        """A queued item as a frame; None for the end marker; an error is raised. Both
+        end the reader (``ended``)."""
+        if item is self._DONE:
+            self.ended = True
+            return None
+        if isinstance(item, BaseException):
+            self.ended = True
+            raise item
+        return item
 
     def close(self) -> None:
         self._stop.set()
@@ -242,8 +281,7 @@ class Preprocess:
         x = image.permute(2, 0, 1).unsqueeze(0).float().div_(255)
         if self.size is not None:
             x = self._letterbox(x) if self.letterbox else _resize(x, self.size)
-        mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=device).view(1, 3, 1, 1)
+        mean, std = _channels(tuple(self.mean), device), _channels(tuple(self.std), device)
         return ((x - mean) / std).to(dtype)
 
     def _letterbox(self, x: torch.Tensor) -> torch.Tensor:
@@ -254,6 +292,13 @@ class Preprocess:
         top, left = (height - inner[0]) // 2, (width - inner[1]) // 2
         return F.pad(x, (left, width - inner[1] - left, top, height - inner[0] - top),
                      value=LETTERBOX_GREY)
+
+
+@functools.lru_cache(maxsize=16)
+def _channels(values: tuple[float, float, float], device: torch.device) -> torch.Tensor:
+    """Per-channel constants as a ``(1, 3, 1, 1)`` tensor on ``device``, made once (not
+    copied to the device every frame); callers never modify it."""
+    return torch.tensor(values, device=device).view(1, 3, 1, 1)
 
 
 def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -35,14 +35,14 @@ def cli(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess:
                           cwd=cwd, capture_output=True, text=True, timeout=600, env=ENVIRONMENT)
 
 
-def write_clip(path: Path) -> None:
-    """A short H.264 clip of the synthetic static-camera video."""
+def write_clip(path: Path, frames: int = FRAMES, rate: int = 10) -> None:
+    """A short H.264 clip of the synthetic static-camera video at ``rate`` frames/s."""
     import av
     with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=10)
+        stream = container.add_stream("libx264", rate=rate)
         stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
         stream.options = {"crf": "10"}
-        for frame in synthetic_video(FRAMES, 48, 64, seed=5):
+        for frame in synthetic_video(frames, 48, 64, seed=5):
             image = to_rgb_image(frame[0]).permute(1, 2, 0).numpy()
             container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
         container.mux(stream.encode())
@@ -165,6 +165,7 @@ def test_convert_with_thresholds_then_run(work, tuned):
     import av
     with av.open(str(work / "out" / "clip.mp4")) as video:
         stream = video.streams.video[0]
+        assert stream.average_rate == 10  # the source's rate
         frames = list(video.decode(stream))
         assert len(frames) == FRAMES and frames[0].width == 64 and frames[0].height >= 48 + 24
     assert not [p for p in (work / "out").rglob(".*.tmp")] + list((work / "out").rglob("*.partial"))
@@ -200,6 +201,33 @@ def test_run_several_sources_stride_and_compare_dense(work, tuned):
     for frame in (1, 3, 5, 7):
         assert torch.equal(torch.load(work / "multi" / by_stream[("a", frame)]),
                            torch.load(work / "multi" / by_stream[("clip", frame)]))
+
+
+def test_run_sources_of_different_lengths_and_rates(work):
+    """A short 20 fps clip beside the 8-frame 10 fps one: each stream keeps its own frames,
+    outputs and heatmap video at its own rate divided by --stride; --fps overrides it."""
+    import av
+    write_clip(work / "short.mp4", frames=3, rate=20)
+    result = cli("run", "model.delta.pt", "clip.mp4", "short.mp4", "-o", "uneven", "--stride", "2",
+                 cwd=work)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((work / "uneven" / "summary.json").read_text())
+    assert {name: s["frames"] for name, s in summary["streams"].items()} == {"clip": 4, "short": 2}
+    assert re.search(r"^short: 2 frames;", result.stdout, re.M), result.stdout
+    rows = [json.loads(line) for line in (work / "uneven" / "frames.jsonl").read_text().splitlines()]
+    for name, frames in (("clip", [0, 2, 4, 6]), ("short", [0, 2])):
+        mine = [r for r in rows if r["stream"] == name]
+        assert [(r["frame"], r["dense"]) for r in mine] == [(f, f == 0) for f in frames]
+        assert all(r["output"].startswith(f"outputs/{name}/") for r in mine)
+    for name, rate, count in (("clip", 5, 4), ("short", 10, 2)):
+        with av.open(str(work / "uneven" / f"{name}.mp4")) as video:
+            assert video.streams.video[0].average_rate == rate, name
+            assert len(list(video.decode(video=0))) == count, name
+    result = cli("run", "model.delta.pt", "short.mp4", "-o", "fixed", "--fps", "12.5", "--no-outputs",
+                 cwd=work)
+    assert result.returncode == 0, result.stderr
+    with av.open(str(work / "fixed" / "short.mp4")) as video:
+        assert video.streams.video[0].average_rate == 12.5
 
 
 def test_bench_delegates_to_the_benchmark(tmp_path):
@@ -263,6 +291,8 @@ ERRORS = [
      ["letterbox needs a size"], "o"),
     (["run", "model.delta.pt", "clip.mp4", "-o", "o", "--start", "-1"], 2,
      ["expected an integer ≥ 0"], "o"),
+    (["run", "model.delta.pt", "clip.mp4", "-o", "o", "--fps", "0"], 2,
+     ["argument --fps: expected a finite number > 0"], "o"),
     (["tune", "model.delta.pt", "clip.mp4", "-o", "t.yaml", "--budget", "-1"], 2,
      ["expected a finite number > 0"], "t.yaml"),
     (["tune", "model.delta.pt", "none.mp4", "-o", "t.yaml"], 1, ["video file not found"], "t.yaml"),

@@ -1,7 +1,10 @@
-"""StreamPool: admit, release, idle timeout and a full pool; a stream's outputs through
-the pool equal its outputs run alone, and a slot handed to a new stream starts it with a
-dense frame."""
+"""StreamPool: admit, release, idle timeout and a full pool (raising or waiting, from
+several threads); a stream's outputs through the pool equal its outputs run alone, and a
+slot handed to a new stream starts it with a dense frame."""
 from __future__ import annotations
+
+import threading
+import time
 
 import pytest
 import torch
@@ -29,9 +32,9 @@ def clips():
             for s, name in enumerate(["cam-a", "cam-b", "cam-c", "cam-d"], start=5)}
 
 
-def alone(clip) -> list[torch.Tensor]:
+def alone(clip, slots: int = 3) -> list[torch.Tensor]:
     _, model = make()
-    pool = StreamPool(model, slots=3)
+    pool = StreamPool(model, slots=slots)
     return [pool.step({"only": x})["only"] for x in clip]
 
 
@@ -77,8 +80,100 @@ def test_full_pool_and_idle_timeout(clips):
         pool.release("cam-b")
     with pytest.raises(ValueError, match="one sample"):
         pool.step({"cam-a": torch.cat([clips["cam-a"][2]] * 2)})
+    with pytest.raises(PoolFull, match="3 streams in one step, but the pool has 2 slots"):
+        pool.step({name: clips[name][0] for name in ("cam-a", "cam-b", "cam-d")})
+    assert pool.streams == {"cam-a": 0, "cam-c": 1}  # nothing admitted by the refused step
     with pytest.raises(ConfigError, match="idle_timeout"):
         StreamPool(model, slots=2, idle_timeout=0)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"when_full": "block"}, "when_full must be 'error' .* or 'wait' .*, got 'block'"),
+    ({"wait_timeout": 1.0}, "wait_timeout=1.0 applies only to a pool that waits: pass "
+                            "when_full='wait'"),
+    ({"when_full": "wait", "wait_timeout": -1}, "wait_timeout must be a number of seconds > 0"),
+])
+def test_wait_options_are_checked(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        StreamPool(make()[1], slots=2, **kwargs)
+
+
+def in_thread(call):
+    """Start ``call`` in a thread; returns the thread and a dict that gets its result or
+    error."""
+    outcome = {}
+
+    def target():
+        try:
+            outcome["result"] = call()
+        except Exception as error:
+            outcome["error"] = error
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def wait_until(condition, seconds: float = 5.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.001)
+
+
+def test_a_waiting_pool_admits_when_a_slot_is_released(clips):
+    net, model = make()
+    pool = StreamPool(model, slots=1, when_full="wait", wait_timeout=10)
+    pool.step({"cam-a": clips["cam-a"][0]})
+    thread, outcome = in_thread(lambda: pool.step({"cam-b": clips["cam-b"][0]}))
+    wait_until(lambda: pool.waiting == 1)
+    assert pool.streams == {"cam-a": 0}
+    pool.release("cam-a")
+    thread.join(timeout=10)
+    assert not thread.is_alive() and "error" not in outcome
+    assert pool.streams == {"cam-b": 0} and pool.waiting == 0
+    with torch.no_grad():  # a's slot restarted densely for b
+        torch.testing.assert_close(outcome["result"]["cam-b"], net(clips["cam-b"][0]),
+                                   rtol=0, atol=1e-6)
+
+
+def test_a_waiting_pool_admits_when_a_stream_goes_idle(clips):
+    _, model = make()
+    pool = StreamPool(model, slots=1, idle_timeout=0.2, when_full="wait", wait_timeout=10)
+    pool.step({"cam-a": clips["cam-a"][0]})
+    seen = pool._last_seen["cam-a"]
+    assert pool.admit("cam-b") == 0  # nobody releases cam-a: it times out after 0.2 s
+    assert time.monotonic() - seen >= 0.2
+    assert pool.streams == {"cam-b": 0}
+
+
+def test_a_waiting_pool_gives_up_after_wait_timeout(clips):
+    _, model = make()
+    pool = StreamPool(model, slots=1, when_full="wait", wait_timeout=0.05)
+    pool.step({"cam-a": clips["cam-a"][0]})
+    with pytest.raises(PoolFull, match=r"after waiting wait_timeout=0.05 s; cannot admit stream "
+                                       r"'cam-b'.*raise wait_timeout"):
+        pool.step({"cam-b": clips["cam-b"][0]})
+    assert pool.streams == {"cam-a": 0} and pool.waiting == 0
+
+
+def test_threads_sharing_a_waiting_pool_get_their_own_outputs(clips):
+    """Four streams, each driven by its own thread, through two slots: each thread runs
+    its whole clip then releases its stream; the others wait for the slot."""
+    _, model = make()
+    pool = StreamPool(model, slots=2, when_full="wait", wait_timeout=30)
+
+    def play(name):
+        outs = [pool.step({name: x})[name] for x in clips[name]]
+        pool.release(name)
+        return outs
+    threads = {name: in_thread(lambda name=name: play(name)) for name in clips}
+    for name, (thread, outcome) in threads.items():
+        thread.join(timeout=60)
+        assert not thread.is_alive() and "error" not in outcome, outcome.get("error")
+        for t, (a, b) in enumerate(zip(outcome["result"], alone(clips[name], slots=2),
+                                       strict=True)):
+            assert torch.equal(a, b), f"{name} frame {t}"
+    assert pool.streams == {} and pool.waiting == 0
 
 
 def test_a_returning_stream_starts_again_densely(clips):

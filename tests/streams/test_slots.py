@@ -187,3 +187,25 @@ def test_copies_and_full_reset_forget_the_gate(clips):
     assert all(op.ready is None for op in model.delta_ops().values() if isinstance(op, Sparsify))
     out = model(torch.cat([c[0] for c in clips]))
     assert out.shape[0] == SLOTS
+
+
+def test_ready_gate_is_written_only_when_the_ready_slots_change(clips):
+    """The READY buffer (read on the device by every Sparsify) is rewritten when the set of
+    slots with a frame changes, not every frame; outputs follow the pattern either way."""
+    _, model = make()
+    _, fresh_each_frame = make()
+    x = [torch.cat([c[t] for c in clips]) for t in range(FRAMES)]
+    # (rows, READY slots afterwards, whether the buffer is rewritten)
+    plan = [([0, 2], None, None),  # first frame: dense for 0 and 2, READY not yet used
+            ([0, 2], [True, False, True], True), ([2, 0], [True, False, True], False),
+            ([0, 2], [True, False, True], False), ([1], [True, False, True], False),  # dense
+            ([0, 1], [True, True, False], True), ([2, 0], [True, False, True], True)]
+    for t, (rows, ready, written) in enumerate(plan):
+        before = None if model._ready is None else model._ready._version
+        out = model.run_slots(rows, x[t][rows])
+        if ready is not None:
+            assert model._ready.tolist() == ready, t
+            assert (model._ready._version != before) == written, t
+        # The same frames with READY rebuilt from scratch: the same outputs.
+        fresh_each_frame._ready_rows = None
+        assert torch.equal(out, fresh_each_frame.run_slots(rows, x[t][rows])), t
