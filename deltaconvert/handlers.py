@@ -17,7 +17,7 @@ from torch import fx, nn
 from .errors import UnsupportedOp
 from .graph.analysis import value_info
 from .graph.registry import CallSite, register_delta_op
-from .layers import ChannelLayerNorm
+from .layers import ChannelGroupSoftmax, ChannelLayerNorm
 from .ops import conv as conv_ops
 from .ops.footprint import Footprint
 from .ops.linear import ChannelGather, LinearCall
@@ -77,7 +77,7 @@ def batch_norm(site: CallSite) -> conv_ops.ChannelScale:
 
 
 # -- non-linear per-pixel ops ---------------------------------------------------------------
-@register_delta_op(*POINTWISE_ACTIVATIONS, ChannelLayerNorm)
+@register_delta_op(*POINTWISE_ACTIVATIONS, ChannelLayerNorm, ChannelGroupSoftmax)
 def pointwise_module(site: CallSite) -> Nonlinear:
     return Nonlinear(copy.deepcopy(site.target), Footprint.POINTWISE, site.varying)
 

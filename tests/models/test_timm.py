@@ -61,11 +61,9 @@ TIMM_MODELS = (
     "semnasnet_050",
 )
 
-# Dense islands that remain (every other model has none): the split-attention blocks
-# view the channels as (radix, C) groups in a 5-D tensor, weight each group by an
-# attention over the radix and sum over it (resnest: reshape/view/transpose/sum; skresnet:
-# stack → × attention → sum over the stacked dim); that 5-D form has no delta form yet.
-ISLANDS: dict[str, int] = {"resnest14d": 28, "skresnet18": 24}
+# Dense islands that remain (none: split attention's channel groups, resnest and
+# skresnet, become channel ops).
+ISLANDS: dict[str, int] = {}
 
 
 def test_coverage_targets():
