@@ -19,6 +19,7 @@ from .graph.analysis import value_info
 from .graph.registry import CallSite, register_delta_op
 from .layers import ChannelGroupSoftmax, ChannelLayerNorm
 from .ops import conv as conv_ops
+from .ops.base import DeltaOp
 from .ops.footprint import Footprint
 from .ops.linear import ChannelGather, LinearCall
 from .ops.nonlinear import Nonlinear
@@ -201,6 +202,33 @@ def unflatten(site: CallSite) -> LinearCall:
     if site.constant(1, "dim", 0) % site.input_info().rank == 0:
         raise UnsupportedOp("unflatten of the batch dim")
     return LinearCall(site.fn, Footprint.REAPPLY_EXPANDED)
+
+
+_REARRANGEMENTS = (
+    "view", "reshape", "transpose", "permute", "movedim", "swapaxes", "swapdims", "squeeze",
+    "unsqueeze", "view_as", "reshape_as", torch.reshape, torch.transpose, torch.permute,
+    torch.movedim, torch.swapaxes, torch.squeeze, torch.unsqueeze,
+)
+
+
+@register_delta_op(*_REARRANGEMENTS)
+def rearrangement(site: CallSite) -> DeltaOp:
+    """Rearrangements left after normalisation (rearrangement_chain_to_canonical_op turns
+    channel gathers, flatten and one-pixel reshapes into delta ops) move pixels out of
+    or into the spatial dims of an (N, C, *pixels) map, whose update flags are per pixel."""
+    raise UnsupportedOp(f"rearranges {site.input_info().shape} into {site.out.shape}, moving "
+                        "elements between the channel and pixel dims; only channel gathers, "
+                        "flatten and one-pixel reshapes have a delta form")
+
+
+@register_delta_op(operator.matmul, torch.matmul, "matmul", torch.bmm, "bmm")
+def matmul(site: CallSite) -> DeltaOp:
+    """Matrix products contract the last dims of a map, i.e. mix its pixels."""
+    if all(site.varying):
+        raise UnsupportedOp("a product of two varying tensors contracted over pixels (attention's "
+                            "q·kᵀ or attention·v): every output depends on every pixel")
+    raise UnsupportedOp("a matrix product over the last dims mixes pixels; per-pixel linear maps "
+                        "are 1×1 convolutions or nn.Linear on (N, C)")
 
 
 @register_delta_op(ChannelGather)
