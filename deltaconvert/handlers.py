@@ -258,6 +258,20 @@ def split(site: CallSite) -> LinearCall:
     return LinearCall(site.fn, Footprint.CHANNELS if dim % rank == 1 else Footprint.REAPPLY)
 
 
+@register_delta_op(torch.unbind, "unbind")
+def unbind(site: CallSite) -> LinearCall:
+    """``x.unbind(d)``: slices of ``x`` along ``d`` without that dim. Along a spatial dim the
+    masks are unbound with the values; along the channels each item ``(N, *spatial)`` has
+    the mask of its own layout ``(N, 1, *spatial[1:])``: the channel-expanded mask unbound
+    and reduced over the item's dim 1 (a pixel is updated if any pixel of its column is)."""
+    dim = site.constant(1, "dim", 0) % site.input_info().rank
+    if dim == 0:
+        raise UnsupportedOp("unbinding the batch dim (streams)")
+    if dim == 1 and site.input_info().rank < 3:
+        raise UnsupportedOp("unbinding the channels of an (N, C) tensor leaves no per-stream map")
+    return LinearCall(site.fn, Footprint.REAPPLY_EXPANDED if dim == 1 else Footprint.REAPPLY)
+
+
 def _reduces_channels_only(site: CallSite) -> bool:
     dims = site.constant(1, "dim")
     dims = tuple(dims) if isinstance(dims, (list, tuple)) else (dims,)

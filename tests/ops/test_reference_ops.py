@@ -305,6 +305,23 @@ def test_split_along_space():
     check_op(Split(), (N, 3, H, W))
 
 
+@pytest.mark.parametrize("dim,stack_dim", [(1, 1), (2, 2), (-1, 1)])
+def test_unbind(dim, stack_dim):
+    """Items of ``unbind`` (``dim=1``: each item's dim 1 is the image's height, its mask
+    per column of the image) combined and stacked (a cat and an unflatten)."""
+    class Unbind(nn.Module):
+        def forward(self, x):
+            a, b, c = x[:, :, :3, :3].unbind(dim)
+            return torch.stack([F.relu(a - b), c * 0.5], stack_dim)
+    delta = check_op(Unbind(), (N, 3, H, W), exact_mask=False)
+    assert delta.dense_islands == {}
+
+
+def test_unbind_of_the_batch_runs_dense():
+    with pytest.warns(deltaconvert.DenseFallbackWarning, match="unbinding the batch dim"):
+        deltaconvert.convert(Call(lambda x: torch.stack(x.unbind(0))), torch.randn(N, 3, H, W))
+
+
 def test_channel_shuffle_becomes_a_gather():
     def shuffle(x):
         b, c, h, w = x.size()
