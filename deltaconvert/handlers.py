@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import operator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +22,7 @@ from .layers import ChannelGroupSoftmax, ChannelLayerNorm
 from .ops import conv as conv_ops
 from .ops.base import DeltaOp
 from .ops.footprint import Footprint
-from .ops.linear import ChannelGather, LinearCall
+from .ops.linear import ChannelGather, ConstantPad, LinearCall
 from .ops.nonlinear import Nonlinear
 
 POINTWISE_ACTIVATIONS = (
@@ -164,19 +165,28 @@ def interpolate(site: CallSite) -> LinearCall:
     return LinearCall(fn, Footprint.REAPPLY)
 
 
+def _padding(site: CallSite, pads: Any, value: Any) -> LinearCall | ConstantPad:
+    """Zero padding is linear (the op on the deltas); padding with a constant ``c ≠ 0``
+    is affine (:class:`ConstantPad`: the border's change is zero)."""
+    fn = copy.deepcopy(site.target) if isinstance(site.target, nn.Module) else site.fn
+    if value in (None, 0, 0.0):
+        return LinearCall(fn, Footprint.REAPPLY)
+    if len(pads) > 2 * (site.input_info().rank - 1):
+        raise UnsupportedOp("padding the batch dim (streams)")
+    return ConstantPad(fn, pads)
+
+
 @register_delta_op(nn.ZeroPad2d, nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReplicationPad1d,
                    nn.ReplicationPad2d, nn.ConstantPad1d, nn.ConstantPad2d)
-def pad_module(site: CallSite) -> LinearCall:
-    if getattr(site.target, "value", 0) != 0:
-        raise UnsupportedOp("constant padding with a non-zero value")
-    return LinearCall(copy.deepcopy(site.target), Footprint.REAPPLY)
+def pad_module(site: CallSite) -> LinearCall | ConstantPad:
+    return _padding(site, site.target.padding, getattr(site.target, "value", 0))
 
 
 @register_delta_op(F.pad)
-def pad_function(site: CallSite) -> LinearCall:
-    if site.constant(3, "value", None) not in (None, 0, 0.0):
-        raise UnsupportedOp("constant padding with a non-zero value")
-    return LinearCall(site.fn, Footprint.REAPPLY)
+def pad_function(site: CallSite) -> LinearCall | ConstantPad:
+    if site.constant(2, "mode", "constant") != "constant":
+        return LinearCall(site.fn, Footprint.REAPPLY)
+    return _padding(site, site.constant(1, "pad"), site.constant(3, "value", None))
 
 
 # -- channel and shape plumbing ---------------------------------------------------------------

@@ -255,6 +255,19 @@ def test_pad(module):
     check_op(module, (N, 3, H, W))
 
 
+@pytest.mark.parametrize("module", [
+    nn.ConstantPad2d((1, 2, 0, 3), 2.5), Call(F.pad, (2, 1, 1, 0), value=-1.0),
+    Call(lambda x: F.max_pool2d(F.pad(x, (0, 1, 1, 1), value=-math.inf), 3, 2)),
+], ids=["module", "F.pad", "minus_inf_then_max_pool"])
+def test_constant_pad(module):
+    """Padding with a constant c ≠ 0: the border keeps c, the deltas are padded with 0.
+    All-negative inputs: a −∞ border must never win a max (a zero one would)."""
+    delta = check_op(module, (N, 3, H, W))
+    check_op(nn.Sequential(Call(lambda x: x - 10.0), module), (N, 3, H, W))
+    from deltaconvert.ops.linear import ConstantPad
+    assert any(isinstance(op, ConstantPad) for op in delta.delta_ops().values())
+
+
 # -- arithmetic and plumbing ----------------------------------------------------------------
 @pytest.mark.parametrize("fn,inputs", [
     (lambda a, b: a + b, 2), (lambda a, b: a - b, 2), (lambda a, b: torch.add(a, b, alpha=2), 2),
