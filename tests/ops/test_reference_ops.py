@@ -195,6 +195,18 @@ def test_functional_pointwise(module):
     check_op(module, (N, 5, H, W))
 
 
+@pytest.mark.parametrize("groups", [2, 3])
+def test_softmax_across_channel_groups(groups):
+    """A softmax over the group dim of ``x.view(N, R, C/R, H, W)`` is one per-pixel op,
+    ChannelGroupSoftmax, on the map (the views around it collapse)."""
+    def fn(x):
+        n, c, h, w = x.shape
+        return x.view(n, groups, c // groups, h, w).softmax(1).reshape(n, c, h, w)
+    delta = check_op(Call(fn), (N, 6, H, W))
+    (op,) = [op for op in delta.delta_ops().values() if not isinstance(op, (Sparsify, Densify))]
+    assert type(op.fn).__name__ == "ChannelGroupSoftmax" and op.fn.groups == groups
+
+
 def test_product_of_varying_tensors():
     check_op(Call2(torch.mul), (N, 4, H, W), (N, 4, H, W))
 
