@@ -161,9 +161,9 @@ def rearrangement_chain_to_canonical_op(gm: fx.GraphModule) -> fx.GraphModule:
             continue
         with gm.graph.inserting_after(end):
             if kind == "gather":
-                path = unique_module_path(gm, stable_name(end))
-                gm.add_submodule(path, ChannelGather(detail.to(value_info(source).device)))
-                replacement = gm.graph.call_module(path, (source,))
+                attr = unique_module_path(gm, stable_name(end))
+                gm.add_submodule(attr, ChannelGather(detail.to(value_info(source).device)))
+                replacement = gm.graph.call_module(attr, (source,))
             elif kind == "flatten":
                 replacement = gm.graph.call_function(torch.flatten, (source, 1))
             else:
