@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import operator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -17,10 +18,11 @@ from torch import fx, nn
 from .errors import UnsupportedOp
 from .graph.analysis import value_info
 from .graph.registry import CallSite, register_delta_op
-from .layers import ChannelLayerNorm
+from .layers import ChannelGroupSoftmax, ChannelLayerNorm
 from .ops import conv as conv_ops
+from .ops.base import DeltaOp
 from .ops.footprint import Footprint
-from .ops.linear import ChannelGather, LinearCall
+from .ops.linear import ChannelGather, ConstantPad, LinearCall
 from .ops.nonlinear import Nonlinear
 
 POINTWISE_ACTIVATIONS = (
@@ -77,7 +79,7 @@ def batch_norm(site: CallSite) -> conv_ops.ChannelScale:
 
 
 # -- non-linear per-pixel ops ---------------------------------------------------------------
-@register_delta_op(*POINTWISE_ACTIVATIONS, ChannelLayerNorm)
+@register_delta_op(*POINTWISE_ACTIVATIONS, ChannelLayerNorm, ChannelGroupSoftmax)
 def pointwise_module(site: CallSite) -> Nonlinear:
     return Nonlinear(copy.deepcopy(site.target), Footprint.POINTWISE, site.varying)
 
@@ -163,19 +165,28 @@ def interpolate(site: CallSite) -> LinearCall:
     return LinearCall(fn, Footprint.REAPPLY)
 
 
+def _padding(site: CallSite, pads: Any, value: Any) -> LinearCall | ConstantPad:
+    """Zero padding is linear (the op on the deltas); padding with a constant ``c ≠ 0``
+    is affine (:class:`ConstantPad`: the border's change is zero)."""
+    fn = copy.deepcopy(site.target) if isinstance(site.target, nn.Module) else site.fn
+    if value in (None, 0, 0.0):
+        return LinearCall(fn, Footprint.REAPPLY)
+    if len(pads) > 2 * (site.input_info().rank - 1):
+        raise UnsupportedOp("padding the batch dim (streams)")
+    return ConstantPad(fn, pads)
+
+
 @register_delta_op(nn.ZeroPad2d, nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReplicationPad1d,
                    nn.ReplicationPad2d, nn.ConstantPad1d, nn.ConstantPad2d)
-def pad_module(site: CallSite) -> LinearCall:
-    if getattr(site.target, "value", 0) != 0:
-        raise UnsupportedOp("constant padding with a non-zero value")
-    return LinearCall(copy.deepcopy(site.target), Footprint.REAPPLY)
+def pad_module(site: CallSite) -> LinearCall | ConstantPad:
+    return _padding(site, site.target.padding, getattr(site.target, "value", 0))
 
 
 @register_delta_op(F.pad)
-def pad_function(site: CallSite) -> LinearCall:
-    if site.constant(3, "value", None) not in (None, 0, 0.0):
-        raise UnsupportedOp("constant padding with a non-zero value")
-    return LinearCall(site.fn, Footprint.REAPPLY)
+def pad_function(site: CallSite) -> LinearCall | ConstantPad:
+    if site.constant(2, "mode", "constant") != "constant":
+        return LinearCall(site.fn, Footprint.REAPPLY)
+    return _padding(site, site.constant(1, "pad"), site.constant(3, "value", None))
 
 
 # -- channel and shape plumbing ---------------------------------------------------------------
@@ -203,6 +214,33 @@ def unflatten(site: CallSite) -> LinearCall:
     return LinearCall(site.fn, Footprint.REAPPLY_EXPANDED)
 
 
+_REARRANGEMENTS = (
+    "view", "reshape", "transpose", "permute", "movedim", "swapaxes", "swapdims", "squeeze",
+    "unsqueeze", "view_as", "reshape_as", torch.reshape, torch.transpose, torch.permute,
+    torch.movedim, torch.swapaxes, torch.squeeze, torch.unsqueeze,
+)
+
+
+@register_delta_op(*_REARRANGEMENTS)
+def rearrangement(site: CallSite) -> DeltaOp:
+    """Rearrangements left after normalisation (rearrangement_chain_to_canonical_op turns
+    channel gathers, flatten and one-pixel reshapes into delta ops) move pixels out of
+    or into the spatial dims of an (N, C, *pixels) map, whose update flags are per pixel."""
+    raise UnsupportedOp(f"rearranges {site.input_info().shape} into {site.out.shape}, moving "
+                        "elements between the channel and pixel dims; only channel gathers, "
+                        "flatten and one-pixel reshapes have a delta form")
+
+
+@register_delta_op(operator.matmul, torch.matmul, "matmul", torch.bmm, "bmm")
+def matmul(site: CallSite) -> DeltaOp:
+    """Matrix products contract the last dims of a map, i.e. mix its pixels."""
+    if all(site.varying):
+        raise UnsupportedOp("a product of two varying tensors contracted over pixels (attention's "
+                            "q·kᵀ or attention·v): every output depends on every pixel")
+    raise UnsupportedOp("a matrix product over the last dims mixes pixels; per-pixel linear maps "
+                        "are 1×1 convolutions or nn.Linear on (N, C)")
+
+
 @register_delta_op(ChannelGather)
 def channel_gather(site: CallSite) -> ChannelGather:
     return copy.deepcopy(site.target)
@@ -228,6 +266,20 @@ def split(site: CallSite) -> LinearCall:
     if dim % rank == 0:
         raise UnsupportedOp("splitting along the batch dim")
     return LinearCall(site.fn, Footprint.CHANNELS if dim % rank == 1 else Footprint.REAPPLY)
+
+
+@register_delta_op(torch.unbind, "unbind")
+def unbind(site: CallSite) -> LinearCall:
+    """``x.unbind(d)``: slices of ``x`` along ``d`` without that dim. Along a spatial dim the
+    masks are unbound with the values; along the channels each item ``(N, *spatial)`` has
+    the mask of its own layout ``(N, 1, *spatial[1:])``: the channel-expanded mask unbound
+    and reduced over the item's dim 1 (a pixel is updated if any pixel of its column is)."""
+    dim = site.constant(1, "dim", 0) % site.input_info().rank
+    if dim == 0:
+        raise UnsupportedOp("unbinding the batch dim (streams)")
+    if dim == 1 and site.input_info().rank < 3:
+        raise UnsupportedOp("unbinding the channels of an (N, C) tensor leaves no per-stream map")
+    return LinearCall(site.fn, Footprint.REAPPLY_EXPANDED if dim == 1 else Footprint.REAPPLY)
 
 
 def _reduces_channels_only(site: CallSite) -> bool:

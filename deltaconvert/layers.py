@@ -24,3 +24,21 @@ class ChannelLayerNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.layer_norm(x.movedim(1, -1), (self.channels,), self.weight, self.bias, self.eps)
         return y.movedim(-1, 1)
+
+
+class ChannelGroupSoftmax(nn.Module):
+    """Softmax across ``groups`` equal blocks of the channels, at each pixel: for ``C``
+    channels and ``K = C / groups``,
+    ``y[:, r·K + k] = exp(x[:, r·K + k]) / Σ_j exp(x[:, j·K + k])``. The channels-first
+    form of a softmax over the radix dim of ``x.view(N, groups, K, *spatial)`` (split
+    attention); like a softmax over channels, it mixes the channels of one pixel only."""
+
+    def __init__(self, groups: int) -> None:
+        super().__init__()
+        self.groups = groups
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.unflatten(1, (self.groups, -1)).softmax(1).flatten(1, 2)
+
+    def extra_repr(self) -> str:
+        return f"groups={self.groups}"

@@ -18,6 +18,7 @@ from torch import fx, nn
 
 from ..ops.base import DeltaOp
 from .analysis import propagate_value_info
+from .channel_groups_to_channel_ops import channel_groups_to_channel_ops
 from .channels_last_block_to_channels_first import channels_last_block_to_channels_first
 from .fold_batch_norm_into_conv import fold_batch_norm_into_conv
 from .fold_parameter_only_subgraphs import fold_parameter_only_subgraphs
@@ -44,6 +45,7 @@ NORMALIZE_PASSES: tuple[GraphPass, ...] = (
     fold_parameter_only_subgraphs,
     torch_functional_to_module,
     stack_reduction_to_sum,
+    channel_groups_to_channel_ops,
     spatial_mean_to_global_pool,
     channels_last_block_to_channels_first,
     rearrangement_chain_to_canonical_op,

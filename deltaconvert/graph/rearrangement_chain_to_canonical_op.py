@@ -1,13 +1,17 @@
 """``rearrangement_chain_to_canonical_op``: collapse chains of view/reshape/transpose/permute/
-squeeze/unsqueeze/indexing into one op with a delta form.
+squeeze/unsqueeze/indexing (and items of a split/chunk inside such a chain) into one op
+with a delta form.
 
-A chain of pure rearrangements maps input elements to output elements. Running it on
+A chain of pure rearrangements maps input elements to output elements. Every chain that
+ends at a node is considered, also when its nodes have other users (the query, key and
+value of an attention block split from one tensor). Running it on
 a probe tensor of element ids (at the example shape) tells which map it is. The pass
 recognises three maps that do not depend on the batch size or resolution:
 
 * a channel gather (same batch and spatial positions, output channel ``c`` reads input
   channel ``index[c]``): ShuffleNet's channel shuffle, ``x[:, 0:1]``,
-  ``x[:, 0].unsqueeze(1)`` → :class:`~deltaconvert.ops.linear.ChannelGather`;
+  ``x[:, 0].unsqueeze(1)`` → :class:`~deltaconvert.ops.linear.ChannelGather`, or the
+  input itself when every channel stays in place (a view and its inverse);
 * ``torch.flatten(x, 1)`` (``x.view(x.size(0), -1)``);
 * ``(N, C)`` ↔ ``(N, C, 1, …, 1)`` reshapes of one-pixel tensors (squeeze-excite heads
   written with ``view``) → ``torch.flatten`` / ``torch.unflatten``.
@@ -32,36 +36,78 @@ _METHODS = {"contiguous", "view", "reshape", "transpose", "permute", "flatten", 
             "unsqueeze", "movedim", "swapaxes", "swapdims", "view_as", "reshape_as"}
 _FUNCTIONS = {torch.reshape, torch.transpose, torch.permute, torch.flatten, torch.unflatten,
               torch.squeeze, torch.unsqueeze, torch.movedim, torch.swapaxes, operator.getitem}
+_SPLITS = {("call_function", torch.split), ("call_function", torch.chunk),
+           ("call_method", "split"), ("call_method", "chunk")}
 
 
-def _is_rearrangement(node: fx.Node) -> bool:
-    if node.op == "call_method":
-        known = node.target in _METHODS
-    elif node.op == "call_function":
-        known = node.target in _FUNCTIONS
+def _split_of(node: fx.Node) -> fx.Node | None:
+    """The ``split``/``chunk`` call if ``node`` takes an item of its result."""
+    if not (node.op == "call_function" and node.target is operator.getitem and node.args
+            and isinstance(node.args[0], fx.Node) and isinstance(node.args[1], int)):
+        return None
+    split = node.args[0]
+    if (split.op, split.target) in _SPLITS and split.args and isinstance(split.args[0], fx.Node):
+        return split
+    return None
+
+
+def rearranged_input(node: fx.Node) -> fx.Node:
+    """The tensor a rearrangement reads: its first argument, or for an item of a
+    ``split``/``chunk`` the tensor that was split."""
+    split = _split_of(node)
+    return node.args[0] if split is None else split.args[0]
+
+
+def is_rearrangement(node: fx.Node) -> bool:
+    """Whether ``node`` only moves, selects or reshapes the elements of one tensor (every
+    other argument being a constant): a view/reshape/transpose/…/indexing call, or an
+    item of a ``split``/``chunk`` of a tensor."""
+    split = _split_of(node)
+    if split is not None:
+        call = split
+    elif node.op == "call_method" and node.target in _METHODS:
+        call = node
+    elif node.op == "call_function" and node.target in _FUNCTIONS:
+        call = node
     else:
         return False
-    if not known or not node.args or not isinstance(node.args[0], fx.Node):
+    if not call.args or not isinstance(call.args[0], fx.Node):
         return False
-    if value_info(node).kind != "tensor" or value_info(node.args[0]).kind != "tensor":
+    if value_info(node).kind != "tensor" or value_info(call.args[0]).kind != "tensor":
         return False
-    others = [n for n in node.all_input_nodes if n is not node.args[0]]
+    others = [n for n in call.all_input_nodes if n is not call.args[0]]
     return all(value_info(n).kind == "other" for n in others)
 
 
-def _run(node: fx.Node, value: torch.Tensor) -> torch.Tensor:
+def run_rearrangement(node: fx.Node, value: torch.Tensor) -> torch.Tensor:
+    """``node``'s rearrangement applied to ``value`` in place of the tensor it reads."""
+    split = _split_of(node)
+    call = node if split is None else split
+
     def resolve(arg: Any) -> Any:
-        if arg is node.args[0]:
+        if arg is call.args[0]:
             return value
         return value_info(arg).constant if isinstance(arg, fx.Node) else arg
-    args = fx.node.map_arg(node.args, resolve)
-    kwargs = fx.node.map_arg(node.kwargs, resolve)
-    fn = getattr(torch.Tensor, node.target) if node.op == "call_method" else node.target
-    return fn(*args, **kwargs)
+    args = fx.node.map_arg(call.args, resolve)
+    kwargs = fx.node.map_arg(call.kwargs, resolve)
+    fn = getattr(torch.Tensor, call.target) if call.op == "call_method" else call.target
+    result = fn(*args, **kwargs)
+    return result if split is None else result[node.args[1]]
 
 
-def _canonical(shape: tuple[int, ...], ids: torch.Tensor) -> tuple[str, Any] | None:
-    """Classify the map from an input of ``shape`` to the element ids ``ids``."""
+def rearrangement_path(node: fx.Node) -> tuple[fx.Node, list[fx.Node]]:
+    """``(source, path)``: the rearrangements ``path`` (in order, ending at ``node``; empty
+    if ``node`` is none) that lead from ``source``, the first value that is not one."""
+    path: list[fx.Node] = []
+    while is_rearrangement(node):
+        path.insert(0, node)
+        node = rearranged_input(node)
+    return node, path
+
+
+def canonical_map(shape: tuple[int, ...], ids: torch.Tensor) -> tuple[str, Any] | None:
+    """Classify the map from an input of ``shape`` to the element ids ``ids``:
+    ``("gather", index)``, ``("flatten", None)``, ``("unflatten", sizes)`` or None."""
     n, c = shape[0], shape[1]
     spatial = shape[2:]
     out = tuple(ids.shape)
@@ -91,43 +137,33 @@ def _canonical(shape: tuple[int, ...], ids: torch.Tensor) -> tuple[str, Any] | N
     return None
 
 
-def _chain_from(head: fx.Node) -> list[fx.Node]:
-    chain = [head]
-    while len(chain[-1].users) == 1:
-        (user,) = chain[-1].users
-        if not _is_rearrangement(user) or user.args[0] is not chain[-1]:
-            break
-        chain.append(user)
-    return chain
-
-
 def rearrangement_chain_to_canonical_op(gm: fx.GraphModule) -> fx.GraphModule:
-    for head in list(gm.graph.nodes):
-        if not _is_rearrangement(head):
+    # Last node first: a path is replaced as a whole (its earlier nodes then die), and a
+    # path shared by several users (the items of one split) is followed from each.
+    for end in reversed(list(gm.graph.nodes)):
+        if not end.users or not is_rearrangement(end):
             continue
-        source = head.args[0]
-        if _is_rearrangement(source) or not value_info(source).varying:
-            continue
+        source, path = rearrangement_path(end)
         shape = value_info(source).shape
-        if len(shape) < 2:
-            continue
+        moves = [step for step in path if step.target != "contiguous" and _split_of(step) is None]
+        if not value_info(source).varying or shape is None or len(shape) < 2 or not moves:
+            continue  # nothing moved, or plain split items (delta ops of their own)
         value = torch.arange(math.prod(shape), dtype=torch.float64).reshape(shape)
-        found = None
-        moved = False
-        for end in _chain_from(head):
-            value = _run(end, value)
-            moved = moved or end.target != "contiguous"
-            kind = _canonical(shape, value)
-            if kind is not None and moved:
-                found = (end, kind)
+        for step in path:
+            value = run_rearrangement(step, value)
+        found = canonical_map(shape, value)
         if found is None:
             continue
-        end, (kind, detail) = found
+        kind, detail = found
+        if kind == "gather" and torch.equal(detail, torch.arange(shape[1])):
+            end.replace_all_uses_with(source)
+            gm.graph.erase_node(end)
+            continue
         with gm.graph.inserting_after(end):
             if kind == "gather":
-                path = unique_module_path(gm, stable_name(end))
-                gm.add_submodule(path, ChannelGather(detail.to(value_info(source).device)))
-                replacement = gm.graph.call_module(path, (source,))
+                attr = unique_module_path(gm, stable_name(end))
+                gm.add_submodule(attr, ChannelGather(detail.to(value_info(source).device)))
+                replacement = gm.graph.call_module(attr, (source,))
             elif kind == "flatten":
                 replacement = gm.graph.call_function(torch.flatten, (source, 1))
             else:
@@ -135,4 +171,5 @@ def rearrangement_chain_to_canonical_op(gm: fx.GraphModule) -> fx.GraphModule:
         inherit(replacement, end)
         replacement.meta["dc_value"] = value_info(end)
         end.replace_all_uses_with(replacement)
+        gm.graph.erase_node(end)
     return gm

@@ -20,7 +20,7 @@ from torch import fx
 from .analysis import call_entry, value_info
 from .names import inherit
 
-_REDUCTIONS = {torch.sum: "sum", torch.mean: "mean", "sum": "sum", "mean": "mean"}
+REDUCTIONS = {torch.sum: "sum", torch.mean: "mean", "sum": "sum", "mean": "mean"}
 
 
 def _stacked_items(node: fx.Node) -> list[fx.Node] | None:
@@ -43,20 +43,25 @@ def _stacked_items(node: fx.Node) -> list[fx.Node] | None:
     return list(items)
 
 
+def sum_of(gm: fx.GraphModule, node: fx.Node, items: list[fx.Node], kind: str) -> fx.Node:
+    """Insert ``items[0] + items[1] + …`` (divided by ``len(items)`` when ``kind`` is
+    ``"mean"``) before ``node``, named after it; returns the result node."""
+    with gm.graph.inserting_before(node):
+        total = items[0]
+        for i, item in enumerate(items[1:], start=1):
+            total = inherit(gm.graph.call_function(operator.add, (total, item)), node, f"_add{i}")
+        if kind == "mean":
+            total = inherit(gm.graph.call_function(operator.truediv, (total, len(items))),
+                            node, "_mean")
+    return total
+
+
 def stack_reduction_to_sum(gm: fx.GraphModule) -> fx.GraphModule:
     for node in list(gm.graph.nodes):
-        kind = call_entry(node, _REDUCTIONS)
+        kind = call_entry(node, REDUCTIONS)
         items = _stacked_items(node) if kind else None
         if items is None:
             continue
-        with gm.graph.inserting_before(node):
-            total = items[0]
-            for i, item in enumerate(items[1:], start=1):
-                total = inherit(gm.graph.call_function(operator.add, (total, item)), node,
-                                f"_add{i}")
-            if kind == "mean":
-                total = inherit(gm.graph.call_function(operator.truediv, (total, len(items))),
-                                node, "_mean")
-        node.replace_all_uses_with(total)
+        node.replace_all_uses_with(sum_of(gm, node, items, kind))
         gm.graph.erase_node(node)
     return gm

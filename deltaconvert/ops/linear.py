@@ -8,9 +8,10 @@ op with every constant replaced by zero (``affine=True``).
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from ..delta import Delta, map_tensor_leaves
 from . import reference as ref
@@ -80,3 +81,27 @@ class ChannelGather(DeltaOp):
 
     def delta(self, d: Delta) -> Delta:
         return Delta(d.values.index_select(1, self.index), d.mask)
+
+
+class ConstantPad(DeltaOp):
+    """``y = fn(x) = pad(x, pads, value=c)`` for a constant ``c ≠ 0`` (TensorFlow-"same"
+    max pooling pads with ``c = −∞``). The border is ``c`` on every frame, so its change
+    is zero and ``c`` lives in the first frame's values: ``δy = pad(δx, pads, 0)``, and
+    border pixels are never updated (``m_y = pad(m_x, pads, False)``). ``pads`` is in
+    :func:`torch.nn.functional.pad` order; ``fn`` (the original call, a module or
+    ``F.pad``) takes the call's other arguments."""
+
+    def __init__(self, fn: Callable[..., torch.Tensor], pads: Sequence[int]) -> None:
+        super().__init__()
+        self.fn = fn
+        self.pads = tuple(int(p) for p in pads)
+
+    def dense(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return self.fn(x, *args, **kwargs)
+
+    def delta(self, d: Delta, *args: Any, **kwargs: Any) -> Delta:
+        spatial = self.pads[:2 * (d.dim() - 2)]
+        return Delta(F.pad(ref.masked(d), self.pads), F.pad(d.mask, spatial))
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, pads={self.pads}"

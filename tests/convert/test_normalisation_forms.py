@@ -1,6 +1,7 @@
 """New normalised forms, each against the dense op at threshold 0 (and with zero dense
 islands): functional batch-norm, parameter-only subgraphs folded to constants, padding
-computed from the input size, stacked-tensor reductions (weighted sums)."""
+computed from the input size (also −∞ padding before max pooling), stacked-tensor
+reductions (weighted sums), channel groups (split attention, selective kernels)."""
 import math
 import warnings
 
@@ -98,7 +99,8 @@ def test_folding_does_not_touch_the_callers_model():
 
 class SamePadConv(nn.Module):
     """TensorFlow 'SAME' padding computed from the input size in Python (timm's
-    Conv2dSame / pad_same), which torch.fx cannot trace symbolically."""
+    Conv2dSame / pad_same), which torch.fx cannot trace symbolically. The max pool's
+    input is ≤ −1 wherever the ReLU is 0: there a −∞ border never wins, a zero one would."""
 
     def __init__(self):
         super().__init__()
@@ -113,17 +115,20 @@ class SamePadConv(nn.Module):
         return F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), value=value)
 
     def forward(self, x):
-        y = F.relu(self.conv(self._pad(x, 3, 2)))
+        y = F.relu(self.conv(self._pad(x, 3, 2))) - 1.0
         return self.pool(self._pad(y, 3, 2, value=-float("inf")))
 
 
 def test_size_dependent_padding_is_resolved_for_the_example_size():
     model = SamePadConv().eval()
-    delta = _check(model, _frames(21, 30), islands=1)  # -inf padding has no delta form
+    delta = _check(model, _frames(21, 30))
     delta.reset()
     with torch.no_grad():
         for frame in synthetic_video(2, 21, 30, batch=3, seed=4):  # any batch size
-            torch.testing.assert_close(delta(frame), model(frame))
+            expected = model(frame)
+            torch.testing.assert_close(delta(frame), expected)
+            assert (expected[..., -1] < 0).any()  # windows on the −∞ border
+
     delta.reset()
     with pytest.raises(deltaconvert.SequenceMismatch,
                        match=r"converted for inputs of size \(N, 3, 21, 30\).*<root> \(SamePadConv\)"
@@ -150,3 +155,57 @@ class WeightedFusion(nn.Module):
 
 def test_stack_and_reduction_over_the_stacked_dim_stay_in_delta_form():
     _check(WeightedFusion(), _frames())
+
+
+class SplitAttention(nn.Module):
+    """timm's SplitAttn (ResNeSt) in miniature: the radix branches as channel groups of
+    one conv, summed over the radix (``reshape → sum(1)``), global pool → 1×1 convs →
+    softmax over the radix per cardinal group (``view → transpose → softmax(1) →
+    reshape``), then the branches weighted by it and summed (``(x ⊙ a).sum(1)``)."""
+
+    def __init__(self, radix: int, cardinality: int, combine=torch.mul):
+        super().__init__()
+        self.radix, self.cardinality, self.combine = radix, cardinality, combine
+        width = 4 * cardinality
+        self.conv = nn.Conv2d(3, width * radix, 3, padding=1)
+        self.fc1 = nn.Conv2d(width, 8, 1)
+        self.fc2 = nn.Conv2d(8, width * radix, 1, groups=cardinality)
+
+    def forward(self, x):
+        x = F.relu(self.conv(x))
+        b, rc, h, w = x.shape
+        x = x.reshape(b, self.radix, rc // self.radix, h, w)
+        gap = F.relu(self.fc1(x.sum(dim=1).mean((2, 3), keepdim=True)))
+        attn = self.fc2(gap).view(b, self.cardinality, self.radix, -1).transpose(1, 2)
+        attn = F.softmax(attn, dim=1).reshape(b, -1).view(b, -1, 1, 1)
+        out = self.combine(x, attn.reshape(b, self.radix, rc // self.radix, 1, 1))
+        return out.sum(dim=1).contiguous()
+
+
+class SelectiveKernel(nn.Module):
+    """timm's SelectiveKernel (SKNet) in miniature: branches stacked on dim 1, an
+    attention over the branches (softmax over dim 1 of a 5-D view), ``(x · a).sum(1)``."""
+
+    def __init__(self):
+        super().__init__()
+        self.paths = nn.ModuleList([nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(3, 4, 5, padding=2)])
+        self.fc = nn.Sequential(nn.Conv2d(4, 8, 1), nn.ReLU(), nn.Conv2d(8, 8, 1))
+
+    def forward(self, x):
+        x = torch.stack([F.relu(p(x)) for p in self.paths], dim=1)
+        a = self.fc(x.sum(1).mean((2, 3), keepdim=True))
+        b, c, h, w = a.shape
+        a = torch.softmax(a.view(b, 2, c // 2, h, w), dim=1)
+        return torch.sum(x * a, dim=1)
+
+
+@pytest.mark.parametrize("model", [
+    SplitAttention(2, 1), SplitAttention(2, 2), SplitAttention(4, 1),
+    SplitAttention(2, 1, torch.add), SplitAttention(3, 2, torch.sub), SelectiveKernel(),
+], ids=["radix2", "radix2_cardinality2", "radix4", "add", "sub", "selective_kernel"])
+def test_channel_groups_become_channel_ops(model):
+    """Sums, softmaxes and element-wise ops over channel groups (5-D views of 4-D maps)
+    become slices, adds and a per-pixel ChannelGroupSoftmax: no dense island."""
+    delta = _check(model, _frames())
+    kinds = [type(getattr(op, "fn", op)).__name__ for op in delta.delta_ops().values()]
+    assert "ChannelGroupSoftmax" in kinds

@@ -195,6 +195,18 @@ def test_functional_pointwise(module):
     check_op(module, (N, 5, H, W))
 
 
+@pytest.mark.parametrize("groups", [2, 3])
+def test_softmax_across_channel_groups(groups):
+    """A softmax over the group dim of ``x.view(N, R, C/R, H, W)`` is one per-pixel op,
+    ChannelGroupSoftmax, on the map (the views around it collapse)."""
+    def fn(x):
+        n, c, h, w = x.shape
+        return x.view(n, groups, c // groups, h, w).softmax(1).reshape(n, c, h, w)
+    delta = check_op(Call(fn), (N, 6, H, W))
+    (op,) = [op for op in delta.delta_ops().values() if not isinstance(op, (Sparsify, Densify))]
+    assert type(op.fn).__name__ == "ChannelGroupSoftmax" and op.fn.groups == groups
+
+
 def test_product_of_varying_tensors():
     check_op(Call2(torch.mul), (N, 4, H, W), (N, 4, H, W))
 
@@ -255,6 +267,19 @@ def test_pad(module):
     check_op(module, (N, 3, H, W))
 
 
+@pytest.mark.parametrize("module", [
+    nn.ConstantPad2d((1, 2, 0, 3), 2.5), Call(F.pad, (2, 1, 1, 0), value=-1.0),
+    Call(lambda x: F.max_pool2d(F.pad(x, (0, 1, 1, 1), value=-math.inf), 3, 2)),
+], ids=["module", "F.pad", "minus_inf_then_max_pool"])
+def test_constant_pad(module):
+    """Padding with a constant c ≠ 0: the border keeps c, the deltas are padded with 0.
+    All-negative inputs: a −∞ border must never win a max (a zero one would)."""
+    delta = check_op(module, (N, 3, H, W))
+    check_op(nn.Sequential(Call(lambda x: x - 10.0), module), (N, 3, H, W))
+    from deltaconvert.ops.linear import ConstantPad
+    assert any(isinstance(op, ConstantPad) for op in delta.delta_ops().values())
+
+
 # -- arithmetic and plumbing ----------------------------------------------------------------
 @pytest.mark.parametrize("fn,inputs", [
     (lambda a, b: a + b, 2), (lambda a, b: a - b, 2), (lambda a, b: torch.add(a, b, alpha=2), 2),
@@ -303,6 +328,23 @@ def test_split_along_space():
             top, bottom = torch.split(x, [5, 6], dim=2)
             return torch.cat([bottom, top], dim=2)
     check_op(Split(), (N, 3, H, W))
+
+
+@pytest.mark.parametrize("dim,stack_dim", [(1, 1), (2, 2), (-1, 1)])
+def test_unbind(dim, stack_dim):
+    """Items of ``unbind`` (``dim=1``: each item's dim 1 is the image's height, its mask
+    per column of the image) combined and stacked (a cat and an unflatten)."""
+    class Unbind(nn.Module):
+        def forward(self, x):
+            a, b, c = x[:, :, :3, :3].unbind(dim)
+            return torch.stack([F.relu(a - b), c * 0.5], stack_dim)
+    delta = check_op(Unbind(), (N, 3, H, W), exact_mask=False)
+    assert delta.dense_islands == {}
+
+
+def test_unbind_of_the_batch_runs_dense():
+    with pytest.warns(deltaconvert.DenseFallbackWarning, match="unbinding the batch dim"):
+        deltaconvert.convert(Call(lambda x: torch.stack(x.unbind(0))), torch.randn(N, 3, H, W))
 
 
 def test_channel_shuffle_becomes_a_gather():
