@@ -32,23 +32,28 @@ def _worst(output, reference) -> float:
                zip(tensor_leaves(output), tensor_leaves(reference), strict=True))
 
 
-def _build(source: str, name: str) -> torch.nn.Module:
+def _build(source: str, name: str, kwargs: dict) -> torch.nn.Module:
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if source == "timm":
             timm = pytest.importorskip("timm", reason="timm not staged: scripts/stage_gpu_wheels.sh")
-            return timm.create_model(name, pretrained=False, num_classes=10)
+            return timm.create_model(name, pretrained=False, num_classes=10, **kwargs)
         pytest.importorskip("ultralytics", reason="ultralytics not staged: scripts/stage_gpu_wheels.sh")
         from ultralytics import YOLO
         return YOLO(name).model
 
 
-@pytest.mark.parametrize("source,name", [("timm", "efficientnet_b0"), ("timm", "tf_mixnet_s"),
-                                         ("timm", "nf_regnet_b0"), ("ultralytics", "yolov8n.yaml")])
-def test_model_matches_original_on_cuda(runtime, source, name):
+# Split attention and selective kernels (channel-group ops), TF-'same' max pooling
+# (constant −∞ padding) and functional/fused norms, besides a detector.
+@pytest.mark.parametrize("source,name,kwargs", [
+    ("timm", "efficientnet_b0", {}), ("timm", "tf_mixnet_s", {}), ("timm", "nf_regnet_b0", {}),
+    ("timm", "resnest14d", {}), ("timm", "skresnet18", {}),
+    ("timm", "resnetv2_18", {"stem_type": "same"}), ("ultralytics", "yolov8n.yaml", {})],
+    ids=lambda v: v if isinstance(v, str) else "-".join(f"{k}={x}" for k, x in v.items()) or "default")
+def test_model_matches_original_on_cuda(runtime, source, name, kwargs):
     video = synthetic_video(FRAMES, HEIGHT, WIDTH, batch=BATCH, seed=1)
-    model = calibrate_batch_norm(_build(source, name), video[:3])
+    model = calibrate_batch_norm(_build(source, name, kwargs), video[:3])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         delta = convert(copy.deepcopy(model), video[0], backend="cuda").to(DEVICE)
