@@ -96,14 +96,19 @@ if report.exists():
     print("\n| model | dtype | mode | max rel. error vs dense fp32 (≥50 frames) | frame 0 "
           "| vs float64 (fp32) | dense fp32 vs float64 | vs reference backend (fp16) | dense fp16 vs fp32 "
           "| dense vs dense channels_last | accelerated ops |\n|---|---|---|---|---|---|---|---|---|---|---|")
-    for line in report.read_text().splitlines():
-        r = json.loads(line)
+    rows = [json.loads(line) for line in report.read_text().splitlines()]
+    for r in (r for r in rows if "dtype" in r):  # tests/convert/test_architectures_cuda.py
         print(f"| {r['model']} | {r['dtype'].replace('torch.', '')} | {'graph' if r['graph'] else 'eager'} "
               f"| {fmt(r['max_rel_error'])} | {fmt(r.get('frame0_error'))} "
               f"| {fmt(r.get('max_rel_error_vs_fp64'))} | {fmt(r.get('dense_fp32_error_vs_fp64'))} "
               f"| {fmt(r.get('max_rel_error_vs_reference'))} "
               f"| {fmt(r.get('dense_fp16_error'))} | {fmt(r.get('dense_layout_error'))} "
               f"| {r['accelerated_ops']}/{r['ops']} |")
+    print("\n| source | model | dense islands | max rel. error (fp32) | fp32 vs fp64 noise | "
+          "accelerated ops |\n|---|---|---|---|---|---|")
+    for r in (r for r in rows if "source" in r):  # tests/models/test_models_cuda.py
+        print(f"| {r['source']} | {r['model']} | {r['dense_islands']} | {fmt(r['max_rel_error'])} "
+              f"| {fmt(r['fp32_vs_fp64_noise'])} | {r['accelerated_ops']}/{r['ops']} |")
 PY
 probe=$OUT/speed_probe.log
 [ -f "$probe" ] && { echo; grep '^|' "$probe"; }
