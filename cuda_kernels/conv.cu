@@ -472,8 +472,8 @@ __device__ __forceinline__ void conv_gemm_any(CONV_PARAMS) {
 // blockDim 256; grid (tiles, groups · ceil(Cout_g / 64), N) for conv_gemm and
 // (tiles, groups · ceil(Cout_g / 64), splits · N) for conv_gemm_split (split K: the
 // partial sums go to ws; the unsplit kernel ignores `splits` and `ws`).
-extern "C" __global__ void __launch_bounds__(256, 3) conv_gemm(CONV_PARAMS) { conv_gemm_any<false>(CONV_ARGS); }
-extern "C" __global__ void __launch_bounds__(256, 3) conv_gemm_split(CONV_PARAMS) { conv_gemm_any<true>(CONV_ARGS); }
+extern "C" __global__ void __launch_bounds__(256, 4) conv_gemm(CONV_PARAMS) { conv_gemm_any<false>(CONV_ARGS); }
+extern "C" __global__ void __launch_bounds__(256, 4) conv_gemm_split(CONV_PARAMS) { conv_gemm_any<true>(CONV_ARGS); }
 
 // blockDim 256 = 32 output channels × 8 tile rows; grid (tiles, ceil(Cout / 32), N); never split.
 // The block first stages the input window of its tile for its 32 channels in shared

@@ -38,7 +38,7 @@ from .tensors import new_mask, new_values, placeholder, strides4
 VECTOR_LOADS = os.environ.get("DELTACONVERT_CUDA_VECTOR_LOADS", "1") != "0"
 # Split-K for small conv_gemm grids (DELTACONVERT_CUDA_SPLIT_K=0: off).
 SPLIT_K = os.environ.get("DELTACONVERT_CUDA_SPLIT_K", "1") != "0"
-RESIDENT_BLOCKS = 3  # conv_gemm blocks per SM (its __launch_bounds__)
+RESIDENT_BLOCKS = 4  # conv_gemm blocks per SM (its __launch_bounds__; PERF_NOTES §19)
 SPLIT_MIN_K = 128    # fewest reduction elements per split (PERF_NOTES §19: 512 left the
                      # 23×40 layers of MobileNetV2 at 720p, K = 576–960, unsplit)
 MAX_SPLITS = 8

@@ -107,7 +107,7 @@ def pixel_grid(pixels: int, lanes: int, threads: int = BLOCK) -> tuple[tuple[int
 
 
 LIST_DEPTH = 4      # rounds of a block-local work list, at most
-LIST_BLOCKS = 3600  # fewest blocks a deeper list may leave (~27 per SM of an H200)
+LIST_BLOCKS = 1800  # fewest blocks a deeper list may leave (~14 per SM of an H200)
 
 
 def list_grid(pixels: int, lanes: int, threads: int = BLOCK
@@ -123,7 +123,7 @@ def list_grid(pixels: int, lanes: int, threads: int = BLOCK
     58k-pixel layers of mobilenet_v2 at 720p, and more than doubled the time of layers
     with a few thousand pixels, where too few blocks were left to spread the updates over
     the GPU. So the depth doubles, up to ``LIST_DEPTH``, while at least ``LIST_BLOCKS``
-    blocks remain."""
+    blocks remain (3600 until the vectorised pw_truncate, 1800 since: §19)."""
     groups = threads // lanes
     depth = 1
     while depth < LIST_DEPTH and -(-pixels // (groups * depth * 2)) >= LIST_BLOCKS:
