@@ -6,7 +6,7 @@ returning its ops' settings, and a sequence runs:
 
 1. the dense first frame, eagerly (it creates every state buffer; the model does this
    before it builds the replay);
-2. one eager delta frame (it creates the per-op statistics, scratch buffers, compiled
+2. one eager delta frame (it creates the scratch buffers, compiled
    kernels and channels_last state, none of which may be allocated during capture);
 3. the next frame is captured into one CUDA graph — on the runtime's capture stream
    (the CUDA backend's own stream), or a side stream for the reference math — and
