@@ -36,6 +36,7 @@ HELP = {  # script → a text its --help prints
     "stage_gpu_wheels.sh": "usage: stage_gpu_wheels",
     "gpu_check.sh": "GPU check of the CUDA backend",
     "speed_probe.py": "--height",
+    "kernel_probe.py": "--quiet",
 }
 
 
