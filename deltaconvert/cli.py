@@ -126,6 +126,7 @@ class _StreamSummary:
         self.work: list[float] = []
         self.errors: list[float] = []
         self.baseline_ms: list[float] = []
+        self.failure: str | None = None  # why the source stopped early, if it did
 
     def as_dict(self) -> dict[str, Any]:
         delta = statistics.median(self.delta_ms) if self.delta_ms else None
@@ -138,6 +139,7 @@ class _StreamSummary:
                                          if self.baseline_ms else None),
             "error_vs_dense_mean": statistics.fmean(self.errors) if self.errors else None,
             "error_vs_dense_max": max(self.errors) if self.errors else None,
+            "source_error": self.failure,
         }
 
 
@@ -155,6 +157,8 @@ def _describe(name: str, summary: dict[str, Any]) -> str:
         text += (f"; dense baseline {summary['dense_baseline_ms_median']:.1f} ms/frame, relative "
                  f"error vs dense {summary['error_vs_dense_mean']:.4f} mean, "
                  f"{summary['error_vs_dense_max']:.4f} max")
+    if summary["source_error"] is not None:
+        text += f"; STOPPED EARLY: {summary['source_error']}"
     return text
 
 
@@ -200,8 +204,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as stack:
         stack.callback(rows.close)
         stack.callback(lambda: [video.close() for video in videos.values()])
+        def source_failed(name: str, error: Exception) -> None:  # the other streams go on
+            summaries[name].failure = str(error)
+
         results = stream_sources(model, sources, preprocess=preprocess, stride=args.stride,
-                                 start=args.start, end=end, heatmap=not args.no_heatmap)
+                                 start=args.start, end=end, heatmap=not args.no_heatmap,
+                                 on_error=source_failed)
         try:
             for result in tqdm(results, desc="run", unit="frame"):
                 summary = summaries[result.stream]
@@ -247,7 +255,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     written += [f"{name}.mp4" for name in videos]
     print(("interrupted; kept what ran: " if interrupted else "wrote ")
           + f"{', '.join(written)} in {directory}")
-    return 130 if interrupted else 0
+    stopped = [name for name, s in summaries.items() if s.failure is not None]
+    for name in stopped:
+        print(f"deltaconvert run: source {name} stopped early: {summaries[name].failure}",
+              file=sys.stderr)
+    return 130 if interrupted else 1 if stopped else 0
 
 
 # -- tune ----------------------------------------------------------------------------------
@@ -396,8 +408,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "-o DIR itself if it is missing or empty, else DIR2, DIR3, …. Streams "
                     "advance independently: each model call takes the streams with a frame "
                     "ready, so a slow source holds back no other and a source that ends "
-                    "frees its slot while the others go on. Ctrl-C stops the run and keeps "
-                    "what it did, with its summary.")
+                    "frees its slot while the others go on; so does a source that fails "
+                    "while decoding (a camera that drops out): the others finish, the "
+                    "summary names the error and the exit status is 1. Ctrl-C stops the run "
+                    "and keeps what it did, with its summary.")
     run.add_argument("model", type=Path, help="model file from `deltaconvert convert`")
     run.add_argument("sources", nargs="+", metavar="SOURCE",
                      help="video file, directory, glob ('clips/*.mp4'), rtsp:// or http:// URL, "

@@ -7,7 +7,9 @@ whose decoder has one ready (one batched call; when none has, the loop sleeps un
 has). A stream without a new frame is idle in that call: it costs no work and keeps its
 state (the READY gate of :meth:`~deltaconvert.model.DeltaGraphModule.run_slots`), so a
 slow source (a 5 fps camera beside a 30 fps one, a stalled network stream) never holds
-back the others, and a source that ends releases its slot while the others go on. A
+back the others, and a source that ends releases its slot while the others go on (so
+does a source that fails, when the caller passes ``on_error``: a camera that drops out
+need not stop the other cameras). A
 stream's first frame is dense; later frames are delta frames. A stream's outputs depend
 only on its own frames, not on which streams share a call. Memory does not grow with the
 number of frames: a result holds one frame, and the decoders' queues are bounded.
@@ -19,7 +21,7 @@ import threading
 import time
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -63,26 +65,33 @@ def _model_placement(model: DeltaGraphModule) -> tuple[torch.device, torch.dtype
     return torch.device("cpu"), torch.float32
 
 
+SourceErrorHandler = Callable[[str, Exception], None]
+
+
 def stream(model: DeltaGraphModule, source: str | Sequence[str], *,
            preprocess: Preprocess | None = None, stride: int = 1, start: int = 0,
-           end: int | None = None, heatmap: bool = False) -> Iterator[Result]:
+           end: int | None = None, heatmap: bool = False,
+           on_error: SourceErrorHandler | None = None) -> Iterator[Result]:
     """Results of ``model`` on every kept frame of ``source`` (one spec or several, see
     :func:`~deltaconvert.sources.expand_sources`), frame by frame.
 
     ``preprocess`` defaults to the model's own (:meth:`Preprocess.for_model`);
     ``stride``/``start``/``end`` pick frames of each source; ``heatmap`` adds each
     frame's work map. The model's sequence is reset and ``model.slots`` set to the
-    number of streams.
+    number of streams. A source that fails while decoding raises its error here, unless
+    ``on_error`` is given: then ``on_error(stream_name, error)`` is called, that stream
+    ends (its slot is released) and the others go on.
     """
     sources = expand_sources([source] if isinstance(source, (str, bytes)) or not
                              isinstance(source, Sequence) else list(source))
     yield from stream_sources(model, sources, preprocess=preprocess, stride=stride,
-                              start=start, end=end, heatmap=heatmap)
+                              start=start, end=end, heatmap=heatmap, on_error=on_error)
 
 
 def stream_sources(model: DeltaGraphModule, sources: Sequence[Source], *,
                    preprocess: Preprocess | None = None, stride: int = 1, start: int = 0,
-                   end: int | None = None, heatmap: bool = False) -> Iterator[Result]:
+                   end: int | None = None, heatmap: bool = False,
+                   on_error: SourceErrorHandler | None = None) -> Iterator[Result]:
     """:func:`stream` on already resolved sources."""
     device, dtype = _model_placement(model)
     preprocess = preprocess or Preprocess.for_model(model)
@@ -97,7 +106,13 @@ def stream_sources(model: DeltaGraphModule, sources: Sequence[Source], *,
             wake.clear()  # before polling: a frame queued after a poll sets it again
             frames, rgbs = {}, {}
             for name, reader in list(running.items()):
-                item = reader.poll()
+                try:
+                    item = reader.poll()
+                except Exception as error:  # the source's decoding error; the reader has ended
+                    if on_error is None:
+                        raise
+                    on_error(name, error)
+                    item = None
                 if item is not None:
                     index, rgbs[name] = item
                     frames[name] = (index, preprocess(rgbs[name], device, dtype))

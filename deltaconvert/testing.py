@@ -1,9 +1,11 @@
-"""What the test suites share: the architectures every backend is proven on, and a
-small model for fast tests of everything around conversion."""
+"""What the test suites share: the architectures every backend is proven on, a small
+model for fast tests of everything around conversion, and a video source that fails
+mid-stream."""
 from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -110,3 +112,32 @@ def matches_original(model: nn.Module, frames: list, **convert_kwargs: Any) -> d
             errors64.append(worst(delta64(frame.double()), truth))
     return {"dense_islands": delta.dense_islands, "error": max(errors), "noise": max(noise),
             "error64": max(errors64), "change": max(changes, default=0.0), "model": delta}
+
+
+def write_breaking_clip(path: str | os.PathLike, size: tuple[int, int] = (24, 32),
+                        frames: int = 20, intact: int = 8, seed: int = 0) -> None:
+    """A clip whose first ``intact`` frames decode and whose later data is garbage, so that
+    FFmpeg raises while decoding it — as a network camera that drops out mid-run: an mp4
+    with its index first (``movflags=faststart``) whose bytes from the packet of frame
+    ``intact`` on are overwritten with random bytes. ``size`` is (height, width); needs
+    PyAV."""
+    import av
+    import numpy as np
+
+    height, width = size
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
+    with av.open(str(path), "w", options={"movflags": "faststart"}) as container:
+        stream = container.add_stream("libx264rgb", rate=10)
+        stream.width, stream.height, stream.pix_fmt = width, height, "rgb24"
+        stream.options = {"qp": "0", "bf": "0"}  # no B-frames: packets in display order
+        for t in range(frames):
+            image = np.roll(base, t, axis=1)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode())
+    with av.open(str(path)) as container:
+        positions = [p.pos for p in container.demux(video=0) if p.size]
+    data = bytearray(Path(path).read_bytes())
+    cut = positions[intact]
+    data[cut:] = rng.integers(0, 255, len(data) - cut, dtype=np.uint8).tobytes()
+    Path(path).write_bytes(bytes(data))

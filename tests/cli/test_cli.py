@@ -230,6 +230,24 @@ def test_run_sources_of_different_lengths_and_rates(work):
         assert video.streams.video[0].average_rate == 12.5
 
 
+def test_run_goes_on_when_a_source_fails_midway(work):
+    """A source that fails while decoding stops alone: the other stream runs to its end,
+    the summary names the error, and the exit status is 1."""
+    from deltaconvert.testing import write_breaking_clip
+    write_breaking_clip(work / "dropout.mp4", (48, 64))
+    result = cli("run", "model.delta.pt", "dropout.mp4", "clip.mp4", "-o", "dropout", "--no-outputs",
+                 "--no-heatmap", cwd=work)
+    assert result.returncode == 1, result.stderr
+    assert "source dropout stopped early" in result.stderr
+    assert "Traceback" not in result.stderr
+    summary = json.loads((work / "dropout" / "summary.json").read_text())
+    assert summary["streams"]["clip"]["frames"] == FRAMES
+    assert summary["streams"]["clip"]["source_error"] is None
+    assert 0 < summary["streams"]["dropout"]["frames"] <= 8  # at most the intact frames
+    assert "dropout.mp4" in summary["streams"]["dropout"]["source_error"]
+    assert re.search(r"^dropout: .*STOPPED EARLY", result.stdout, re.M), result.stdout
+
+
 def test_bench_delegates_to_the_benchmark(tmp_path):
     result = cli("bench", "--help", cwd=tmp_path)
     if "not part of this installation" in result.stderr:

@@ -17,7 +17,7 @@ import deltaconvert.predict
 from deltaconvert.errors import InvalidArgument, VideoError
 from deltaconvert.sinks import DEFAULT_FPS, FrameRows, HeatmapVideo, new_run_folder
 from deltaconvert.sources import FrameReader, Preprocess, Source, expand_sources
-from deltaconvert.testing import converted_small_net
+from deltaconvert.testing import converted_small_net, write_breaking_clip
 from deltaconvert.video import to_model_input
 
 FRAMES, HEIGHT, WIDTH = 7, 24, 32
@@ -221,3 +221,26 @@ def test_heatmap_video_refuses_a_rate_that_is_not_positive(tmp_path):
     for fps in (0, -5, float("nan")):
         with pytest.raises(InvalidArgument, match="fps of cam.mp4 must be a finite number > 0"):
             HeatmapVideo(tmp_path / "cam.mp4", fps=fps)
+
+
+def test_a_failing_source_raises_or_ends_alone(clips, tmp_path):
+    """Without on_error a decoding error stops the generator; with it, only the failing
+    stream ends (its slot released, the handler told once) and the other stream runs to
+    its end with the outputs it has when run alone."""
+    folder, _ = clips
+    write_breaking_clip(tmp_path / "broken.mp4", (HEIGHT, WIDTH), seed=3)
+    sources = [str(tmp_path / "broken.mp4"), str(folder / "a.mp4")]
+    with pytest.raises(VideoError, match="broken.mp4"):
+        list(deltaconvert.stream(converted_small_net(thresholds=0.01), sources))
+    failures = []
+    results = list(deltaconvert.stream(converted_small_net(thresholds=0.01), sources,
+                                       on_error=lambda name, error: failures.append((name, error))))
+    assert [name for name, _ in failures] == ["broken"]
+    assert isinstance(failures[0][1], VideoError)
+    broken = [r.frame for r in results if r.stream == "broken"]
+    assert broken and broken == list(range(len(broken))) and len(broken) <= 8  # intact ones
+    alone = list(deltaconvert.stream(converted_small_net(thresholds=0.01), str(folder / "a.mp4")))
+    mine = [r for r in results if r.stream == "a"]
+    assert [r.frame for r in mine] == list(range(FRAMES))
+    for r, a in zip(mine, alone, strict=True):
+        torch.testing.assert_close(r.output, a.output, rtol=1e-6, atol=1e-6)
