@@ -165,8 +165,9 @@ class DeltaGraphModule(fx.GraphModule):
         """One eager frame (binds the backend on the first frame of a sequence)."""
         if not self._sequence_started:
             self._runtime = bind_backend(self, self.backend, args, kwargs)
-            self._counters = UpdateCounters(self.delta_ops(), _input_device(args, kwargs))
-            self._counters.attach(self.delta_ops(), self._track_stats)
+            ops = self.delta_ops()
+            self._counters = UpdateCounters(ops, _input_device(args, kwargs))
+            self._counters.attach(ops, self._track_stats)
         with torch.no_grad(), self._runtime.frame():
             if self._sequence_started and self._track_stats:
                 self._counters.begin_frame()
