@@ -31,7 +31,7 @@ from .device import DeviceRuntime
 from .kernels import Args, kernel
 from .pointwise import nhwc_state
 from .registry import accelerates
-from .tensors import new_mask, new_values, placeholder, strides4
+from .tensors import new_mask, new_values, placeholder, strides4, vector_layout
 
 # conv_gemm mode bits (conv.cu)
 # 16-byte tile loads where layout and alignment allow (DELTACONVERT_CUDA_VECTOR_LOADS=0: off).
@@ -59,9 +59,7 @@ def vector_rows(values: torch.Tensor, channels: int) -> bool:
     channels: NHWC-contiguous channels, ``channels`` a multiple of the vector width (8
     fp16 / 4 fp32) and 16-byte aligned pixels."""
     width = 16 // values.element_size()
-    n, c, h, w = strides4(values)
-    return (VECTOR_LOADS and c == 1 and channels % width == 0 and n % width == 0
-            and h % width == 0 and w % width == 0 and values.data_ptr() % 16 == 0)
+    return VECTOR_LOADS and channels % width == 0 and vector_layout(values, width)
 
 
 def gemm_mode(values: torch.Tensor, weight: torch.Tensor, cin_g: int, cout_g: int) -> int:
@@ -162,7 +160,7 @@ class ConvKernel(Accelerated):
             finish = Args(layer).ints(n, oh, ow, cout, splits).ptr(ws).ptr(om).extend(epilogue)
             kernel(self.runtime, "conv", "conv_split_sum", d.dtype)((-(-total // BLOCK), 1, 1),
                                                                     (BLOCK, 1, 1), finish)
-        extras: dict[str, Any] = {"counted_by": op} if counter is not None else {}
+        extras = op.counted_extras(counter)
         if fused:
             extras["fused"] = Fused(self.consumer[0], [Delta(out, om)], [1.0], lin=False)
         return Delta(out, om, extras)

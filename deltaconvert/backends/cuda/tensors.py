@@ -135,21 +135,21 @@ def list_grid(pixels: int, lanes: int, threads: int = BLOCK
 VECTOR_CHANNELS = 4  # channels of one vector load in the per-pixel kernels (pointwise.cu)
 
 
+def vector_layout(t: torch.Tensor, width: int, target: Sequence[int] | None = None) -> bool:
+    """Whether ``t`` (addressed as ``target``, default its own shape) can be read in
+    vectors of ``width`` consecutive channels: channel stride 1, pixel strides multiples
+    of ``width`` (0 where broadcast) and an address aligned to ``width`` elements."""
+    n, c, h, w = strides4(t, target)
+    return (c == 1 and not any(s % width for s in (n, h, w))
+            and t.data_ptr() % (width * t.element_size()) == 0)
+
+
 def channel_vectors(shape: Sequence[int], *tensors: torch.Tensor | None) -> bool:
     """Whether the per-pixel kernels may load 4 consecutive channels at once from every
-    tensor of ``tensors`` (None: absent) addressed as ``shape``: C a multiple of 4, and in
-    every tensor channel stride 1, pixel strides multiples of 4 (0 where broadcast) and
-    a 4-element-aligned address."""
-    if shape4(shape)[1] % VECTOR_CHANNELS:
-        return False
-    for t in tensors:
-        if t is None:
-            continue
-        n, c, h, w = strides4(t, shape)
-        if (c != 1 or any(s % VECTOR_CHANNELS for s in (n, h, w))
-                or t.data_ptr() % (VECTOR_CHANNELS * t.element_size())):
-            return False
-    return True
+    tensor of ``tensors`` (None: absent) addressed as ``shape``: C a multiple of 4 and
+    :func:`vector_layout` for each tensor."""
+    return (shape4(shape)[1] % VECTOR_CHANNELS == 0
+            and all(vector_layout(t, VECTOR_CHANNELS, shape) for t in tensors if t is not None))
 
 
 def as_nhwc(t: torch.Tensor) -> torch.Tensor:
