@@ -128,8 +128,14 @@ class DeltaOp(nn.Module):
 
     def counter_for_kernel(self) -> torch.Tensor | None:
         """The counter a kernel writing this op's output mask adds its updated pixels to
-        (None: statistics off); the Delta it returns then carries ``counted_by=self``."""
+        (None: statistics off); the Delta it returns then carries :meth:`counted_extras`."""
         return self.update_counter if self.track_stats else None
+
+    def counted_extras(self, counter: torch.Tensor | None) -> dict[str, Any]:
+        """The extras of a Delta whose mask a kernel counted into ``counter`` (from
+        :meth:`counter_for_kernel`): ``counted_by=self`` tells :meth:`_record` not to
+        count it again; empty when nothing was counted."""
+        return {"counted_by": self} if counter is not None else {}
 
     @property
     def state(self) -> dict[str, Any]:

@@ -68,7 +68,7 @@ class SparsifyKernel(Accelerated):
         counter = op.counter_for_kernel() if op.ready is None else None
         args.ints(op.dilation).tensor(out, strides4(out)).ptr(om).ptr(counter)
         kernel(self.runtime, "sparsify", "sparsify_apply", x.dtype)(grid, block, args)
-        return Delta(out, om, {"counted_by": op} if counter is not None else {})
+        return Delta(out, om, op.counted_extras(counter))
 
 
 @accelerates(Densify)

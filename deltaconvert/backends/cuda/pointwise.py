@@ -111,7 +111,7 @@ def linear(runtime: DeviceRuntime, op: DeltaOp, operands: Sequence[Delta], coefs
     counter = op.counter_for_kernel()
     args.tensor(out, strides4(out)).ptr(om).ptr(counter)
     kernel(runtime, "pointwise", "pw_linear", dtype)(grid, block, args)
-    return Delta(out, om, {"counted_by": op} if counter is not None else {})
+    return Delta(out, om, op.counted_extras(counter))
 
 
 def accumulate(runtime: DeviceRuntime, layer: str, d: Delta, acc: torch.Tensor) -> None:
@@ -154,7 +154,7 @@ def truncate(runtime: DeviceRuntime, op: DeltaOp, dtype: torch.dtype, out_shape:
     counter = op.counter_for_kernel()
     args.tensor(out, strides4(out)).ptr(om).ptr(counter).ptr(work.counter).ints(int(vec))
     kernel(runtime, "pointwise", "pw_truncate", dtype)(grid, block, args)
-    return Delta(out, om, {"counted_by": op} if counter is not None else {})
+    return Delta(out, om, op.counted_extras(counter))
 
 
 def nhwc_state(op: DeltaOp) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -309,10 +309,8 @@ class LinearPointwise(Accelerated):
                 mask = mask | other.mask
             mask = mask.expand(mask_shape(tuple(out_shape)))
             counter = op.counter_for_kernel()  # counted by the consumer's kernel
-            extras: dict[str, Any] = {"fused": Fused(self.consumer[0], operands, coefs, True, scale,
-                                                     counter)}
-            if counter is not None:
-                extras["counted_by"] = op
+            extras = {"fused": Fused(self.consumer[0], operands, coefs, True, scale, counter),
+                      **op.counted_extras(counter)}
             return Delta(placeholder(out_shape, dtype, self.runtime.device), mask, extras)
         return linear(self.runtime, op, operands, coefs, scale, out_shape)
 
