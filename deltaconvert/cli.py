@@ -178,7 +178,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from .bench.timing import timed
+    from .timing import timed
     from .files import write_text_atomic
     from .metrics import relative_error
     from .predict import stream_sources

@@ -71,7 +71,8 @@ def run(args: argparse.Namespace, count: int, device: torch.device) -> dict:
     import torchvision
 
     from deltaconvert import StreamPool, convert
-    from deltaconvert.bench.timing import GraphReplay, synchronize
+    from deltaconvert.bench.timing import GraphReplay
+    from deltaconvert.timing import synchronize
     dtype = torch.float16 if args.dtype == "fp16" else torch.float32
     torch.manual_seed(0)
     net = torchvision.models.get_model(args.arch, weights=None).eval().to(device)

@@ -41,7 +41,7 @@ from deltaconvert.bench.data import (
 )
 from deltaconvert.bench.models import MODELS, build_model
 from deltaconvert.bench.runners import PRECISIONS, DenseRunner
-from deltaconvert.bench.timing import frame_times
+from deltaconvert.timing import frame_times
 from deltaconvert.convert import convert
 from deltaconvert.files import write_text_atomic
 from deltaconvert.thresholds import ThresholdConfig

@@ -18,7 +18,8 @@ import warnings
 import torch
 
 from deltaconvert.architectures import build_architecture, calibrate_batch_norm
-from deltaconvert.bench.timing import GraphReplay, frame_times
+from deltaconvert.bench.timing import GraphReplay
+from deltaconvert.timing import frame_times
 from deltaconvert.convert import convert
 from deltaconvert.synthetic import synthetic_video
 

@@ -8,8 +8,8 @@
 * :mod:`~deltaconvert.bench.stage`: copies every input the benchmark reads into one folder;
 * :mod:`~deltaconvert.bench.models`: the models it runs;
 * :mod:`~deltaconvert.bench.runners`: how each runner is run and measured;
-* :mod:`~deltaconvert.bench.timing`: the timing harness (CUDA-graph replay of a dense
-  model, per-frame times) shared by the benchmark, the demo and the profiling scripts;
+* :mod:`~deltaconvert.bench.timing`: the dense baselines' CUDA-graph replay (per-call
+  timing is the library's :mod:`deltaconvert.timing`);
 * :mod:`~deltaconvert.bench.streams`: N independent streams of one clip in one batch;
 * :mod:`~deltaconvert.bench.unchanged`: the unchanged frame, measured around the model call;
 * :mod:`~deltaconvert.bench.fit`: the fitted cost ``ms ≈ a + b·work`` of a delta model;

@@ -33,7 +33,7 @@ from ..video import iter_frames, sample_clip_path
 from ..weights import mobilenet_v2_embedder
 from .data import configs_dir
 from .runners import PRECISIONS, DenseRunner
-from .timing import timed
+from ..timing import timed
 
 TUNED_CONFIG = "mobilenet_v2.yaml"
 CPU_SIZE = (144, 256)

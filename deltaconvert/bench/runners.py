@@ -34,7 +34,8 @@ import torch
 from torch import nn
 
 from ..metrics import main_output, pooled, relative_error
-from .timing import GraphReplay, frame_times, synchronize
+from ..timing import frame_times, synchronize
+from .timing import GraphReplay
 
 MODES = ("eager", "graph", "compile")
 

@@ -1,29 +1,14 @@
-"""The timing harness shared by the benchmark, the demo, ``deltaconvert run`` and the
-profiling scripts: a dense forward replayed from a CUDA graph, and milliseconds per call.
-
-* :class:`GraphReplay`: a callable captured once in a CUDA graph; each call copies its
-  input into the captured input and replays the graph.
-* :func:`frame_times`: milliseconds of every call over a sequence of frames, CUDA events
-  recorded around each call on the current stream and read once at the end (no
-  synchronisation between frames), ``time.perf_counter`` on a CPU.
-* :func:`host_times`: host wall time of every call, no synchronisation;
-* :func:`timed`: one call and its milliseconds, synchronising with the device before and
-  after (for loops that need each output before the next frame).
+"""The dense baselines' CUDA-graph replay (:class:`GraphReplay`): a callable captured once
+in a CUDA graph; each call copies its input into the captured input and replays the
+graph. Per-call timing is :mod:`deltaconvert.timing`.
 """
 from __future__ import annotations
 
-import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import torch
 
 WARMUP_CALLS = 3  # calls on a side stream before capture (cuDNN autotuning, allocator)
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for all work on ``device`` (nothing to wait for on a CPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class GraphReplay:
@@ -55,44 +40,3 @@ class GraphReplay:
         self.static_in.copy_(x)
         self.graph.replay()
         return self.static_out
-
-
-def frame_times(fn: Callable[[torch.Tensor], Any], frames: Sequence[torch.Tensor],
-                device: torch.device) -> list[float]:
-    """Milliseconds of ``fn(frame)`` for every frame, in order. On a GPU, CUDA events
-    recorded around each call on the current stream and read after the last one (so the
-    host may run ahead of the device, as in a video pipeline); on a CPU, wall time."""
-    if device.type != "cuda":
-        return host_times(fn, frames, device)
-    synchronize(device)
-    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-              for _ in frames]
-    for frame, (start, end) in zip(frames, events):
-        start.record()
-        fn(frame)
-        end.record()
-    synchronize(device)
-    return [start.elapsed_time(end) for start, end in events]
-
-
-def host_times(fn: Callable[[torch.Tensor], Any], frames: Sequence[torch.Tensor],
-               device: torch.device) -> list[float]:
-    """Milliseconds of host wall time for each ``fn(frame)`` to return, after one
-    synchronisation before the first; none between calls, so on a GPU this is the host
-    side of each call (a call waits for the device only once its launch queue is full)."""
-    synchronize(device)
-    times = []
-    for frame in frames:
-        start = time.perf_counter()
-        fn(frame)
-        times.append((time.perf_counter() - start) * 1e3)
-    return times
-
-
-def timed(device: torch.device, fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
-    """``(fn(*args), milliseconds)``, synchronising with a CUDA device before and after."""
-    synchronize(device)
-    start = time.perf_counter()
-    out = fn(*args)
-    synchronize(device)
-    return out, (time.perf_counter() - start) * 1e3

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from .runners import DeltaRunner
-from .timing import frame_times, host_times, timed
+from ..timing import frame_times, host_times, timed
 
 WARMUP_CALLS = 5
 

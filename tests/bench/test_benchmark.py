@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from deltaconvert.bench import data, timing
+from deltaconvert import timing
+from deltaconvert.bench import data
+from deltaconvert.bench.timing import GraphReplay
 from deltaconvert.errors import DeltaConvertError
 
 
@@ -222,7 +224,7 @@ def test_frame_times_and_timed_on_the_cpu():
     out, ms = timing.timed(torch.device("cpu"), lambda a, b: a + b, 2, 3)
     assert out == 5 and ms >= 0
     with pytest.raises(RuntimeError, match="CUDA graph needs a CUDA tensor"):
-        timing.GraphReplay(lambda x: x, torch.zeros(1))
+        GraphReplay(lambda x: x, torch.zeros(1))
 
 
 def test_only_the_command_line_imports_the_bench_package():

@@ -17,7 +17,7 @@ ROOT = Path(deltaconvert.__file__).parent
 # Bottom to top. A unit is a top-level module or a sub-package of deltaconvert; ""
 # is the package's own __init__ (the public API).
 FLOORS: list[set[str]] = [
-    {"version", "errors", "files", "layers", "synthetic"},
+    {"version", "errors", "files", "layers", "synthetic", "timing"},
     {"validation", "delta"},
     {"metrics", "ops"},
     {"graph", "backends", "stats"},
@@ -26,7 +26,7 @@ FLOORS: list[set[str]] = [
     {"thresholds", "video", "weights", "architectures", "heatmap", "frontends", "streams"},
     {"sources", "serving"},
     {"serialization", "convert", "tune", "sinks"},
-    {"predict"},
+    {"predict", "dense_tail"},
     {"", "testing", "serve"},
     {"bench"},
     {"cli"},
