@@ -10,6 +10,7 @@
 """
 from .convert import DenseFallbackWarning, convert  # noqa: E402
 from .delta import Delta  # noqa: E402
+from .dense_tail import DenseTailPlan, plan_dense_tail  # noqa: E402
 from .errors import (  # noqa: E402
                      BackendUnavailable,
                      CheckpointError,
@@ -34,6 +35,7 @@ from .version import __version__  # noqa: E402
 __all__ = [
     "__version__",
     "convert", "save", "load", "DeltaGraphModule", "Delta", "ThresholdConfig", "load_thresholds",
+    "plan_dense_tail", "DenseTailPlan",
     "stream", "Result", "StreamPool", "PoolFull",
     "register_delta_op", "register_leaf_module", "DenseFallbackWarning",
     "DeltaConvertError", "TraceFailure", "UnsupportedOp", "SequenceMismatch", "ConfigError",

@@ -105,10 +105,24 @@ def cmd_convert(args: argparse.Namespace) -> int:
     else:
         model = build_architecture(args.arch, num_classes=args.num_classes)
         weights = "random init (--random-init)"
+    plan = None
+    if args.dense_tail is not None:
+        from .dense_tail import plan_dense_tail
+        device = _device(args.device)
+        frames = _video_frames(args.dense_tail, args.tail_size, args.tail_frames, device)
+        dtype = {"fp16": torch.float16, "fp32": torch.float32}[
+            args.tail_dtype or ("fp16" if device.type == "cuda" else "fp32")]
+        plan = plan_dense_tail(model, frames, thresholds, error_budget=args.tail_budget, dtype=dtype)
+        print(f"dense tails measured on {args.dense_tail.name} ({len(frames)} frames "
+              f"{frames[0].shape[-2]}x{frames[0].shape[-1]}, {str(dtype).removeprefix('torch.')}, "
+              f"{device}):\n{plan.table()}")
+        thresholds = plan.config
     height, width = args.input_size
     delta = convert(model, torch.randn(1, 3, height, width, generator=torch.Generator().manual_seed(0)),
                     thresholds=thresholds, architecture=args.arch)
     delta.conversion.update({"weights": weights, "input_size": [height, width]})
+    if plan is not None:
+        delta.conversion["dense_tail"] = plan.config.metadata["dense_tail"]
     save(delta, args.output)
     print(f"converted {args.arch} ({len(delta.delta_ops())} delta ops, {len(delta.thresholds)} "
           f"thresholds, {len(delta.dense_islands)} dense islands) → {args.output}")
@@ -397,6 +411,21 @@ def build_parser() -> argparse.ArgumentParser:
                          help="number of classes of the checkpoint's head, if not the default")
     convert.add_argument("-o", "--output", type=Path, required=True, help="model file to write "
                                                                           "(e.g. resnet18.delta.pt)")
+    tail = convert.add_argument_group(
+        "dense tail", "measure on a clip which suffix of the model runs faster dense than as "
+                      "deltas, and convert with it forced dense (see deltaconvert.dense_tail)")
+    tail.add_argument("--dense-tail", type=Path, metavar="VIDEO",
+                      help="calibration clip of the deployment's kind (camera, scene)")
+    tail.add_argument("--tail-frames", type=positive_int, default=12,
+                      help="consecutive frames to measure (default 12, at least 5)")
+    tail.add_argument("--tail-size", type=input_size, metavar="HxW",
+                      help="frame size to measure at (default: the clip's own)")
+    tail.add_argument("--tail-budget", type=positive_float, metavar="ERROR",
+                      help="largest clip error (mean relative L2 of the outputs against the "
+                           "dense model) a chosen tail may have (default: no limit)")
+    tail.add_argument("--tail-dtype", choices=("fp16", "fp32"),
+                      help="precision to measure in (default fp16 on a GPU, fp32 on a CPU)")
+    tail.add_argument("--device", default="auto", help="auto (GPU if available), cpu, cuda …")
     convert.set_defaults(handler=cmd_convert)
 
     run = commands.add_parser(

