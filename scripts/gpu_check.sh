@@ -13,6 +13,10 @@
 #    scripts/bench.py --quick unless BENCH=0, on the clips and weights staged in .gpu-data/
 #    (scripts/stage_gpu_data.sh) and the tuned thresholds of configs/;
 # 5. prints a summary table last.
+# The GPU suite takes about 10 minutes (the whole-architecture tests about 7 of them): where
+# one command may run 10 minutes, split it over two calls with PYTEST_ARGS='-k "not
+# test_model_matches_dense"' and PYTEST_ARGS='-k test_model_matches_dense' (SANITIZER=0
+# PROBE=0 BENCH=0 for the second).
 # Logs and JSON go to $OUT (default /tmp/gpu_check). Extra arguments, parsed as shell words
 # (quote inside them): PYTEST_ARGS (GPU suite), SANITIZER_ARGS (e.g. '-k "conv2d or fused"'),
 # PROBE_ARGS (speed probe, e.g. '--frames 20 --profile').
