@@ -187,13 +187,15 @@ def plan_dense_tail(model: nn.Module, frames: Sequence[torch.Tensor],
     with torch.no_grad():
         references = [dense_model(x) for x in xs]
     del dense_model
-    probe = _prepare(_convert(model, example, config, backend, False), device, dtype)
-    ops = [(name, macs) for name, macs in op_macs(probe, xs[0]) if name not in config.dense]
-    del probe
+    untailed = _prepare(_convert(model, example, config, backend, cuda_graph), device, dtype)
+    ops = [(name, macs) for name, macs in op_macs(untailed, xs[0]) if name not in config.dense]
     candidates = []
-    for names, share in tail_suffixes(ops, fractions):
-        candidate = _prepare(_convert(model, example, with_dense(config, names), backend, cuda_graph),
-                             device, dtype)
+    for names, share in tail_suffixes(ops, sorted(fractions)):  # suffixes are distinct
+        if names:
+            candidate = _prepare(_convert(model, example, with_dense(config, names), backend,
+                                          cuda_graph), device, dtype)
+        else:  # no tail: the model converted above
+            candidate, untailed = untailed, None
         ms, error, work = measure(candidate, xs, references)
         candidates.append(TailCandidate(names, share, ms, error, work))
         del candidate
