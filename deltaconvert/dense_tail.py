@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import statistics
 import warnings
 from dataclasses import dataclass
@@ -119,6 +120,15 @@ def _frames(frames: Sequence[torch.Tensor], device: torch.device, dtype: torch.d
         memory_format=torch.channels_last if f.dim() == 4 else torch.contiguous_format) for f in frames]
 
 
+def _example(model: nn.Module, shape: torch.Size) -> torch.Tensor:
+    """A tracing input of ``shape`` on the device and in the dtype of ``model``'s first
+    parameter (or buffer; float32 on the CPU for a model with neither)."""
+    tensor = next(itertools.chain(model.parameters(), model.buffers()), None)
+    if tensor is None:
+        return torch.zeros(shape)
+    return torch.zeros(shape, dtype=tensor.dtype, device=tensor.device)
+
+
 def _convert(model: nn.Module, example: torch.Tensor, config: ThresholdConfig, backend: str,
              cuda_graph: bool) -> DeltaGraphModule:
     with warnings.catch_warnings():
@@ -182,7 +192,7 @@ def plan_dense_tail(model: nn.Module, frames: Sequence[torch.Tensor],
         cuda_graph = device.type == "cuda"
     config = load_thresholds(thresholds)
     xs = _frames(frames, device, dtype)
-    example = torch.zeros(frames[0].shape, dtype=torch.float32)
+    example = _example(model, frames[0].shape)
     dense_model = _prepare(copy.deepcopy(model).eval(), device, dtype)
     with torch.no_grad():
         references = [dense_model(x) for x in xs]

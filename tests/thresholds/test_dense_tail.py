@@ -91,3 +91,11 @@ def test_planning_leaves_the_model_unchanged(model, frames):
 def test_too_few_frames_are_refused(model, frames):
     with pytest.raises(InvalidArgument, match="at least 5 frames"):
         plan_dense_tail(model, frames[:4], 0.1)
+
+
+def test_a_float64_model_is_traced_in_its_own_dtype(frames):
+    torch.manual_seed(0)
+    model = SmallNet().eval().double()
+    plan = plan_dense_tail(model, [f.double() for f in frames], 0.1, fractions=(0.0, 1.0),
+                           dtype=torch.float64)
+    assert plan.candidates[-1].error < 1e-12  # every op dense: the model itself
