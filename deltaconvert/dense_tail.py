@@ -112,10 +112,12 @@ def tail_suffixes(ops: Sequence[tuple[str, float]], fractions: Sequence[float]
 
 
 def _prepare(model: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:
+    """``model`` as deployed: on ``device``, in ``dtype``, 4-D weights channels_last."""
     return model.to(device=device, dtype=dtype, memory_format=torch.channels_last)
 
 
 def _frames(frames: Sequence[torch.Tensor], device: torch.device, dtype: torch.dtype) -> list[torch.Tensor]:
+    """The frames as deployed: on ``device``, in ``dtype``, images channels_last."""
     return [f.to(device=device, dtype=dtype).contiguous(
         memory_format=torch.channels_last if f.dim() == 4 else torch.contiguous_format) for f in frames]
 
