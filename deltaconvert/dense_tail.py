@@ -5,8 +5,10 @@ footprint, so the last layers of a network see most of their pixels change on mo
 frames of real video, and there a delta op costs more than the dense op it replaces.
 A *dense tail* runs a suffix of the graph as one dense island (Densify, then the
 original ops), chosen at conversion time through ``ThresholdConfig.dense``; the delta
-ops before it keep their thresholds. A tail never adds error: its ops compute exactly
-what the original model computes on the accumulated input.
+ops before it keep their thresholds. A tail's ops compute what the original model
+computes on the accumulated input, so their truncation error is gone; the clip error
+still changes a little either way (rounding and truncation errors of the other ops no
+longer cancel the same way), which is why every candidate's error is measured.
 
 :func:`plan_dense_tail` chooses the tail by measurement, on the device, dtype and frame
 size it will run at (the break-even is a property of the kernels, the GPU and the
@@ -37,13 +39,13 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from .timing import frame_times
 from .convert import convert
 from .errors import InvalidArgument
 from .metrics import relative_error
 from .model import DeltaGraphModule
 from .ops.boundary import Densify, Sparsify
 from .thresholds import ThresholdConfig, load_thresholds
+from .timing import frame_times
 
 DEFAULT_FRACTIONS = (0.0, 0.3, 0.5, 0.65, 0.8, 0.9, 1.0)
 TIMED_FROM = 3  # frames 0 (dense), 1 (first delta, eager) and 2 (capture) are not timed
