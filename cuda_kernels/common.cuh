@@ -146,6 +146,22 @@ __device__ __forceinline__ int block_list(bool has, int tag, int *list) {
     return base[DC_BLOCK / 32];
 }
 
+// Pixel work lists (backends/cuda/worklist.py). A kernel writing an output mask may also
+// append the pixels it set to a list of its consumers: list[0:*count) holds exactly the
+// set pixels' linear indices (n·H·W + y·W + x), in no particular order; *count is zeroed
+// at the start of each frame. A block appends its `n` entries from shared memory with
+// one atomicAdd: list[base + i] = offset + (entries[i] >> shift) (shift and offset turn
+// block_list tags into pixels). Nothing happens when `list` is null. Every thread of the
+// block must call it; `entries` must be complete (the caller synchronised after writing).
+__device__ __forceinline__ void list_append(const int *entries, int n, int shift, int offset, int *list,
+                                            int *count) {
+    __shared__ int base;
+    if (list == nullptr) return;  // the same pointer for the whole block
+    if (threadIdx.x == 0) base = n ? atomicAdd(count, n) : 0;
+    __syncthreads();
+    for (int i = threadIdx.x; i < n; i += blockDim.x) list[base + i] = offset + (entries[i] >> shift);
+}
+
 // Update counters (statistics, see deltaconvert/stats.py): a kernel that writes an
 // output mask adds how many of its bytes it set to one int32 counter of the op. One
 // global atomic per block whose share is not zero, none when `counter` is null

@@ -194,27 +194,30 @@ __device__ __forceinline__ void gemm_store(int split, float *ws, int N, int OH, 
 }
 
 // One element of the implicit-GEMM A matrix: the input value under reduction index kg
-// for the output pixel whose window starts at (y0, x0), or 0 (padding, masked, k ≥ K).
-__device__ __forceinline__ scalar_t gather_a(int kg, int K, int cin_g, int KW, bool pixel_active,
-                                             int y0, int x0, int dh, int dw, const TileMask &t,
+// for the output pixel of sample n whose window starts at (y0, x0), or 0 (padding,
+// masked, k ≥ K). `taps(iy, ix)`: whether input pixel (iy, ix) is updated (a TileMask,
+// or ListedTaps for the rows of a work list).
+template <typename Taps>
+__device__ __forceinline__ scalar_t gather_a(int kg, int K, int cin_g, int KW, bool pixel_active, int n,
+                                             int y0, int x0, int dh, int dw, const Taps &taps,
                                              const scalar_t *xg, int xN, int xC, int xH, int xW) {
     if (kg >= K || !pixel_active) return from_f<scalar_t>(0.f);
     const int r = kg / cin_g;
     const int ci = kg - r * cin_g;
     const int kh = r / KW;
     const int iy = y0 + kh * dh, ix = x0 + (r - kh * KW) * dw;
-    if (!t(iy, ix)) return from_f<scalar_t>(0.f);
-    return xg[off4(t.n, ci, iy, ix, xN, xC, xH, xW)];
+    if (!taps(iy, ix)) return from_f<scalar_t>(0.f);
+    return xg[off4(n, ci, iy, ix, xN, xC, xH, xW)];
 }
 
 // Vector loads of an A-tile row segment: the vector of reduction indices [k, k + width)
-// (k = k0 + c; 4 floats or 8 halves) for the pixel whose window starts at (y0, x0). With
-// CONV_VECTOR_A, Cin_g is a multiple of the width, so a vector lies in one kernel tap
-// and its channels are contiguous; vectors at k ≥ K (the end of a short reduction, e.g.
-// a 1×1 conv over 16 or 24 channels) are zero.
-template <typename V>
-__device__ __forceinline__ V gather_a_vector(int k0, int K, int cin_g, int KW, bool pixel_active,
-                                             int y0, int x0, int dh, int dw, const TileMask &t, int c,
+// (k = k0 + c; 4 floats or 8 halves) for the pixel of sample n whose window starts at
+// (y0, x0). With CONV_VECTOR_A, Cin_g is a multiple of the width, so a vector lies in
+// one kernel tap and its channels are contiguous; vectors at k ≥ K (the end of a short
+// reduction, e.g. a 1×1 conv over 16 or 24 channels) are zero.
+template <typename V, typename Taps>
+__device__ __forceinline__ V gather_a_vector(int k0, int K, int cin_g, int KW, bool pixel_active, int n,
+                                             int y0, int x0, int dh, int dw, const Taps &taps, int c,
                                              const scalar_t *xg, int xN, int xH, int xW) {
     V v;
     memset(&v, 0, sizeof(V));
@@ -223,8 +226,8 @@ __device__ __forceinline__ V gather_a_vector(int k0, int K, int cin_g, int KW, b
     const int r = k / cin_g;
     const int kh = r / KW;
     const int iy = y0 + kh * dh, ix = x0 + (r - kh * KW) * dw;
-    if (!t(iy, ix)) return v;
-    return *reinterpret_cast<const V *>(xg + t.n * xN + iy * xH + ix * xW + (k - r * cin_g));
+    if (!taps(iy, ix)) return v;
+    return *reinterpret_cast<const V *>(xg + n * xN + iy * xH + ix * xW + (k - r * cin_g));
 }
 
 // Both GEMM paths keep the next reduction chunk's A and B elements in registers: they are
@@ -279,7 +282,7 @@ __device__ __forceinline__ void conv_gemm_cuda_cores(CONV_PARAMS) {
     float a_next[4], b_next[4];
     auto load = [&](int k0) {
         if (mode & CONV_VECTOR_A) {
-            const float4 a = gather_a_vector<float4>(k0, K, cin_g, KW, vok, vy, vx, dh, dw, t, 4 * (tid & 3),
+            const float4 a = gather_a_vector<float4>(k0, K, cin_g, KW, vok, t.n, vy, vx, dh, dw, t, 4 * (tid & 3),
                                                      reinterpret_cast<const scalar_t *>(xg), xN, xH, xW);
             a_next[0] = to_f(a.x);
             a_next[1] = to_f(a.y);
@@ -288,7 +291,7 @@ __device__ __forceinline__ void conv_gemm_cuda_cores(CONV_PARAMS) {
         } else {
 #pragma unroll
             for (int i = 0; i < 4; ++i)
-                a_next[i] = to_f(gather_a(k0 + kk, K, cin_g, KW, (pok >> i) & 1, sy + 2 * i * sh, sx, dh, dw,
+                a_next[i] = to_f(gather_a(k0 + kk, K, cin_g, KW, (pok >> i) & 1, t.n, sy + 2 * i * sh, sx, dh, dw,
                                           t, xg, xN, xC, xH, xW));
         }
         const int kgb = k0 + vb;
@@ -357,9 +360,104 @@ __device__ __forceinline__ void conv_gemm_cuda_cores(CONV_PARAMS) {
 
 // Tensor-core implicit GEMM (fp16 models). 8 warps: 4 along the pixels × 2 along the
 // output channels, each computing 16 pixels × 32 channels with two 16×16 fragments.
+//
+// tc_gemm is the GEMM of one block's 64 rows (output pixels) × 64 output channels over
+// its part of K, and its epilogue; the row sources call it:
+//   conv_gemm_tensor_cores  rows = the 8×8 tile of blockIdx.x (any conv configuration);
+//   conv_gemm_listed        rows = 64 consecutive entries of a pixel work list (1×1,
+//                           stride 1, unpadded, 16-byte A rows; see conv_gemm_listed).
+// `fetch(k0)` loads the block's A elements of the reduction chunk starting at k0 into
+// the caller's registers and `stage()` writes them to As; `row_at(p)` is row p's output
+// pixel, computed where active[p].
+struct RowCoord {
+    int n, oy, ox;
+};
+
+template <typename T>
+struct TcTiles {
+    T (*As)[TC_LDA];
+    T (*Bs)[TC_LDB];
+    float (*Cs)[TC_LDC];
+};
+
+template <typename T, bool SPLIT, typename Fetch, typename Stage, typename RowAt>
+__device__ __forceinline__ void tc_gemm(const GemmBlock &gb, int split, const TcTiles<T> &s, const bool *active,
+                                        Fetch fetch, Stage stage, RowAt row_at, const T *wg, int mode, int N,
+                                        int OH, int OW, int Cout, float *ws, scalar_t *out, int oN, int oC,
+                                        int oH, int oW, float *acc, int aN, int aC, int aH, int aW) {
+    using namespace nvcuda;
+    const int tid = threadIdx.x;
+    const int warp = tid >> 5, warp_m = warp & 3, warp_n = warp >> 2;
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> c[2];
+    wmma::fill_fragment(c[0], 0.f);
+    wmma::fill_fragment(c[1], 0.f);
+
+    // B loads: weight row vb = tid/8 takes output channels 8·(tid%8)..+7.
+    const int vb = tid >> 3, vco = gb.co0 + 8 * (tid & 7);
+    const bool vector_b = (mode & CONV_VECTOR_B) && vco + 8 <= gb.cout_g;
+    uint4 b_vec;
+    T b_next[8];
+    auto fetch_b = [&](int k0) {
+        const int kgb = k0 + vb;
+        if (vector_b) {
+            b_vec = kgb < gb.K ? *reinterpret_cast<const uint4 *>(wg + (size_t)kgb * gb.cout_g + vco)
+                               : make_uint4(0, 0, 0, 0);
+        } else {
+#pragma unroll
+            for (int j = 0; j < 8; ++j)
+                b_next[j] = (kgb < gb.K && vco + j < gb.cout_g) ? wg[(size_t)kgb * gb.cout_g + vco + j]
+                                                                 : from_f<T>(0.f);
+        }
+    };
+    if (!SPLIT || gb.k_begin < gb.k_end) {  // an empty split stores zeros
+        fetch(gb.k_begin);
+        fetch_b(gb.k_begin);
+    }
+    for (int k0 = gb.k_begin; k0 < gb.k_end; k0 += TC_K) {
+        stage();
+        if (vector_b) {
+            *reinterpret_cast<uint4 *>(&s.Bs[vb][8 * (tid & 7)]) = b_vec;
+        } else {
+#pragma unroll
+            for (int j = 0; j < 8; ++j) s.Bs[vb][8 * (tid & 7) + j] = b_next[j];
+        }
+        __syncthreads();
+        if (k0 + TC_K < gb.k_end) {
+            fetch(k0 + TC_K);
+            fetch_b(k0 + TC_K);
+        }
+#pragma unroll
+        for (int ks = 0; ks < TC_K; ks += 16) {
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;
+            wmma::load_matrix_sync(a, &s.As[warp_m * 16][ks], TC_LDA);
+#pragma unroll
+            for (int j = 0; j < 2; ++j) {
+                wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> b;
+                wmma::load_matrix_sync(b, &s.Bs[ks][warp_n * 32 + j * 16], TC_LDB);
+                wmma::mma_sync(c[j], a, b, c[j]);
+            }
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int j = 0; j < 2; ++j)
+        wmma::store_matrix_sync(&s.Cs[warp_m * 16][warp_n * 32 + j * 16], c[j], TC_LDC, wmma::mem_row_major);
+    __syncthreads();
+    const int co = tid & 63;
+    if (gb.co0 + co < gb.cout_g) {
+#pragma unroll 4
+        for (int i = 0; i < 16; ++i) {
+            const int p = (tid >> 6) + 4 * i;
+            if (!active[p]) continue;
+            const RowCoord r = row_at(p);
+            gemm_store<SPLIT>(split, ws, N, OH, OW, Cout, mode, s.Cs[p][co], r.n, gb.grp * gb.cout_g + gb.co0 + co,
+                              r.oy, r.ox, out, oN, oC, oH, oW, acc, aN, aC, aH, aW);
+        }
+    }
+}
+
 template <typename T, bool SPLIT>
 __device__ __forceinline__ void conv_gemm_tensor_cores(CONV_PARAMS) {
-    using namespace nvcuda;
     __shared__ bool active[TILE_P];
     __shared__ mask_t foot[FOOT_MAX];
     __shared__ __align__(32) T As[TILE_P][TC_LDA];
@@ -372,7 +470,6 @@ __device__ __forceinline__ void conv_gemm_tensor_cores(CONV_PARAMS) {
     if (!tile_output_mask(t, OH, OW, KH, KW, sh, sw, pt, pl, dh, dw, om, counter, active)) return;
     const GemmBlock gb = gemm_block<SPLIT>(Cin, Cout, groups, KH, KW, splits, slice.split);
     const T *xg = x + gb.grp * gb.cin_g * xC;
-    const T *wg = wp + (size_t)gb.grp * gb.K * gb.cout_g;
 
     // Scalar A loads: reduction column kk for pixels (tid / 32) + 8·i, i.e. tile row i of
     // column tid / 32; bit i of `pok`: that pixel is active.
@@ -381,83 +478,85 @@ __device__ __forceinline__ void conv_gemm_tensor_cores(CONV_PARAMS) {
     unsigned pok = 0;
 #pragma unroll
     for (int i = 0; i < 8; ++i) pok |= (unsigned)active[(tid >> 5) + 8 * i] << i;
-    const int warp = tid >> 5, warp_m = warp & 3, warp_n = warp >> 2;
-    wmma::fragment<wmma::accumulator, 16, 16, 16, float> c[2];
-    wmma::fill_fragment(c[0], 0.f);
-    wmma::fill_fragment(c[1], 0.f);
-
-    // Vector loads: pixel tid/4 takes channels 8·(tid%4)..+7 of the chunk; weight row
-    // vb = tid/8 takes output channels 8·(tid%8)..+7 (also the scalar B mapping).
+    // Vector loads: pixel tid/4 takes channels 8·(tid%4)..+7 of the chunk.
     const int vp = tid >> 2;
     const bool vok = active[vp];
     const int vy = (t.ty0 + vp / TILE) * sh - pt, vx = (t.tx0 + vp % TILE) * sw - pl;
-    const int vb = tid >> 3, vco = gb.co0 + 8 * (tid & 7);
-    const bool vector_b = (mode & CONV_VECTOR_B) && vco + 8 <= gb.cout_g;
-    uint4 a_vec, b_vec;
-    T a_next[8], b_next[8];
-    auto load = [&](int k0) {
+    uint4 a_vec;
+    T a_next[8];
+    auto fetch = [&](int k0) {
         if (mode & CONV_VECTOR_A) {
-            a_vec = gather_a_vector<uint4>(k0, gb.K, gb.cin_g, KW, vok, vy, vx, dh, dw, t, 8 * (tid & 3), xg,
-                                           xN, xH, xW);
+            a_vec = gather_a_vector<uint4>(k0, gb.K, gb.cin_g, KW, vok, t.n, vy, vx, dh, dw, t, 8 * (tid & 3),
+                                           xg, xN, xH, xW);
         } else {
 #pragma unroll
             for (int i = 0; i < 8; ++i)
-                a_next[i] = gather_a(k0 + kk, gb.K, gb.cin_g, KW, (pok >> i) & 1, sy + i * sh, sx, dh, dw, t,
-                                     xg, xN, xC, xH, xW);
-        }
-        const int kgb = k0 + vb;
-        if (vector_b) {
-            b_vec = kgb < gb.K ? *reinterpret_cast<const uint4 *>(wg + (size_t)kgb * gb.cout_g + vco)
-                               : make_uint4(0, 0, 0, 0);
-        } else {
-#pragma unroll
-            for (int j = 0; j < 8; ++j)
-                b_next[j] = (kgb < gb.K && vco + j < gb.cout_g) ? wg[(size_t)kgb * gb.cout_g + vco + j]
-                                                                 : from_f<T>(0.f);
+                a_next[i] = gather_a(k0 + kk, gb.K, gb.cin_g, KW, (pok >> i) & 1, t.n, sy + i * sh, sx, dh, dw,
+                                     t, xg, xN, xC, xH, xW);
         }
     };
-    if (!SPLIT || gb.k_begin < gb.k_end) load(gb.k_begin);  // an empty split stores zeros
-    for (int k0 = gb.k_begin; k0 < gb.k_end; k0 += TC_K) {
+    auto stage = [&]() {
         if (mode & CONV_VECTOR_A) {
             *reinterpret_cast<uint4 *>(&As[vp][8 * (tid & 3)]) = a_vec;
         } else {
 #pragma unroll
             for (int i = 0; i < 8; ++i) As[(tid >> 5) + 8 * i][kk] = a_next[i];
         }
-        if (vector_b) {
-            *reinterpret_cast<uint4 *>(&Bs[vb][8 * (tid & 7)]) = b_vec;
-        } else {
-#pragma unroll
-            for (int j = 0; j < 8; ++j) Bs[vb][8 * (tid & 7) + j] = b_next[j];
+    };
+    auto row_at = [&](int p) { return RowCoord{t.n, t.ty0 + p / TILE, t.tx0 + p % TILE}; };
+    tc_gemm<T, SPLIT>(gb, slice.split, TcTiles<T>{As, Bs, Cs}, active, fetch, stage, row_at,
+                      wp + (size_t)gb.grp * gb.K * gb.cout_g, mode, N, OH, OW, Cout, ws, out, oN, oC, oH, oW,
+                      acc, aN, aC, aH, aW);
+}
+
+// The input taps of a listed row: a 1×1, stride-1, unpadded conv reads exactly its output
+// pixel, which is on the list because it is set in the input mask.
+struct ListedTaps {
+    __device__ __forceinline__ bool operator()(int, int) const { return true; }
+};
+
+// conv_gemm over a pixel work list (see "Pixel work lists" in common.cuh): the rows of
+// the GEMM are the listed pixels list[0:*count), 64 per row tile, so a block's rows are
+// all updated pixels however scattered they are, and no block scans the mask. Only for
+// 1×1, stride-1, unpadded convs (the output mask is the input mask: the host hands the
+// input's mask and list on) with CONV_VECTOR_A, fp16 (tensor cores). A persistent grid
+// (gridDim.x row-tile slots × output-channel blocks) loops over the row tiles; an empty
+// list costs each block one load. `counter` (statistics) gets *count once.
+template <typename T>
+__device__ __forceinline__ void conv_gemm_listed_tc(CONV_PARAMS, const int *list, const int *count) {
+    __shared__ bool active[TILE_P];
+    __shared__ RowCoord rows[TILE_P];
+    __shared__ __align__(32) T As[TILE_P][TC_LDA];
+    __shared__ __align__(32) T Bs[TC_K][TC_LDB];
+    __shared__ __align__(32) float Cs[TILE_P][TC_LDC];
+
+    const int tid = threadIdx.x, listed = *count;
+    if (counter && tid == 0 && blockIdx.x == 0 && blockIdx.y == 0 && listed) atomicAdd(counter, listed);
+    const GemmBlock gb = gemm_block<false>(Cin, Cout, groups, KH, KW, 1, 0);
+    const T *xg = x + gb.grp * gb.cin_g * xC;
+    const ListedTaps taps;
+    const int vp = tid >> 2;  // pixel tid/4 takes channels 8·(tid%4)..+7 of the chunk
+    uint4 a_vec;
+    RowCoord vr{0, 0, 0};
+    auto fetch = [&](int k0) {
+        a_vec = gather_a_vector<uint4>(k0, gb.K, gb.cin_g, KW, active[vp], vr.n, vr.oy, vr.ox, dh, dw, taps,
+                                       8 * (tid & 3), xg, xN, xH, xW);
+    };
+    auto stage = [&]() { *reinterpret_cast<uint4 *>(&As[vp][8 * (tid & 3)]) = a_vec; };
+    auto row_at = [&](int p) { return rows[p]; };
+    for (int r0 = blockIdx.x * TILE_P; r0 < listed; r0 += gridDim.x * TILE_P) {
+        if (tid < TILE_P) {
+            const bool on = r0 + tid < listed;
+            const Pixel q = pixel_at(on ? list[r0 + tid] : 0, OH, OW);
+            rows[tid] = RowCoord{q.n, q.y, q.x};
+            active[tid] = on;
         }
         __syncthreads();
-        if (k0 + TC_K < gb.k_end) load(k0 + TC_K);
-#pragma unroll
-        for (int ks = 0; ks < TC_K; ks += 16) {
-            wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;
-            wmma::load_matrix_sync(a, &As[warp_m * 16][ks], TC_LDA);
-#pragma unroll
-            for (int j = 0; j < 2; ++j) {
-                wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> b;
-                wmma::load_matrix_sync(b, &Bs[ks][warp_n * 32 + j * 16], TC_LDB);
-                wmma::mma_sync(c[j], a, b, c[j]);
-            }
-        }
-        __syncthreads();
-    }
-#pragma unroll
-    for (int j = 0; j < 2; ++j)
-        wmma::store_matrix_sync(&Cs[warp_m * 16][warp_n * 32 + j * 16], c[j], TC_LDC, wmma::mem_row_major);
-    __syncthreads();
-    const int co = tid & 63;
-    if (gb.co0 + co >= gb.cout_g) return;
-#pragma unroll 4
-    for (int i = 0; i < 16; ++i) {
-        const int p = (tid >> 6) + 4 * i;
-        if (!active[p]) continue;
-        gemm_store<SPLIT>(slice.split, ws, N, OH, OW, Cout, mode, Cs[p][co], t.n,
-                   gb.grp * gb.cout_g + gb.co0 + co, t.ty0 + p / TILE, t.tx0 + p % TILE, out, oN, oC, oH,
-                   oW, acc, aN, aC, aH, aW);
+        vr = rows[vp];
+        tc_gemm<T, false>(gb, 0, TcTiles<T>{As, Bs, Cs}, active, fetch, stage, row_at,
+                          wp + (size_t)gb.grp * gb.K * gb.cout_g, mode, N, OH, OW, Cout, nullptr, out, oN, oC,
+                          oH, oW, acc, aN, aC, aH, aW);
+        __syncthreads();  // the next tile's rows overwrite rows and active
     }
 }
 
@@ -474,6 +573,13 @@ __device__ __forceinline__ void conv_gemm_any(CONV_PARAMS) {
 // partial sums go to ws; the unsplit kernel ignores `splits` and `ws`).
 extern "C" __global__ void __launch_bounds__(256, 4) conv_gemm(CONV_PARAMS) { conv_gemm_any<false>(CONV_ARGS); }
 extern "C" __global__ void __launch_bounds__(256, 4) conv_gemm_split(CONV_PARAMS) { conv_gemm_any<true>(CONV_ARGS); }
+
+// grid (row-tile slots, groups · ceil(Cout_g / 64), 1); fp16 only (the host never
+// launches it for fp32 models, whose GEMM runs on CUDA cores over tiles).
+extern "C" __global__ void __launch_bounds__(256, 4) conv_gemm_listed(CONV_PARAMS, const int *list,
+                                                                       const int *count) {
+    if constexpr (std::is_same<scalar_t, __half>::value) conv_gemm_listed_tc<scalar_t>(CONV_ARGS, list, count);
+}
 
 // blockDim 256 = 32 output channels × 8 tile rows; grid (tiles, ceil(Cout / 32), N); never split.
 // The block first stages the input window of its tile for its 32 channels in shared

@@ -39,19 +39,21 @@ __device__ __forceinline__ int operand_flags(const ScanPixel &sp, int H, int W, 
 }
 
 // out = s[c] · Σ_i k_i · δ_i, on the union of the operand masks. Ops: add, sub (k = ±α),
-// neg, scaling by a constant (ChannelScale, multiplication by a constant tensor).
+// neg, scaling by a constant (ChannelScale, multiplication by a constant tensor). The
+// output pixels are appended to out_list (may be null: see list_append in common.cuh).
 // `scale` (fp32, may be null) is indexed c * scale_stride and rounded to the model dtype.
 extern "C" __global__ void pw_linear(int N, int C, int H, int W, int lanes, int span, int n_ops,
                                      DC_OPERAND(0), DC_OPERAND(1),
                                      const float *scale, int scale_stride,
                                      scalar_t *out, int oN, int oC, int oH, int oW,
-                                     mask_t *om, int *counter) {
+                                     mask_t *om, int *counter, int *out_list, int *out_count) {
     __shared__ int list[DC_BLOCK];
     const ScanPixel sp = scan_pixel(N * H * W, span);
     const int flags = operand_flags(sp, H, W, n_ops, DC_MASK_ARGS(0), DC_MASK_ARGS(1));
     if (sp.valid) om[sp.pixel] = flags != 0;
     const int count = block_list(flags != 0, ((int)threadIdx.x << 2) | flags, list);
     if (counter && threadIdx.x == 0 && count) atomicAdd(counter, count);  // = the mask bytes set
+    list_append(list, count, 2, sp.base, out_list, out_count);
     for (int r0 = 0; r0 < count; r0 += DC_BLOCK / lanes) {
         const ListPixel p = list_pixel(list, count, r0, lanes, sp.base, H, W);
         if (!p.cand) continue;
@@ -95,7 +97,10 @@ extern "C" __global__ void pw_accumulate(int N, int C, int H, int W, int lanes, 
 // With lin = 0 the operands contribute only their masks (inputs already accumulated,
 // e.g. by a convolution epilogue or pw_accumulate). Masks of non-emitted pixels are 0.
 // Update counters (may be null): `counter` += emitted pixels, `cand_counter` += candidate
-// pixels (the mask of a fused linear producer, the OR of the operand masks).
+// pixels (the mask of a fused linear producer, the OR of the operand masks). Emitted
+// pixels are appended to out_list (may be null: see list_append in common.cuh). With
+// in_list (else null) the candidates are the pixels listed there instead of a mask scan:
+// one operand whose mask that list holds, om zeroed by the host, N·H·W < 2^29 (tags).
 // vec: channel vectors of 4 (the host sets it when C, every channel stride and every
 // pixel's alignment allow; see truncate() in backends/cuda/pointwise.py).
 #define TRUNC_PARAMS                                                                        \
@@ -104,26 +109,43 @@ extern "C" __global__ void pw_accumulate(int N, int C, int H, int W, int lanes, 
         float *a0, int a0N, int a0C, int a0H, int a0W, const float *a1, int a1N, int a1C,   \
         int a1H, int a1W, const float *norm_w, const float *norm_b, scalar_t *o, int sN,    \
         int sC, int sH, int sW, float thr, scalar_t *out, int oN, int oC, int oH, int oW,   \
-        mask_t *om, int *counter, int *cand_counter
+        mask_t *om, int *counter, int *cand_counter, int *out_list, int *out_count,           \
+        const int *in_list, const int *in_count
 #define TRUNC_ARGS                                                                          \
     N, C, H, W, lanes, span, n_ops, lin, v0, v0N, v0C, v0H, v0W, m0, m0N, m0H, m0W, k0, v1,  \
         v1N, v1C, v1H, v1W, m1, m1N, m1H, m1W, k1, scale, scale_stride, fn, p0, p1, a0, a0N, \
         a0C, a0H, a0W, a1, a1N, a1C, a1H, a1W, norm_w, norm_b, o, sN, sC, sH, sW, thr, out,   \
-        oN, oC, oH, oW, om, counter, cand_counter
+        oN, oC, oH, oW, om, counter, cand_counter, out_list, out_count, in_list, in_count
 
 template <int V>
 __device__ __forceinline__ void truncate_pixels(TRUNC_PARAMS) {
     __shared__ int list[DC_BLOCK];
+    __shared__ int emits[DC_BLOCK];  // the block's emitted pixels (span ≤ DC_BLOCK)
+    __shared__ int n_emits;
+    if (threadIdx.x == 0) n_emits = 0;  // ordered before any use by block_list's barriers
     const ScanPixel sp = scan_pixel(N * H * W, span);
-    const int flags = operand_flags(sp, H, W, n_ops, DC_MASK_ARGS(0), DC_MASK_ARGS(1));
-    if (sp.valid && !flags) om[sp.pixel] = 0;
-    const int count = block_list(flags != 0, ((int)threadIdx.x << 2) | flags, list);
+    int flags, tag, origin;  // origin + (tag >> 2): the pixel of a block_list entry
+    if (in_list) {
+        // The candidates are the listed pixels: this block takes list entries
+        // [base, base + span); the host zeroed om and passes one operand (n_ops == 1).
+        const int listed = *in_count;
+        if (sp.base >= listed) return;  // the same for the whole block, before any barrier
+        flags = (int)threadIdx.x < span && sp.pixel < listed;
+        tag = flags ? (in_list[sp.pixel] << 2) | 1 : 0;
+        origin = 0;
+    } else {
+        flags = operand_flags(sp, H, W, n_ops, DC_MASK_ARGS(0), DC_MASK_ARGS(1));
+        if (sp.valid && !flags) om[sp.pixel] = 0;
+        tag = ((int)threadIdx.x << 2) | flags;
+        origin = sp.base;
+    }
+    const int count = block_list(flags != 0, tag, list);
     if (cand_counter && threadIdx.x == 0 && count) atomicAdd(cand_counter, count);
     int emitted = 0;  // pixels this thread's group emitted (counted by lane 0)
     const int step = V * lanes;  // channels one pass of the group covers
     // Every group runs every round (spare groups with cand = false) for the reductions.
     for (int r0 = 0; r0 < count; r0 += DC_BLOCK / lanes) {
-        const ListPixel p = list_pixel(list, count, r0, lanes, sp.base, H, W);
+        const ListPixel p = list_pixel(list, count, r0, lanes, origin, H, W);
         const bool cand = p.cand, act0 = p.flags & 1, act1 = p.flags & 2;
         const int sub = p.sub, n = p.at.n, y = p.at.y, x = p.at.x;
         float *a0p = a0 + off4(n, 0, y, x, a0N, a0C, a0H, a0W);  // the pixel's channel 0
@@ -218,6 +240,7 @@ __device__ __forceinline__ void truncate_pixels(TRUNC_PARAMS) {
         if (cand && sub == 0) {
             om[p.pixel] = emit;
             emitted += emit;
+            if (emit && out_list) emits[atomicAdd_block(&n_emits, 1)] = p.pixel;
         }
         if (!emit) continue;
         for (int c0 = 0; c0 < C; c0 += chunk) {
@@ -236,6 +259,8 @@ __device__ __forceinline__ void truncate_pixels(TRUNC_PARAMS) {
         }
     }
     block_count(emitted, counter);
+    __syncthreads();  // every emitted pixel is in emits
+    list_append(emits, n_emits, 0, 0, out_list, out_count);
 }
 
 extern "C" __global__ void __launch_bounds__(DC_BLOCK, 4) pw_truncate(TRUNC_PARAMS, int vec) {

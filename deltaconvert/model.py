@@ -169,6 +169,7 @@ class DeltaGraphModule(fx.GraphModule):
             self._counters = UpdateCounters(ops, _input_device(args, kwargs))
             self._counters.attach(ops, self._track_stats)
         with torch.no_grad(), self._runtime.frame():
+            self._runtime.begin_frame()
             if self._sequence_started and self._track_stats:
                 self._counters.begin_frame()
             out = super().__call__(*args, **kwargs)

@@ -7,7 +7,7 @@
 #    /tmp/site and puts /usr/local/cuda/bin first on PATH (PyCUDA runs nvcc at run time);
 # 2. runs the GPU suite (tests marked cuda: every op against the reference backend, whole models
 #    at threshold 0 eagerly and under CUDA-graph replay, graph-mode behaviour);
-# 3. runs the op tests again under compute-sanitizer memcheck (caching allocator off, so
+# 3. runs the op and work-list tests again under compute-sanitizer memcheck (caching allocator off, so
 #    out-of-bounds accesses are not hidden inside pooled blocks) unless SANITIZER=0;
 # 4. runs the speed probe (scripts/speed_probe.py) unless PROBE=0, and
 #    scripts/bench.py --quick unless BENCH=0, on the clips and weights staged in .gpu-data/
@@ -58,7 +58,8 @@ rm -f "$DELTACONVERT_REPORT"
 step gpu_suite python3 -m pytest tests -m cuda -q -rfEs --durations=10 --junitxml="$OUT/gpu_suite.xml" "${pytest_args[@]}"
 if [ "${SANITIZER:-1}" != 0 ]; then
     step sanitizer env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --error-exitcode 86 \
-        python3 -m pytest tests/ops/test_cuda_ops.py -q -x -p no:cacheprovider --junitxml="$OUT/sanitizer.xml" \
+        python3 -m pytest tests/ops/test_cuda_ops.py tests/ops/test_work_lists.py -q -x -p no:cacheprovider \
+        --junitxml="$OUT/sanitizer.xml" \
         "${sanitizer_args[@]}"
 fi
 if [ "${PROBE:-1}" != 0 ]; then

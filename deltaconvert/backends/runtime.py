@@ -32,9 +32,12 @@ class Runtime:
 
     ``frame()`` is entered around every forward (the CUDA backend runs each frame on its
     own stream); ``capture_stream`` is the stream a CUDA graph of the model must be
-    captured on (None: any side stream).
+    captured on (None: any side stream). ``begin_frame()`` is called inside ``frame()``
+    before every eager or captured forward runs its ops (so a CUDA graph replays it); the
+    CUDA backend zeroes its work-list counts there.
     """
 
     name: str
     frame: Callable[[], ContextManager] = contextlib.nullcontext
     capture_stream: torch.cuda.Stream | None = None
+    begin_frame: Callable[[], None] = lambda: None

@@ -27,9 +27,12 @@ def bind(model: DeltaOpGraph, device: torch.device, dtype: torch.dtype) -> Runti
     from .binding import accelerate
     from .device import device_runtime
     from .kernels import SUPPORTED_DTYPES, load_all
+    from .worklist import ListArena
 
     runtime = device_runtime(device)
-    accelerate(model, runtime)
+    lists = ListArena(runtime.device, len(model.delta_ops()))
+    accelerate(model, runtime, lists)
     if dtype in SUPPORTED_DTYPES:
         load_all(runtime, dtype)
-    return Runtime("cuda", frame=runtime.frame, capture_stream=runtime.torch_stream)
+    return Runtime("cuda", frame=runtime.frame, capture_stream=runtime.torch_stream,
+                   begin_frame=lists.begin_frame)

@@ -50,7 +50,11 @@ class Accelerated:
     """``op.accelerated`` for one op of one sequence (see the module docstring).
 
     Built by :meth:`bind` for ``op``; ``consumer`` is the truncating op (and its wrapper)
-    a fusing producer hands its work to, None otherwise."""
+    a fusing producer hands its work to, None otherwise. ``list_count``: the count slot
+    of the pixel work list this op's kernel may fill (:mod:`.worklist`), None: no list.
+    """
+
+    list_count: torch.Tensor | None = None
 
     def __init__(self, runtime: DeviceRuntime, op: DeltaOp,
                  consumer: Consumer | None = None) -> None:

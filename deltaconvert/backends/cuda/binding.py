@@ -12,10 +12,12 @@ from ...ops.base import DeltaOp
 from ..runtime import DeltaOpGraph
 from . import boundary, cat, conv, conv_transpose, pointwise, pooling, resize  # noqa: F401  (register the families)
 from .base import Accelerated, Consumer
+from .conv import takes_pixel_list
 from .device import DeviceRuntime
 from .fusion import fusion_pairs
 from .pointwise import Truncating
 from .registry import family_for
+from .worklist import ListArena, list_producers
 
 
 def wrapper_for(op: DeltaOp, runtime: DeviceRuntime,
@@ -28,8 +30,11 @@ def wrapper_for(op: DeltaOp, runtime: DeviceRuntime,
     return family.wrapper(runtime, op, consumer if family.fuses else None)
 
 
-def accelerate(model: DeltaOpGraph, runtime: DeviceRuntime) -> dict[str, Accelerated]:
-    """The wrapper of every op the kernels run, by op name (installed on the ops)."""
+def accelerate(model: DeltaOpGraph, runtime: DeviceRuntime,
+               lists: ListArena | None = None) -> dict[str, Accelerated]:
+    """The wrapper of every op the kernels run, by op name (installed on the ops). With
+    ``lists``, the wrapper of op number i lists its output pixels in slot i
+    (:attr:`Accelerated.list_count`) when a list consumer reads that output."""
     ops = model.delta_ops()
     wrappers = {name: wrapper_for(op, runtime) for name, op in ops.items()}
 
@@ -41,6 +46,9 @@ def accelerate(model: DeltaOpGraph, runtime: DeviceRuntime) -> dict[str, Acceler
         if isinstance(wrappers.get(consumer), Truncating):
             wrappers[producer] = wrapper_for(ops[producer], runtime,
                                              (ops[consumer], wrappers[consumer]))
-    for name, op in ops.items():
+    listing = list_producers(model, takes_pixel_list) if lists is not None else set()
+    for index, (name, op) in enumerate(ops.items()):
+        if wrappers[name] is not None and name in listing:
+            wrappers[name].list_count = lists.slot(index)
         op.accelerated = wrappers[name]
     return {name: w for name, w in wrappers.items() if w is not None}

@@ -10,6 +10,11 @@ When the conv's only consumer is a truncating activation (the fusion plan), the
 epilogue adds ``round(δy)`` straight into the activation's accumulator and the conv
 returns only its mask; the activation then truncates (no δy values round trip).
 
+A 1×1, stride-1, unpadded conv's output mask is its input mask, so it hands on the pixel
+work list (:mod:`.worklist`) its input carries; in fp16 with 16-byte rows and no split-K
+it also runs over that list (``conv_gemm_listed``): the GEMM rows are the listed pixels,
+64 per row tile, on a persistent grid of one wave, and the output mask is the input's.
+
 A ``conv_gemm`` grid with fewer blocks than one wave of resident blocks (ResNet's last
 stages: 120 blocks on 132 SMs at 720p) splits its reduction (:func:`k_splits`): each
 split writes fp32 partial sums to a workspace and ``conv_split_sum`` adds them in a fixed
@@ -32,6 +37,7 @@ from .kernels import Args, kernel
 from .pointwise import nhwc_state
 from .registry import accelerates
 from .tensors import new_mask, new_values, placeholder, strides4, vector_layout
+from .worklist import list_extras
 
 # conv_gemm mode bits (conv.cu)
 # 16-byte tile loads where layout and alignment allow (DELTACONVERT_CUDA_VECTOR_LOADS=0: off).
@@ -76,6 +82,20 @@ def depthwise_mode(values: torch.Tensor, cin: int, cout: int) -> int:
     output channel reads its own input channel (no channel multiplier) and
     :func:`vector_rows` holds over the channels."""
     return ConvMode.VECTOR_A if cin == cout and vector_rows(values, cin) else 0
+
+
+def keeps_pixels(conv: Any) -> bool:
+    """Whether each output pixel of ``conv`` reads exactly its own input pixel (a 1×1
+    kernel at stride 1 without padding, not depthwise): its output mask is then its input
+    mask, so it may run over the input's pixel work list and hand that list on."""
+    return (tuple(conv.weight.shape[2:]) == (1, 1) and tuple(conv.stride) == (1, 1)
+            and not any(conv._reversed_padding_repeated_twice) and conv.weight.shape[1] != 1)
+
+
+def takes_pixel_list(op: DeltaOp) -> bool:
+    """Whether ``op`` consumes its input's pixel work list (bind time: see
+    :func:`~.worklist.list_producers`)."""
+    return isinstance(op, Conv2d) and op.conv.padding_mode == "zeros" and keeps_pixels(op.conv)
 
 
 def k_splits(blocks: int, k: int, multiprocessors: int) -> int:
@@ -127,7 +147,21 @@ class ConvKernel(Accelerated):
         fused = self.consumer is not None and self.consumer[1].accepts(
             self.consumer[0], out_shape, d.dtype)
         device = self.runtime.device
-        om = new_mask(out_shape, device)
+        mode = ConvMode.ACCUMULATE if fused else 0
+        if depthwise:
+            mode |= depthwise_mode(d.values, cin, cout)
+        else:
+            mode |= gemm_mode(d.values, weight, cin_g, cout // groups)
+        tiles = -(-oh // TILE) * -(-ow // TILE)
+        channel_blocks = groups * -(-(cout // groups) // GEMM_CO)
+        splits = 1 if depthwise else k_splits(tiles * channel_blocks * n, kh * kw * cin_g,
+                                              self.runtime.multiprocessors)
+        # The input's list, handed on whenever the output mask is the input mask; the GEMM
+        # runs over it (conv_gemm_listed) for fp16 16-byte rows, unless split-K pays more.
+        listed = d.extras.get("pixels") if keeps_pixels(conv) else None
+        over_list = (listed is not None and splits == 1 and d.dtype == torch.float16
+                     and bool(mode & ConvMode.VECTOR_A))
+        om = d.mask if over_list else new_mask(out_shape, device)
         if fused:
             out = placeholder(out_shape, d.dtype, device)
             acc = nhwc_state(self.consumer[0])[0][0]
@@ -137,30 +171,32 @@ class ConvKernel(Accelerated):
         args_ = Args(layer).ints(n, cin, h, w, cout, oh, ow, kh, kw, sh, sw, top, left, dh, dw,
                                  groups)
         args_.tensor(d.values, strides4(d.values)).mask(d.mask, d.shape).ptr(weight)
-        mode = ConvMode.ACCUMULATE if fused else 0
-        if depthwise:
-            mode |= depthwise_mode(d.values, cin, cout)
+        if over_list:
+            # A persistent grid of one wave: row-tile slots × output-channel blocks.
+            slots = max(1, RESIDENT_BLOCKS * self.runtime.multiprocessors // channel_blocks)
+            grid = (min(slots, -(-(n * oh * ow) // (TILE * TILE))), channel_blocks, 1)
+            name = "conv_gemm_listed"
+        elif depthwise:
+            grid, name = (tiles, -(-cout // DW_CO), n), "conv_depthwise"
         else:
-            mode |= gemm_mode(d.values, weight, cin_g, cout // groups)
-        tiles = -(-oh // TILE) * -(-ow // TILE)
-        if depthwise:
-            grid, name, splits = (tiles, -(-cout // DW_CO), n), "conv_depthwise", 1
-        else:
-            grid = (tiles, groups * -(-(cout // groups) // GEMM_CO), n)
-            splits = k_splits(grid[0] * grid[1] * n, kh * kw * cin_g, self.runtime.multiprocessors)
+            grid = (tiles, channel_blocks, n)
             name = "conv_gemm_split" if splits > 1 else "conv_gemm"
         ws = new_values((splits, n, oh, ow, cout), torch.float32, device) if splits > 1 else None
         epilogue = Args(layer).ints(mode).tensor(out, strides4(out))
         epilogue.tensor(acc, strides4(acc) if acc is not None else (0, 0, 0, 0))
         counter = op.counter_for_kernel()
         args_.extend(epilogue).ptr(om).ints(splits).ptr(ws).ptr(counter)
-        kernel(self.runtime, "conv", name, d.dtype)((grid[0], grid[1], n * splits), (BLOCK, 1, 1), args_)
+        if over_list:
+            args_.ptr(listed.index).ptr(listed.count)
+        kernel(self.runtime, "conv", name, d.dtype)((grid[0], grid[1], grid[2] * splits), (BLOCK, 1, 1),
+                                                     args_)
         if splits > 1:
             total = n * oh * ow * cout
             finish = Args(layer).ints(n, oh, ow, cout, splits).ptr(ws).ptr(om).extend(epilogue)
             kernel(self.runtime, "conv", "conv_split_sum", d.dtype)((-(-total // BLOCK), 1, 1),
                                                                     (BLOCK, 1, 1), finish)
-        extras = op.counted_extras(counter)
+        extras = {**op.counted_extras(counter), **list_extras(listed)}
         if fused:
-            extras["fused"] = Fused(self.consumer[0], [Delta(out, om)], [1.0], lin=False)
+            extras["fused"] = Fused(self.consumer[0], [Delta(out, om, list_extras(listed))], [1.0],
+                                    lin=False)
         return Delta(out, om, extras)

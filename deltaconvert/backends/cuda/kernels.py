@@ -40,10 +40,10 @@ CAT_OPERAND_BYTES = 56
 
 SIGNATURES: dict[str, dict[str, str]] = {
     "pointwise": {
-        "pw_linear": "i" * 7 + _OPERAND * 2 + "Pi" + _T4 + "PP",
+        "pw_linear": "i" * 7 + _OPERAND * 2 + "Pi" + _T4 + "PPPP",
         "pw_accumulate": "i" * 6 + _OPERAND + _T4,
         "pw_truncate": "i" * 8 + _OPERAND * 2 + "Pi" + "iff" + _T4 * 2 + "PP" + _T4 + "f"
-                       + _T4 + "PPPi",
+                       + _T4 + "PPPPPPPi",
     },
     "sparsify": {
         "sparsify_mask": "i" * 5 + _T4 * 2 + "fP",
@@ -52,6 +52,7 @@ SIGNATURES: dict[str, dict[str, str]] = {
     "conv": {
         "conv_gemm": "i" * 16 + _T4 + _M3 + "Pi" + _T4 * 2 + "PiPP",
         "conv_gemm_split": "i" * 16 + _T4 + _M3 + "Pi" + _T4 * 2 + "PiPP",
+        "conv_gemm_listed": "i" * 16 + _T4 + _M3 + "Pi" + _T4 * 2 + "PiPP" + "PP",
         "conv_depthwise": "i" * 16 + _T4 + _M3 + "Pi" + _T4 * 2 + "PiPP",
         "conv_split_sum": "i" * 5 + "PPi" + _T4 * 2,
     },

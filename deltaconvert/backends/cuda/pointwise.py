@@ -45,6 +45,7 @@ from .tensors import (
     shape4,
     strides4,
 )
+from .worklist import PixelList, list_extras, new_list
 
 ADD_FNS = (operator.add, torch.add, torch.Tensor.add)
 SUB_FNS = (operator.sub, torch.sub, torch.Tensor.sub)
@@ -95,9 +96,11 @@ def add_operand(args: Args, d: Delta | None, coef: float, out_shape: Sequence[in
 
 
 def linear(runtime: DeviceRuntime, op: DeltaOp, operands: Sequence[Delta], coefs: Sequence[float],
-           scale: torch.Tensor | None, out_shape: Sequence[int]) -> Delta:
+           scale: torch.Tensor | None, out_shape: Sequence[int],
+           list_count: torch.Tensor | None = None) -> Delta:
     """``δy = scale[c] · Σ coefs[i] · operands[i]`` on the union of their masks (the
-    output of ``op``, whose update counter the kernel adds to)."""
+    output of ``op``, whose update counter the kernel adds to), its pixels listed when
+    ``list_count`` is a list-count slot (:mod:`.worklist`)."""
     dtype, device = operands[0].dtype, runtime.device
     n, c, h, w = shape4(out_shape)
     out, om = new_values(out_shape, dtype, device), new_mask(out_shape, device)
@@ -109,9 +112,15 @@ def linear(runtime: DeviceRuntime, op: DeltaOp, operands: Sequence[Delta], coefs
                     coefs[i] if i < len(coefs) else 0.0, out_shape)
     args.ptr(scale).ints(int(scale is not None and scale.numel() > 1))
     counter = op.counter_for_kernel()
-    args.tensor(out, strides4(out)).ptr(om).ptr(counter)
+    listed = new_list(n * h * w, list_count)
+    args.tensor(out, strides4(out)).ptr(om).ptr(counter).extend(list_args(op.node_name, listed))
     kernel(runtime, "pointwise", "pw_linear", dtype)(grid, block, args)
-    return Delta(out, om, op.counted_extras(counter))
+    return Delta(out, om, {**op.counted_extras(counter), **list_extras(listed)})
+
+
+def list_args(layer: str, listed: PixelList | None) -> Args:
+    """The (index, count) arguments of a list a kernel may fill or read (null: none)."""
+    return Args(layer).ptr(listed.index if listed else None).ptr(listed.count if listed else None)
 
 
 def accumulate(runtime: DeviceRuntime, layer: str, d: Delta, acc: torch.Tensor) -> None:
@@ -129,10 +138,12 @@ def accumulate(runtime: DeviceRuntime, layer: str, d: Delta, acc: torch.Tensor) 
 
 def truncate(runtime: DeviceRuntime, op: DeltaOp, dtype: torch.dtype, out_shape: Sequence[int],
              fn: KernelFunction, work: Fused, acc: Sequence[torch.Tensor], sent: torch.Tensor,
-             norm: tuple[torch.Tensor, torch.Tensor] | tuple[None, None]) -> Delta:
+             norm: tuple[torch.Tensor, torch.Tensor] | tuple[None, None],
+             list_count: torch.Tensor | None = None) -> Delta:
     """One launch of ``pw_truncate`` (see pointwise.cu) for ``op``'s pixels of
     ``out_shape``; it counts ``op``'s updates and those of a fused linear producer
-    (``work.counter``)."""
+    (``work.counter``), and lists the emitted pixels when ``list_count`` is a list-count
+    slot (:mod:`.worklist`)."""
     n, c, h, w = shape4(out_shape)
     out, om = new_values(out_shape, dtype, runtime.device), new_mask(out_shape, runtime.device)
     product = fn.code == PixelFunction.PRODUCT
@@ -152,9 +163,32 @@ def truncate(runtime: DeviceRuntime, op: DeltaOp, dtype: torch.dtype, out_shape:
     args.ptr(norm[0]).ptr(norm[1])
     args.tensor(sent, strides4(sent)).floats(op.threshold)
     counter = op.counter_for_kernel()
-    args.tensor(out, strides4(out)).ptr(om).ptr(counter).ptr(work.counter).ints(int(vec))
+    listed = new_list(n * h * w, list_count)
+    candidates = listed_candidates(work, out_shape)
+    if candidates is not None:
+        om.zero_()  # the kernel visits only the listed candidates
+    args.tensor(out, strides4(out)).ptr(om).ptr(counter).ptr(work.counter)
+    args.extend(list_args(op.node_name, listed)).extend(list_args(op.node_name, candidates))
+    args.ints(int(vec))
     kernel(runtime, "pointwise", "pw_truncate", dtype)(grid, block, args)
-    return Delta(out, om, op.counted_extras(counter))
+    return Delta(out, om, {**op.counted_extras(counter), **list_extras(listed)})
+
+
+TAGGED_PIXELS = 2**29  # pw_truncate tags a listed pixel as pixel << 2 | flags (int32)
+
+
+def listed_candidates(work: Fused, out_shape: Sequence[int]) -> PixelList | None:
+    """The pixel list ``pw_truncate`` may take its candidates from instead of scanning:
+    that of a single operand whose mask is the output's own (no broadcast)."""
+    if len(work.operands) != 1:
+        return None
+    d = work.operands[0]
+    listed = d.extras.get("pixels")
+    n, _, h, w = shape4(out_shape)
+    if (listed is None or n * h * w >= TAGGED_PIXELS
+            or tuple(d.mask.shape) != tuple(mask_shape(tuple(out_shape)))):
+        return None
+    return listed
 
 
 def nhwc_state(op: DeltaOp) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -222,7 +256,7 @@ class Truncating(Accelerated):
         vectors = ((self.vectors.get(norm.weight), self.vectors.get(norm.bias))
                    if norm is not None else (None, None))
         return truncate(self.runtime, op, d.dtype, d.shape, self.function, work, acc, sent,
-                        vectors)
+                        vectors, self.list_count)
 
 
 @accelerates(Nonlinear, when=lambda op: _pointwise(op, (True, True)) and _is(op.fn, MUL_FNS))
@@ -247,7 +281,7 @@ class Product(Accelerated):
         accumulate(self.runtime, op.node_name, y, acc[1])
         return truncate(self.runtime, op, x.dtype, out_shape,
                         KernelFunction(PixelFunction.PRODUCT), Fused(op, [x, y], [1.0, 1.0], lin=False),
-                        acc, sent, (None, None))
+                        acc, sent, (None, None), self.list_count)
 
 
 @accelerates(ChannelScale, LinearCall, fuses=True, when=lambda op: isinstance(op, ChannelScale)
@@ -312,7 +346,7 @@ class LinearPointwise(Accelerated):
             extras = {"fused": Fused(self.consumer[0], operands, coefs, True, scale, counter),
                       **op.counted_extras(counter)}
             return Delta(placeholder(out_shape, dtype, self.runtime.device), mask, extras)
-        return linear(self.runtime, op, operands, coefs, scale, out_shape)
+        return linear(self.runtime, op, operands, coefs, scale, out_shape, self.list_count)
 
 
 def _per_channel(const: torch.Tensor, shape: Sequence[int]) -> bool:

@@ -27,6 +27,11 @@ def poison_outputs(enabled: bool) -> None:
     _POISON = bool(enabled)
 
 
+def poisoning() -> bool:
+    """Whether new outputs are poisoned (see :func:`poison_outputs`)."""
+    return _POISON
+
+
 def shape4(shape: Sequence[int]) -> tuple[int, int, int, int]:
     """``(N, C, H, W)`` of a rank-4 or rank-2 shape."""
     if len(shape) == 4:

@@ -1,0 +1,88 @@
+"""Pixel work lists: the updated pixels of a mask, listed on the GPU by the kernel that
+wrote the mask, so that consumers run over the pixels instead of scanning the frame.
+
+A :class:`PixelList` travels with the Delta whose mask it lists, as
+``extras["pixels"]``. Invariant: ``index[0:count)`` holds exactly the linear indices
+``n·H·W + y·W + x`` of the pixels set in that mask, each once, in no particular order;
+``count`` is a one-element int32 device tensor and is never read on the host (no
+synchronisation). The producing kernel appends with one atomicAdd per block
+(``list_append`` in ``cuda_kernels/common.cuh``), so its count must be zero when it
+starts: counts live in a :class:`ListArena` of the bound model, zeroed once per frame
+inside the frame (and so inside a captured CUDA graph) by :meth:`ListArena.begin_frame`.
+
+Producers: ``pw_truncate`` (emitted pixels) and ``pw_linear`` (the union of its
+operands), for the ops whose output a list consumer reads (:func:`list_producers`:
+appending costs a producer about a microsecond, so nothing lists for nobody). Consumers:
+1×1 convolutions (``conv_gemm_listed``; their output mask is their input mask, so they
+hand the list on) and the activation they are fused into (``pw_truncate`` over the listed
+candidates). ``DELTACONVERT_CUDA_WORK_LISTS=0`` turns lists off (every kernel scans its
+masks, as before lists existed).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import fx
+
+from ...ops.base import DeltaOp
+from ..runtime import DeltaOpGraph
+from . import tensors
+
+WORK_LISTS = os.environ.get("DELTACONVERT_CUDA_WORK_LISTS", "1") != "0"
+
+
+@dataclass(frozen=True)
+class PixelList:
+    """The updated pixels of one mask (see the module docstring)."""
+
+    index: torch.Tensor  # int32, capacity = the mask's element count
+    count: torch.Tensor  # int32, one element: the listed pixels
+
+
+class ListArena:
+    """The list counts of one bound model: one slot per op, zeroed every frame."""
+
+    def __init__(self, device: torch.device, slots: int) -> None:
+        self.counts = torch.zeros(max(slots, 1), dtype=torch.int32, device=device)
+
+    def slot(self, index: int) -> torch.Tensor:
+        """The count of the list that op number ``index`` produces (a one-element view)."""
+        return self.counts[index:index + 1]
+
+    def begin_frame(self) -> None:
+        """Zero every count (one memset on the current stream)."""
+        self.counts.zero_()
+
+
+def new_list(pixels: int, count: torch.Tensor | None) -> PixelList | None:
+    """An empty list of capacity ``pixels`` counted in ``count`` (an arena slot), or None
+    when lists are off or the op has no slot. Poisoned outputs (tests) fill the index
+    with -1, so a reader past the count would address no pixel."""
+    if not WORK_LISTS or count is None:
+        return None
+    index = torch.empty(pixels, dtype=torch.int32, device=count.device)
+    if tensors.poisoning():
+        index.fill_(-1)
+    return PixelList(index, count)
+
+
+def list_extras(listed: PixelList | None) -> dict[str, PixelList]:
+    """The extras entry that hands ``listed`` on with its Delta (empty for None)."""
+    return {"pixels": listed} if listed is not None else {}
+
+
+def list_producers(gm: DeltaOpGraph, consumes: Callable[[DeltaOp], bool]) -> set[str]:
+    """Names of the ops whose output is the first argument of an op that ``consumes`` a
+    pixel list (bind time; the kernels still decide per call whether to use it)."""
+    ops = gm.delta_ops()
+    producers = set()
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or node.target not in ops or not consumes(ops[node.target]):
+            continue
+        source = node.args[0] if node.args else None
+        if isinstance(source, fx.Node) and source.op == "call_module" and source.target in ops:
+            producers.add(source.target)
+    return producers

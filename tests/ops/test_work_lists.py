@@ -1,0 +1,256 @@
+"""Pixel work lists on the GPU (``backends/cuda/worklist.py``).
+
+* A list holds exactly the set pixels of its mask, each once: for ``pw_truncate``
+  (emitted pixels) and ``pw_linear`` (the union of its operands), frame after frame with
+  the counts zeroed by ``ListArena.begin_frame``.
+* ``conv_gemm_listed`` (1×1 convolutions over a listed input, rows = listed pixels)
+  matches the reference on poisoned outputs, alone and fused into its activation, with
+  more row tiles than its persistent grid has slots; it returns the input's mask and
+  list. ``pw_truncate`` over listed candidates matches the reference too.
+* In a whole fp16 model, every Delta that carries a list lists its mask, and lists on or
+  off give bit-identical outputs (a GEMM row's sum does not depend on which rows share
+  its block), eagerly and under CUDA-graph replay.
+"""
+from __future__ import annotations
+
+import operator
+
+import pytest
+import torch
+from torch import nn
+
+from deltaconvert.convert import convert
+from deltaconvert.delta import Delta
+from deltaconvert.ops.conv import Conv2d
+from deltaconvert.ops.footprint import Footprint
+from deltaconvert.ops.linear import LinearCall
+from deltaconvert.ops.nonlinear import Nonlinear
+from deltaconvert.synthetic import synthetic_video
+
+from .test_cuda_ops import DEVICE, MASK_KINDS, V, assert_same, prepare, random_delta
+
+pytestmark = pytest.mark.cuda
+
+HALF = torch.float16
+
+
+def mask_pixels(mask: torch.Tensor) -> list[int]:
+    """The linear indices of the set pixels of a ``(N, 1, H, W)`` mask, ascending."""
+    return mask.reshape(-1).nonzero().reshape(-1).tolist()
+
+
+def listed_pixels(listed) -> list[int]:
+    """The entries of a PixelList, ascending (a host sync: tests only)."""
+    count = int(listed.count)
+    return sorted(listed.index[:count].tolist())
+
+
+def list_of(mask: torch.Tensor, gen: torch.Generator):
+    """A PixelList of ``mask`` in shuffled order, as a producing kernel would leave it."""
+    from deltaconvert.backends.cuda.worklist import PixelList
+    pixels = torch.tensor(mask_pixels(mask), dtype=torch.int32, device=DEVICE)
+    order = torch.randperm(pixels.numel(), generator=gen, device=DEVICE)
+    index = torch.full((mask.numel(),), -1, dtype=torch.int32, device=DEVICE)
+    index[:pixels.numel()] = pixels[order]
+    return PixelList(index, torch.tensor([pixels.numel()], dtype=torch.int32, device=DEVICE))
+
+
+@pytest.fixture
+def arena(poisoned):
+    from deltaconvert.backends.cuda.worklist import ListArena
+    return ListArena(DEVICE, 4)
+
+
+def test_truncate_and_linear_list_their_masks(poisoned, arena):
+    from deltaconvert.backends.cuda.binding import wrapper_for
+
+    shape = (2, 40, 9, 13)
+    relu = Nonlinear(nn.ReLU(), Footprint.POINTWISE, (True,), 0.25).to(DEVICE, HALF)
+    add = LinearCall(operator.add, Footprint.POINTWISE, affine=True).to(DEVICE, HALF)
+    gen = torch.Generator(device=DEVICE).manual_seed(0)
+    with torch.no_grad():
+        relu(torch.randn(shape, generator=gen, device=DEVICE).to(HALF))
+    for slot, op in enumerate((relu, add)):
+        op.node_name = f"op{slot}"
+        op.accelerated = wrapper_for(op, poisoned)
+        op.accelerated.list_count = arena.slot(slot)
+    for frame, kind in enumerate(MASK_KINDS * 2):
+        with torch.no_grad(), poisoned.frame():
+            arena.begin_frame()
+            emitted = relu(random_delta(shape, kind, HALF, gen, layout=1))
+            summed = add(random_delta(shape, kind, HALF, gen, layout=1),
+                         random_delta(shape, "random", HALF, gen, layout=1))
+        for name, out in (("pw_truncate", emitted), ("pw_linear", summed)):
+            assert listed_pixels(out.extras["pixels"]) == mask_pixels(out.mask), \
+                f"frame {frame} ({kind}): {name}'s list is not its mask"
+
+
+def test_no_list_without_a_slot(poisoned):
+    from deltaconvert.backends.cuda.binding import wrapper_for
+    relu = Nonlinear(nn.ReLU(), Footprint.POINTWISE, (True,), 0.0).to(DEVICE, HALF)
+    gen = torch.Generator(device=DEVICE).manual_seed(0)
+    with torch.no_grad():
+        relu(torch.randn(2, 8, 5, 7, generator=gen, device=DEVICE).to(HALF))
+    relu.accelerated = wrapper_for(relu, poisoned)
+    with torch.no_grad(), poisoned.frame():
+        out = relu(random_delta((2, 8, 5, 7), "random", HALF, gen, layout=1))
+    assert "pixels" not in out.extras
+
+
+LISTED_CONVS = {
+    "k16_96": (lambda: nn.Conv2d(16, 96, 1), (2, 16, 9, 11)),       # a partial channel block
+    "k144_24": (lambda: nn.Conv2d(144, 24, 1), (2, 144, 7, 9)),     # K over several chunks
+    "grouped": (lambda: nn.Conv2d(64, 48, 1, groups=2), (2, 64, 9, 11)),
+    "wide": (lambda: nn.Conv2d(32, 1280, 1), (1, 32, 5, 7)),        # 20 channel blocks
+    # 48 000 pixels: more row tiles than the one-wave grid has slots (blocks loop).
+    "many_rows": (lambda: nn.Conv2d(16, 40, 1), (1, 16, 200, 240)),
+}
+
+
+def run_listed(runtime, ops, reference, shape, seed, kinds=MASK_KINDS):
+    gen = torch.Generator(device=DEVICE).manual_seed(seed)
+    for frame, kind in enumerate(kinds):
+        d = random_delta(shape, kind, HALF, gen, layout=1)
+        listed = list_of(d.mask, gen)
+        d = Delta(d.values, d.mask, {"pixels": listed})
+        expected = d
+        for op in reference:
+            expected = op(expected)
+        with torch.no_grad(), runtime.frame():
+            got = ops[0](d)
+            conv_out = got  # the first op's output
+            for op in ops[1:]:
+                got = op(got)
+        torch.cuda.synchronize()
+        if isinstance(ops[0], Conv2d):
+            assert conv_out.mask is d.mask, "the listed conv returns its input's mask"
+            assert conv_out.extras["pixels"] is listed, "the listed conv hands its list on"
+        assert_same(got, expected, HALF, f"frame {frame} ({kind}) output")
+        for op, ref_op in zip(ops, reference):
+            assert_same(op._state, ref_op._state, HALF, f"frame {frame} ({kind}) {op.node_name} state")
+
+
+@pytest.mark.parametrize("name", LISTED_CONVS)
+def test_listed_conv_matches_reference(poisoned, name):
+    make, shape = LISTED_CONVS[name]
+    torch.manual_seed(0)
+    ops, reference = prepare(poisoned, lambda: [Conv2d(make())], (V(shape),), HALF, seed=0)
+    with torch.no_grad():
+        run_listed(poisoned, ops, reference, shape, seed=1)
+
+
+def test_listed_conv_fused_into_its_activation(poisoned):
+    torch.manual_seed(0)
+    shape = (2, 24, 11, 13)
+    ops, reference = prepare(
+        poisoned, lambda: [Conv2d(nn.Conv2d(24, 144, 1, bias=False)),
+                           Nonlinear(nn.ReLU6(), Footprint.POINTWISE, (True,), 0.1)],
+        (V(shape),), HALF, seed=0, fuse=True)
+    with torch.no_grad():
+        run_listed(poisoned, ops, reference, shape, seed=1)
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.3])
+def test_truncate_over_listed_candidates(poisoned, threshold):
+    """An activation whose input carries a list visits only the listed pixels (om zeroed
+    by the host) and matches the reference, masks included."""
+    shape = (2, 40, 9, 13)
+    ops, reference = prepare(
+        poisoned, lambda: [Nonlinear(nn.Hardswish(), Footprint.POINTWISE, (True,), threshold)],
+        (V(shape),), HALF, seed=0)
+    with torch.no_grad():
+        run_listed(poisoned, ops, reference, shape, seed=1)
+
+
+class Inverted(nn.Module):
+    """Two MobileNetV2-style inverted residual blocks (expand 1×1, depthwise 3×3, project
+    1×1, residual add): every kind of list producer and consumer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16),
+                                  nn.ReLU6())
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(16, 96, 1, bias=False), nn.BatchNorm2d(96), nn.ReLU6(),
+                          nn.Conv2d(96, 96, 3, padding=1, groups=96, bias=False),
+                          nn.BatchNorm2d(96), nn.ReLU6(),
+                          nn.Conv2d(96, 16, 1, bias=False), nn.BatchNorm2d(16))
+            for _ in range(2))
+        self.head = nn.Conv2d(16, 32, 1)
+
+    def forward(self, x):
+        y = self.stem(x)
+        for block in self.blocks:
+            y = y + block(y)
+        return self.head(y)
+
+
+def inverted_net() -> nn.Module:
+    torch.manual_seed(0)
+    net = Inverted().eval()
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+    return net.to(DEVICE, HALF)
+
+
+def clip(frames: int = 8) -> list[torch.Tensor]:
+    video = synthetic_video(frames=frames, height=48, width=64, seed=3)
+    return [f.to(DEVICE, HALF) for f in video]
+
+
+def converted():
+    return convert(inverted_net(), clip(1)[0], thresholds=0.02, backend="cuda")
+
+
+def test_every_listed_delta_lists_its_mask(runtime):
+    model = converted()
+    seen = {"listed": 0}
+
+    def check(module, args, out):
+        if isinstance(out, Delta) and "pixels" in out.extras:
+            assert listed_pixels(out.extras["pixels"]) == mask_pixels(out.mask), module.node_name
+            seen["listed"] += 1
+
+    for op in model.delta_ops().values():
+        op.register_forward_hook(check)
+    for frame in clip():
+        model(frame)
+    assert seen["listed"] > 0, "no op produced a work list"
+
+
+def launched_kernels(model, frame) -> set[str]:
+    from deltaconvert.backends.cuda import kernels
+    names = set()
+    original = kernels.Kernel.__call__
+
+    def spy(self, grid, block, args):
+        names.add(self.name)
+        return original(self, grid, block, args)
+
+    kernels.Kernel.__call__ = spy
+    try:
+        model(frame)
+    finally:
+        kernels.Kernel.__call__ = original
+    return names
+
+
+@pytest.mark.parametrize("cuda_graph", [False, True], ids=["eager", "graph"])
+def test_lists_change_no_output(runtime, monkeypatch, cuda_graph):
+    from deltaconvert.backends.cuda import worklist
+    frames = clip()
+    outputs = {}
+    for lists in (True, False):
+        monkeypatch.setattr(worklist, "WORK_LISTS", lists)
+        model = converted()
+        model(frames[0])
+        kernels = launched_kernels(model, frames[1])
+        assert ("conv_gemm_listed" in kernels) is lists
+        if cuda_graph:
+            model.cuda_graph = True
+        outputs[lists] = [model(f).clone() for f in frames[2:]]
+    for i, (on, off) in enumerate(zip(outputs[True], outputs[False])):
+        assert torch.equal(on, off), f"frame {i + 2}: lists changed the output"

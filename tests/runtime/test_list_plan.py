@@ -1,0 +1,40 @@
+"""Which ops list their output pixels (bind time, no GPU): exactly those whose output
+is read by a 1×1, stride-1, unpadded convolution (``takes_pixel_list``)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from deltaconvert.backends.cuda.conv import takes_pixel_list
+from deltaconvert.backends.cuda.worklist import list_producers
+from deltaconvert.convert import convert
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())   # → 1×1: lists
+        self.expand = nn.Sequential(nn.Conv2d(8, 16, 1), nn.ReLU6())          # → depthwise
+        self.depthwise = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.ReLU())
+        self.project = nn.Conv2d(16, 8, 1)                                    # → add
+        self.strided = nn.Conv2d(8, 8, 1, stride=2)                           # no list
+        self.padded = nn.Conv2d(8, 8, 1, padding=1)                           # no list
+
+    def forward(self, x):
+        y = self.stem(x)
+        y = y + self.project(self.depthwise(self.expand(y)))                 # add → 1×1 convs
+        return self.strided(y) + self.padded(y)[..., 1:-1:2, 1:-1:2]
+
+
+def test_producers_are_the_inputs_of_pixel_preserving_convs():
+    model = convert(Net().eval(), torch.randn(1, 3, 8, 8), backend="reference")
+    ops = model.delta_ops()
+    consumers = {name for name, op in ops.items() if takes_pixel_list(op)}
+    assert len(consumers) == 2  # expand and project; strided and padded are not
+    producers = list_producers(model, takes_pixel_list)
+    readers = {}
+    for node in model.graph.nodes:
+        if node.op == "call_module" and node.target in consumers:
+            readers[node.target] = node.args[0].target
+    assert producers == set(readers.values())
+    assert all(type(ops[name]).__name__ == "Nonlinear" for name in producers)  # stem, depthwise acts
