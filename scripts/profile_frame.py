@@ -51,19 +51,8 @@ DEVICE = torch.device("cuda", 0)
 
 def record_launches(model, frame) -> list[tuple[str, str, tuple]]:
     """(layer, kernel, grid) of every backend launch of one eager frame, in order."""
-    launches = []
-    original = cuda_kernels.Kernel.__call__
-
-    def spy(self, grid, block, args):
-        if all(g > 0 for g in grid):
-            launches.append((args.layer, self.name, tuple(grid)))
-        return original(self, grid, block, args)
-
-    cuda_kernels.Kernel.__call__ = spy
-    try:
+    with cuda_kernels.recorded_launches() as launches:
         model(frame)
-    finally:
-        cuda_kernels.Kernel.__call__ = original
     return launches
 
 

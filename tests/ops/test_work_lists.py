@@ -223,20 +223,10 @@ def test_every_listed_delta_lists_its_mask(runtime):
 
 
 def launched_kernels(model, frame) -> set[str]:
-    from deltaconvert.backends.cuda import kernels
-    names = set()
-    original = kernels.Kernel.__call__
-
-    def spy(self, grid, block, args):
-        names.add(self.name)
-        return original(self, grid, block, args)
-
-    kernels.Kernel.__call__ = spy
-    try:
+    from deltaconvert.backends.cuda.kernels import recorded_launches
+    with recorded_launches() as launches:
         model(frame)
-    finally:
-        kernels.Kernel.__call__ = original
-    return names
+    return {name for _, name, _ in launches}
 
 
 @pytest.mark.parametrize("cuda_graph", [False, True], ids=["eager", "graph"])

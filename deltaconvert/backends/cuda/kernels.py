@@ -19,7 +19,7 @@ import hashlib
 import os
 import threading
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -176,6 +176,26 @@ class Kernel:
             raise ValueError(f"{layer}: invalid block {block} for {self.name}")
         self.runtime.check_stream(layer)
         self.function.prepared_async_call(grid, block, self.runtime.stream, *args.values)
+
+
+@contextlib.contextmanager
+def recorded_launches() -> Iterator[list[tuple[str, str, tuple[int, int, int]]]]:
+    """(layer, kernel, grid) of every launch made inside the block, in order (a profiling
+    and testing aid; launches of empty grids, which run nothing, are left out)."""
+    launches: list[tuple[str, str, tuple[int, int, int]]] = []
+    original = Kernel.__call__
+
+    def record(self: Kernel, grid: tuple[int, int, int], block: tuple[int, int, int],
+               args: Args) -> None:
+        if all(g > 0 for g in grid):
+            launches.append((args.layer, self.name, tuple(grid)))
+        original(self, grid, block, args)
+
+    Kernel.__call__ = record  # type: ignore[method-assign]
+    try:
+        yield launches
+    finally:
+        Kernel.__call__ = original  # type: ignore[method-assign]
 
 
 _MODULES: dict[tuple[int, str, torch.dtype], Any] = {}
