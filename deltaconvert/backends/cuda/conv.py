@@ -37,7 +37,7 @@ from .kernels import Args, kernel
 from .pointwise import nhwc_state
 from .registry import accelerates
 from .tensors import new_mask, new_values, placeholder, strides4, vector_layout
-from .worklist import list_extras
+from .worklist import list_args, list_extras
 
 # conv_gemm mode bits (conv.cu)
 # 16-byte tile loads where layout and alignment allow (DELTACONVERT_CUDA_VECTOR_LOADS=0: off).
@@ -187,7 +187,7 @@ class ConvKernel(Accelerated):
         counter = op.counter_for_kernel()
         args_.extend(epilogue).ptr(om).ints(splits).ptr(ws).ptr(counter)
         if over_list:
-            args_.ptr(listed.index).ptr(listed.count)
+            args_.extend(list_args(layer, listed))
         kernel(self.runtime, "conv", name, d.dtype)((grid[0], grid[1], grid[2] * splits), (BLOCK, 1, 1),
                                                      args_)
         if splits > 1:

@@ -45,7 +45,7 @@ from .tensors import (
     shape4,
     strides4,
 )
-from .worklist import PixelList, list_extras, new_list
+from .worklist import PixelList, list_args, list_extras, new_list
 
 ADD_FNS = (operator.add, torch.add, torch.Tensor.add)
 SUB_FNS = (operator.sub, torch.sub, torch.Tensor.sub)
@@ -116,11 +116,6 @@ def linear(runtime: DeviceRuntime, op: DeltaOp, operands: Sequence[Delta], coefs
     args.tensor(out, strides4(out)).ptr(om).ptr(counter).extend(list_args(op.node_name, listed))
     kernel(runtime, "pointwise", "pw_linear", dtype)(grid, block, args)
     return Delta(out, om, {**op.counted_extras(counter), **list_extras(listed)})
-
-
-def list_args(layer: str, listed: PixelList | None) -> Args:
-    """The (index, count) arguments of a list a kernel may fill or read (null: none)."""
-    return Args(layer).ptr(listed.index if listed else None).ptr(listed.count if listed else None)
 
 
 def accumulate(runtime: DeviceRuntime, layer: str, d: Delta, acc: torch.Tensor) -> None:

@@ -30,6 +30,7 @@ from torch import fx
 from ...ops.base import DeltaOp
 from ..runtime import DeltaOpGraph
 from . import tensors
+from .kernels import Args
 
 WORK_LISTS = os.environ.get("DELTACONVERT_CUDA_WORK_LISTS", "1") != "0"
 
@@ -72,6 +73,12 @@ def new_list(pixels: int, count: torch.Tensor | None) -> PixelList | None:
 def list_extras(listed: PixelList | None) -> dict[str, PixelList]:
     """The extras entry that hands ``listed`` on with its Delta (empty for None)."""
     return {"pixels": listed} if listed is not None else {}
+
+
+def list_args(layer: str, listed: PixelList | None) -> Args:
+    """The (index, count) arguments of a list a kernel fills or reads (null pointers for
+    None: no list)."""
+    return Args(layer).ptr(listed.index if listed else None).ptr(listed.count if listed else None)
 
 
 def list_producers(gm: DeltaOpGraph, consumes: Callable[[DeltaOp], bool]) -> set[str]:
