@@ -37,6 +37,9 @@ static_assert(TILE_P == 64 && DC_BLOCK == 256, "the convolution kernels map 256 
 #define GEMM_K 16        // reduction chunk
 #define FLUSH_K 64       // fp32 run length of the CUDA-core path's two-level sum
 #define DW_WINDOW 361    // input pixels a conv_depthwise block stages (19 × 19: 5×5 at stride 2)
+// Kernel taps whose weights a conv_depthwise block stages: 5 × 5, or 3 × 3 in fp32 (what
+// fits beside the fp32 window in 48 KB); larger kernels read their weights from memory.
+constexpr int DW_TAPS = sizeof(scalar_t) == 2 ? 25 : 9;
 #define TC_K 32          // reduction chunk of the tensor-core path
 #define TC_LDA (TC_K + 8)        // padded leading dimensions (multiples of 8 halves / 4 floats)
 #define TC_LDB (GEMM_CO + 8)
@@ -56,7 +59,7 @@ static_assert(TILE_P == 64 && DC_BLOCK == 256, "the convolution kernels map 256 
         mN, mH, mW, wp, mode, out, oN, oC, oH, oW, acc, aN, aC, aH, aW, om, splits, ws, counter
 
 // The input mask as one tile reads it. The tile's output pixels read the input window of
-// rows × cols pixels from (y0, x0); when that window fits FOOT_MAX bytes the block stages
+// rows × cols pixels from (y0, x0); when that window fits its buffer the block stages
 // its mask in shared memory once (`foot`, 0 outside the frame), so the output-mask test
 // and every gather read shared memory instead of issuing a dependent global load before
 // each value load. Larger windows (large dilations) read the global mask.
@@ -87,8 +90,9 @@ __device__ __forceinline__ ConvSlice conv_slice(int N) {
     return c;
 }
 
-// This block's tile (blockIdx.x, sample n), its input mask staged when it fits.
-// All threads of the block must call it.
+// This block's tile (blockIdx.x, sample n), its input mask staged in `foot` when it fits
+// its FOOT bytes. All threads of the block must call it.
+template <int FOOT>
 __device__ __forceinline__ TileMask tile_mask(int n, int OW, int H, int W, int KH, int KW, int sh,
                                               int sw, int pt, int pl, int dh, int dw, const mask_t *m,
                                               int mN, int mH, int mW, mask_t *foot) {
@@ -107,7 +111,7 @@ __device__ __forceinline__ TileMask tile_mask(int n, int OW, int H, int W, int K
     t.x0 = t.tx0 * sw - pl;
     const int rows = (TILE - 1) * sh + (KH - 1) * dh + 1;
     t.cols = (TILE - 1) * sw + (KW - 1) * dw + 1;
-    t.staged = rows * t.cols <= FOOT_MAX;
+    t.staged = rows * t.cols <= FOOT;
     t.foot = foot;
     if (t.staged) {
         for (int i = threadIdx.x; i < rows * t.cols; i += blockDim.x) {
@@ -143,16 +147,51 @@ __device__ __forceinline__ bool tile_output_mask(const TileMask &t, int OH, int 
     return count != 0;
 }
 
-__device__ __forceinline__ void conv_store(int mode, float v, int n, int c, int oy, int ox,
-                                           scalar_t *out, int oN, int oC, int oH, int oW,
-                                           float *acc, int aN, int aC, int aH, int aW) {
-    if (!(mode & CONV_ACCUMULATE)) {
-        out[off4(n, c, oy, ox, oN, oC, oH, oW)] = from_f<scalar_t>(v);
-    } else {
-        float *a = acc + off4(n, c, oy, ox, aN, aC, aH, aW);
-        *a = *a + round_s(v);
+// One output element of a conv: sample n, channel c, pixel (y, x).
+struct OutputAt {
+    int n, c, y, x;
+};
+
+// Where a conv's outputs go: δy in the model dtype into `out`, or with CONV_ACCUMULATE
+// a += round(δy) into the fp32 accumulator `acc` of the activation that follows.
+// A thread stores its R outputs in two steps, load() and then store(), for the set bits
+// of `on`, output i at `at(i)` (an OutputAt): load() reads every accumulator value
+// before store() writes the first one. A load-add-store loop would serialise R round
+// trips to memory, because neither the compiler nor the hardware may move a load past a
+// store that might alias it; two steps put all R loads in flight together, and let a
+// kernel issue them early, overlapping the loads of its inputs.
+struct ConvOut {
+    int mode;
+    scalar_t *out;
+    int oN, oC, oH, oW;
+    float *acc;
+    int aN, aC, aH, aW;
+
+    template <int R, typename At>
+    __device__ __forceinline__ void load(unsigned on, At at, float (&prev)[R]) const {
+#pragma unroll
+        for (int i = 0; i < R; ++i) {
+            prev[i] = 0.f;
+            if ((mode & CONV_ACCUMULATE) && ((on >> i) & 1)) {
+                const OutputAt o = at(i);
+                prev[i] = acc[off4(o.n, o.c, o.y, o.x, aN, aC, aH, aW)];
+            }
+        }
     }
-}
+    template <int R, typename At>
+    __device__ __forceinline__ void store(unsigned on, At at, const float (&v)[R], const float (&prev)[R]) const {
+#pragma unroll
+        for (int i = 0; i < R; ++i) {
+            if (!((on >> i) & 1)) continue;
+            const OutputAt o = at(i);
+            if (mode & CONV_ACCUMULATE)
+                acc[off4(o.n, o.c, o.y, o.x, aN, aC, aH, aW)] = prev[i] + round_s(v[i]);
+            else
+                out[off4(o.n, o.c, o.y, o.x, oN, oC, oH, oW)] = from_f<scalar_t>(v[i]);
+        }
+    }
+};
+#define CONV_OUT ConvOut{mode, out, oN, oC, oH, oW, acc, aN, aC, aH, aW}
 
 // The block's place in the GEMM: its group, first output channel in that group, and its
 // part [k_begin, k_end) of the reduction (all of K unless SPLIT).
@@ -180,17 +219,23 @@ __device__ __forceinline__ GemmBlock gemm_block(int Cin, int Cout, int groups, i
     return b;
 }
 
-// The epilogue of one output of a conv_gemm block: its split's partial sum into the
-// workspace (SPLIT), or conv_store.
-template <bool SPLIT>
-__device__ __forceinline__ void gemm_store(int split, float *ws, int N, int OH, int OW,
-                                           int Cout, int mode, float v, int n, int c, int oy, int ox,
-                                           scalar_t *out, int oN, int oC, int oH, int oW, float *acc,
-                                           int aN, int aC, int aH, int aW) {
-    if (SPLIT)
-        ws[(((size_t)split * N + n) * OH + oy) * OW * Cout + (size_t)ox * Cout + c] = v;
-    else
-        conv_store(mode, v, n, c, oy, ox, out, oN, oC, oH, oW, acc, aN, aC, aH, aW);
+// The epilogue of R outputs of a conv_gemm thread (see ConvOut): its split's partial
+// sums into the workspace ws[split][n][oy][ox][c] (SPLIT), or `sink`.
+template <bool SPLIT, int R, typename At>
+__device__ __forceinline__ void gemm_store(unsigned on, At at, const float (&v)[R], const ConvOut &sink, int split,
+                                           float *ws, int N, int OH, int OW, int Cout) {
+    if (SPLIT) {
+#pragma unroll
+        for (int i = 0; i < R; ++i) {
+            if (!((on >> i) & 1)) continue;
+            const OutputAt o = at(i);
+            ws[(((size_t)split * N + o.n) * OH + o.y) * OW * Cout + (size_t)o.x * Cout + o.c] = v[i];
+        }
+    } else {
+        float prev[R];
+        sink.load(on, at, prev);
+        sink.store(on, at, v, prev);
+    }
 }
 
 // One element of the implicit-GEMM A matrix: the input value under reduction index kg
@@ -252,7 +297,7 @@ __device__ __forceinline__ void conv_gemm_cuda_cores(CONV_PARAMS) {
 
     const int tid = threadIdx.x;
     const ConvSlice slice = conv_slice<SPLIT>(N);
-    const TileMask t = tile_mask(slice.n, OW, H, W, KH, KW, sh, sw, pt, pl, dh, dw, m, mN, mH, mW, foot);
+    const TileMask t = tile_mask<FOOT_MAX>(slice.n, OW, H, W, KH, KW, sh, sw, pt, pl, dh, dw, m, mN, mH, mW, foot);
     if (!tile_output_mask(t, OH, OW, KH, KW, sh, sw, pt, pl, dh, dw, om, counter, active)) return;
 
     const GemmBlock gb = gemm_block<SPLIT>(Cin, Cout, groups, KH, KW, splits, slice.split);
@@ -343,19 +388,19 @@ __device__ __forceinline__ void conv_gemm_cuda_cores(CONV_PARAMS) {
         }
         __syncthreads();
     }
+    // Output 4·i + j: pixel ty·4 + i, channel co0 + 4·tx + j.
+    unsigned on = 0;
+    float v[16];
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        const int p = ty * 4 + i;
-        if (!active[p]) continue;
-        const int oy = t.ty0 + p / TILE, ox = t.tx0 + p % TILE;
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            const int co = co0 + tx * 4 + j;
-            if (co < cout_g)
-                gemm_store<SPLIT>(slice.split, ws, N, OH, OW, Cout, mode, (float)total[4 * i + j][tid], t.n,
-                           grp * cout_g + co, oy, ox, out, oN, oC, oH, oW, acc, aN, aC, aH, aW);
-        }
+    for (int o = 0; o < 16; ++o) {
+        on |= (unsigned)(active[ty * 4 + o / 4] && co0 + tx * 4 + o % 4 < cout_g) << o;
+        v[o] = (float)total[o][tid];
     }
+    auto at = [&](int o) {
+        const int p = ty * 4 + o / 4;
+        return OutputAt{t.n, grp * cout_g + co0 + tx * 4 + o % 4, t.ty0 + p / TILE, t.tx0 + p % TILE};
+    };
+    gemm_store<SPLIT>(on, at, v, CONV_OUT, slice.split, ws, N, OH, OW, Cout);
 }
 
 // Tensor-core implicit GEMM (fp16 models). 8 warps: 4 along the pixels × 2 along the
@@ -382,10 +427,10 @@ struct TcTiles {
 
 template <typename T, bool SPLIT, typename Fetch, typename Stage, typename RowAt>
 __device__ __forceinline__ void tc_gemm(const GemmBlock &gb, int split, const TcTiles<T> &s, const bool *active,
-                                        Fetch fetch, Stage stage, RowAt row_at, const T *wg, int mode, int N,
-                                        int OH, int OW, int Cout, float *ws, scalar_t *out, int oN, int oC,
-                                        int oH, int oW, float *acc, int aN, int aC, int aH, int aW) {
+                                        Fetch fetch, Stage stage, RowAt row_at, const T *wg, const ConvOut &sink,
+                                        int N, int OH, int OW, int Cout, float *ws) {
     using namespace nvcuda;
+    const int mode = sink.mode;
     const int tid = threadIdx.x;
     const int warp = tid >> 5, warp_m = warp & 3, warp_n = warp >> 2;
     wmma::fragment<wmma::accumulator, 16, 16, 16, float> c[2];
@@ -443,17 +488,20 @@ __device__ __forceinline__ void tc_gemm(const GemmBlock &gb, int split, const Tc
     for (int j = 0; j < 2; ++j)
         wmma::store_matrix_sync(&s.Cs[warp_m * 16][warp_n * 32 + j * 16], c[j], TC_LDC, wmma::mem_row_major);
     __syncthreads();
-    const int co = tid & 63;
-    if (gb.co0 + co < gb.cout_g) {
-#pragma unroll 4
-        for (int i = 0; i < 16; ++i) {
-            const int p = (tid >> 6) + 4 * i;
-            if (!active[p]) continue;
-            const RowCoord r = row_at(p);
-            gemm_store<SPLIT>(split, ws, N, OH, OW, Cout, mode, s.Cs[p][co], r.n, gb.grp * gb.cout_g + gb.co0 + co,
-                              r.oy, r.ox, out, oN, oC, oH, oW, acc, aN, aC, aH, aW);
-        }
+    // Output i: row (tid / 64) + 4·i, channel co0 + tid % 64.
+    const int co = tid & 63, p0 = tid >> 6;
+    unsigned on = 0;
+    float v[16];
+#pragma unroll
+    for (int i = 0; i < 16; ++i) {
+        on |= (unsigned)(active[p0 + 4 * i] && gb.co0 + co < gb.cout_g) << i;
+        v[i] = s.Cs[p0 + 4 * i][co];
     }
+    auto at = [&](int i) {
+        const RowCoord r = row_at(p0 + 4 * i);
+        return OutputAt{r.n, gb.grp * gb.cout_g + gb.co0 + co, r.oy, r.ox};
+    };
+    gemm_store<SPLIT>(on, at, v, sink, split, ws, N, OH, OW, Cout);
 }
 
 template <typename T, bool SPLIT>
@@ -466,7 +514,7 @@ __device__ __forceinline__ void conv_gemm_tensor_cores(CONV_PARAMS) {
 
     const int tid = threadIdx.x;
     const ConvSlice slice = conv_slice<SPLIT>(N);
-    const TileMask t = tile_mask(slice.n, OW, H, W, KH, KW, sh, sw, pt, pl, dh, dw, m, mN, mH, mW, foot);
+    const TileMask t = tile_mask<FOOT_MAX>(slice.n, OW, H, W, KH, KW, sh, sw, pt, pl, dh, dw, m, mN, mH, mW, foot);
     if (!tile_output_mask(t, OH, OW, KH, KW, sh, sw, pt, pl, dh, dw, om, counter, active)) return;
     const GemmBlock gb = gemm_block<SPLIT>(Cin, Cout, groups, KH, KW, splits, slice.split);
     const T *xg = x + gb.grp * gb.cin_g * xC;
@@ -505,8 +553,7 @@ __device__ __forceinline__ void conv_gemm_tensor_cores(CONV_PARAMS) {
     };
     auto row_at = [&](int p) { return RowCoord{t.n, t.ty0 + p / TILE, t.tx0 + p % TILE}; };
     tc_gemm<T, SPLIT>(gb, slice.split, TcTiles<T>{As, Bs, Cs}, active, fetch, stage, row_at,
-                      wp + (size_t)gb.grp * gb.K * gb.cout_g, mode, N, OH, OW, Cout, ws, out, oN, oC, oH, oW,
-                      acc, aN, aC, aH, aW);
+                      wp + (size_t)gb.grp * gb.K * gb.cout_g, CONV_OUT, N, OH, OW, Cout, ws);
 }
 
 // The input taps of a listed row: a 1×1, stride-1, unpadded conv reads exactly its output
@@ -554,8 +601,7 @@ __device__ __forceinline__ void conv_gemm_listed_tc(CONV_PARAMS, const int *list
         __syncthreads();
         vr = rows[vp];
         tc_gemm<T, false>(gb, 0, TcTiles<T>{As, Bs, Cs}, active, fetch, stage, row_at,
-                          wp + (size_t)gb.grp * gb.K * gb.cout_g, mode, N, OH, OW, Cout, nullptr, out, oN, oC,
-                          oH, oW, acc, aN, aC, aH, aW);
+                          wp + (size_t)gb.grp * gb.K * gb.cout_g, CONV_OUT, N, OH, OW, Cout, nullptr);
         __syncthreads();  // the next tile's rows overwrite rows and active
     }
 }
@@ -583,23 +629,43 @@ extern "C" __global__ void __launch_bounds__(256, 4) conv_gemm_listed(CONV_PARAM
 
 // blockDim 256 = 32 output channels × 8 tile rows; grid (tiles, ceil(Cout / 32), N); never split.
 // The block first stages the input window of its tile for its 32 channels in shared
-// memory (fp32, 0 where the mask is clear or outside the frame): one coalesced, masked
-// load per window value instead of one per tap and output pixel. A thread then computes
-// one channel of one tile row from the window, each output summing its taps in (kh, kw)
-// order. Windows larger than DW_WINDOW (large dilations) are read from global memory tap
-// by tap instead. With CONV_VECTOR_A (one output channel per input channel, channels
-// contiguous and a multiple of the vector: see gemm_mode's rule in backends/cuda/conv.py)
-// the window is staged one 16-byte vector of channels per load (DW_VECTOR threads per
-// pixel). At least 4 blocks per multiprocessor.
+// memory (in the model dtype, which holds the input values exactly; 0 where the mask is
+// clear or outside the frame): one coalesced, masked load per window value instead of
+// one per tap and output pixel. The weights of its channels (up to DW_TAPS taps) and
+// each thread's accumulator values (ConvOut::load) are loaded in the same step, so a
+// block waits on memory twice: for the mask of its window, then for everything else.
+// A thread then computes one channel of one tile row from the window, each output
+// summing its taps in (kh, kw) order. Windows larger than DW_WINDOW (large dilations)
+// are read from global memory tap by tap instead. With CONV_VECTOR_A (one output
+// channel per input channel, channels contiguous and a multiple of the vector: see
+// depthwise_mode in backends/cuda/conv.py) the window is staged one 16-byte vector of
+// channels per load. At least 4 blocks per multiprocessor.
 extern "C" __global__ void __launch_bounds__(256, 4) conv_depthwise(CONV_PARAMS) {
     __shared__ bool active[TILE_P];
-    __shared__ mask_t foot[FOOT_MAX];
-    __shared__ float window[DW_WINDOW][DW_CO];
-    const TileMask t = tile_mask(blockIdx.z, OW, H, W, KH, KW, sh, sw, pt, pl, dh, dw, m, mN, mH, mW, foot);
+    __shared__ mask_t foot[DW_WINDOW];  // the mask of the window (staged iff the window is)
+    __shared__ scalar_t window[DW_WINDOW][DW_CO];
+    __shared__ float taps[DW_TAPS][DW_CO];
+    const TileMask t = tile_mask<DW_WINDOW>(blockIdx.z, OW, H, W, KH, KW, sh, sw, pt, pl, dh, dw, m, mN, mH, mW, foot);
     if (!tile_output_mask(t, OH, OW, KH, KW, sh, sw, pt, pl, dh, dw, om, counter, active)) return;
     const int lane = threadIdx.x & 31, row = threadIdx.x >> 5;
     const int co = blockIdx.y * DW_CO + lane;
     const int ci = co / (Cout / groups);  // Cin_g == 1: group index == input channel
+    const int oy = t.ty0 + row;
+    unsigned on = 0;  // bit col: pixel (row, col) of the tile is computed
+#pragma unroll
+    for (int col = 0; col < TILE; ++col) on |= (unsigned)(co < Cout && active[row * TILE + col]) << col;
+    // The accumulator values first: their loads overlap the window's (see ConvOut).
+    const ConvOut sink = CONV_OUT;
+    auto at = [&](int col) { return OutputAt{t.n, co, oy, t.tx0 + col}; };
+    float prev[TILE];
+    sink.load(on, at, prev);
+    // The block's weights (in shared memory when they fit), loaded with the window.
+    const bool staged_taps = KH * KW <= DW_TAPS;
+    if (staged_taps)
+        for (int i = threadIdx.x; i < KH * KW * DW_CO; i += DC_BLOCK) {
+            const int c = blockIdx.y * DW_CO + i % DW_CO;
+            taps[i / DW_CO][i % DW_CO] = c < Cout ? to_f(wp[(i / DW_CO) * Cout + c]) : 0.f;
+        }
     const int rows = (TILE - 1) * sh + (KH - 1) * dh + 1;  // the window is rows × t.cols pixels
     const bool staged = rows * t.cols <= DW_WINDOW;
     if (staged && (mode & CONV_VECTOR_A)) {
@@ -611,31 +677,26 @@ extern "C" __global__ void __launch_bounds__(256, 4) conv_depthwise(CONV_PARAMS)
             float v[VW] = {};
             if (c0 < Cout && t(iy, ix)) load_vec<VW>(x + off4(t.n, c0, iy, ix, xN, xC, xH, xW), v);
 #pragma unroll
-            for (int j = 0; j < VW; ++j) window[p][q * VW + j] = v[j];
+            for (int j = 0; j < VW; ++j) window[p][q * VW + j] = from_f<scalar_t>(v[j]);  // exact
         }
-        __syncthreads();
     } else if (staged) {
         for (int p = row; p < rows * t.cols; p += 256 / DW_CO) {
             const int r = p / t.cols, iy = t.y0 + r, ix = t.x0 + (p - r * t.cols);
-            window[p][lane] = (co < Cout && t(iy, ix)) ? to_f(x[off4(t.n, ci, iy, ix, xN, xC, xH, xW)]) : 0.f;
+            window[p][lane] = (co < Cout && t(iy, ix)) ? x[off4(t.n, ci, iy, ix, xN, xC, xH, xW)] : from_f<scalar_t>(0.f);
         }
-        __syncthreads();
     }
-    unsigned on = 0;  // bit col: pixel (row, col) of the tile is computed
-#pragma unroll
-    for (int col = 0; col < TILE; ++col) on |= (unsigned)active[row * TILE + col] << col;
-    if (co >= Cout || !on) return;
-    const int oy = t.ty0 + row;
+    __syncthreads();
+    if (!on) return;
     float s[TILE] = {};
     for (int kh = 0; kh < KH; ++kh) {
         const int iy = oy * sh - pt + kh * dh;
         for (int kw = 0; kw < KW; ++kw) {
-            const float wv = to_f(wp[(kh * KW + kw) * Cout + co]);
+            const float wv = staged_taps ? taps[kh * KW + kw][lane] : to_f(wp[(kh * KW + kw) * Cout + co]);
             float v[TILE];
             if (staged) {
                 const int first = (row * sh + kh * dh) * t.cols + kw * dw;
 #pragma unroll
-                for (int col = 0; col < TILE; ++col) v[col] = window[first + col * sw][lane];
+                for (int col = 0; col < TILE; ++col) v[col] = to_f(window[first + col * sw][lane]);
             } else {
                 // The tap's mask bits first, then its loads without branches.
                 unsigned hit = 0;
@@ -652,14 +713,11 @@ extern "C" __global__ void __launch_bounds__(256, 4) conv_depthwise(CONV_PARAMS)
             for (int col = 0; col < TILE; ++col) s[col] += wv * v[col];
         }
     }
-#pragma unroll
-    for (int col = 0; col < TILE; ++col)
-        if ((on >> col) & 1)
-            conv_store(mode, s[col], t.n, co, oy, t.tx0 + col, out, oN, oC, oH, oW, acc, aN, aC, aH, aW);
+    sink.store(on, at, s, prev);
 }
 
 // The splits of a split-K conv_gemm added in split order (fixed, so replays are
-// deterministic), then stored by conv_store, for every output element whose pixel is in
+// deterministic), then stored (ConvOut), for every output element whose pixel is in
 // the output mask. One thread per element of ws[0]; blockDim 256.
 extern "C" __global__ void conv_split_sum(int N, int OH, int OW, int Cout, int splits, const float *ws,
                                           const mask_t *om, int mode, scalar_t *out, int oN, int oC,
@@ -672,5 +730,10 @@ extern "C" __global__ void conv_split_sum(int N, int OH, int OW, int Cout, int s
     float v = 0.f;
     for (int s = 0; s < splits; ++s) v += ws[s * per_split + i];
     const Pixel q = pixel_at(pixel, OH, OW);
-    conv_store(mode, v, q.n, c, q.y, q.x, out, oN, oC, oH, oW, acc, aN, aC, aH, aW);
+    const float sum[1] = {v};
+    float prev[1];
+    auto at = [&](int) { return OutputAt{q.n, c, q.y, q.x}; };
+    const ConvOut sink = CONV_OUT;
+    sink.load(1u, at, prev);
+    sink.store(1u, at, sum, prev);
 }
