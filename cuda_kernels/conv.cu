@@ -52,11 +52,13 @@ constexpr int DW_TAPS = sizeof(scalar_t) == 2 ? 25 : 9;
         const scalar_t *x, int xN, int xC, int xH, int xW,                                  \
         const mask_t *m, int mN, int mH, int mW, const scalar_t *wp, int mode,              \
         scalar_t *out, int oN, int oC, int oH, int oW,                                      \
-        float *acc, int aN, int aC, int aH, int aW, mask_t *om, int splits, float *ws, int *counter
+        float *acc, int aN, int aC, int aH, int aW, mask_t *om, int splits, float *ws, int *counter,   \
+        int *out_list, int *out_count
 
 #define CONV_ARGS                                                                           \
     N, Cin, H, W, Cout, OH, OW, KH, KW, sh, sw, pt, pl, dh, dw, groups, x, xN, xC, xH, xW, m,  \
-        mN, mH, mW, wp, mode, out, oN, oC, oH, oW, acc, aN, aC, aH, aW, om, splits, ws, counter
+        mN, mH, mW, wp, mode, out, oN, oC, oH, oW, acc, aN, aC, aH, aW, om, splits, ws, counter,  \
+        out_list, out_count
 
 // The input mask as one tile reads it. The tile's output pixels read the input window of
 // rows × cols pixels from (y0, x0); when that window fits its buffer the block stages
@@ -145,6 +147,19 @@ __device__ __forceinline__ bool tile_output_mask(const TileMask &t, int OH, int 
     const int count = __syncthreads_count(act);
     if (counter && threadIdx.x == 0 && count && blockIdx.y == 0 && blockIdx.z == t.n) atomicAdd(counter, count);
     return count != 0;
+}
+
+// The tile's active pixels appended to the pixel list out_list (if not null; see
+// list_append in common.cuh) by the block that wrote the tile's mask. The GEMM kernels
+// call it after their epilogue, when its registers no longer add to theirs.
+// All threads of the block must call it.
+__device__ __forceinline__ void list_tile(const TileMask &t, int OH, int OW, const bool *active, int *out_list,
+                                          int *out_count) {
+    __shared__ int listed[TILE_P];
+    if (out_list == nullptr || blockIdx.y != 0 || blockIdx.z != t.n) return;  // the same for the whole block
+    const int p = threadIdx.x;
+    const int pixel = (t.n * OH + t.ty0 + p / TILE) * OW + t.tx0 + p % TILE;
+    list_append(listed, block_list(p < TILE_P && active[p], pixel, listed), 0, 0, out_list, out_count);
 }
 
 // One output element of a conv: sample n, channel c, pixel (y, x).
@@ -401,6 +416,7 @@ __device__ __forceinline__ void conv_gemm_cuda_cores(CONV_PARAMS) {
         return OutputAt{t.n, grp * cout_g + co0 + tx * 4 + o % 4, t.ty0 + p / TILE, t.tx0 + p % TILE};
     };
     gemm_store<SPLIT>(on, at, v, CONV_OUT, slice.split, ws, N, OH, OW, Cout);
+    list_tile(t, OH, OW, active, out_list, out_count);
 }
 
 // Tensor-core implicit GEMM (fp16 models). 8 warps: 4 along the pixels × 2 along the
@@ -554,6 +570,7 @@ __device__ __forceinline__ void conv_gemm_tensor_cores(CONV_PARAMS) {
     auto row_at = [&](int p) { return RowCoord{t.n, t.ty0 + p / TILE, t.tx0 + p % TILE}; };
     tc_gemm<T, SPLIT>(gb, slice.split, TcTiles<T>{As, Bs, Cs}, active, fetch, stage, row_at,
                       wp + (size_t)gb.grp * gb.K * gb.cout_g, CONV_OUT, N, OH, OW, Cout, ws);
+    list_tile(t, OH, OW, active, out_list, out_count);
 }
 
 // The input taps of a listed row: a 1×1, stride-1, unpadded conv reads exactly its output
@@ -647,6 +664,7 @@ extern "C" __global__ void __launch_bounds__(256, 4) conv_depthwise(CONV_PARAMS)
     __shared__ float taps[DW_TAPS][DW_CO];
     const TileMask t = tile_mask<DW_WINDOW>(blockIdx.z, OW, H, W, KH, KW, sh, sw, pt, pl, dh, dw, m, mN, mH, mW, foot);
     if (!tile_output_mask(t, OH, OW, KH, KW, sh, sw, pt, pl, dh, dw, om, counter, active)) return;
+    list_tile(t, OH, OW, active, out_list, out_count);
     const int lane = threadIdx.x & 31, row = threadIdx.x >> 5;
     const int co = blockIdx.y * DW_CO + lane;
     const int ci = co / (Cout / groups);  // Cin_g == 1: group index == input channel

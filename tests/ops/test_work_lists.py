@@ -7,6 +7,8 @@
   matches the reference on poisoned outputs, alone and fused into its activation, with
   more row tiles than its persistent grid has slots; it returns the input's mask and
   list. ``pw_truncate`` over listed candidates matches the reference too.
+* The tiled conv kernels (depthwise, GEMM, split-K; fp16 and fp32) list their output
+  pixels, and the activation fused into them truncates over that list in their mask.
 * In a whole fp16 model, every Delta that carries a list lists its mask, and lists on or
   off give bit-identical outputs (a GEMM row's sum does not depend on which rows share
   its block), eagerly and under CUDA-graph replay.
@@ -161,6 +163,45 @@ def test_truncate_over_listed_candidates(poisoned, threshold):
         (V(shape),), HALF, seed=0)
     with torch.no_grad():
         run_listed(poisoned, ops, reference, shape, seed=1)
+
+
+TILED_CONVS = {  # conv kernels over tiles: each lists its output pixels when it has a slot
+    "depthwise": (lambda: nn.Conv2d(40, 40, 3, padding=1, groups=40, bias=False), (2, 40, 13, 19)),
+    "depthwise_s2": (lambda: nn.Conv2d(24, 24, 5, stride=2, padding=2, groups=24, bias=False),
+                     (2, 24, 17, 21)),
+    "gemm_3x3": (lambda: nn.Conv2d(8, 24, 3, padding=1, bias=False), (2, 8, 13, 19)),
+    # 4 tiles × 1 channel block, K = 2304: split-K (the list comes from split 0's blocks).
+    "split_k": (lambda: nn.Conv2d(256, 64, 3, padding=1, bias=False), (1, 256, 16, 16)),
+}
+
+
+@pytest.mark.parametrize("dtype", [HALF, torch.float32], ids=["fp16", "fp32"])
+@pytest.mark.parametrize("name", TILED_CONVS)
+def test_tiled_conv_lists_its_pixels_for_its_truncation(poisoned, arena, name, dtype):
+    """A tiled conv with a list slot lists exactly its output mask, and the activation it
+    is fused into truncates over that list, writing its mask into the conv's (which only
+    it reads): outputs, masks and state match the reference frame after frame."""
+    make, shape = TILED_CONVS[name]
+    torch.manual_seed(0)
+    ops, reference = prepare(
+        poisoned, lambda: [Conv2d(make()), Nonlinear(nn.ReLU6(), Footprint.POINTWISE, (True,), 0.05)],
+        (V(shape),), dtype, seed=0, fuse=True)
+    ops[0].accelerated.list_count = arena.slot(0)
+    gen = torch.Generator(device=DEVICE).manual_seed(1)
+    with torch.no_grad():
+        for frame, kind in enumerate(MASK_KINDS * 2):
+            d = random_delta(shape, kind, dtype, gen, layout=1)
+            expected = reference[1](reference[0](d))
+            with poisoned.frame():
+                arena.begin_frame()
+                conv_out = ops[0](d)
+                assert listed_pixels(conv_out.extras["pixels"]) == mask_pixels(conv_out.mask), \
+                    f"frame {frame} ({kind}): the conv's list is not its mask"
+                got = ops[1](conv_out)
+            torch.cuda.synchronize()
+            assert got.mask is conv_out.mask, "the truncation reuses the mask the conv wrote for it"
+            assert_same(got, expected, dtype, f"frame {frame} ({kind}) output")
+            assert_same(ops[1]._state, reference[1]._state, dtype, f"frame {frame} ({kind}) state")
 
 
 class Inverted(nn.Module):

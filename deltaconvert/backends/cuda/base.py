@@ -32,7 +32,9 @@ class Fused:
     accumulator; otherwise the producer already accumulated into it and the operands
     only carry the candidate mask. ``counter``: the producer's update counter, to which
     the consumer's kernel adds the candidate pixels (the producer's output mask), or
-    None (statistics off, or the producer counted them itself).
+    None (statistics off, or the producer counted them itself). ``owns_masks``: the
+    operands' masks were written for the consumer alone (no other op reads them), so its
+    kernel may overwrite them with its own output mask.
     """
 
     consumer: DeltaOp
@@ -41,6 +43,7 @@ class Fused:
     lin: bool
     scale: torch.Tensor | None = None
     counter: torch.Tensor | None = None
+    owns_masks: bool = False
 
 
 Consumer = tuple[DeltaOp, "Accelerated"]

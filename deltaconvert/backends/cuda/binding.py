@@ -46,7 +46,10 @@ def accelerate(model: DeltaOpGraph, runtime: DeviceRuntime,
         if isinstance(wrappers.get(consumer), Truncating):
             wrappers[producer] = wrapper_for(ops[producer], runtime,
                                              (ops[consumer], wrappers[consumer]))
-    listing = list_producers(model, takes_pixel_list) if lists is not None else set()
+    # Pixel lists feed 1×1 convs and truncating ops (their candidates, see listed_candidates).
+    truncating = {id(ops[name]) for name, w in wrappers.items() if isinstance(w, Truncating)}
+    listing = (list_producers(model, lambda op: takes_pixel_list(op) or id(op) in truncating)
+               if lists is not None else set())
     for index, (name, op) in enumerate(ops.items()):
         if wrappers[name] is not None and name in listing:
             wrappers[name].list_count = lists.slot(index)

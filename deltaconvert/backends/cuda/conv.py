@@ -37,7 +37,7 @@ from .kernels import Args, kernel
 from .pointwise import nhwc_state
 from .registry import accelerates
 from .tensors import new_mask, new_values, placeholder, strides4, vector_layout
-from .worklist import list_args, list_extras
+from .worklist import list_args, list_extras, new_list
 
 # conv_gemm mode bits (conv.cu)
 # 16-byte tile loads where layout and alignment allow (DELTACONVERT_CUDA_VECTOR_LOADS=0: off).
@@ -162,6 +162,8 @@ class ConvKernel(Accelerated):
         over_list = (listed is not None and splits == 1 and d.dtype == torch.float16
                      and bool(mode & ConvMode.VECTOR_A))
         om = d.mask if over_list else new_mask(out_shape, device)
+        # Otherwise the tile kernels list the output pixels when a consumer reads a list.
+        produced = new_list(n * oh * ow, self.list_count) if listed is None else None
         if fused:
             out = placeholder(out_shape, d.dtype, device)
             acc = nhwc_state(self.consumer[0])[0][0]
@@ -186,6 +188,7 @@ class ConvKernel(Accelerated):
         epilogue.tensor(acc, strides4(acc) if acc is not None else (0, 0, 0, 0))
         counter = op.counter_for_kernel()
         args_.extend(epilogue).ptr(om).ints(splits).ptr(ws).ptr(counter)
+        args_.extend(list_args(layer, produced))
         if over_list:
             args_.extend(list_args(layer, listed))
         kernel(self.runtime, "conv", name, d.dtype)((grid[0], grid[1], grid[2] * splits), (BLOCK, 1, 1),
@@ -195,8 +198,10 @@ class ConvKernel(Accelerated):
             finish = Args(layer).ints(n, oh, ow, cout, splits).ptr(ws).ptr(om).extend(epilogue)
             kernel(self.runtime, "conv", "conv_split_sum", d.dtype)((-(-total // BLOCK), 1, 1),
                                                                     (BLOCK, 1, 1), finish)
-        extras = {**op.counted_extras(counter), **list_extras(listed)}
+        pixels = list_extras(listed or produced)
+        extras = {**op.counted_extras(counter), **pixels}
         if fused:
-            extras["fused"] = Fused(self.consumer[0], [Delta(out, om, list_extras(listed))], [1.0],
-                                    lin=False)
+            # A mask this conv wrote is read by its consumer alone, which may reuse it.
+            extras["fused"] = Fused(self.consumer[0], [Delta(out, om, pixels)], [1.0], lin=False,
+                                    owns_masks=not over_list)
         return Delta(out, om, extras)

@@ -36,6 +36,7 @@ INT32_MAX = 2**31 - 1
 _OPERAND = "PiiiiPiiif"
 _T4 = "Piiii"  # a tensor pointer and its (N, C, H, W) strides
 _M3 = "Piii"   # a mask pointer and its (N, H, W) strides
+_CONV = "i" * 16 + _T4 + _M3 + "Pi" + _T4 * 2 + "PiPP" + "PP"  # CONV_PARAMS in conv.cu
 CAT_OPERAND_BYTES = 56
 
 SIGNATURES: dict[str, dict[str, str]] = {
@@ -50,10 +51,10 @@ SIGNATURES: dict[str, dict[str, str]] = {
         "sparsify_apply": "i" * 5 + _T4 * 2 + "fPi" + _T4 + "PP",
     },
     "conv": {
-        "conv_gemm": "i" * 16 + _T4 + _M3 + "Pi" + _T4 * 2 + "PiPP",
-        "conv_gemm_split": "i" * 16 + _T4 + _M3 + "Pi" + _T4 * 2 + "PiPP",
-        "conv_gemm_listed": "i" * 16 + _T4 + _M3 + "Pi" + _T4 * 2 + "PiPP" + "PP",
-        "conv_depthwise": "i" * 16 + _T4 + _M3 + "Pi" + _T4 * 2 + "PiPP",
+        "conv_gemm": _CONV,
+        "conv_gemm_split": _CONV,
+        "conv_gemm_listed": _CONV + "PP",
+        "conv_depthwise": _CONV,
         "conv_split_sum": "i" * 5 + "PPi" + _T4 * 2,
     },
     "pool": {

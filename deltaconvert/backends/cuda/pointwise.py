@@ -140,7 +140,16 @@ def truncate(runtime: DeviceRuntime, op: DeltaOp, dtype: torch.dtype, out_shape:
     (``work.counter``), and lists the emitted pixels when ``list_count`` is a list-count
     slot (:mod:`.worklist`)."""
     n, c, h, w = shape4(out_shape)
-    out, om = new_values(out_shape, dtype, runtime.device), new_mask(out_shape, runtime.device)
+    out = new_values(out_shape, dtype, runtime.device)
+    candidates = listed_candidates(work, out_shape)
+    if candidates is None:
+        om = new_mask(out_shape, runtime.device)
+    elif work.owns_masks:
+        # The kernel visits only the listed candidates; the rest of their mask is clear,
+        # and no other op reads it: it becomes the output mask.
+        om = work.operands[0].mask
+    else:
+        om = new_mask(out_shape, runtime.device).zero_()
     product = fn.code == PixelFunction.PRODUCT
     vec = channel_vectors(out_shape, out, sent, acc[0], acc[1] if product else None,
                           *(d.values for d in work.operands if work.lin))
@@ -159,9 +168,6 @@ def truncate(runtime: DeviceRuntime, op: DeltaOp, dtype: torch.dtype, out_shape:
     args.tensor(sent, strides4(sent)).floats(op.threshold)
     counter = op.counter_for_kernel()
     listed = new_list(n * h * w, list_count)
-    candidates = listed_candidates(work, out_shape)
-    if candidates is not None:
-        om.zero_()  # the kernel visits only the listed candidates
     args.tensor(out, strides4(out)).ptr(om).ptr(counter).ptr(work.counter)
     args.extend(list_args(op.node_name, listed)).extend(list_args(op.node_name, candidates))
     args.ints(int(vec))

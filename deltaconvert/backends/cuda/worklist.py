@@ -10,13 +10,16 @@ synchronisation). The producing kernel appends with one atomicAdd per block
 starts: counts live in a :class:`ListArena` of the bound model, zeroed once per frame
 inside the frame (and so inside a captured CUDA graph) by :meth:`ListArena.begin_frame`.
 
-Producers: ``pw_truncate`` (emitted pixels) and ``pw_linear`` (the union of its
-operands), for the ops whose output a list consumer reads (:func:`list_producers`:
+Producers: ``pw_truncate`` (emitted pixels), ``pw_linear`` (the union of its operands)
+and the tiled conv kernels (their output pixels, appended by the block that writes the
+tile's mask), for the ops whose output a list consumer reads (:func:`list_producers`:
 appending costs a producer about a microsecond, so nothing lists for nobody). Consumers:
 1×1 convolutions (``conv_gemm_listed``; their output mask is their input mask, so they
-hand the list on) and the activation they are fused into (``pw_truncate`` over the listed
-candidates). ``DELTACONVERT_CUDA_WORK_LISTS=0`` turns lists off (every kernel scans its
-masks, as before lists existed).
+hand the list on) and truncating ops (``pw_truncate`` over the listed candidates, with
+an output mask that starts clear: a fresh one zeroed, or the candidates' own mask when
+a fused conv wrote it for the truncation alone, ``Fused.owns_masks``).
+``DELTACONVERT_CUDA_WORK_LISTS=0`` turns lists off (every kernel scans its masks, as
+before lists existed).
 """
 from __future__ import annotations
 
