@@ -26,6 +26,7 @@
 // of writing δy in the model dtype; CONV_VECTOR_A / CONV_VECTOR_B — conv_gemm may load
 // its input / weight tiles as 16-byte vectors (the host sets them only when channels are
 // contiguous, counts are multiples of the chunk and vector, and addresses aligned).
+#include <cuda_pipeline.h>
 #include <mma.h>
 #include <type_traits>
 
@@ -657,11 +658,35 @@ extern "C" __global__ void __launch_bounds__(256, 4) conv_gemm_listed(CONV_PARAM
 // channel per input channel, channels contiguous and a multiple of the vector: see
 // depthwise_mode in backends/cuda/conv.py) the window is staged one 16-byte vector of
 // channels per load. At least 4 blocks per multiprocessor.
-extern "C" __global__ void __launch_bounds__(256, 4) conv_depthwise(CONV_PARAMS) {
-    __shared__ bool active[TILE_P];
-    __shared__ mask_t foot[DW_WINDOW];  // the mask of the window (staged iff the window is)
-    __shared__ scalar_t window[DW_WINDOW][DW_CO];
-    __shared__ float taps[DW_TAPS][DW_CO];
+// The shared memory of a conv_depthwise block (one for all its geometries).
+struct DepthwiseShared {
+    bool active[TILE_P];
+    mask_t foot[DW_WINDOW];  // the mask of the window (staged iff the window is)
+    __align__(16) scalar_t window[DW_WINDOW][DW_CO];
+    float taps[DW_TAPS][DW_CO];
+};
+
+template <int K, int S>
+__device__ __forceinline__ void depthwise(DepthwiseShared &sm, CONV_PARAMS) {
+    if (K) {  // a specialised geometry: the loops below unroll and every division is by a constant
+        KH = KW = K;
+        sh = sw = S;
+        dh = dw = 1;
+    }
+    bool *active = sm.active;
+    mask_t *foot = sm.foot;
+    auto &window = sm.window;
+    auto &taps = sm.taps;
+    // The block's weights (staged in shared memory when they fit), loaded into registers
+    // first: their loads overlap the mask's, and none waits for another.
+    constexpr int TAP_LOADS = (DW_TAPS * DW_CO + DC_BLOCK - 1) / DC_BLOCK;
+    const bool staged_taps = KH * KW <= DW_TAPS;
+    float w[TAP_LOADS];
+#pragma unroll
+    for (int j = 0; j < TAP_LOADS; ++j) {
+        const int i = threadIdx.x + j * DC_BLOCK, c = blockIdx.y * DW_CO + i % DW_CO;
+        w[j] = staged_taps && i < KH * KW * DW_CO && c < Cout ? to_f(wp[(i / DW_CO) * Cout + c]) : 0.f;
+    }
     const TileMask t = tile_mask<DW_WINDOW>(blockIdx.z, OW, H, W, KH, KW, sh, sw, pt, pl, dh, dw, m, mN, mH, mW, foot);
     if (!tile_output_mask(t, OH, OW, KH, KW, sh, sw, pt, pl, dh, dw, om, counter, active)) return;
     list_tile(t, OH, OW, active, out_list, out_count);
@@ -672,37 +697,39 @@ extern "C" __global__ void __launch_bounds__(256, 4) conv_depthwise(CONV_PARAMS)
     unsigned on = 0;  // bit col: pixel (row, col) of the tile is computed
 #pragma unroll
     for (int col = 0; col < TILE; ++col) on |= (unsigned)(co < Cout && active[row * TILE + col]) << col;
-    // The accumulator values first: their loads overlap the window's (see ConvOut).
+    // The accumulator values next: their loads overlap the window's (see ConvOut).
     const ConvOut sink = CONV_OUT;
     auto at = [&](int col) { return OutputAt{t.n, co, oy, t.tx0 + col}; };
     float prev[TILE];
     sink.load(on, at, prev);
-    // The block's weights (in shared memory when they fit), loaded with the window.
-    const bool staged_taps = KH * KW <= DW_TAPS;
-    if (staged_taps)
-        for (int i = threadIdx.x; i < KH * KW * DW_CO; i += DC_BLOCK) {
-            const int c = blockIdx.y * DW_CO + i % DW_CO;
-            taps[i / DW_CO][i % DW_CO] = c < Cout ? to_f(wp[(i / DW_CO) * Cout + c]) : 0.f;
-        }
     const int rows = (TILE - 1) * sh + (KH - 1) * dh + 1;  // the window is rows × t.cols pixels
     const bool staged = rows * t.cols <= DW_WINDOW;
     if (staged && (mode & CONV_VECTOR_A)) {
+        // Asynchronous 16-byte copies (cp.async), zero-filled where the mask is clear:
+        // every load of the window in flight at once, through no register.
         constexpr int VW = 16 / sizeof(scalar_t);  // channels per vector
         constexpr int PER_PIXEL = DW_CO / VW;      // threads per window pixel
         const int q = threadIdx.x % PER_PIXEL, c0 = blockIdx.y * DW_CO + q * VW;
         for (int p = threadIdx.x / PER_PIXEL; p < rows * t.cols; p += DC_BLOCK / PER_PIXEL) {
             const int r = p / t.cols, iy = t.y0 + r, ix = t.x0 + (p - r * t.cols);
-            float v[VW] = {};
-            if (c0 < Cout && t(iy, ix)) load_vec<VW>(x + off4(t.n, c0, iy, ix, xN, xC, xH, xW), v);
-#pragma unroll
-            for (int j = 0; j < VW; ++j) window[p][q * VW + j] = from_f<scalar_t>(v[j]);  // exact
+            const bool set = c0 < Cout && t(iy, ix);
+            __pipeline_memcpy_async(&window[p][q * VW], set ? x + off4(t.n, c0, iy, ix, xN, xC, xH, xW) : x, 16,
+                                    set ? 0 : 16);
         }
+        __pipeline_commit();
     } else if (staged) {
         for (int p = row; p < rows * t.cols; p += 256 / DW_CO) {
             const int r = p / t.cols, iy = t.y0 + r, ix = t.x0 + (p - r * t.cols);
             window[p][lane] = (co < Cout && t(iy, ix)) ? x[off4(t.n, ci, iy, ix, xN, xC, xH, xW)] : from_f<scalar_t>(0.f);
         }
     }
+    if (staged_taps)
+#pragma unroll
+        for (int j = 0; j < TAP_LOADS; ++j) {
+            const int i = threadIdx.x + j * DC_BLOCK;
+            if (i < KH * KW * DW_CO) taps[i / DW_CO][i % DW_CO] = w[j];
+        }
+    __pipeline_wait_prior(0);
     __syncthreads();
     if (!on) return;
     float s[TILE] = {};
@@ -732,6 +759,23 @@ extern "C" __global__ void __launch_bounds__(256, 4) conv_depthwise(CONV_PARAMS)
         }
     }
     sink.store(on, at, s, prev);
+}
+
+extern "C" __global__ void __launch_bounds__(256, 4) conv_depthwise(CONV_PARAMS) {
+    // MobileNet/EfficientNet geometries get their own code (K × K taps, stride S,
+    // dilation 1, the same for every block); any other runs the general one.
+    __shared__ DepthwiseShared sm;
+    const bool unit = dh == 1 && dw == 1 && KH == KW && sh == sw;
+    if (unit && KH == 3 && sh == 1)
+        depthwise<3, 1>(sm, CONV_ARGS);
+    else if (unit && KH == 3 && sh == 2)
+        depthwise<3, 2>(sm, CONV_ARGS);
+    else if (unit && KH == 5 && sh == 1)
+        depthwise<5, 1>(sm, CONV_ARGS);
+    else if (unit && KH == 5 && sh == 2)
+        depthwise<5, 2>(sm, CONV_ARGS);
+    else
+        depthwise<0, 0>(sm, CONV_ARGS);
 }
 
 // The splits of a split-K conv_gemm added in split order (fixed, so replays are
