@@ -733,29 +733,48 @@ __device__ __forceinline__ void depthwise(DepthwiseShared &sm, CONV_PARAMS) {
     __syncthreads();
     if (!on) return;
     float s[TILE] = {};
-    for (int kh = 0; kh < KH; ++kh) {
-        const int iy = oy * sh - pt + kh * dh;
-        for (int kw = 0; kw < KW; ++kw) {
-            const float wv = staged_taps ? taps[kh * KW + kw][lane] : to_f(wp[(kh * KW + kw) * Cout + co]);
-            float v[TILE];
-            if (staged) {
-                const int first = (row * sh + kh * dh) * t.cols + kw * dw;
+    if constexpr (K > 0) {
+        // A tile row reads SPAN consecutive window pixels per kernel row (the window is
+        // always staged here): each is loaded once and used by every tap that reads it.
+        constexpr int SPAN = (TILE - 1) * S + K;
+        static_assert(SPAN * SPAN <= DW_WINDOW, "the specialised geometries stage their window");
 #pragma unroll
-                for (int col = 0; col < TILE; ++col) v[col] = to_f(window[first + col * sw][lane]);
-            } else {
-                // The tap's mask bits first, then its loads without branches.
-                unsigned hit = 0;
+        for (int kh = 0; kh < K; ++kh) {
+            float v[SPAN];
 #pragma unroll
-                for (int col = 0; col < TILE; ++col)
-                    hit |= (unsigned)(((on >> col) & 1) && t(iy, (t.tx0 + col) * sw - pl + kw * dw)) << col;
+            for (int j = 0; j < SPAN; ++j) v[j] = to_f(window[(row * S + kh) * SPAN + j][lane]);
 #pragma unroll
-                for (int col = 0; col < TILE; ++col) {
-                    const int ix = (t.tx0 + col) * sw - pl + kw * dw;
-                    v[col] = ((hit >> col) & 1) ? to_f(x[off4(t.n, ci, iy, ix, xN, xC, xH, xW)]) : 0.f;
-                }
+            for (int kw = 0; kw < K; ++kw) {
+                const float wv = staged_taps ? taps[kh * K + kw][lane] : to_f(wp[(kh * K + kw) * Cout + co]);
+#pragma unroll
+                for (int col = 0; col < TILE; ++col) s[col] += wv * v[col * S + kw];
             }
+        }
+    } else {
+        for (int kh = 0; kh < KH; ++kh) {
+            const int iy = oy * sh - pt + kh * dh;
+            for (int kw = 0; kw < KW; ++kw) {
+                const float wv = staged_taps ? taps[kh * KW + kw][lane] : to_f(wp[(kh * KW + kw) * Cout + co]);
+                float v[TILE];
+                if (staged) {
+                    const int first = (row * sh + kh * dh) * t.cols + kw * dw;
 #pragma unroll
-            for (int col = 0; col < TILE; ++col) s[col] += wv * v[col];
+                    for (int col = 0; col < TILE; ++col) v[col] = to_f(window[first + col * sw][lane]);
+                } else {
+                    // The tap's mask bits first, then its loads without branches.
+                    unsigned hit = 0;
+#pragma unroll
+                    for (int col = 0; col < TILE; ++col)
+                        hit |= (unsigned)(((on >> col) & 1) && t(iy, (t.tx0 + col) * sw - pl + kw * dw)) << col;
+#pragma unroll
+                    for (int col = 0; col < TILE; ++col) {
+                        const int ix = (t.tx0 + col) * sw - pl + kw * dw;
+                        v[col] = ((hit >> col) & 1) ? to_f(x[off4(t.n, ci, iy, ix, xN, xC, xH, xW)]) : 0.f;
+                    }
+                }
+#pragma unroll
+                for (int col = 0; col < TILE; ++col) s[col] += wv * v[col];
+            }
         }
     }
     sink.store(on, at, s, prev);
