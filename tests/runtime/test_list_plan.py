@@ -1,5 +1,5 @@
-"""Which ops list their output pixels (bind time, no GPU): exactly those whose output
-is read by a 1×1, stride-1, unpadded convolution (``takes_pixel_list``)."""
+"""Which ops list their output pixels (bind time, no GPU): those whose output is read by
+a 1×1, stride-1, unpadded convolution (``takes_pixel_list``) or by a truncating op."""
 from __future__ import annotations
 
 import torch
@@ -8,6 +8,7 @@ from torch import nn
 from deltaconvert.backends.cuda.conv import takes_pixel_list
 from deltaconvert.backends.cuda.worklist import list_producers
 from deltaconvert.convert import convert
+from deltaconvert.ops.conv import Conv2d
 
 
 class Net(nn.Module):
@@ -38,3 +39,22 @@ def test_producers_are_the_inputs_of_pixel_preserving_convs():
             readers[node.target] = node.args[0].target
     assert producers == set(readers.values())
     assert all(type(ops[name]).__name__ == "Nonlinear" for name in producers)  # stem, depthwise acts
+
+
+def test_bound_plan_lists_for_list_consumers_and_truncations():
+    """At bind time (``accelerate``), an op gets a list slot when a 1×1 conv or a
+    truncating op reads its output: the activations feeding 1×1 convs, and every conv
+    whose activation truncates (tiled convs list their output for it). No GPU needed:
+    binding only builds the wrappers."""
+    from types import SimpleNamespace
+
+    from deltaconvert.backends.cuda.binding import accelerate
+    from deltaconvert.backends.cuda.worklist import ListArena
+
+    model = convert(Net().eval(), torch.randn(1, 3, 8, 8), backend="reference")
+    runtime = SimpleNamespace(device=torch.device("cpu"), multiprocessors=1)
+    wrappers = accelerate(model, runtime, ListArena(torch.device("cpu"), len(model.delta_ops())))
+    listing = [model.delta_ops()[name] for name, w in wrappers.items() if w.list_count is not None]
+    kernels = sorted(tuple(op.conv.weight.shape[2:]) for op in listing if isinstance(op, Conv2d))
+    assert kernels == [(1, 1), (3, 3), (3, 3)]  # expand, depthwise and stem feed activations
+    assert sorted(type(op).__name__ for op in listing) == ["Conv2d"] * 3 + ["Nonlinear"] * 2
