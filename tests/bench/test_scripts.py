@@ -37,6 +37,7 @@ HELP = {  # script → a text its --help prints
     "gpu_check.sh": "GPU check of the CUDA backend",
     "speed_probe.py": "--height",
     "kernel_probe.py": "--quiet",
+    "layer_bench.py": "--densities",
 }
 
 

@@ -1,0 +1,132 @@
+"""One delta conv layer alone, fused into its activation as in a converted model,
+against cuDNN's dense conv of the same shape: GPU µs per frame at several mask
+densities, for reading one kernel's cost without the rest of a model.
+
+Masks are random pixels (``pixels:D``, each pixel updated with probability D) or random
+8×8 tiles (``tiles:D``). Times come from ``torch.profiler`` over ``--repeats`` calls
+after a warm-up, per kernel name; the dense row is ``F.conv2d`` in the same dtype on
+channels_last input. Prints a table and writes JSON (``--json``). Example (the depthwise
+conv of MobileNetV2's block 3 at 720p), and the same layer under Nsight Compute::
+
+    python3 scripts/layer_bench.py --channels 144 --size 180x320
+    ncu -k regex:'^conv_depthwise$' --launch-skip 10 --launch-count 1 --section SpeedOfLight \\
+        --section InstructionStats python3 scripts/layer_bench.py --channels 144 \\
+        --size 180x320 --densities pixels:1
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import warnings
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from deltaconvert.bench.data import parse_resolution
+from deltaconvert.bench.runners import PRECISIONS
+from deltaconvert.delta import Delta
+from deltaconvert.files import write_text_atomic
+from deltaconvert.ops.conv import Conv2d
+from deltaconvert.ops.footprint import Footprint
+from deltaconvert.ops.nonlinear import Nonlinear
+
+DEVICE = torch.device("cuda", 0)
+ACTIVATIONS = {"relu6": nn.ReLU6, "relu": nn.ReLU, "hardswish": nn.Hardswish, "silu": nn.SiLU}
+
+
+def kernel_us(fn, repeats: int) -> dict[str, float]:
+    """GPU µs per call of ``fn`` by kernel name (torch.profiler, after a warm-up)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(5):
+        fn()
+    torch.cuda.synchronize()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(repeats):
+                fn()
+            torch.cuda.synchronize()
+    times: dict[str, list[float]] = defaultdict(list)
+    for e in prof.events():
+        if e.device_type == DeviceType.CUDA:
+            times[e.name[:60]].append(e.time_range.elapsed_us())
+    return {name: sum(us) / repeats for name, us in times.items()}
+
+
+def random_mask(kind: str, density: float, height: int, width: int, gen: torch.Generator) -> torch.Tensor:
+    """A (1, 1, H, W) mask of random pixels or of random 8×8 tiles."""
+    if kind == "pixels":
+        return torch.rand(1, 1, height, width, generator=gen, device=DEVICE) < density
+    if kind != "tiles":
+        raise SystemExit(f"layer_bench: error: mask kind {kind!r} is not pixels or tiles")
+    tiles = torch.rand(1, 1, -(-height // 8), -(-width // 8), generator=gen, device=DEVICE) < density
+    return tiles.repeat_interleave(8, 2).repeat_interleave(8, 3)[..., :height, :width].contiguous()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--channels", type=int, default=144, help="input channels")
+    parser.add_argument("--out-channels", type=int, help="default: --channels")
+    parser.add_argument("--groups", type=int, help="default: --channels (depthwise)")
+    parser.add_argument("--kernel", type=int, default=3)
+    parser.add_argument("--stride", type=int, default=1)
+    parser.add_argument("--size", default="180x320", help="input HxW")
+    parser.add_argument("--activation", default="relu6", choices=sorted(ACTIVATIONS))
+    parser.add_argument("--threshold", type=float, default=0.02, help="the activation's τ")
+    parser.add_argument("--dtype", default="fp16", choices=("fp16", "fp32"))
+    parser.add_argument("--densities", default="pixels:0,pixels:0.05,pixels:0.2,pixels:0.44,tiles:0.44,pixels:1",
+                        help="comma-separated KIND:DENSITY, KIND pixels or tiles")
+    parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--json", type=Path, help="write the results here")
+    args = parser.parse_args(argv)
+    from deltaconvert.backends.cuda.binding import wrapper_for
+    from deltaconvert.backends.cuda.device import device_runtime
+
+    height, width = parse_resolution(args.size)
+    dtype = PRECISIONS[args.dtype].dtype
+    cout = args.out_channels or args.channels
+    groups = args.groups or args.channels
+    runtime = device_runtime(DEVICE)
+    torch.manual_seed(0)
+    conv = nn.Conv2d(args.channels, cout, args.kernel, args.stride, args.kernel // 2, groups=groups,
+                     bias=False).to(DEVICE, dtype)
+    op = Conv2d(conv).to(DEVICE, dtype)
+    act = Nonlinear(ACTIVATIONS[args.activation](), Footprint.POINTWISE, (True,), args.threshold)
+    act = act.to(DEVICE, dtype)
+    op.node_name, act.node_name = "conv", "activation"
+    x = torch.randn(1, args.channels, height, width, device=DEVICE, dtype=dtype)
+    x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        act(op(x))  # the dense first frame: the activation's state
+        act.accelerated = wrapper_for(act, runtime)
+        op.accelerated = wrapper_for(op, runtime, (act, act.accelerated))
+        dense = kernel_us(lambda: conv(x), args.repeats)
+        rows = [{"case": "dense (cuDNN)", "kernels": dense}]
+        gen = torch.Generator(device=DEVICE).manual_seed(1)
+        for case in args.densities.split(","):
+            kind, _, density = case.partition(":")
+            d = Delta(x, random_mask(kind, float(density), height, width, gen))
+
+            def frame() -> None:
+                with runtime.frame():
+                    act(op(d))
+            rows.append({"case": case, "kernels": kernel_us(frame, args.repeats)})
+    print(f"conv {args.channels}→{cout} k{args.kernel} s{args.stride} groups {groups} at "
+          f"{height}×{width}, {args.dtype}, {args.activation} τ={args.threshold}")
+    print("\n| case | kernel | µs per frame |\n|---|---|---|")
+    for row in rows:
+        for name, us in row["kernels"].items():
+            print(f"| {row['case']} | {name} | {us:.1f} |")
+        print(f"| {row['case']} | (sum) | {sum(row['kernels'].values()):.1f} |")
+    if args.json:
+        write_text_atomic(args.json, json.dumps({"args": vars(args) | {"json": str(args.json)},
+                                                 "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
