@@ -645,19 +645,6 @@ extern "C" __global__ void __launch_bounds__(256, 4) conv_gemm_listed(CONV_PARAM
     if constexpr (std::is_same<scalar_t, __half>::value) conv_gemm_listed_tc<scalar_t>(CONV_ARGS, list, count);
 }
 
-// blockDim 256 = 32 output channels × 8 tile rows; grid (tiles, ceil(Cout / 32), N); never split.
-// The block first stages the input window of its tile for its 32 channels in shared
-// memory (in the model dtype, which holds the input values exactly; 0 where the mask is
-// clear or outside the frame): one coalesced, masked load per window value instead of
-// one per tap and output pixel. The weights of its channels (up to DW_TAPS taps) and
-// each thread's accumulator values (ConvOut::load) are loaded in the same step, so a
-// block waits on memory twice: for the mask of its window, then for everything else.
-// A thread then computes one channel of one tile row from the window, each output
-// summing its taps in (kh, kw) order. Windows larger than DW_WINDOW (large dilations)
-// are read from global memory tap by tap instead. With CONV_VECTOR_A (one output
-// channel per input channel, channels contiguous and a multiple of the vector: see
-// depthwise_mode in backends/cuda/conv.py) the window is staged one 16-byte vector of
-// channels per load. At least 4 blocks per multiprocessor.
 // The shared memory of a conv_depthwise block (one for all its geometries).
 struct DepthwiseShared {
     bool active[TILE_P];
@@ -780,6 +767,21 @@ __device__ __forceinline__ void depthwise(DepthwiseShared &sm, CONV_PARAMS) {
     sink.store(on, at, s, prev);
 }
 
+// blockDim 256 = 32 output channels × 8 tile rows; grid (tiles, ceil(Cout / 32), N); never split.
+// The block first stages the input window of its tile for its 32 channels in shared
+// memory (in the model dtype, which holds the input values exactly; 0 where the mask is
+// clear or outside the frame): one coalesced, masked load per window value instead of
+// one per tap and output pixel — with CONV_VECTOR_A (one output channel per input
+// channel, channels contiguous and a multiple of the vector: see depthwise_mode in
+// backends/cuda/conv.py) as asynchronous 16-byte copies. The weights of its channels (up
+// to DW_TAPS taps) and each thread's accumulator values (ConvOut::load) are loaded in the
+// same step, so a block waits on memory twice: for the mask of its window, then for
+// everything else. A thread then computes one channel of one tile row from the window,
+// each output summing its taps in (kh, kw) order. Windows larger than DW_WINDOW (large
+// dilations) are read from global memory tap by tap instead. 3×3 and 5×5 kernels at
+// stride 1 or 2 (dilation 1) run code specialised for them (depthwise<K, S>): the
+// kernel is bound by its instruction count, which constant geometry cuts by half.
+// At least 4 blocks per multiprocessor.
 extern "C" __global__ void __launch_bounds__(256, 4) conv_depthwise(CONV_PARAMS) {
     // MobileNet/EfficientNet geometries get their own code (K × K taps, stride S,
     // dilation 1, the same for every block); any other runs the general one.
