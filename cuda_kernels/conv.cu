@@ -206,6 +206,13 @@ struct ConvOut {
                 out[off4(o.n, o.c, o.y, o.x, oN, oC, oH, oW)] = from_f<scalar_t>(v[i]);
         }
     }
+    // load() then store(), for a kernel with nothing to overlap with the loads.
+    template <int R, typename At>
+    __device__ __forceinline__ void put(unsigned on, At at, const float (&v)[R]) const {
+        float prev[R];
+        load(on, at, prev);
+        store(on, at, v, prev);
+    }
 };
 #define CONV_OUT ConvOut{mode, out, oN, oC, oH, oW, acc, aN, aC, aH, aW}
 
@@ -248,9 +255,7 @@ __device__ __forceinline__ void gemm_store(unsigned on, At at, const float (&v)[
             ws[(((size_t)split * N + o.n) * OH + o.y) * OW * Cout + (size_t)o.x * Cout + o.c] = v[i];
         }
     } else {
-        float prev[R];
-        sink.load(on, at, prev);
-        sink.store(on, at, v, prev);
+        sink.put(on, at, v);
     }
 }
 
@@ -719,6 +724,7 @@ __device__ __forceinline__ void depthwise(DepthwiseShared &sm, CONV_PARAMS) {
     __pipeline_wait_prior(0);
     __syncthreads();
     if (!on) return;
+    auto weight = [&](int tap) { return staged_taps ? taps[tap][lane] : to_f(wp[tap * Cout + co]); };
     float s[TILE] = {};
     if constexpr (K > 0) {
         // A tile row reads SPAN consecutive window pixels per kernel row (the window is
@@ -732,7 +738,7 @@ __device__ __forceinline__ void depthwise(DepthwiseShared &sm, CONV_PARAMS) {
             for (int j = 0; j < SPAN; ++j) v[j] = to_f(window[(row * S + kh) * SPAN + j][lane]);
 #pragma unroll
             for (int kw = 0; kw < K; ++kw) {
-                const float wv = staged_taps ? taps[kh * K + kw][lane] : to_f(wp[(kh * K + kw) * Cout + co]);
+                const float wv = weight(kh * K + kw);
 #pragma unroll
                 for (int col = 0; col < TILE; ++col) s[col] += wv * v[col * S + kw];
             }
@@ -741,7 +747,7 @@ __device__ __forceinline__ void depthwise(DepthwiseShared &sm, CONV_PARAMS) {
         for (int kh = 0; kh < KH; ++kh) {
             const int iy = oy * sh - pt + kh * dh;
             for (int kw = 0; kw < KW; ++kw) {
-                const float wv = staged_taps ? taps[kh * KW + kw][lane] : to_f(wp[(kh * KW + kw) * Cout + co]);
+                const float wv = weight(kh * KW + kw);
                 float v[TILE];
                 if (staged) {
                     const int first = (row * sh + kh * dh) * t.cols + kw * dw;
@@ -814,9 +820,5 @@ extern "C" __global__ void conv_split_sum(int N, int OH, int OW, int Cout, int s
     for (int s = 0; s < splits; ++s) v += ws[s * per_split + i];
     const Pixel q = pixel_at(pixel, OH, OW);
     const float sum[1] = {v};
-    float prev[1];
-    auto at = [&](int) { return OutputAt{q.n, c, q.y, q.x}; };
-    const ConvOut sink = CONV_OUT;
-    sink.load(1u, at, prev);
-    sink.store(1u, at, sum, prev);
+    CONV_OUT.put(1u, [&](int) { return OutputAt{q.n, c, q.y, q.x}; }, sum);
 }
