@@ -117,11 +117,20 @@ extern "C" __global__ void pw_accumulate(int N, int C, int H, int W, int lanes, 
         a0C, a0H, a0W, a1, a1N, a1C, a1H, a1W, norm_w, norm_b, o, sN, sC, sH, sW, thr, out,   \
         oN, oC, oH, oW, om, counter, cand_counter, out_list, out_count, in_list, in_count
 
-template <int V>
-__device__ __forceinline__ void truncate_pixels(TRUNC_PARAMS) {
-    __shared__ int list[DC_BLOCK];
-    __shared__ int emits[DC_BLOCK];  // the block's emitted pixels (span ≤ DC_BLOCK)
-    __shared__ int n_emits;
+// The shared memory of a pw_truncate block (one for all its instantiations).
+struct TruncateShared {
+    int list[DC_BLOCK];
+    int emits[DC_BLOCK];  // the block's emitted pixels (span ≤ DC_BLOCK)
+    int n_emits;
+};
+
+// FN: the function as a compile-time code (an ACT_* activation), or -1 for the `fn`
+// argument (products, layer norms and the rarer activations).
+template <int V, int FN>
+__device__ __forceinline__ void truncate_pixels(TruncateShared &sm, TRUNC_PARAMS) {
+    if (FN >= 0) fn = FN;  // every branch on fn below folds
+    int *list = sm.list, *emits = sm.emits;
+    int &n_emits = sm.n_emits;
     if (threadIdx.x == 0) n_emits = 0;  // ordered before any use by block_list's barriers
     const ScanPixel sp = scan_pixel(N * H * W, span);
     int flags, tag, origin;  // origin + (tag >> 2): the pixel of a block_list entry
@@ -263,9 +272,27 @@ __device__ __forceinline__ void truncate_pixels(TRUNC_PARAMS) {
     list_append(emits, n_emits, 0, 0, out_list, out_count);
 }
 
+// In fp16 (the models the engine is tuned for) the activations of common CNNs (ReLU,
+// ReLU6 = hardtanh, hardswish, SiLU) get their own code, where the per-element function
+// is known at compile time; any other function, and fp32, run the general one.
+template <int V>
+__device__ __forceinline__ void truncate_by_function(TruncateShared &sm, TRUNC_PARAMS) {
+    if constexpr (sizeof(scalar_t) == 2) {
+        switch (fn) {
+        case ACT_RELU: truncate_pixels<V, ACT_RELU>(sm, TRUNC_ARGS); return;
+        case ACT_HARDTANH: truncate_pixels<V, ACT_HARDTANH>(sm, TRUNC_ARGS); return;
+        case ACT_HARDSWISH: truncate_pixels<V, ACT_HARDSWISH>(sm, TRUNC_ARGS); return;
+        case ACT_SILU: truncate_pixels<V, ACT_SILU>(sm, TRUNC_ARGS); return;
+        default: break;
+        }
+    }
+    truncate_pixels<V, -1>(sm, TRUNC_ARGS);
+}
+
 extern "C" __global__ void __launch_bounds__(DC_BLOCK, 4) pw_truncate(TRUNC_PARAMS, int vec) {
+    __shared__ TruncateShared sm;
     if (vec)
-        truncate_pixels<4>(TRUNC_ARGS);
+        truncate_by_function<4>(sm, TRUNC_ARGS);
     else
-        truncate_pixels<1>(TRUNC_ARGS);
+        truncate_by_function<1>(sm, TRUNC_ARGS);
 }
