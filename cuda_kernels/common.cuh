@@ -77,13 +77,15 @@ __device__ __forceinline__ bool group_scope_any(bool v, int lanes) {
 // DC_BLOCK (threads per block, 256) comes from backends/cuda/constants.py.
 
 // The pixel this thread scans: base + threadIdx.x, valid below the span and the frame.
+// The block's window starts at base = blockIdx.x · span unless the kernel loops over
+// windows itself (pw_truncate over a list).
 struct ScanPixel {
     int base, pixel;
     bool valid;
 };
-__device__ __forceinline__ ScanPixel scan_pixel(int pixels, int span) {
+__device__ __forceinline__ ScanPixel scan_pixel(int pixels, int span, int base) {
     ScanPixel s;
-    s.base = blockIdx.x * span;
+    s.base = base;
     s.pixel = s.base + (int)threadIdx.x;
     s.valid = (int)threadIdx.x < span && s.pixel < pixels;
     return s;

@@ -10,6 +10,7 @@
 #define DW_CO 32
 #define CAT_MAX 32
 #define GLOBAL_PIXELS 64
+#define DC_RESIDENT 4
 #define ACT_IDENTITY 0
 #define ACT_RELU 1
 #define ACT_HARDTANH 2

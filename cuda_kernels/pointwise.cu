@@ -48,7 +48,7 @@ extern "C" __global__ void pw_linear(int N, int C, int H, int W, int lanes, int 
                                      scalar_t *out, int oN, int oC, int oH, int oW,
                                      mask_t *om, int *counter, int *out_list, int *out_count) {
     __shared__ int list[DC_BLOCK];
-    const ScanPixel sp = scan_pixel(N * H * W, span);
+    const ScanPixel sp = scan_pixel(N * H * W, span, blockIdx.x * span);
     const int flags = operand_flags(sp, H, W, n_ops, DC_MASK_ARGS(0), DC_MASK_ARGS(1));
     if (sp.valid) om[sp.pixel] = flags != 0;
     const int count = block_list(flags != 0, ((int)threadIdx.x << 2) | flags, list);
@@ -74,7 +74,7 @@ extern "C" __global__ void pw_linear(int N, int C, int H, int W, int lanes, int 
 extern "C" __global__ void pw_accumulate(int N, int C, int H, int W, int lanes, int span,
                                          DC_OPERAND(0), float *a, int aN, int aC, int aH, int aW) {
     __shared__ int list[DC_BLOCK];
-    const ScanPixel sp = scan_pixel(N * H * W, span);
+    const ScanPixel sp = scan_pixel(N * H * W, span, blockIdx.x * span);
     const int flags = operand_flags(sp, H, W, 1, DC_MASK_ARGS(0), DC_MASK_ARGS(0));
     const int count = block_list(flags != 0, ((int)threadIdx.x << 2) | flags, list);
     for (int r0 = 0; r0 < count; r0 += DC_BLOCK / lanes) {
@@ -124,25 +124,30 @@ struct TruncateShared {
     int n_emits;
 };
 
+// One window of a pw_truncate block: the `span` candidates from `base` on — list
+// entries [base, base + span) below `listed` with in_list, else pixels [base, base + span)
+// scanned from the operand masks. It counts the window's emitted pixels and appends them
+// to out_list. Every thread of the block calls it; it may be called again for another
+// window (the shared memory is reused).
 // FN: the function as a compile-time code (an ACT_* activation), or -1 for the `fn`
 // argument (products, layer norms and the rarer activations).
 template <int V, int FN>
-__device__ __forceinline__ void truncate_pixels(TruncateShared &sm, TRUNC_PARAMS) {
+__device__ __forceinline__ void truncate_window(TruncateShared &sm, int base, int listed, TRUNC_PARAMS) {
     if (FN >= 0) fn = FN;  // every branch on fn below folds
     int *list = sm.list, *emits = sm.emits;
     int &n_emits = sm.n_emits;
+    __syncthreads();  // the previous window is done with the shared memory
     if (threadIdx.x == 0) n_emits = 0;  // ordered before any use by block_list's barriers
-    const ScanPixel sp = scan_pixel(N * H * W, span);
     int flags, tag, origin;  // origin + (tag >> 2): the pixel of a block_list entry
     if (in_list) {
-        // The candidates are the listed pixels: this block takes list entries
-        // [base, base + span); the host zeroed om and passes one operand (n_ops == 1).
-        const int listed = *in_count;
-        if (sp.base >= listed) return;  // the same for the whole block, before any barrier
-        flags = (int)threadIdx.x < span && sp.pixel < listed;
-        tag = flags ? (in_list[sp.pixel] << 2) | 1 : 0;
+        // The candidates are the listed pixels; the host zeroed om and passes one
+        // operand (n_ops == 1).
+        const int entry = base + (int)threadIdx.x;
+        flags = (int)threadIdx.x < span && entry < listed;
+        tag = flags ? (in_list[entry] << 2) | 1 : 0;
         origin = 0;
     } else {
+        const ScanPixel sp = scan_pixel(N * H * W, span, base);
         flags = operand_flags(sp, H, W, n_ops, DC_MASK_ARGS(0), DC_MASK_ARGS(1));
         if (sp.valid && !flags) om[sp.pixel] = 0;
         tag = ((int)threadIdx.x << 2) | flags;
@@ -272,6 +277,18 @@ __device__ __forceinline__ void truncate_pixels(TruncateShared &sm, TRUNC_PARAMS
     list_append(emits, n_emits, 0, 0, out_list, out_count);
 }
 
+// A pw_truncate block: over a list (in_list), a persistent grid whose blocks take
+// windows blockIdx.x, blockIdx.x + gridDim.x, … of the listed candidates (the host
+// launches at most one wave, see truncate() in backends/cuda/pointwise.py), so an empty
+// list costs one wave of blocks that read the count; else its one window of the frame.
+template <int V, int FN>
+__device__ __forceinline__ void truncate_pixels(TruncateShared &sm, TRUNC_PARAMS) {
+    const int first = blockIdx.x * span;
+    const int end = in_list ? *in_count : first + 1;  // a scanning block: one window
+    for (int base = first; base < end; base += gridDim.x * span)
+        truncate_window<V, FN>(sm, base, end, TRUNC_ARGS);
+}
+
 // In fp16 (the models the engine is tuned for) the activations of common CNNs (ReLU,
 // ReLU6 = hardtanh, hardswish, SiLU) get their own code, where the per-element function
 // is known at compile time; any other function, and fp32, run the general one.
@@ -289,7 +306,7 @@ __device__ __forceinline__ void truncate_by_function(TruncateShared &sm, TRUNC_P
     truncate_pixels<V, -1>(sm, TRUNC_ARGS);
 }
 
-extern "C" __global__ void __launch_bounds__(DC_BLOCK, 4) pw_truncate(TRUNC_PARAMS, int vec) {
+extern "C" __global__ void __launch_bounds__(DC_BLOCK, DC_RESIDENT) pw_truncate(TRUNC_PARAMS, int vec) {
     __shared__ TruncateShared sm;
     if (vec)
         truncate_by_function<4>(sm, TRUNC_ARGS);

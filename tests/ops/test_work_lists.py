@@ -2,7 +2,7 @@
 
 * A list holds exactly the set pixels of its mask, each once: for ``pw_truncate``
   (emitted pixels) and ``pw_linear`` (the union of its operands), frame after frame with
-  the counts zeroed by ``ListArena.begin_frame``.
+  the counts zeroed by ``FrameArena.begin_frame``.
 * ``conv_gemm_listed`` (1×1 convolutions over a listed input, rows = listed pixels)
   matches the reference on poisoned outputs, alone and fused into its activation, with
   more row tiles than its persistent grid has slots; it returns the input's mask and
@@ -60,8 +60,8 @@ def list_of(mask: torch.Tensor, gen: torch.Generator):
 
 @pytest.fixture
 def arena(poisoned):
-    from deltaconvert.backends.cuda.worklist import ListArena
-    return ListArena(DEVICE, 4)
+    from deltaconvert.backends.cuda.arena import FrameArena
+    return FrameArena(DEVICE, 4)
 
 
 def test_truncate_and_linear_list_their_masks(poisoned, arena):
@@ -153,14 +153,29 @@ def test_listed_conv_fused_into_its_activation(poisoned):
         run_listed(poisoned, ops, reference, shape, seed=1)
 
 
+class FewMultiprocessors:
+    """A runtime as if its GPU had ``count`` multiprocessors: one wave of blocks, and so a
+    persistent grid, is that much smaller (everything else is the runtime's)."""
+
+    def __init__(self, runtime, count: int) -> None:
+        self._runtime, self.multiprocessors = runtime, count
+
+    def __getattr__(self, name: str):
+        return getattr(self._runtime, name)
+
+
+@pytest.mark.parametrize("multiprocessors", [None, 1], ids=["h200", "one_sm"])
 @pytest.mark.parametrize("threshold", [0.0, 0.3])
-def test_truncate_over_listed_candidates(poisoned, threshold):
+def test_truncate_over_listed_candidates(poisoned, threshold, multiprocessors):
     """An activation whose input carries a list visits only the listed pixels (om zeroed
-    by the host) and matches the reference, masks included."""
-    shape = (2, 40, 9, 13)
+    by the host) and matches the reference, masks included — also when its persistent
+    grid (one wave: 4 blocks on one multiprocessor) loops over many windows."""
+    shape = (2, 40, 9, 13) if multiprocessors is None else (2, 40, 45, 53)
     ops, reference = prepare(
         poisoned, lambda: [Nonlinear(nn.Hardswish(), Footprint.POINTWISE, (True,), threshold)],
         (V(shape),), HALF, seed=0)
+    if multiprocessors is not None:
+        ops[0].accelerated.runtime = FewMultiprocessors(poisoned, multiprocessors)
     with torch.no_grad():
         run_listed(poisoned, ops, reference, shape, seed=1)
 

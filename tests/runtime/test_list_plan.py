@@ -49,11 +49,11 @@ def test_bound_plan_lists_for_list_consumers_and_truncations():
     from types import SimpleNamespace
 
     from deltaconvert.backends.cuda.binding import accelerate
-    from deltaconvert.backends.cuda.worklist import ListArena
+    from deltaconvert.backends.cuda.arena import FrameArena
 
     model = convert(Net().eval(), torch.randn(1, 3, 8, 8), backend="reference")
     runtime = SimpleNamespace(device=torch.device("cpu"), multiprocessors=1)
-    wrappers = accelerate(model, runtime, ListArena(torch.device("cpu"), len(model.delta_ops())))
+    wrappers = accelerate(model, runtime, FrameArena(torch.device("cpu"), len(model.delta_ops())))
     listing = [model.delta_ops()[name] for name, w in wrappers.items() if w.list_count is not None]
     kernels = sorted(tuple(op.conv.weight.shape[2:]) for op in listing if isinstance(op, Conv2d))
     assert kernels == [(1, 1), (3, 3), (3, 3)]  # expand, depthwise and stem feed activations

@@ -6,7 +6,8 @@ on the backend's own stream. Nothing here imports PyCUDA until it is used, so CP
 installs keep working on the reference math.
 
 Modules: ``errors`` (requirements and fixes), ``device`` (context, stream, frame),
-``kernels`` (compile cache, launch checks), ``tensors`` (layout), one wrapper module
+``kernels`` (compile cache, launch checks), ``tensors`` (layout), ``arena`` (memory
+zeroed once per frame), ``worklist`` (pixel and tile lists), one wrapper module
 per kernel family (``boundary``, ``pointwise``, ``conv``, ``pooling``, ``resize``,
 ``cat``), ``fusion`` (epilogue-fusion plan) and ``binding`` (op → wrapper).
 """
@@ -27,12 +28,12 @@ def bind(model: DeltaOpGraph, device: torch.device, dtype: torch.dtype) -> Runti
     from .binding import accelerate
     from .device import device_runtime
     from .kernels import SUPPORTED_DTYPES, load_all
-    from .worklist import ListArena
+    from .arena import FrameArena
 
     runtime = device_runtime(device)
-    lists = ListArena(runtime.device, len(model.delta_ops()))
-    accelerate(model, runtime, lists)
+    arena = FrameArena(runtime.device, len(model.delta_ops()))
+    accelerate(model, runtime, arena)
     if dtype in SUPPORTED_DTYPES:
         load_all(runtime, dtype)
     return Runtime("cuda", frame=runtime.frame, capture_stream=runtime.torch_stream,
-                   begin_frame=lists.begin_frame)
+                   begin_frame=arena.begin_frame)

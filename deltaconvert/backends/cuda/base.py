@@ -20,6 +20,7 @@ import torch
 
 from ...delta import Delta
 from ...ops.base import DeltaOp
+from .arena import FrameArena
 from .device import DeviceRuntime
 from .kernels import SUPPORTED_DTYPES
 
@@ -55,9 +56,12 @@ class Accelerated:
     Built by :meth:`bind` for ``op``; ``consumer`` is the truncating op (and its wrapper)
     a fusing producer hands its work to, None otherwise. ``list_count``: the count slot
     of the pixel work list this op's kernel may fill (:mod:`.worklist`), None: no list.
+    ``arena``: the bound model's per-frame zeroed memory (:mod:`.arena`), None outside a
+    bound model (the wrapper then zeroes what it needs itself).
     """
 
     list_count: torch.Tensor | None = None
+    arena: FrameArena | None = None
 
     def __init__(self, runtime: DeviceRuntime, op: DeltaOp,
                  consumer: Consumer | None = None) -> None:

@@ -11,13 +11,14 @@ from __future__ import annotations
 from ...ops.base import DeltaOp
 from ..runtime import DeltaOpGraph
 from . import boundary, cat, conv, conv_transpose, pointwise, pooling, resize  # noqa: F401  (register the families)
+from .arena import FrameArena
 from .base import Accelerated, Consumer
 from .conv import takes_pixel_list
 from .device import DeviceRuntime
 from .fusion import fusion_pairs
 from .pointwise import Truncating
 from .registry import family_for
-from .worklist import ListArena, list_producers
+from .worklist import list_producers
 
 
 def wrapper_for(op: DeltaOp, runtime: DeviceRuntime,
@@ -31,10 +32,11 @@ def wrapper_for(op: DeltaOp, runtime: DeviceRuntime,
 
 
 def accelerate(model: DeltaOpGraph, runtime: DeviceRuntime,
-               lists: ListArena | None = None) -> dict[str, Accelerated]:
+               arena: FrameArena | None = None) -> dict[str, Accelerated]:
     """The wrapper of every op the kernels run, by op name (installed on the ops). With
-    ``lists``, the wrapper of op number i lists its output pixels in slot i
-    (:attr:`Accelerated.list_count`) when a list consumer reads that output."""
+    ``arena``, every wrapper gets it (:attr:`Accelerated.arena`), and the wrapper of op
+    number i lists its output pixels in the arena's slot i (:attr:`Accelerated.list_count`)
+    when a list consumer reads that output."""
     ops = model.delta_ops()
     wrappers = {name: wrapper_for(op, runtime) for name, op in ops.items()}
 
@@ -49,9 +51,11 @@ def accelerate(model: DeltaOpGraph, runtime: DeviceRuntime,
     # Pixel lists feed 1×1 convs and truncating ops (their candidates, see listed_candidates).
     truncating = {id(ops[name]) for name, w in wrappers.items() if isinstance(w, Truncating)}
     listing = (list_producers(model, lambda op: takes_pixel_list(op) or id(op) in truncating)
-               if lists is not None else set())
+               if arena is not None else set())
     for index, (name, op) in enumerate(ops.items()):
-        if wrappers[name] is not None and name in listing:
-            wrappers[name].list_count = lists.slot(index)
+        if wrappers[name] is not None:
+            wrappers[name].arena = arena
+            if name in listing:
+                wrappers[name].list_count = arena.slot(index)
         op.accelerated = wrappers[name]
     return {name: w for name, w in wrappers.items() if w is not None}

@@ -67,11 +67,15 @@ GEMM_CO = 64      # output channels per conv_gemm block
 DW_CO = 32        # output channels per conv_depthwise block
 CAT_MAX = 32      # operands of one cat_channels launch
 GLOBAL_PIXELS = 64  # input pixels per pool_global_sum block
+RESIDENT_BLOCKS = 4  # blocks per SM that conv_gemm*, conv_depthwise and pw_truncate are
+                     # compiled for (their __launch_bounds__): one wave of a persistent
+                     # grid is RESIDENT_BLOCKS × SMs (PERF_NOTES §19)
 
 _PREFIXES = {Activation: "ACT_", PixelFunction: "FN_", PoolMode: "POOL_",
              ResizeMode: "RESIZE_", ConvMode: "CONV_"}
 _SCALARS = {"DC_BLOCK": BLOCK, "TILE": TILE, "GEMM_CO": GEMM_CO, "DW_CO": DW_CO,
-            "CAT_MAX": CAT_MAX, "GLOBAL_PIXELS": GLOBAL_PIXELS}
+            "CAT_MAX": CAT_MAX, "GLOBAL_PIXELS": GLOBAL_PIXELS,
+            "DC_RESIDENT": RESIDENT_BLOCKS}
 
 
 def nvcc_defines() -> dict[str, int]:

@@ -31,7 +31,7 @@ from ...delta import Delta
 from ...ops.base import DeltaOp
 from ...ops.conv import Conv2d
 from .base import Accelerated, Consumer, Fused
-from .constants import BLOCK, DW_CO, GEMM_CO, TILE, ConvMode
+from .constants import BLOCK, DW_CO, GEMM_CO, RESIDENT_BLOCKS, TILE, ConvMode
 from .device import DeviceRuntime
 from .kernels import Args, kernel
 from .pointwise import nhwc_state
@@ -44,7 +44,6 @@ from .worklist import list_args, list_extras, new_list
 VECTOR_LOADS = os.environ.get("DELTACONVERT_CUDA_VECTOR_LOADS", "1") != "0"
 # Split-K for small conv_gemm grids (DELTACONVERT_CUDA_SPLIT_K=0: off).
 SPLIT_K = os.environ.get("DELTACONVERT_CUDA_SPLIT_K", "1") != "0"
-RESIDENT_BLOCKS = 4  # conv_gemm blocks per SM (its __launch_bounds__; PERF_NOTES §19)
 SPLIT_MIN_K = 128    # fewest reduction elements per split (PERF_NOTES §19: 512 left the
                      # 23×40 layers of MobileNetV2 at 720p, K = 576–960, unsplit)
 MAX_SPLITS = 8

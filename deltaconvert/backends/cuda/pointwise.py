@@ -26,8 +26,9 @@ from ...ops.conv import ChannelScale
 from ...ops.footprint import Footprint
 from ...ops.linear import LinearCall
 from ...ops.nonlinear import Nonlinear
+from .arena import FrameArena, zeroed_mask
 from .base import Accelerated, Consumer, Fused
-from .constants import Activation, PixelFunction
+from .constants import RESIDENT_BLOCKS, Activation, PixelFunction
 from .device import DeviceRuntime
 from .kernels import SUPPORTED_DTYPES, Args, kernel
 from .registry import accelerates
@@ -134,11 +135,13 @@ def accumulate(runtime: DeviceRuntime, layer: str, d: Delta, acc: torch.Tensor) 
 def truncate(runtime: DeviceRuntime, op: DeltaOp, dtype: torch.dtype, out_shape: Sequence[int],
              fn: KernelFunction, work: Fused, acc: Sequence[torch.Tensor], sent: torch.Tensor,
              norm: tuple[torch.Tensor, torch.Tensor] | tuple[None, None],
-             list_count: torch.Tensor | None = None) -> Delta:
+             list_count: torch.Tensor | None = None, arena: FrameArena | None = None) -> Delta:
     """One launch of ``pw_truncate`` (see pointwise.cu) for ``op``'s pixels of
     ``out_shape``; it counts ``op``'s updates and those of a fused linear producer
     (``work.counter``), and lists the emitted pixels when ``list_count`` is a list-count
-    slot (:mod:`.worklist`)."""
+    slot (:mod:`.worklist`). Over listed candidates it runs a persistent grid of one wave,
+    and its output mask starts clear: the candidates' own when it owns them, else a region
+    of ``arena`` (zeroed at the frame's start; without an arena, a memset here)."""
     n, c, h, w = shape4(out_shape)
     out = new_values(out_shape, dtype, runtime.device)
     candidates = listed_candidates(work, out_shape)
@@ -149,12 +152,15 @@ def truncate(runtime: DeviceRuntime, op: DeltaOp, dtype: torch.dtype, out_shape:
         # and no other op reads it: it becomes the output mask.
         om = work.operands[0].mask
     else:
-        om = new_mask(out_shape, runtime.device).zero_()
+        om = zeroed_mask(arena, op.node_name, out_shape, runtime.device)
     product = fn.code == PixelFunction.PRODUCT
     vec = channel_vectors(out_shape, out, sent, acc[0], acc[1] if product else None,
                           *(d.values for d in work.operands if work.lin))
     lanes = lanes_for(c, 2 * VECTOR_CHANNELS if vec else CHANNELS_PER_LANE)
     grid, block, span = list_grid(n * h * w, lanes)
+    if candidates is not None:
+        # A persistent grid of at most one wave loops over the list's windows.
+        grid = (min(grid[0], RESIDENT_BLOCKS * runtime.multiprocessors), 1, 1)
     args = Args(op.node_name).ints(n, c, h, w, lanes, span, len(work.operands), int(work.lin))
     for i in range(2):
         add_operand(args, work.operands[i] if i < len(work.operands) else None,
@@ -257,7 +263,7 @@ class Truncating(Accelerated):
         vectors = ((self.vectors.get(norm.weight), self.vectors.get(norm.bias))
                    if norm is not None else (None, None))
         return truncate(self.runtime, op, d.dtype, d.shape, self.function, work, acc, sent,
-                        vectors, self.list_count)
+                        vectors, self.list_count, self.arena)
 
 
 @accelerates(Nonlinear, when=lambda op: _pointwise(op, (True, True)) and _is(op.fn, MUL_FNS))
@@ -282,7 +288,7 @@ class Product(Accelerated):
         accumulate(self.runtime, op.node_name, y, acc[1])
         return truncate(self.runtime, op, x.dtype, out_shape,
                         KernelFunction(PixelFunction.PRODUCT), Fused(op, [x, y], [1.0, 1.0], lin=False),
-                        acc, sent, (None, None), self.list_count)
+                        acc, sent, (None, None), self.list_count, self.arena)
 
 
 @accelerates(ChannelScale, LinearCall, fuses=True, when=lambda op: isinstance(op, ChannelScale)

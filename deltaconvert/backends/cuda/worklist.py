@@ -7,8 +7,8 @@ A :class:`PixelList` travels with the Delta whose mask it lists, as
 ``count`` is a one-element int32 device tensor and is never read on the host (no
 synchronisation). The producing kernel appends with one atomicAdd per block
 (``list_append`` in ``cuda_kernels/common.cuh``), so its count must be zero when it
-starts: counts live in a :class:`ListArena` of the bound model, zeroed once per frame
-inside the frame (and so inside a captured CUDA graph) by :meth:`ListArena.begin_frame`.
+starts: counts are slots of the bound model's :class:`~.arena.FrameArena`, zeroed once per
+frame inside the frame (and so inside a captured CUDA graph).
 
 Producers: ``pw_truncate`` (emitted pixels), ``pw_linear`` (the union of its operands)
 and the tiled conv kernels (their output pixels, appended by the block that writes the
@@ -16,8 +16,8 @@ tile's mask), for the ops whose output a list consumer reads (:func:`list_produc
 appending costs a producer about a microsecond, so nothing lists for nobody). Consumers:
 1×1 convolutions (``conv_gemm_listed``; their output mask is their input mask, so they
 hand the list on) and truncating ops (``pw_truncate`` over the listed candidates, with
-an output mask that starts clear: a fresh one zeroed, or the candidates' own mask when
-a fused conv wrote it for the truncation alone, ``Fused.owns_masks``).
+an output mask that starts clear: a region of the frame arena, or the candidates' own
+mask when a fused conv wrote it for the truncation alone, ``Fused.owns_masks``).
 ``DELTACONVERT_CUDA_WORK_LISTS=0`` turns lists off (every kernel scans its masks, as
 before lists existed).
 """
@@ -44,21 +44,6 @@ class PixelList:
 
     index: torch.Tensor  # int32, capacity = the mask's element count
     count: torch.Tensor  # int32, one element: the listed pixels
-
-
-class ListArena:
-    """The list counts of one bound model: one slot per op, zeroed every frame."""
-
-    def __init__(self, device: torch.device, slots: int) -> None:
-        self.counts = torch.zeros(max(slots, 1), dtype=torch.int32, device=device)
-
-    def slot(self, index: int) -> torch.Tensor:
-        """The count of the list that op number ``index`` produces (a one-element view)."""
-        return self.counts[index:index + 1]
-
-    def begin_frame(self) -> None:
-        """Zero every count (one memset on the current stream)."""
-        self.counts.zero_()
 
 
 def new_list(pixels: int, count: torch.Tensor | None) -> PixelList | None:
