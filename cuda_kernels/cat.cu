@@ -20,6 +20,7 @@ struct CatOperands {
 extern "C" __global__ void cat_channels(const CatOperands ops, int n_ops, int N, int H, int W,
                                         int lanes, scalar_t *out, int oN, int oC, int oH, int oW,
                                         mask_t *om) {
+    DC_GRID_START();
     const PixelGroup g = pixel_group(lanes);
     const int HW = H * W;
     if (g.pixel >= N * HW) return;

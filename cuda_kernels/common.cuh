@@ -67,6 +67,17 @@ __device__ __forceinline__ bool group_scope_any(bool v, int lanes) {
     return lanes <= 32 ? __any_sync(DC_FULL_WARP, v) : __syncthreads_or(v) != 0;
 }
 
+// Programmatic dependent launch (backends/cuda/dependent_launch.py). Every entry point
+// starts with DC_GRID_START(): wait until the kernel before it on the stream has
+// completed and its writes are visible, then let the next kernel launch — its blocks
+// start while this one runs, instead of after it. For a launch without the programmatic
+// attribute (the default) both instructions return at once.
+#if __CUDA_ARCH__ >= 900
+#define DC_GRID_START() asm volatile("griddepcontrol.wait;\n\tgriddepcontrol.launch_dependents;" ::: "memory")
+#else
+#define DC_GRID_START() ((void)0)
+#endif
+
 // Block-local work lists (pointwise.cu). A block of DC_BLOCK threads covers `span`
 // consecutive pixels, span = (DC_BLOCK / lanes groups) × depth, depth ≤ 4 chosen by the
 // host (list_grid in backends/cuda/tensors.py). Thread i < span reads the flags of pixel

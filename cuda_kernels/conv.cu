@@ -668,13 +668,20 @@ __device__ __forceinline__ void conv_gemm_any(CONV_PARAMS) {
 // blockDim 256; grid (tiles, groups · ceil(Cout_g / 64), N) for conv_gemm and
 // (tiles, groups · ceil(Cout_g / 64), splits · N) for conv_gemm_split (split K: the
 // partial sums go to ws; the unsplit kernel ignores `splits` and `ws`).
-extern "C" __global__ void __launch_bounds__(DC_BLOCK, DC_RESIDENT) conv_gemm(CONV_PARAMS) { conv_gemm_any<false>(CONV_ARGS); }
-extern "C" __global__ void __launch_bounds__(DC_BLOCK, DC_RESIDENT) conv_gemm_split(CONV_PARAMS) { conv_gemm_any<true>(CONV_ARGS); }
+extern "C" __global__ void __launch_bounds__(DC_BLOCK, DC_RESIDENT) conv_gemm(CONV_PARAMS) {
+    DC_GRID_START();
+    conv_gemm_any<false>(CONV_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(DC_BLOCK, DC_RESIDENT) conv_gemm_split(CONV_PARAMS) {
+    DC_GRID_START();
+    conv_gemm_any<true>(CONV_ARGS);
+}
 
 // grid (row-tile slots, groups · ceil(Cout_g / 64), 1); fp16 only (the host never
 // launches it for fp32 models, whose GEMM runs on CUDA cores over tiles).
 extern "C" __global__ void __launch_bounds__(DC_BLOCK, DC_RESIDENT) conv_gemm_listed(CONV_PARAMS, const int *list,
                                                                        const int *count) {
+    DC_GRID_START();
     if constexpr (std::is_same<scalar_t, __half>::value) conv_gemm_listed_tc<scalar_t>(CONV_ARGS, list, count);
 }
 
@@ -817,6 +824,7 @@ __device__ __forceinline__ void depthwise(DepthwiseShared &sm, CONV_PARAMS) {
 // kernel is bound by its instruction count, which constant geometry cuts by half.
 // At least 4 blocks per multiprocessor.
 extern "C" __global__ void __launch_bounds__(DC_BLOCK, DC_RESIDENT) conv_depthwise(CONV_PARAMS) {
+    DC_GRID_START();
     // MobileNet/EfficientNet geometries get their own code (K × K taps, stride S,
     // dilation 1, the same for every block); any other runs the general one.
     __shared__ DepthwiseShared sm;

@@ -47,6 +47,7 @@ extern "C" __global__ void pw_linear(int N, int C, int H, int W, int lanes, int 
                                      const float *scale, int scale_stride,
                                      scalar_t *out, int oN, int oC, int oH, int oW,
                                      mask_t *om, int *counter, int *out_list, int *out_count) {
+    DC_GRID_START();
     __shared__ int list[DC_BLOCK];
     const ScanPixel sp = scan_pixel(N * H * W, span, blockIdx.x * span);
     const int flags = operand_flags(sp, H, W, n_ops, DC_MASK_ARGS(0), DC_MASK_ARGS(1));
@@ -73,6 +74,7 @@ extern "C" __global__ void pw_linear(int N, int C, int H, int W, int lanes, int 
 // Used by Densify (y += δ) and to accumulate the inputs of products and max pooling.
 extern "C" __global__ void pw_accumulate(int N, int C, int H, int W, int lanes, int span,
                                          DC_OPERAND(0), float *a, int aN, int aC, int aH, int aW) {
+    DC_GRID_START();
     __shared__ int list[DC_BLOCK];
     const ScanPixel sp = scan_pixel(N * H * W, span, blockIdx.x * span);
     const int flags = operand_flags(sp, H, W, 1, DC_MASK_ARGS(0), DC_MASK_ARGS(0));
@@ -307,6 +309,7 @@ __device__ __forceinline__ void truncate_by_function(TruncateShared &sm, TRUNC_P
 }
 
 extern "C" __global__ void __launch_bounds__(DC_BLOCK, DC_RESIDENT) pw_truncate(TRUNC_PARAMS, int vec) {
+    DC_GRID_START();
     __shared__ TruncateShared sm;
     if (vec)
         truncate_by_function<4>(sm, TRUNC_ARGS);

@@ -24,6 +24,7 @@ extern "C" __global__ void pool_window(int N, int C, int H, int W, int OH, int O
                                        const float *a, int aN, int aC, int aH, int aW,
                                        scalar_t *o, int sN, int sC, int sH, int sW, float thr,
                                        scalar_t *out, int oN, int oC, int oH, int oW, mask_t *om) {
+    DC_GRID_START();
     const PixelGroup g = pixel_group(lanes);
     const bool valid = g.pixel < N * OH * OW;
     const Pixel q = pixel_at(valid ? g.pixel : 0, OH, OW);
@@ -113,6 +114,7 @@ extern "C" __global__ void pool_window(int N, int C, int H, int W, int OH, int O
 extern "C" __global__ void pool_global_sum(int C, int H, int W, const scalar_t *v, int vN, int vC,
                                            int vH, int vW, const mask_t *m, int mN, int mH, int mW,
                                            float *sum, int *flag) {
+    DC_GRID_START();
     __shared__ float part[8][33];
     const int n = blockIdx.z, HW = H * W;
     const int c = blockIdx.y * 32 + threadIdx.x;
@@ -144,6 +146,7 @@ extern "C" __global__ void pool_global_sum(int C, int H, int W, const scalar_t *
 // its mask byte; then the sample's scratch is re-zeroed for the next frame.
 extern "C" __global__ void pool_global_finish(int C, float inv_count, float *sum, int *flag,
                                               scalar_t *out, int oN, int oC, mask_t *om) {
+    DC_GRID_START();
     const int n = blockIdx.x;
     const bool act = flag[n] != 0;
     __syncthreads();  // every thread has read the flag before thread 0 clears it

@@ -30,6 +30,7 @@ extern "C" __global__ void resize(int N, int C, int H, int W, int OH, int OW, in
                                   const scalar_t *v, int vN, int vC, int vH, int vW,
                                   const mask_t *m, int mN, int mH, int mW,
                                   scalar_t *out, int oN, int oC, int oH, int oW, mask_t *om) {
+    DC_GRID_START();
     const PixelGroup g = pixel_group(lanes);
     const int OHW = OH * OW;
     if (g.pixel >= N * OHW) return;

@@ -25,6 +25,7 @@ extern "C" __global__ void sparsify_mask(int N, int C, int H, int W, int lanes,
                                          const scalar_t *xv, int xN, int xC, int xH, int xW,
                                          const float *ref, int rN, int rC, int rH, int rW,
                                          float thr, mask_t *raw) {
+    DC_GRID_START();
     const PixelGroup g = pixel_group(lanes);
     const bool valid = g.pixel < N * H * W;
     const Pixel q = pixel_at(valid ? g.pixel : 0, H, W);
@@ -42,6 +43,7 @@ extern "C" __global__ void sparsify_apply(int N, int C, int H, int W, int lanes,
                                           float thr, const mask_t *raw, int dil,
                                           scalar_t *out, int oN, int oC, int oH, int oW,
                                           mask_t *om, int *counter) {
+    DC_GRID_START();
     const PixelGroup g = pixel_group(lanes);
     const bool valid = g.pixel < N * H * W;
     const Pixel q = pixel_at(valid ? g.pixel : 0, H, W);

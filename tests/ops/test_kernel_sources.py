@@ -77,6 +77,27 @@ def test_signatures_match(source: Path):
     assert _entry_points(source) == SIGNATURES[source.stem]
 
 
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.name)
+def test_every_entry_point_starts_by_waiting_for_its_predecessor(source: Path):
+    """With dependent launches (backends/cuda/dependent_launch.py) a kernel may start
+    before the previous one on the stream has finished: the first statement of every
+    entry point must be DC_GRID_START(), which waits for it."""
+    text = source.read_text()
+    entries = list(re.finditer(r'extern "C" __global__', text))
+    assert entries, source.name
+    for match in entries:
+        i = text.index("(", match.end())
+        if text[match.end():i].rstrip().endswith("__launch_bounds__"):
+            i = text.index("(", text.index(")", i))
+        depth = 1
+        while depth:
+            i += 1
+            depth += {"(": 1, ")": -1}.get(text[i], 0)
+        body = text[text.index("{", i) + 1:].lstrip()
+        name = text[match.end():i].split("(")[-2].split()[-1]
+        assert body.startswith("DC_GRID_START();"), f"{source.name}: {name} does not start with DC_GRID_START()"
+
+
 def test_the_generated_header_is_current():
     """cuda_kernels/constants.cuh is the output of constants.py (regenerate it with
     ``python3 deltaconvert/backends/cuda/constants.py --header > cuda_kernels/constants.cuh``)."""

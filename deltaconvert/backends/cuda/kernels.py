@@ -11,6 +11,8 @@
   and block against the device limits, int32 ranges and the stream, raising errors that
   name the layer. ``tests/ops/test_kernel_sources.py`` checks :data:`SIGNATURES`
   against the CUDA sources.
+* With ``DELTACONVERT_CUDA_PDL=1`` kernels launch as programmatic dependent launches
+  (:mod:`.dependent_launch`) instead of through PyCUDA.
 """
 from __future__ import annotations
 
@@ -25,7 +27,9 @@ import torch
 
 from ...errors import BackendUnavailable
 from ...files import cache_dir, write_bytes_atomic
+from . import dependent_launch
 from .constants import CAT_MAX, nvcc_flags
+from .dependent_launch import DependentFunction, DependentModule
 from .device import DeviceRuntime
 from .errors import FIX_NVCC, FIX_REFERENCE
 from .tensors import mask_strides
@@ -154,11 +158,13 @@ class Kernel:
 
     MAX_GRID = (INT32_MAX, 65535, 65535)
 
-    def __init__(self, runtime: DeviceRuntime, function: Any, name: str, signature: str) -> None:
+    def __init__(self, runtime: DeviceRuntime, function: Any, name: str, signature: str,
+                 dependent: DependentFunction | None = None) -> None:
         self.runtime = runtime
         self.name = name
         self.signature = signature
         self.function = function
+        self.dependent = dependent
         function.prepare(signature)
 
     def __call__(self, grid: tuple[int, int, int], block: tuple[int, int, int], args: Args) -> None:
@@ -175,7 +181,10 @@ class Kernel:
         if not 0 < threads <= 1024:
             raise ValueError(f"{layer}: invalid block {block} for {self.name}")
         self.runtime.check_stream(layer)
-        self.function.prepared_async_call(grid, block, self.runtime.stream, *args.values)
+        if self.dependent is not None:
+            self.dependent.launch(grid, block, self.runtime.handle, args.values)
+        else:
+            self.function.prepared_async_call(grid, block, self.runtime.stream, *args.values)
 
 
 @contextlib.contextmanager
@@ -198,7 +207,7 @@ def recorded_launches() -> Iterator[list[tuple[str, str, tuple[int, int, int]]]]
         Kernel.__call__ = original  # type: ignore[method-assign]
 
 
-_MODULES: dict[tuple[int, str, torch.dtype], Any] = {}
+_MODULES: dict[tuple[int, str, torch.dtype], tuple[Any, DependentModule | None]] = {}
 _KERNELS: dict[tuple[int, str, str, torch.dtype], Kernel] = {}
 _COMPILE_LOCK = threading.Lock()
 
@@ -216,9 +225,11 @@ def cubin_path(family: str, dtype: torch.dtype, arch: str, options: list[str],
     return cache_dir("cubins") / f"{family}-{_SCALAR_TYPES[dtype]}-{arch}-{digest.hexdigest()[:24]}.cubin"
 
 
-def _compile(runtime: DeviceRuntime, family: str, dtype: torch.dtype) -> Any:
-    """The loaded module of ``family`` for ``dtype``: nvcc runs only when no cubin of the
-    same source, options and toolkit is cached on disk (see :func:`cubin_path`)."""
+def _compile(runtime: DeviceRuntime, family: str, dtype: torch.dtype) -> tuple[Any, DependentModule | None]:
+    """The loaded module of ``family`` for ``dtype`` — PyCUDA's, and with dependent
+    launches on (:mod:`.dependent_launch`) the same cubin loaded for them: nvcc runs only
+    when no cubin of the same source, options and toolkit is cached on disk (see
+    :func:`cubin_path`)."""
     from pycuda.compiler import compile as nvcc_compile  # lazy: needs the driver
     from pycuda.compiler import get_nvcc_version
 
@@ -240,7 +251,8 @@ def _compile(runtime: DeviceRuntime, family: str, dtype: torch.dtype) -> Any:
         raise BackendUnavailable(f"compiling the CUDA kernels failed ({exc}): {FIX_NVCC}, "
                                  f"{FIX_REFERENCE}") from exc
     with runtime.pushed():
-        return driver_module().module_from_buffer(cubin)
+        return (driver_module().module_from_buffer(cubin),
+                DependentModule(cubin) if dependent_launch.ENABLED else None)
 
 
 def load_all(runtime: DeviceRuntime, dtype: torch.dtype) -> None:
@@ -260,9 +272,11 @@ def kernel(runtime: DeviceRuntime, family: str, name: str, dtype: torch.dtype) -
         return found
     with _COMPILE_LOCK:
         module_key = (runtime.index, family, dtype)
-        module = _MODULES.get(module_key)
-        if module is None:
-            module = _MODULES[module_key] = _compile(runtime, family, dtype)
-        found = _KERNELS[key] = Kernel(runtime, module.get_function(name), name,
-                                       SIGNATURES[family][name])
+        loaded = _MODULES.get(module_key)
+        if loaded is None:
+            loaded = _MODULES[module_key] = _compile(runtime, family, dtype)
+        module, dependent = loaded
+        signature = SIGNATURES[family][name]
+        found = _KERNELS[key] = Kernel(runtime, module.get_function(name), name, signature,
+                                       dependent.function(name, signature) if dependent else None)
     return found
