@@ -187,7 +187,7 @@ class ConvKernel(Accelerated):
         ws = arrivals = None
         if splits > 1:
             ws = new_values((splits, n, oh, ow, cout), torch.float32, device)
-            arrivals = zeroed(self.arena, (layer, "arrivals"), (n * tile_count * channel_blocks,),
+            arrivals = zeroed(self.arena, (layer, "arrivals"), (n * tiles * channel_blocks,),
                               torch.int32, device)
         epilogue = Args(layer).ints(mode).tensor(out, strides4(out))
         epilogue.tensor(acc, strides4(acc) if acc is not None else (0, 0, 0, 0))
