@@ -18,9 +18,9 @@
 //                   weights packed [KH][KW][Cout].
 // Split K (conv_gemm_split, the same GEMM with SPLIT set): blockIdx.z = split · N + n and
 // split s reduces its own range of K (a multiple of FLUSH_K long) into the fp32 workspace
-// ws[s][n][oy][ox][c]; the last of an output block's splits to finish adds the splits in
-// order and applies the epilogue (gemm_store). Splitting gives low-resolution layers with
-// long K (ResNet's last stages) more blocks than SMs; depthwise convs are never split.
+// ws[s][n][oy][ox][c]; conv_split_sum then adds the splits in order and applies the
+// epilogue. Splitting gives low-resolution layers with long K (ResNet's last stages) more
+// blocks than SMs; depthwise convs are never split.
 // `mode` bits: CONV_ACCUMULATE — the epilogue adds round(δy) into an fp32 accumulator
 // (the state of a following activation, which then truncates: see pw_truncate) instead
 // of writing δy in the model dtype; CONV_VECTOR_A / CONV_VECTOR_B — conv_gemm may load
@@ -53,14 +53,12 @@ constexpr int DW_TAPS = sizeof(scalar_t) == 2 ? 25 : 9;
         const scalar_t *x, int xN, int xC, int xH, int xW,                                  \
         const mask_t *m, int mN, int mH, int mW, const scalar_t *wp, int mode,              \
         scalar_t *out, int oN, int oC, int oH, int oW,                                      \
-        float *acc, int aN, int aC, int aH, int aW, mask_t *om, int splits, float *ws,          \
-        int *arrivals, int *counter,                                                        \
+        float *acc, int aN, int aC, int aH, int aW, mask_t *om, int splits, float *ws, int *counter,   \
         int *out_list, int *out_count
 
 #define CONV_ARGS                                                                           \
     N, Cin, H, W, Cout, OH, OW, KH, KW, sh, sw, pt, pl, dh, dw, groups, x, xN, xC, xH, xW, m,  \
-        mN, mH, mW, wp, mode, out, oN, oC, oH, oW, acc, aN, aC, aH, aW, om, splits, ws, arrivals, \
-        counter,                                                                            \
+        mN, mH, mW, wp, mode, out, oN, oC, oH, oW, acc, aN, aC, aH, aW, om, splits, ws, counter,  \
         out_list, out_count
 
 // The input mask as one tile reads it. The tile's output pixels read the input window of
@@ -244,44 +242,21 @@ __device__ __forceinline__ GemmBlock gemm_block(int Cin, int Cout, int groups, i
     return b;
 }
 
-// The epilogue of R outputs of a conv_gemm thread (see ConvOut): `sink`, or with SPLIT
-// its split's partial sums into the workspace ws[split][n][oy][ox][c]; then the block
-// counts itself in arrivals[output block] (zero at the frame's start: the host's frame
-// arena), and the block that arrives last — every split's sums are in ws — adds the
-// splits in split order (fixed: replays are deterministic) and stores them to `sink`.
-// Every thread of the block must call it.
+// The epilogue of R outputs of a conv_gemm thread (see ConvOut): its split's partial
+// sums into the workspace ws[split][n][oy][ox][c] (SPLIT), or `sink`.
 template <bool SPLIT, int R, typename At>
 __device__ __forceinline__ void gemm_store(unsigned on, At at, const float (&v)[R], const ConvOut &sink, int split,
-                                           float *ws, int *arrivals, int splits, int N, int OH, int OW,
-                                           int Cout) {
-    if (!SPLIT) {
+                                           float *ws, int N, int OH, int OW, int Cout) {
+    if (SPLIT) {
+#pragma unroll
+        for (int i = 0; i < R; ++i) {
+            if (!((on >> i) & 1)) continue;
+            const OutputAt o = at(i);
+            ws[(((size_t)split * N + o.n) * OH + o.y) * OW * Cout + (size_t)o.x * Cout + o.c] = v[i];
+        }
+    } else {
         sink.put(on, at, v);
-        return;
     }
-    auto slot = [&](int s, const OutputAt &o) {
-        return (((size_t)s * N + o.n) * OH + o.y) * OW * Cout + (size_t)o.x * Cout + o.c;
-    };
-#pragma unroll
-    for (int i = 0; i < R; ++i)
-        if ((on >> i) & 1) ws[slot(split, at(i))] = v[i];
-    __shared__ bool last;
-    __threadfence();  // this block's sums are visible before its arrival is
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        const int block = ((int)(blockIdx.z % N) * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x;
-        last = atomicAdd(arrivals + block, 1) == splits - 1;
-    }
-    __syncthreads();
-    if (!last) return;
-    __threadfence();  // the other splits' sums are visible to this block's reads
-    float sum[R];
-#pragma unroll
-    for (int i = 0; i < R; ++i) {
-        sum[i] = 0.f;
-        if ((on >> i) & 1)
-            for (int s = 0; s < splits; ++s) sum[i] += __ldcg(ws + slot(s, at(i)));
-    }
-    sink.put(on, at, sum);
 }
 
 // One element of the implicit-GEMM A matrix: the input value under reduction index kg
@@ -446,7 +421,7 @@ __device__ __forceinline__ void conv_gemm_cuda_cores(CONV_PARAMS) {
         const int p = ty * 4 + o / 4;
         return OutputAt{t.n, grp * cout_g + co0 + tx * 4 + o % 4, t.ty0 + p / TILE, t.tx0 + p % TILE};
     };
-    gemm_store<SPLIT>(on, at, v, CONV_OUT, slice.split, ws, arrivals, splits, N, OH, OW, Cout);
+    gemm_store<SPLIT>(on, at, v, CONV_OUT, slice.split, ws, N, OH, OW, Cout);
     list_tile(t, OH, OW, active, out_list, out_count);
 }
 
@@ -475,8 +450,7 @@ struct TcTiles {
 template <typename T, bool SPLIT, typename Fetch, typename Stage, typename RowAt>
 __device__ __forceinline__ void tc_gemm(const GemmBlock &gb, int split, const TcTiles<T> &s, const bool *active,
                                         Fetch fetch, Stage stage, RowAt row_at, const T *wg, const ConvOut &sink,
-                                        int N, int OH, int OW, int Cout, float *ws, int *arrivals,
-                                        int splits) {
+                                        int N, int OH, int OW, int Cout, float *ws) {
     using namespace nvcuda;
     const int mode = sink.mode;
     const int tid = threadIdx.x;
@@ -549,7 +523,7 @@ __device__ __forceinline__ void tc_gemm(const GemmBlock &gb, int split, const Tc
         const RowCoord r = row_at(p0 + 4 * i);
         return OutputAt{r.n, gb.grp * gb.cout_g + gb.co0 + co, r.oy, r.ox};
     };
-    gemm_store<SPLIT>(on, at, v, sink, split, ws, arrivals, splits, N, OH, OW, Cout);
+    gemm_store<SPLIT>(on, at, v, sink, split, ws, N, OH, OW, Cout);
 }
 
 template <typename T, bool SPLIT>
@@ -601,8 +575,7 @@ __device__ __forceinline__ void conv_gemm_tensor_cores(CONV_PARAMS) {
     };
     auto row_at = [&](int p) { return RowCoord{t.n, t.ty0 + p / TILE, t.tx0 + p % TILE}; };
     tc_gemm<T, SPLIT>(gb, slice.split, TcTiles<T>{As, Bs, Cs}, active, fetch, stage, row_at,
-                      wp + (size_t)gb.grp * gb.K * gb.cout_g, CONV_OUT, N, OH, OW, Cout, ws, arrivals,
-                      splits);
+                      wp + (size_t)gb.grp * gb.K * gb.cout_g, CONV_OUT, N, OH, OW, Cout, ws);
     list_tile(t, OH, OW, active, out_list, out_count);
 }
 
@@ -651,8 +624,7 @@ __device__ __forceinline__ void conv_gemm_listed_tc(CONV_PARAMS, const int *list
         __syncthreads();
         vr = rows[vp];
         tc_gemm<T, false>(gb, 0, TcTiles<T>{As, Bs, Cs}, active, fetch, stage, row_at,
-                          wp + (size_t)gb.grp * gb.K * gb.cout_g, CONV_OUT, N, OH, OW, Cout, nullptr,
-                          nullptr, 1);
+                          wp + (size_t)gb.grp * gb.K * gb.cout_g, CONV_OUT, N, OH, OW, Cout, nullptr);
         __syncthreads();  // the next tile's rows overwrite rows and active
     }
 }
@@ -839,4 +811,23 @@ extern "C" __global__ void __launch_bounds__(DC_BLOCK, DC_RESIDENT) conv_depthwi
         depthwise<5, 2>(sm, CONV_ARGS);
     else
         depthwise<0, 0>(sm, CONV_ARGS);
+}
+
+// The splits of a split-K conv_gemm added in split order (fixed, so replays are
+// deterministic), then stored (ConvOut), for every output element whose pixel is in
+// the output mask. One thread per element of ws[0]; blockDim 256.
+extern "C" __global__ void conv_split_sum(int N, int OH, int OW, int Cout, int splits, const float *ws,
+                                          const mask_t *om, int mode, scalar_t *out, int oN, int oC,
+                                          int oH, int oW, float *acc, int aN, int aC, int aH, int aW) {
+    DC_GRID_START();
+    const size_t per_split = (size_t)N * OH * OW * Cout;
+    const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= per_split) return;
+    const int pixel = (int)(i / Cout), c = (int)(i - (size_t)pixel * Cout);
+    if (!om[pixel]) return;
+    float v = 0.f;
+    for (int s = 0; s < splits; ++s) v += ws[s * per_split + i];
+    const Pixel q = pixel_at(pixel, OH, OW);
+    const float sum[1] = {v};
+    CONV_OUT.put(1u, [&](int) { return OutputAt{q.n, c, q.y, q.x}; }, sum);
 }

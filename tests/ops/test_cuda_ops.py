@@ -9,7 +9,6 @@ every state buffer closely. Sizes are odd and batches > 1.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import operator
 from dataclasses import dataclass
@@ -496,33 +495,13 @@ SPLIT_K = {**{name: (lambda make=make: [Conv2d(make())], (V(shape),), False)
            "conv_relu_vector": (*FUSIONS["conv_relu_vector"], True)}
 
 
-class ArenaFrames:
-    """A runtime whose ``frame()`` zeroes a frame arena first, as a bound model's does."""
-
-    def __init__(self, runtime, arena) -> None:
-        self._runtime, self._arena = runtime, arena
-
-    @contextlib.contextmanager
-    def frame(self):
-        with self._runtime.frame():
-            self._arena.begin_frame()
-            yield
-
-    def __getattr__(self, name: str):
-        return getattr(self._runtime, name)
-
-
-@pytest.mark.parametrize("arena", [False, True], ids=["zeroed_here", "arena"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("name", SPLIT_K)
-def test_conv_split_k(poisoned, monkeypatch, name, dtype, arena):
+def test_conv_split_k(poisoned, monkeypatch, name, dtype):
     """Split-K conv_gemm (small grids with long reductions, as in ResNet's last stages),
-    forced on small convs: each split writes its partial sums, and the last split of each
-    output block to arrive adds them in order and stores them (δy, or into the fused
-    activation's accumulator). The arrival counts are zeroed per call, or come from a
-    frame arena zeroed once per frame (frames repeat, so its regions are reused)."""
+    forced on small convs: each split writes its partial sums, ``conv_split_sum`` adds
+    them in order and stores them (δy, or into the fused activation's accumulator)."""
     from deltaconvert.backends.cuda import conv, kernels
-    from deltaconvert.backends.cuda.arena import FrameArena
     monkeypatch.setattr(conv, "SPLIT_MIN_K", 16)
     launched = []
     original = kernels.Kernel.__call__
@@ -534,17 +513,8 @@ def test_conv_split_k(poisoned, monkeypatch, name, dtype, arena):
     monkeypatch.setattr(kernels.Kernel, "__call__", spy)
     make, specs, fuse = SPLIT_K[name]
     torch.manual_seed(0)
-    if arena:
-        ops, reference = prepare(poisoned, make, specs, dtype, 0, fuse)
-        frames = FrameArena(DEVICE, 1)
-        for op in ops:
-            if op.accelerated is not None:
-                op.accelerated.arena = frames
-        with torch.no_grad():
-            run_frames(ArenaFrames(poisoned, frames), ops, reference, specs, dtype, 1, MASK_KINDS * 2)
-    else:
-        check(poisoned, make, specs, dtype, fuse=fuse)
-    assert "conv_gemm_split" in launched, launched
+    check(poisoned, make, specs, dtype, fuse=fuse)
+    assert "conv_split_sum" in launched, launched
 
 
 DEEP_LISTS = {

@@ -20,7 +20,7 @@ from typing import Hashable, Sequence
 
 import torch
 
-from .tensors import mask_shape
+from .tensors import mask_shape, new_mask
 
 ALIGN = 16  # bytes: regions start on 16-byte boundaries (vector loads)
 
@@ -83,17 +83,10 @@ class FrameArena:
         return self.counts.numel() * 4 + self._buffer.numel()
 
 
-def zeroed(arena: FrameArena | None, key: Hashable, shape: Sequence[int], dtype: torch.dtype,
-           device: torch.device) -> torch.Tensor:
-    """A tensor that is zero at the frame's start: the region ``key`` of ``arena``, or
-    one zeroed here (a memset) when there is no arena."""
-    if arena is None:
-        return torch.zeros(tuple(shape), dtype=dtype, device=device)
-    return arena.zeroed(key, shape, dtype)
-
-
 def zeroed_mask(arena: FrameArena | None, owner: str, values_shape: Sequence[int],
                 device: torch.device) -> torch.Tensor:
-    """An all-clear output mask for values of ``values_shape`` (see :func:`zeroed`),
-    keyed by ``owner`` (an op name)."""
-    return zeroed(arena, (owner, "mask"), mask_shape(tuple(values_shape)), torch.bool, device)
+    """An all-clear output mask for values of ``values_shape``: a region of ``arena``
+    keyed by ``owner`` (an op name), or a mask zeroed here when there is no arena."""
+    if arena is None:
+        return new_mask(values_shape, device).zero_()
+    return arena.zeroed((owner, "mask"), mask_shape(tuple(values_shape)), torch.bool)

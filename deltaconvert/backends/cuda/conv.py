@@ -17,9 +17,8 @@ it also runs over that list (``conv_gemm_listed``): the GEMM rows are the listed
 
 A ``conv_gemm`` grid with fewer blocks than one wave of resident blocks (ResNet's last
 stages: 120 blocks on 132 SMs at 720p) splits its reduction (:func:`k_splits`): each
-split writes fp32 partial sums to a workspace, and the last split of each output block
-to finish (arrival counts in the frame arena) adds them in a fixed order and applies the
-epilogue.
+split writes fp32 partial sums to a workspace and ``conv_split_sum`` adds them in a fixed
+order and applies the epilogue.
 """
 from __future__ import annotations
 
@@ -31,7 +30,6 @@ import torch
 from ...delta import Delta
 from ...ops.base import DeltaOp
 from ...ops.conv import Conv2d
-from .arena import zeroed
 from .base import Accelerated, Consumer, Fused
 from .constants import BLOCK, DW_CO, GEMM_CO, RESIDENT_BLOCKS, TILE, ConvMode
 from .device import DeviceRuntime
@@ -184,20 +182,21 @@ class ConvKernel(Accelerated):
         else:
             grid = (tiles, channel_blocks, n)
             name = "conv_gemm_split" if splits > 1 else "conv_gemm"
-        ws = arrivals = None
-        if splits > 1:
-            ws = new_values((splits, n, oh, ow, cout), torch.float32, device)
-            arrivals = zeroed(self.arena, (layer, "arrivals"), (n * tiles * channel_blocks,),
-                              torch.int32, device)
+        ws = new_values((splits, n, oh, ow, cout), torch.float32, device) if splits > 1 else None
         epilogue = Args(layer).ints(mode).tensor(out, strides4(out))
         epilogue.tensor(acc, strides4(acc) if acc is not None else (0, 0, 0, 0))
         counter = op.counter_for_kernel()
-        args_.extend(epilogue).ptr(om).ints(splits).ptr(ws).ptr(arrivals).ptr(counter)
+        args_.extend(epilogue).ptr(om).ints(splits).ptr(ws).ptr(counter)
         args_.extend(list_args(layer, produced))
         if over_list:
             args_.extend(list_args(layer, listed))
         kernel(self.runtime, "conv", name, d.dtype)((grid[0], grid[1], grid[2] * splits), (BLOCK, 1, 1),
                                                      args_)
+        if splits > 1:
+            total = n * oh * ow * cout
+            finish = Args(layer).ints(n, oh, ow, cout, splits).ptr(ws).ptr(om).extend(epilogue)
+            kernel(self.runtime, "conv", "conv_split_sum", d.dtype)((-(-total // BLOCK), 1, 1),
+                                                                    (BLOCK, 1, 1), finish)
         pixels = list_extras(listed or produced)
         extras = {**op.counted_extras(counter), **pixels}
         if fused:

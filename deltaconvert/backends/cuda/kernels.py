@@ -40,7 +40,7 @@ INT32_MAX = 2**31 - 1
 _OPERAND = "PiiiiPiiif"
 _T4 = "Piiii"  # a tensor pointer and its (N, C, H, W) strides
 _M3 = "Piii"   # a mask pointer and its (N, H, W) strides
-_CONV = "i" * 16 + _T4 + _M3 + "Pi" + _T4 * 2 + "PiPPP" + "PP"  # CONV_PARAMS in conv.cu
+_CONV = "i" * 16 + _T4 + _M3 + "Pi" + _T4 * 2 + "PiPP" + "PP"  # CONV_PARAMS in conv.cu
 CAT_OPERAND_BYTES = 56
 
 SIGNATURES: dict[str, dict[str, str]] = {
@@ -59,6 +59,7 @@ SIGNATURES: dict[str, dict[str, str]] = {
         "conv_gemm_split": _CONV,
         "conv_gemm_listed": _CONV + "PP",
         "conv_depthwise": _CONV,
+        "conv_split_sum": "i" * 5 + "PPi" + _T4 * 2,
     },
     "pool": {
         "pool_window": "i" * 18 + _T4 + _M3 + _T4 * 2 + "f" + _T4 + "P",
