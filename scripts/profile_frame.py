@@ -14,7 +14,11 @@ dtype:
   summed per stage (the first two parts of the layer name);
 * the dense model's CUDA-graph replay in the same precision (TF32 off): ms per frame
   and GPU time per kernel name, so each kind of work can be set against its dense cost;
-* the work fraction and each layer's updated fraction of the clip frames.
+* the work fraction and each layer's updated fraction of the clip frames;
+* the host side of a replayed empty frame: median µs for a call to return (no
+  synchronisation), and the functions that take it (cProfile, self time per frame, so
+  the Python layers' share is inflated by the profiler; C calls such as the graph
+  launch are measured as they are).
 
     python3 scripts/profile_frame.py [--model mobilenet_v2] [--clip static] \
         [--resolution 720x1280] [--tau 0.05] [--dtypes fp32,fp16] [--json PATH]
@@ -41,7 +45,7 @@ from deltaconvert.bench.data import (
 )
 from deltaconvert.bench.models import MODELS, build_model
 from deltaconvert.bench.runners import PRECISIONS, DenseRunner
-from deltaconvert.timing import frame_times
+from deltaconvert.timing import frame_times, host_times
 from deltaconvert.convert import convert
 from deltaconvert.files import write_text_atomic
 from deltaconvert.thresholds import ThresholdConfig
@@ -99,6 +103,26 @@ def attribute(times, launches) -> list[dict]:
     return rows
 
 
+def host_profile(model, frames, top: int = 12) -> dict:
+    """The host side of ``model`` on ``frames``: median µs per call without
+    synchronisation, and the ``top`` functions by self time per call (cProfile)."""
+    import cProfile
+    import pstats
+
+    host_us = statistics.median(host_times(model, frames, DEVICE)) * 1e3
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for x in frames:
+        model(x)
+    profiler.disable()
+    torch.cuda.synchronize()
+    entries = pstats.Stats(profiler).stats.items()  # (file, line, name) -> (cc, nc, tt, ct, callers)
+    rows = sorted(entries, key=lambda kv: -kv[1][2])[:top]
+    return {"host_us": host_us, "functions": [
+        {"function": f"{Path(file).name}:{line}({name})", "calls": nc / len(frames),
+         "self_us": tt / len(frames) * 1e6} for (file, line, name), (_, nc, tt, _, _) in rows]}
+
+
 def profile_dense(base, frames, label: str, repeats: int) -> dict:
     """The dense model's CUDA graph in this precision: ms per frame and kernel times."""
     runner = DenseRunner(base, PRECISIONS[label], "graph", DEVICE)  # calls set mode and TF32 flags
@@ -135,11 +159,12 @@ def profile_delta(base, frames, label: str, tau: float, repeats: int) -> dict:
         model(xs[-1])
         empty_ms = median_ms(model, empty)
         empty_kernels = attribute(kernel_times(model, empty[:repeats]), launches)
+        host = host_profile(model, empty * 4)
     model.to("cpu")
     layers = {name: entry.get("updated_last") for name, entry in stats["layers"].items()}
     return {"dtype": label, "tau": tau, "clip_ms": clip_ms, "empty_ms": empty_ms,
             "work_fraction": stats["work_fraction_last"], "layers_updated": layers,
-            "clip_kernels": clip_kernels, "empty_kernels": empty_kernels}
+            "clip_kernels": clip_kernels, "empty_kernels": empty_kernels, "empty_host": host}
 
 
 def totals(rows, key) -> dict[str, tuple[int, float]]:
@@ -176,6 +201,12 @@ def print_report(result: dict, dense: dict, top: int) -> None:
     empty_stages = totals(empty, stage)
     for name, (n, us) in totals(clip, stage).items():
         print(f"| {name} | {n} | {us:.1f} | {empty_stages.get(name, (0, 0.0))[1]:.1f} |")
+    host = result["empty_host"]
+    print(f"\nhost side of a replayed empty frame: {host['host_us']:.0f} µs per call "
+          "(no synchronisation); self time per frame under cProfile:")
+    print("\n| function | calls per frame | self µs per frame |\n|---|---|---|")
+    for f in host["functions"]:
+        print(f"| {f['function']} | {f['calls']:.1f} | {f['self_us']:.1f} |")
     updated = result["layers_updated"]
     print("\n| layer | kernel | grid | clip µs | empty µs | updated |\n|---|---|---|---|---|---|")
     order = sorted(range(len(clip)), key=lambda i: -clip[i]["us"])[:top]
