@@ -285,21 +285,31 @@ def launched_kernels(model, frame) -> set[str]:
     return {name for _, name, _ in launches}
 
 
+def converted_outputs(frames, cuda_graph: bool, check=lambda kernels: None) -> list[torch.Tensor]:
+    """The outputs of a freshly converted model on ``frames[2:]``, eagerly or replayed
+    from a CUDA graph; ``check`` is given the kernels of its eager first delta frame. CUDA
+    graphs need torch's caching allocator, which the sanitizer run turns off: skips there."""
+    if cuda_graph and os.environ.get("PYTORCH_NO_CUDA_MEMORY_CACHING") == "1":
+        pytest.skip("CUDA-graph capture needs torch's caching allocator (off under the sanitizer)")
+    model = converted()
+    model(frames[0])
+    check(launched_kernels(model, frames[1]))
+    if cuda_graph:
+        model.cuda_graph = True
+    return [model(f).clone() for f in frames[2:]]
+
+
 @pytest.mark.parametrize("cuda_graph", [False, True], ids=["eager", "graph"])
 def test_lists_change_no_output(runtime, monkeypatch, cuda_graph):
     from deltaconvert.backends.cuda import worklist
-    if cuda_graph and os.environ.get("PYTORCH_NO_CUDA_MEMORY_CACHING") == "1":
-        pytest.skip("CUDA-graph capture needs torch's caching allocator (off under the sanitizer)")
     frames = clip()
     outputs = {}
     for lists in (True, False):
         monkeypatch.setattr(worklist, "WORK_LISTS", lists)
-        model = converted()
-        model(frames[0])
-        kernels = launched_kernels(model, frames[1])
-        assert ("conv_gemm_listed" in kernels) is lists
-        if cuda_graph:
-            model.cuda_graph = True
-        outputs[lists] = [model(f).clone() for f in frames[2:]]
+
+        def check(kernels):
+            assert ("conv_gemm_listed" in kernels) is lists
+
+        outputs[lists] = converted_outputs(frames, cuda_graph, check)
     for i, (on, off) in enumerate(zip(outputs[True], outputs[False])):
         assert torch.equal(on, off), f"frame {i + 2}: lists changed the output"
