@@ -55,7 +55,7 @@ def test_a_size_change_gets_a_new_region():
     arena = FrameArena(CPU, 1)
     arena.begin_frame()
     arena.zeroed("a", (4,), torch.int32)
-    other = arena.zeroed("b", (4,), torch.int32)
+    arena.zeroed("b", (4,), torch.int32)
     arena.begin_frame()
     bigger = arena.zeroed("a", (9,), torch.int32)
     other = arena.zeroed("b", (4,), torch.int32)
