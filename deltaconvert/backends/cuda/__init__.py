@@ -7,7 +7,8 @@ installs keep working on the reference math.
 
 Modules: ``errors`` (requirements and fixes), ``device`` (context, stream, frame),
 ``kernels`` (compile cache, launch checks), ``tensors`` (layout), ``arena`` (memory
-zeroed once per frame), ``worklist`` (pixel and tile lists), one wrapper module
+zeroed once per frame), ``worklist`` (pixel work lists), ``dependent_launch``
+(programmatic dependent launches), one wrapper module
 per kernel family (``boundary``, ``pointwise``, ``conv``, ``pooling``, ``resize``,
 ``cat``), ``fusion`` (epilogue-fusion plan) and ``binding`` (op → wrapper).
 """

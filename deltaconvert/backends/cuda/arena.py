@@ -3,9 +3,9 @@ of one per buffer.
 
 A :class:`FrameArena` belongs to one bound model. It holds the work-list counts (one
 int32 slot per op, :meth:`FrameArena.slot`) and the regions that kernels need zeroed
-each frame — output masks that a kernel writes only where it has work, tile flags and
-counts (:meth:`FrameArena.zeroed`). :meth:`FrameArena.begin_frame` zeroes both inside
-the frame, so a captured CUDA graph replays the zeroing.
+each frame, such as the output masks that a kernel writes only where it has work
+(:meth:`FrameArena.zeroed`). :meth:`FrameArena.begin_frame` zeroes both inside the
+frame, so a captured CUDA graph replays the zeroing.
 
 Regions are keyed by their owner (op name and role) and laid out on first request, at
 the end of the arena, which grows by doubling into a new zeroed buffer (the views of

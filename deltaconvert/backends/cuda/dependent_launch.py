@@ -70,8 +70,7 @@ class DependentModule:
     long as its functions are launched)."""
 
     def __init__(self, cubin: bytes) -> None:
-        self._image = cubin  # the driver reads it during the call only; kept for clarity
-        self.handle = ctypes.c_void_p()
+        self.handle = ctypes.c_void_p()  # the driver copies the image during the call
         _check(_driver().cuModuleLoadData(ctypes.byref(self.handle), cubin), "cuModuleLoadData")
 
     def function(self, name: str, signature: str) -> "DependentFunction":

@@ -226,7 +226,8 @@ def cubin_path(family: str, dtype: torch.dtype, arch: str, options: list[str],
     return cache_dir("cubins") / f"{family}-{_SCALAR_TYPES[dtype]}-{arch}-{digest.hexdigest()[:24]}.cubin"
 
 
-def _compile(runtime: DeviceRuntime, family: str, dtype: torch.dtype) -> tuple[Any, DependentModule | None]:
+def _compile(runtime: DeviceRuntime, family: str,
+             dtype: torch.dtype) -> tuple[Any, DependentModule | None]:
     """The loaded module of ``family`` for ``dtype`` — PyCUDA's, and with dependent
     launches on (:mod:`.dependent_launch`) the same cubin loaded for them: nvcc runs only
     when no cubin of the same source, options and toolkit is cached on disk (see
