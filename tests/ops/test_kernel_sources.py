@@ -53,6 +53,15 @@ def _c_type_format(param: str, blob_sizes: dict[str, int]) -> str:
     raise AssertionError(f"unexpected kernel parameter type: {param!r}")
 
 
+def _after_parameters(text: str, start: int) -> int:
+    """The index just past the ``)`` that closes the parameter list opened before ``start``."""
+    depth, i = 1, start
+    while depth:
+        depth += {"(": 1, ")": -1}.get(text[i], 0)
+        i += 1
+    return i
+
+
 def _entry_points(source: Path) -> dict[str, str]:
     pre = subprocess.run([NVCC, "-E", "-std=c++17", f"-I{kernel_dir()}", *nvcc_flags(), str(source)],
                          capture_output=True, text=True, check=True).stdout
@@ -61,11 +70,7 @@ def _entry_points(source: Path) -> dict[str, str]:
     pattern = re.compile(r'extern\s+"C"\s+__attribute__\(\(global\)\)\s+void\s+'
                          r'(?:__attribute__\(\(launch_bounds\([^)]*\)\)\)\s*)?(\w+)\s*\(')
     for match in pattern.finditer(pre):
-        depth, i = 1, match.end()
-        while depth:
-            depth += {"(": 1, ")": -1}.get(pre[i], 0)
-            i += 1
-        params = pre[match.end():i - 1]
+        params = pre[match.end():_after_parameters(pre, match.end()) - 1]
         entries[match.group(1)] = "".join(_c_type_format(p, blob_sizes)
                                           for p in params.split(",") if p.strip())
     return entries
@@ -83,19 +88,14 @@ def test_every_entry_point_starts_by_waiting_for_its_predecessor(source: Path):
     before the previous one on the stream has finished: the first statement of every
     entry point must be DC_GRID_START(), which waits for it."""
     text = source.read_text()
-    entries = list(re.finditer(r'extern "C" __global__', text))
+    pattern = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s*)?(\w+)\s*\(')
+    entries = list(pattern.finditer(text))
     assert entries, source.name
     for match in entries:
-        i = text.index("(", match.end())
-        if text[match.end():i].rstrip().endswith("__launch_bounds__"):
-            i = text.index("(", text.index(")", i))
-        depth = 1
-        while depth:
-            i += 1
-            depth += {"(": 1, ")": -1}.get(text[i], 0)
-        body = text[text.index("{", i) + 1:].lstrip()
-        name = text[match.end():i].split("(")[-2].split()[-1]
-        assert body.startswith("DC_GRID_START();"), f"{source.name}: {name} does not start with DC_GRID_START()"
+        end = _after_parameters(text, match.end())
+        body = text[text.index("{", end) + 1:].lstrip()
+        assert body.startswith("DC_GRID_START();"), \
+            f"{source.name}: {match.group(1)} does not start with DC_GRID_START()"
 
 
 def test_the_generated_header_is_current():

@@ -16,6 +16,7 @@ graph still zeroes and uses the memory it was captured with.
 """
 from __future__ import annotations
 
+import math
 from typing import Hashable, Sequence
 
 import torch
@@ -47,14 +48,12 @@ class FrameArena:
     def zeroed(self, key: Hashable, shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
         """A contiguous tensor of ``shape`` and ``dtype`` that is zero now (frame start)
         and is this frame's only tensor under ``key``."""
-        numel = 1
-        for size in shape:
-            numel *= int(size)
-        nbytes = numel * torch.empty((), dtype=dtype).element_size()
+        nbytes = math.prod(int(size) for size in shape) * dtype.itemsize
         region = self._regions.get(key)
-        if key in self._given or ((region is None or region[1] != nbytes) and self._capturing()):
+        laid_out = region is not None and region[1] == nbytes
+        if key in self._given or (not laid_out and self._capturing()):
             return torch.zeros(tuple(shape), dtype=dtype, device=self.device)
-        if region is None or region[1] != nbytes:
+        if not laid_out:
             region = self._append(key, nbytes)
         self._given.add(key)
         offset = region[0]
