@@ -93,6 +93,12 @@ def convert(model: nn.Module, example_input: torch.Tensor | tuple | None = None,
         architecture: recorded in saved files and YAML (e.g. ``"resnet18"``).
         cuda_graph: replay delta frames through one CUDA graph (CUDA inputs only; see
             :mod:`deltaconvert.cuda_graph`); also settable later as ``model.cuda_graph``.
+
+    Threads: torch.fx patches ``nn.Module.__call__`` process-wide while it traces, so a
+    module called from another thread during ``convert`` is routed into the tracer and
+    fails (``NameError: module is not installed as a submodule``). Convert models before
+    starting threads that run models (e.g. a :class:`~deltaconvert.streams.StreamPool`
+    shared by camera threads).
     """
     _check_arguments(model, example_input, backend, architecture, cuda_graph)
     config = load_thresholds(thresholds)
