@@ -4,7 +4,8 @@
 * :func:`frame_times`: milliseconds of every call over a sequence of frames, CUDA events
   recorded around each call on the current stream and read once at the end (no
   synchronisation between frames), ``time.perf_counter`` on a CPU.
-* :func:`host_times`: host wall time of every call, no synchronisation;
+* :func:`host_times`: host wall time of every call made on an idle device (the host side
+  of a call alone);
 * :func:`timed`: one call and its milliseconds, synchronising with the device before and
   after (for loops that need each output before the next frame).
 """
@@ -42,12 +43,14 @@ def frame_times(fn: Callable[[torch.Tensor], Any], frames: Sequence[torch.Tensor
 
 def host_times(fn: Callable[[torch.Tensor], Any], frames: Sequence[torch.Tensor],
                device: torch.device) -> list[float]:
-    """Milliseconds of host wall time for each ``fn(frame)`` to return, after one
-    synchronisation before the first; none between calls, so on a GPU this is the host
-    side of each call (a call waits for the device only once its launch queue is full)."""
-    synchronize(device)
+    """Milliseconds of host wall time for each ``fn(frame)`` to return, each call started
+    on an idle device (a synchronisation before it, outside the timing): the host side of
+    the call alone. Calls made back to back would queue up behind a slower device and,
+    once its launch queue is full, each would wait for a frame of device time and report
+    it as host time."""
     times = []
     for frame in frames:
+        synchronize(device)
         start = time.perf_counter()
         fn(frame)
         times.append((time.perf_counter() - start) * 1e3)

@@ -17,8 +17,9 @@ dtype:
 * the dense model's CUDA-graph replay in the same precision (TF32 off): ms per frame
   and GPU time per kernel name, so each kind of work can be set against its dense cost;
 * the work fraction and each layer's updated fraction of the clip frames;
-* the host side of a replayed empty frame: median µs for a call to return (no
-  synchronisation), and the functions that take it (cProfile, self time per frame, so
+* the host side of a replayed empty frame: median µs for a call to return, each call
+  started on an idle device (timing.host_times), and the functions that take it
+  (cProfile around each call alone, self time per frame, so
   the Python layers' share is inflated by the profiler; C calls such as the graph
   launch are measured as they are).
 
@@ -106,17 +107,19 @@ def attribute(times, launches) -> list[dict]:
 
 
 def host_profile(model, frames, top: int = 12) -> dict:
-    """The host side of ``model`` on ``frames``: median µs per call without
-    synchronisation, and the ``top`` functions by self time per call (cProfile)."""
+    """The host side of ``model`` on ``frames``: median µs per call, and the ``top``
+    functions by self time per call (cProfile around each call alone); every call starts
+    on an idle device, so no call waits for a full launch queue."""
     import cProfile
     import pstats
 
     host_us = statistics.median(host_times(model, frames, DEVICE)) * 1e3
     profiler = cProfile.Profile()
-    profiler.enable()
     for x in frames:
+        torch.cuda.synchronize()
+        profiler.enable()
         model(x)
-    profiler.disable()
+        profiler.disable()
     torch.cuda.synchronize()
     entries = pstats.Stats(profiler).stats.items()  # (file, line, name) -> (cc, nc, tt, ct, callers)
     rows = sorted(entries, key=lambda kv: -kv[1][2])[:top]
@@ -205,7 +208,7 @@ def print_report(result: dict, dense: dict, top: int) -> None:
         print(f"| {name} | {n} | {us:.1f} | {empty_stages.get(name, (0, 0.0))[1]:.1f} |")
     host = result["empty_host"]
     print(f"\nhost side of a replayed empty frame: {host['host_us']:.0f} µs per call "
-          "(no synchronisation); self time per frame under cProfile:")
+          "(each on an idle device); self time per frame under cProfile:")
     print("\n| function | calls per frame | self µs per frame |\n|---|---|---|")
     for f in host["functions"]:
         print(f"| {f['function']} | {f['calls']:.1f} | {f['self_us']:.1f} |")

@@ -8,8 +8,10 @@ capture), ``calls`` further calls are measured three ways, each in its own loop:
 
 * ``wall_ms``: host wall time of one call with a device synchronisation before and after
   (:func:`~deltaconvert.bench.timing.timed`): the latency a user sees;
-* ``host_ms``: host wall time for the call to return, no synchronisation (the host
-  side of a frame: Python, checks, launches or the graph replay);
+* ``host_ms``: host wall time for the call to return, each call started on an idle
+  device (:func:`~deltaconvert.timing.host_times`): the host side of a frame alone
+  (Python, checks, launches or the graph replay) — calls made back to back would wait
+  for a full launch queue and report device time as host time;
 * ``frame_ms``: as the timed pass of every runner measures a frame
   (:func:`~deltaconvert.bench.timing.frame_times`): on a GPU, CUDA events recorded
   around each call on the current stream and read at the end, i.e. the GPU time of a
