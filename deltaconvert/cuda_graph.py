@@ -12,7 +12,7 @@ returning its ops' settings, and a sequence runs:
    (the CUDA backend's own stream), or a side stream for the reference math — and
    replayed to compute it;
 4. every later frame copies its inputs into the captured input buffers, replays the
-   graph, and returns copies of the captured outputs.
+   graph, and returns copies of the captured outputs, all on the caller's stream.
 
 The graph bakes in every op's threshold, Sparsify dilation and statistics switch. They
 are not compared every frame: assigning one of them advances
@@ -55,17 +55,20 @@ class CapturedFrame:
                               capture_error_mode="thread_local"):
             self.outputs = run_frame(*self.static_args, **self.static_kwargs)
 
-    def replay(self, runtime: Runtime, args: tuple, kwargs: dict) -> Any:
+    def replay(self, args: tuple, kwargs: dict) -> Any:
+        """Copy the inputs in, replay, return copies of the outputs — on the caller's
+        current stream, with no join to the backend's: a graph launch holds every kernel
+        of the frame, and the eager frames that also touch the model's state end with the
+        caller's stream waiting for them (see the runtime's ``frame``)."""
         if _signature(args, kwargs) != self.signature:
             raise SequenceMismatch(
                 "this frame does not continue the captured sequence (the structure, shape, "
                 "dtype or device of the inputs changed). Call model.reset() to start a new "
                 "sequence with the new input.")
-        with runtime.frame():
-            for static, new in zip(self.static_inputs, tensor_leaves((args, kwargs))):
-                static.copy_(new)
-            self.graph.replay()
-            return map_tensor_leaves(self.outputs, torch.clone)
+        for static, new in zip(self.static_inputs, tensor_leaves((args, kwargs))):
+            static.copy_(new)
+        self.graph.replay()
+        return map_tensor_leaves(self.outputs, torch.clone)
 
 
 class CudaGraphReplay:
@@ -102,4 +105,4 @@ class CudaGraphReplay:
             self._captured_settings = self._settings()
             self._generation = settings_generation()
             self.captured = CapturedFrame(self._run_frame, self._runtime, args, kwargs)
-        return self.captured.replay(self._runtime, args, kwargs)
+        return self.captured.replay(args, kwargs)
