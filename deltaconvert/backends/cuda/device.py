@@ -9,6 +9,9 @@ own stream, and the per-frame stream join (docs/ARCHITECTURE.md §5).
   frame runs every op (kernels and torch ops alike) on it: on entry it waits for the
   caller's stream, on exit the caller's stream waits for it. Inside a CUDA-graph
   capture on that stream the joins are skipped (the frame is already on it).
+* A second stream of its own (:meth:`DeviceRuntime.body_stream`) captures the body of a
+  conditional graph node (:mod:`.frame_skip`): :meth:`DeviceRuntime.launching_on` makes
+  it the stream every launch and torch op of the frame uses, for a while.
 """
 from __future__ import annotations
 
@@ -48,6 +51,29 @@ class DeviceRuntime:
             drv.Context.pop()
         self.torch_stream = torch.cuda.ExternalStream(self.stream.handle, device=self.device)
         self.handle = self.torch_stream.cuda_stream
+        self._body: tuple[object, torch.cuda.ExternalStream] | None = None
+
+    def body_stream(self) -> tuple[object, torch.cuda.ExternalStream]:
+        """A second non-blocking stream of the backend (PyCUDA's, and torch's view of it),
+        created on first use."""
+        if self._body is None:
+            drv = driver_module()
+            with self.pushed():
+                stream = drv.Stream(CU_STREAM_NON_BLOCKING)
+            self._body = (stream, torch.cuda.ExternalStream(stream.handle, device=self.device))
+        return self._body
+
+    @contextlib.contextmanager
+    def launching_on(self, stream: object, torch_stream: torch.cuda.ExternalStream) -> Iterator[None]:
+        """Inside this block the backend's kernels launch on ``stream`` and torch's
+        current stream is ``torch_stream`` (its view of the same stream)."""
+        saved = self.stream, self.torch_stream, self.handle
+        self.stream, self.torch_stream, self.handle = stream, torch_stream, torch_stream.cuda_stream
+        try:
+            with torch.cuda.stream(torch_stream):
+                yield
+        finally:
+            self.stream, self.torch_stream, self.handle = saved
 
     @contextlib.contextmanager
     def pushed(self) -> Iterator[None]:

@@ -52,7 +52,7 @@ SIGNATURES: dict[str, dict[str, str]] = {
     },
     "sparsify": {
         "sparsify_mask": "i" * 5 + _T4 * 2 + "fP",
-        "sparsify_apply": "i" * 5 + _T4 * 2 + "fPi" + _T4 + "PP",
+        "sparsify_apply": "i" * 5 + _T4 * 2 + "fPi" + _T4 + "PPP",
     },
     "conv": {
         "conv_gemm": _CONV,
@@ -71,6 +71,9 @@ SIGNATURES: dict[str, dict[str, str]] = {
     },
     "cat": {
         "cat_channels": f"{CAT_MAX * CAT_OPERAND_BYTES}s" + "i" * 5 + _T4 + "P",
+    },
+    "graph": {
+        "set_frame_condition": "QPP",
     },
 }
 
@@ -139,6 +142,12 @@ class Args:
         """Append the values of ``other`` (arguments shared by two launches)."""
         self.format += other.format
         self.values.extend(other.values)
+        return self
+
+    def handle(self, value: int) -> "Args":
+        """An unsigned 64-bit value (a CUDA-graph conditional handle)."""
+        self.format += "Q"
+        self.values.append(int(value))
         return self
 
     def blob(self, data: bytes) -> "Args":
