@@ -174,7 +174,7 @@ class CapturedBody:
 
     def open(self) -> None:
         runtime, lib = self.skip.runtime, _graph_driver()
-        stream = runtime.handle
+        stream = runtime.launch_stream()[1]  # the stream being captured
         graph, _, _ = _capture_info(stream)
         handle = ctypes.c_uint64()
         context = ctypes.c_void_p()
@@ -210,9 +210,10 @@ class CapturedBody:
 
     def __del__(self) -> None:
         # The graph first (its executable uses the body's memory), then the body's pool.
-        with contextlib.suppress(Exception):
-            self.graph.reset()
-            torch._C._cuda_releasePool(self.skip.runtime.device.index, self.pool)
+        if self.opened:
+            with contextlib.suppress(Exception):
+                self.graph.reset()
+                torch._C._cuda_releasePool(self.skip.runtime.device.index, self.pool)
 
 
 def _end_capture(stream: int) -> None:

@@ -191,10 +191,11 @@ class Kernel:
         if not 0 < threads <= 1024:
             raise ValueError(f"{layer}: invalid block {block} for {self.name}")
         self.runtime.check_stream(layer)
+        stream, handle = self.runtime.launch_stream()
         if self.dependent is not None:
-            self.dependent.launch(grid, block, self.runtime.handle, args.values)
+            self.dependent.launch(grid, block, handle, args.values)
         else:
-            self.function.prepared_async_call(grid, block, self.runtime.stream, *args.values)
+            self.function.prepared_async_call(grid, block, stream, *args.values)
 
 
 @contextlib.contextmanager
