@@ -149,6 +149,8 @@ class DeltaGraphModule(fx.GraphModule):
             return self._replay(args, kwargs)
         if not self._sequence_started:  # the first input's batch: as in Sparsify's check
             self._batch = next(iter(tensor_leaves((args, kwargs)))).shape[0]
+        if self._replay is not None:
+            self._replay.invalidate()  # this eager frame changes state outside the graph
         return self._run_frame(*args, **kwargs)
 
     def _settings(self) -> tuple:

@@ -8,10 +8,11 @@ emits a pixel, every mask of the frame is empty: no op emits, no state changes, 
 output would be rewritten with the value it already holds. So the frame's body — every
 op after the input Sparsify ops — may be skipped, and its outputs keep the values the
 last replay that ran it wrote. That needs: (1) the model's inputs reach the graph only
-through input Sparsify ops (:func:`skip_plan`; otherwise there is no skip); (2) the
-body ran since the capture (``force``, set at capture); (3) no state the body reads
-changed outside the graph since it last ran — the model's slot restarts write state
-rows and then call :meth:`CapturedBody.invalidate`, which sets ``force`` again.
+through input Sparsify ops, and no other Sparsify op re-enters the delta domain
+(:func:`skip_plan`; otherwise there is no skip); (2) the body ran since the capture
+(``force``, set at capture); (3) no state the body reads changed outside the graph since
+it last ran — the model's slot restarts and its eager frames (``cuda_graph`` switched
+off) call :meth:`CapturedBody.invalidate`, which sets ``force`` again.
 
 **The captured frame.** Outside the body: the arena's zeroing (which clears the
 ``changed`` flag), the statistics counters, the input Sparsify kernels (which set
@@ -38,7 +39,7 @@ from typing import Any
 
 import torch
 
-from ...ops.boundary import input_sparsifiers
+from ...ops.boundary import Sparsify, input_sparsifiers
 from ..runtime import DeltaOpGraph
 from .arena import FrameArena
 from .dependent_launch import check, driver
@@ -121,9 +122,15 @@ def _reads_values(user: Any, inputs: dict) -> bool:
 
 def skip_plan(model: DeltaOpGraph) -> list[str] | None:
     """The input Sparsify ops of ``model`` in graph order, when the model's inputs reach
-    its graph only through them (other users only query shapes), else None: a frame
-    could then change without any of them emitting, and no frame is skipped."""
+    its graph only through them (other users only query shapes) and it has no other
+    Sparsify op; else None, and no frame is skipped. An input read otherwise could change
+    with no Sparsify emitting; a re-entry Sparsify after a dense island may hold a
+    remainder ``x − ref`` (at threshold 0, a rounding ulp) that an unchanged frame would
+    send and a skipped one would defer."""
     inputs = input_sparsifiers(model)
+    ops = model.delta_ops()
+    if any(isinstance(op, Sparsify) and name not in inputs for name, op in ops.items()):
+        return None
     for node in model.graph.nodes:
         if node.op == "placeholder" and any(_reads_values(user, inputs) for user in node.users):
             return None
