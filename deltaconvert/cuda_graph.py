@@ -52,8 +52,9 @@ class CapturedFrame:
         self.static_args, self.static_kwargs = map_tensor_leaves((args, kwargs), torch.clone)
         self.static_inputs = list(tensor_leaves((self.static_args, self.static_kwargs)))
         self.graph = torch.cuda.CUDAGraph()
-        self.body = runtime.capture_body(self.graph)
-        with torch.cuda.graph(self.graph, stream=runtime.capture_stream,
+        pool = torch.cuda.graph_pool_handle()  # named up front: the body may route to it
+        self.body = runtime.capture_body(self.graph, pool)
+        with torch.cuda.graph(self.graph, pool=pool, stream=runtime.capture_stream,
                               capture_error_mode="thread_local"):
             with self.body:
                 self.outputs = run_frame(*self.static_args, **self.static_kwargs)

@@ -49,13 +49,14 @@ class Runtime:
     own stream); ``capture_stream`` is the stream a CUDA graph of the model must be
     captured on (None: any side stream). ``begin_frame()`` is called inside ``frame()``
     before every eager or captured forward runs its ops (so a CUDA graph replays it); the
-    CUDA backend zeroes its work-list counts there. ``capture_body(graph)``, called before
-    ``graph`` is captured, returns the context the captured forward runs in (see
-    :class:`WholeFrame`).
+    CUDA backend zeroes its work-list counts there. ``capture_body(graph, pool)``, called
+    before ``graph`` is captured into the memory pool ``pool``, returns the context the
+    captured forward runs in (see :class:`WholeFrame`).
     """
 
     name: str
     frame: Callable[[], ContextManager] = contextlib.nullcontext
     capture_stream: torch.cuda.Stream | None = None
     begin_frame: Callable[[], None] = lambda: None
-    capture_body: Callable[[torch.cuda.CUDAGraph], Any] = lambda graph: WholeFrame()
+    capture_body: Callable[[torch.cuda.CUDAGraph, tuple[int, int]], Any] = (
+        lambda graph, pool: WholeFrame())

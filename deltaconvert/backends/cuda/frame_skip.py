@@ -1,6 +1,6 @@
 """Skipping a replayed frame whose inputs did not change: a conditional node of the
-captured CUDA graph (``DELTACONVERT_CUDA_SKIP_UNCHANGED=1``; off by default until
-measured on a GPU).
+captured CUDA graph (on by default; ``DELTACONVERT_CUDA_SKIP_UNCHANGED=0`` turns it
+off).
 
 **Why it is exact.** In a delta frame every op's candidate pixels derive from its
 inputs' masks, and the masks start at the model's input Sparsify ops. When none of them
@@ -23,9 +23,11 @@ graph being captured on the backend stream and captures the rest of the frame in
 body from a second stream of the backend (``cuStreamBeginCaptureToGraph``: a capturing
 stream cannot also capture a child graph). The backend launches on that stream and
 torch's current stream is it, so torch ops of the body are captured there too; its
-allocations go to a memory pool of the body's own (torch's allocator routes one pool
-to one capture). :meth:`CapturedBody.__exit__` ends the body's capture; the outer
-capture then ends as usual.
+allocations go to the graph's own memory pool, which torch's allocator lets one
+capture record to at a time: the outer capture hands it to the body stream and takes
+it back (:func:`_route_pool`), so the body's memory lives and dies with the graph.
+:meth:`CapturedBody.__exit__` ends the body's capture; the outer capture then ends as
+usual.
 
 The driver calls go through ctypes (PyCUDA has no graph API), as in
 :mod:`.dependent_launch`.
@@ -46,7 +48,7 @@ from .dependent_launch import check, driver
 from .device import DeviceRuntime
 from .kernels import Args, kernel
 
-ENABLED = os.environ.get("DELTACONVERT_CUDA_SKIP_UNCHANGED", "0") == "1"
+ENABLED = os.environ.get("DELTACONVERT_CUDA_SKIP_UNCHANGED", "1") != "0"
 
 _NODE_CONDITIONAL = 13          # CU_GRAPH_NODE_TYPE_CONDITIONAL
 _CONDITION_IF = 0               # CU_GRAPH_COND_TYPE_IF
@@ -145,11 +147,11 @@ class FrameSkip:
         self.runtime, self.arena, self.dtype = runtime, arena, dtype
         self.armed: CapturedBody | None = None
 
-    def capture(self, graph: torch.cuda.CUDAGraph) -> "CapturedBody":
+    def capture(self, graph: torch.cuda.CUDAGraph, pool: tuple[int, int]) -> "CapturedBody":
         """Before ``graph`` is captured: the context to enter inside the capture, around
         the forward (its ``force`` flag and the body stream are made now, outside it)."""
         self.runtime.body_stream()
-        return CapturedBody(self, graph)
+        return CapturedBody(self, graph, pool)
 
     def open(self) -> None:
         """After the last input Sparsify kernel: during an armed capture, the rest of the
@@ -159,13 +161,12 @@ class FrameSkip:
 
 
 class CapturedBody:
-    """The IF node of one captured frame and what it keeps alive (its ``force`` flag, its
-    memory pool)."""
+    """The IF node of one captured frame and its ``force`` flag (the graph's memory pool
+    holds what the body allocates)."""
 
-    def __init__(self, skip: FrameSkip, graph: torch.cuda.CUDAGraph) -> None:
-        self.skip, self.graph = skip, graph
+    def __init__(self, skip: FrameSkip, graph: torch.cuda.CUDAGraph, pool: tuple[int, int]) -> None:
+        self.skip, self.graph, self.pool = skip, graph, pool
         self.force = torch.ones(1, dtype=torch.int32, device=skip.runtime.device)
-        self.pool = torch.cuda.graph_pool_handle()
         self.opened = False
         self._closing: contextlib.ExitStack | None = None
 
@@ -202,25 +203,36 @@ class CapturedBody:
                                                         _SET_DEPENDENCIES),
                "cuStreamUpdateCaptureDependencies")
         body_stream, body_torch = runtime.body_stream()
+        outer = torch.cuda.current_stream(runtime.device)
         check(lib.cuStreamBeginCaptureToGraph(body_stream.handle, body_graph, None, None, 0,
                                                _CAPTURE_THREAD_LOCAL), "cuStreamBeginCaptureToGraph")
         closing = contextlib.ExitStack()
-        closing.callback(_end_capture, body_stream.handle)
-        closing.enter_context(runtime.launching_on(body_stream, body_torch))
-        torch._C._cuda_beginAllocateCurrentStreamToPool(runtime.device.index, self.pool)
-        closing.callback(torch._C._cuda_endAllocateToPool, runtime.device.index, self.pool)
+        try:  # a failure half way leaves no capture open on the body stream
+            closing.callback(_end_capture, body_stream.handle)
+            closing.enter_context(runtime.launching_on(body_stream, body_torch))
+            _route_pool(runtime.device.index, self.pool, body_torch, outer)
+            closing.callback(_route_pool, runtime.device.index, self.pool, outer, body_torch)
+        except BaseException:
+            closing.close()
+            raise
         self._closing, self.opened = closing, True
 
     def invalidate(self) -> None:
         """State the body reads changed outside the graph: the next replay runs it."""
         self.force.fill_(1)
 
-    def __del__(self) -> None:
-        # The graph first (its executable uses the body's memory), then the body's pool.
-        if self.opened:
-            with contextlib.suppress(Exception):
-                self.graph.reset()
-                torch._C._cuda_releasePool(self.skip.runtime.device.index, self.pool)
+
+def _route_pool(device: int, pool: tuple[int, int], to: torch.cuda.Stream,
+                away_from: torch.cuda.Stream) -> None:
+    """Route the allocations that go to the graph's memory ``pool`` from stream
+    ``away_from`` to stream ``to`` (torch's allocator lets one capture at a time record
+    to a pool: the outer capture hands it to the body and takes it back). Each begin
+    adds a use of the pool that the graph's reset does not undo, so it is released once
+    here; the pool lives as long as the graph."""
+    torch._C._cuda_endAllocateToPool(device, pool)
+    with torch.cuda.stream(to):
+        torch._C._cuda_beginAllocateCurrentStreamToPool(device, pool)
+    torch._C._cuda_releasePool(device, pool)
 
 
 def _end_capture(stream: int) -> None:
