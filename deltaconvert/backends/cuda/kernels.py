@@ -62,15 +62,15 @@ SIGNATURES: dict[str, dict[str, str]] = {
         "conv_split_sum": "i" * 5 + "PPi" + _T4 * 2,
     },
     "pool": {
-        "pool_window": "i" * 18 + _T4 + _M3 + _T4 * 2 + "f" + _T4 + "P",
+        "pool_window": "i" * 18 + _T4 + _M3 + _T4 * 2 + "f" + _T4 + "PP",
         "pool_global_sum": "iii" + _T4 + _M3 + "PP",
-        "pool_global_finish": "ifPPPiiP",
+        "pool_global_finish": "ifPPPiiPP",
     },
     "resize": {
-        "resize": "i" * 9 + "ff" + _T4 + _M3 + _T4 + "P",
+        "resize": "i" * 9 + "ff" + _T4 + _M3 + _T4 + "PP",
     },
     "cat": {
-        "cat_channels": f"{CAT_MAX * CAT_OPERAND_BYTES}s" + "i" * 5 + _T4 + "P",
+        "cat_channels": f"{CAT_MAX * CAT_OPERAND_BYTES}s" + "i" * 5 + _T4 + "PP",
     },
     "graph": {
         "set_frame_condition": "QPP",
