@@ -210,8 +210,8 @@ class CapturedBody:
         try:  # a failure half way leaves no capture open on the body stream
             closing.callback(_end_capture, body_stream.handle)
             closing.enter_context(runtime.launching_on(body_stream, body_torch))
-            _route_pool(runtime.device.index, self.pool, body_torch, outer)
-            closing.callback(_route_pool, runtime.device.index, self.pool, outer, body_torch)
+            _route_pool(runtime.device.index, self.pool, body_torch)
+            closing.callback(_route_pool, runtime.device.index, self.pool, outer)
         except BaseException:
             closing.close()
             raise
@@ -222,13 +222,12 @@ class CapturedBody:
         self.force.fill_(1)
 
 
-def _route_pool(device: int, pool: tuple[int, int], to: torch.cuda.Stream,
-                away_from: torch.cuda.Stream) -> None:
-    """Route the allocations that go to the graph's memory ``pool`` from stream
-    ``away_from`` to stream ``to`` (torch's allocator lets one capture at a time record
-    to a pool: the outer capture hands it to the body and takes it back). Each begin
-    adds a use of the pool that the graph's reset does not undo, so it is released once
-    here; the pool lives as long as the graph."""
+def _route_pool(device: int, pool: tuple[int, int], to: torch.cuda.Stream) -> None:
+    """Route the allocations that go to the graph's memory ``pool`` to stream ``to``
+    instead of the stream that records to it now (torch's allocator lets one capture at
+    a time record to a pool: the outer capture hands it to the body and takes it back).
+    Each begin adds a use of the pool that the graph's reset does not undo, so it is
+    released once here; the pool lives as long as the graph."""
     torch._C._cuda_endAllocateToPool(device, pool)
     with torch.cuda.stream(to):
         torch._C._cuda_beginAllocateCurrentStreamToPool(device, pool)
