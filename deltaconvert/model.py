@@ -45,6 +45,7 @@ from .errors import ConfigError, SequenceMismatch, UnknownLayer
 from .ops.base import DeltaOp
 from .ops.boundary import Sparsify, input_sparsifiers
 from .stats import UpdateCounters, collect_stats
+from .stream_order import StreamOrder
 from .validation import (
     check_dilation,
     check_frame_inputs,
@@ -124,10 +125,14 @@ class DeltaGraphModule(fx.GraphModule):
         # Row index tensors on the inputs' device by (rows, device), least recently used
         # first, so a frame that repeats a recent slot pattern copies nothing to the device.
         self._row_indices: dict[tuple, torch.Tensor] = {}
+        self._stream_order = StreamOrder()  # calls from different CUDA streams run in order
 
     # -- sequence control ---------------------------------------------------------------
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self._check_first_frame(args)
+        leaf = next(iter(tensor_leaves((args, kwargs))), None)
+        if leaf is not None:
+            self._stream_order.enter(leaf.device)
         if self._slots is not None or self._restart or self._ready is not None:
             self._check_batch(args, kwargs, self.slots)
             return self._slot_frame(list(range(self.slots)), args, kwargs)
@@ -362,6 +367,7 @@ class DeltaGraphModule(fx.GraphModule):
         for key in ("backend", "conversion", "cuda_graph", "_track_stats", "_slots"):
             setattr(clone, key, copy.deepcopy(getattr(self, key), memo))
         clone._runtime = None
+        clone._stream_order = StreamOrder()
         clone.reset()
         return clone
 

@@ -17,7 +17,7 @@ ROOT = Path(deltaconvert.__file__).parent
 # Bottom to top. A unit is a top-level module or a sub-package of deltaconvert; ""
 # is the package's own __init__ (the public API).
 FLOORS: list[set[str]] = [
-    {"version", "errors", "files", "layers", "synthetic", "timing"},
+    {"version", "errors", "files", "layers", "synthetic", "timing", "stream_order"},
     {"validation", "delta"},
     {"metrics", "ops"},
     {"graph", "backends", "stats"},

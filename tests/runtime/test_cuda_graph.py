@@ -101,3 +101,27 @@ def test_launch_escaping_the_capture_stream_is_refused(runtime):
     with pytest.raises(RuntimeError, match="features.relu: a CUDA graph is being captured"):
         with torch.cuda.graph(graph, stream=torch.cuda.Stream()):
             op(d)
+
+
+@pytest.mark.parametrize("backend", ["cuda", "reference"])
+def test_calls_from_two_streams_run_in_call_order(runtime, frames, backend):
+    """Frames given alternately from two CUDA streams, the odd ones queued behind a long
+    sleep on theirs, so that without ordering each even frame would run before the odd
+    frame called before it: every call must still see the state of the call before it
+    (deltaconvert.stream_order), so the outputs equal those of the same frames from one
+    stream, bit for bit."""
+    net = small_net()
+    one, two = make(net, frames, backend), make(net, frames, backend)
+    want = [one(x).clone() for x in frames]
+    streams = (torch.cuda.Stream(DEVICE), torch.cuda.Stream(DEVICE))
+    torch.cuda.synchronize()
+    got = []
+    for t, x in enumerate(frames):
+        with torch.cuda.stream(streams[t % 2]):
+            if t % 2:
+                torch.cuda._sleep(20_000_000)  # ~10 ms: the next frame's stream is idle
+            got.append(two(x))
+    torch.cuda.synchronize()
+    assert two.graph_replay.captured is not None
+    for t, (a, b) in enumerate(zip(got, want)):
+        assert torch.equal(a, b), f"frame {t}"
