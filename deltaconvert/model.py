@@ -129,14 +129,20 @@ class DeltaGraphModule(fx.GraphModule):
 
     # -- sequence control ---------------------------------------------------------------
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        self._check_first_frame(args)
-        leaf = next(iter(tensor_leaves((args, kwargs))), None)
-        if leaf is not None:
-            self._stream_order.enter(leaf.device)
+        self._begin_call(args, kwargs)
         if self._slots is not None or self._restart or self._ready is not None:
             self._check_batch(args, kwargs, self.slots)
             return self._slot_frame(list(range(self.slots)), args, kwargs)
         return self._whole_batch_frame(args, kwargs)
+
+    def _begin_call(self, args: tuple, kwargs: dict) -> None:
+        """Before any work of a call: its inputs checked on a sequence's first frame, and
+        the call ordered after the previous one if it comes from another CUDA stream
+        (:class:`~deltaconvert.stream_order.StreamOrder`)."""
+        self._check_first_frame(args)
+        leaf = next(iter(tensor_leaves((args, kwargs))), None)
+        if leaf is not None:
+            self._stream_order.enter(leaf.device)
 
     def _check_first_frame(self, args: tuple) -> None:
         """On a sequence's first frame, check the inputs against what the converted graph
@@ -218,7 +224,7 @@ class DeltaGraphModule(fx.GraphModule):
             raise ConfigError("run_slots needs the number of slots: set model.slots = N "
                               "(the batch size every frame of the sequence is run at) first")
         rows = _check_rows(rows, self.slots)
-        self._check_first_frame(args)
+        self._begin_call(args, kwargs)
         self._check_batch(args, kwargs, len(rows))
         return self._slot_frame(rows, args, kwargs)
 
