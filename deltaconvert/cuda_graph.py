@@ -63,9 +63,9 @@ class CapturedFrame:
         """Copy the inputs in, replay, return copies of the outputs — on the caller's
         current stream, with no join to the backend's: a graph launch holds every kernel
         of the frame, and the eager frames that also touch the model's state end with the
-        caller's stream waiting for them (see the runtime's ``frame``). As with any module
-        whose buffers a call updates, calls made from different streams must be ordered
-        by the caller (a synchronisation or an event between them)."""
+        caller's stream waiting for them (see the runtime's ``frame``). Calls from
+        different streams are ordered by the model before they get here
+        (:class:`~deltaconvert.stream_order.StreamOrder`)."""
         if _signature(args, kwargs) != self.signature:
             raise SequenceMismatch(
                 "this frame does not continue the captured sequence (the structure, shape, "
