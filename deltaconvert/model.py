@@ -140,9 +140,7 @@ class DeltaGraphModule(fx.GraphModule):
         the call ordered after the previous one if it comes from another CUDA stream
         (:class:`~deltaconvert.stream_order.StreamOrder`)."""
         self._check_first_frame(args)
-        leaf = next(iter(tensor_leaves((args, kwargs))), None)
-        if leaf is not None:
-            self._stream_order.enter(leaf.device)
+        self._stream_order.enter(_input_device(args, kwargs))
 
     def _check_first_frame(self, args: tuple) -> None:
         """On a sequence's first frame, check the inputs against what the converted graph
@@ -447,6 +445,8 @@ class DeltaGraphModule(fx.GraphModule):
         ``work_fraction_last``/``_mean``: multiply-adds a perfect delta kernel does over
         the dense multiply-adds, ``Σ updated·macs / Σ macs`` over ops with weights.
         """
+        if self._counters is not None:  # read after the last call, whatever its stream
+            self._stream_order.enter(self._counters.frame.device)
         return collect_stats(self.delta_ops(), self._delta_frames, self._counters)
 
 
@@ -459,7 +459,11 @@ def _batch_size(args: tuple, kwargs: dict) -> int:
 
 
 def _input_device(args: tuple, kwargs: dict) -> torch.device:
-    return next(iter(tensor_leaves((args, kwargs)))).device
+    leaf = next(iter(tensor_leaves((args, kwargs))), None)
+    if leaf is None:
+        raise SequenceMismatch("the model's inputs hold no tensor: call it with the frame "
+                               "tensor(s) it was converted with")
+    return leaf.device
 
 
 def _check_rows(rows: Sequence[int], slots: int) -> list[int]:

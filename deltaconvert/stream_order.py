@@ -10,7 +10,10 @@ switch), so no call reads state that an earlier call is still writing.
 
 Invariant: every call of the module runs after every earlier call has finished on the
 device, whatever streams they came from. Cost: a call from the same stream as the last
-one queries the current stream handle; a switch adds one event record and wait.
+one queries the current stream handle; a switch adds one event record and wait. Limits:
+inside a CUDA-graph capture of the caller's own no wait is added (an event recorded
+outside a capture cannot be waited on inside it; the capture orders its own work), and
+the previous call's stream must still exist at the switch.
 """
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ class StreamOrder:
         index = device.index if device.index is not None else torch.cuda.current_device()
         current = (index, torch._C._cuda_getCurrentRawStream(index))
         last, self._last = self._last, current
-        if last is None or last == current:
+        if last is None or last == current or torch.cuda.is_current_stream_capturing():
             return
         event = torch.cuda.Event()
         event.record(torch.cuda.ExternalStream(last[1], device=torch.device("cuda", last[0])))
