@@ -54,10 +54,14 @@ class CapturedFrame:
         self.graph = torch.cuda.CUDAGraph()
         pool = torch.cuda.graph_pool_handle()  # named up front: the body may route to it
         self.body = runtime.capture_body(self.graph, pool)
-        with torch.cuda.graph(self.graph, pool=pool, stream=runtime.capture_stream,
-                              capture_error_mode="thread_local"):
-            with self.body:
-                self.outputs = run_frame(*self.static_args, **self.static_kwargs)
+        try:
+            with torch.cuda.graph(self.graph, pool=pool, stream=runtime.capture_stream,
+                                  capture_error_mode="thread_local"):
+                with self.body:
+                    self.outputs = run_frame(*self.static_args, **self.static_kwargs)
+        except BaseException:
+            self.body.abandon()  # what a failed capture leaves behind (see capture_body)
+            raise
 
     def replay(self, args: tuple, kwargs: dict) -> Any:
         """Copy the inputs in, replay, return copies of the outputs — on the caller's

@@ -29,7 +29,7 @@ class DeltaOpGraph(Protocol):
 class WholeFrame:
     """What a captured frame's forward is entered into by default: nothing — every
     replay runs the whole frame. A backend's ``capture_body`` may return another object
-    with these three methods (the CUDA backend's frame skip, ``cuda/frame_skip.py``)."""
+    with these four methods (the CUDA backend's frame skip, ``cuda/frame_skip.py``)."""
 
     def __enter__(self) -> "WholeFrame":
         return self
@@ -39,6 +39,9 @@ class WholeFrame:
 
     def invalidate(self) -> None:
         """State the captured frame reads changed outside it (nothing to do here)."""
+
+    def abandon(self) -> None:
+        """The capture failed: undo what entering left in place (nothing here)."""
 
 
 @dataclass(frozen=True)

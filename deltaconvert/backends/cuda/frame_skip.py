@@ -221,6 +221,15 @@ class CapturedBody:
         """State the body reads changed outside the graph: the next replay runs it."""
         self.force.fill_(1)
 
+    def abandon(self) -> None:
+        """The capture failed. torch's ``capture_end`` raises before it ends the pool's
+        routing, which the body handed back to the backend stream by that stream's
+        handle, so later allocations there would still go to this dead graph's pool:
+        end it (nothing to end if the capture failed before the body opened)."""
+        if self.opened:
+            with contextlib.suppress(RuntimeError):
+                torch._C._cuda_endAllocateToPool(self.skip.runtime.device.index, self.pool)
+
 
 def _route_pool(device: int, pool: tuple[int, int], to: torch.cuda.Stream) -> None:
     """Route the allocations that go to the graph's memory ``pool`` to stream ``to``
