@@ -19,18 +19,20 @@ struct CatOperands {
 
 extern "C" __global__ void cat_channels(const CatOperands ops, int n_ops, int N, int H, int W,
                                         int lanes, scalar_t *out, int oN, int oC, int oH, int oW,
-                                        mask_t *om) {
+                                        mask_t *om, int *counter) {
     DC_GRID_START();
     const PixelGroup g = pixel_group(lanes);
     const int HW = H * W;
-    if (g.pixel >= N * HW) return;
-    const int n = g.pixel / HW, r = g.pixel - n * HW, y = r / W, x = r - y * W;
+    const bool valid = g.pixel < N * HW;  // every thread stays for block_count
+    const int pixel = valid ? g.pixel : 0;
+    const int n = pixel / HW, r = pixel - n * HW, y = r / W, x = r - y * W;
     bool cand = false;
-    for (int i = 0; i < n_ops && !cand; ++i) {
+    for (int i = 0; i < n_ops && valid && !cand; ++i) {
         const CatOperand &a = ops.op[i];
         cand = a.m[off3(n, y, x, a.mN, a.mH, a.mW)] != 0;
     }
-    if (g.sub == 0) om[g.pixel] = cand;
+    if (valid && g.sub == 0) om[g.pixel] = cand;
+    block_count(valid && g.sub == 0 && cand, counter);
     if (!cand) return;
     for (int i = 0; i < n_ops; ++i) {
         const CatOperand &a = ops.op[i];

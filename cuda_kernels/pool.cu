@@ -23,7 +23,8 @@ extern "C" __global__ void pool_window(int N, int C, int H, int W, int OH, int O
                                        const mask_t *m, int mN, int mH, int mW,
                                        const float *a, int aN, int aC, int aH, int aW,
                                        scalar_t *o, int sN, int sC, int sH, int sW, float thr,
-                                       scalar_t *out, int oN, int oC, int oH, int oW, mask_t *om) {
+                                       scalar_t *out, int oN, int oC, int oH, int oW, mask_t *om,
+                                       int *counter) {
     DC_GRID_START();
     const PixelGroup g = pixel_group(lanes);
     const bool valid = g.pixel < N * OH * OW;
@@ -70,6 +71,7 @@ extern "C" __global__ void pool_window(int N, int C, int H, int W, int OH, int O
                 }
     if (mode != POOL_MAX) {
         if (valid && g.sub == 0) om[g.pixel] = cand;
+        block_count(valid && g.sub == 0 && cand, counter);
         if (!cand) return;
         for (int c = g.sub; c < C; c += lanes) {
             float s = 0.f;
@@ -80,10 +82,6 @@ extern "C" __global__ void pool_window(int N, int C, int H, int W, int OH, int O
         }
         return;
     }
-    if (!group_scope_any(cand, lanes)) {
-        if (valid && g.sub == 0) om[g.pixel] = 0;
-        return;
-    }
     auto value = [&](int c) -> float {
         float best = -INFINITY;
         for (int y = y0; y < y1; y += ystep)
@@ -91,14 +89,18 @@ extern "C" __global__ void pool_window(int N, int C, int H, int W, int OH, int O
                 best = fmaxf(best, round_s(a[off4(n, c, y, x, aN, aC, aH, aW)]));
         return best;
     };
-    float peak = 0.f;
-    for (int c0 = 0; c0 < C; c0 += lanes) {
-        const int c = c0 + g.sub;
-        if (cand && c < C) peak = fmaxf(peak, fabsf(value(c) - to_f(o[off4(n, c, oy, ox, sN, sC, sH, sW)])));
+    bool emit = false;
+    if (group_scope_any(cand, lanes)) {  // the same for the whole scope of group_max
+        float peak = 0.f;
+        for (int c0 = 0; c0 < C; c0 += lanes) {
+            const int c = c0 + g.sub;
+            if (cand && c < C) peak = fmaxf(peak, fabsf(value(c) - to_f(o[off4(n, c, oy, ox, sN, sC, sH, sW)])));
+        }
+        peak = group_max(peak, lanes);
+        emit = cand && peak > thr;
     }
-    peak = group_max(peak, lanes);
-    const bool emit = cand && peak > thr;
     if (valid && g.sub == 0) om[g.pixel] = emit;
+    block_count(valid && g.sub == 0 && emit, counter);
     if (!emit) return;
     for (int c = g.sub; c < C; c += lanes) {
         scalar_t *sent = o + off4(n, c, oy, ox, sN, sC, sH, sW);
@@ -143,9 +145,10 @@ extern "C" __global__ void pool_global_sum(int C, int H, int W, const scalar_t *
 }
 
 // One block per sample: out (N, C, 1, 1) = sum / (H·W) where the sample had an update,
-// its mask byte; then the sample's scratch is re-zeroed for the next frame.
+// its mask byte (counted into `counter`, may be null); then the sample's scratch is
+// re-zeroed for the next frame.
 extern "C" __global__ void pool_global_finish(int C, float inv_count, float *sum, int *flag,
-                                              scalar_t *out, int oN, int oC, mask_t *om) {
+                                              scalar_t *out, int oN, int oC, mask_t *om, int *counter) {
     DC_GRID_START();
     const int n = blockIdx.x;
     const bool act = flag[n] != 0;
@@ -158,5 +161,6 @@ extern "C" __global__ void pool_global_finish(int C, float inv_count, float *sum
     if (threadIdx.x == 0) {
         om[n] = act;
         flag[n] = 0;
+        if (counter && act) atomicAdd(counter, 1);
     }
 }

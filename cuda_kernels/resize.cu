@@ -29,12 +29,14 @@ extern "C" __global__ void resize(int N, int C, int H, int W, int OH, int OW, in
                                   int align_corners, float rh, float rw,
                                   const scalar_t *v, int vN, int vC, int vH, int vW,
                                   const mask_t *m, int mN, int mH, int mW,
-                                  scalar_t *out, int oN, int oC, int oH, int oW, mask_t *om) {
+                                  scalar_t *out, int oN, int oC, int oH, int oW, mask_t *om,
+                                  int *counter) {
     DC_GRID_START();
     const PixelGroup g = pixel_group(lanes);
     const int OHW = OH * OW;
-    if (g.pixel >= N * OHW) return;
-    const int n = g.pixel / OHW, r = g.pixel - n * OHW, oy = r / OW, ox = r - oy * OW;
+    const bool valid = g.pixel < N * OHW;  // every thread stays for block_count
+    const int pixel = valid ? g.pixel : 0;
+    const int n = pixel / OHW, r = pixel - n * OHW, oy = r / OW, ox = r - oy * OW;
     // Up to four taps (y, x, weight-y, weight-x); nearest uses one.
     int ty[4], tx[4];
     float wy[4], wx[4];
@@ -60,9 +62,10 @@ extern "C" __global__ void resize(int N, int C, int H, int W, int OH, int OW, in
     bool cand = false;
     for (int t = 0; t < taps; ++t) {
         on[t] = wy[t] > 0.f && wx[t] > 0.f && m[off3(n, ty[t], tx[t], mN, mH, mW)];
-        cand = cand || on[t];
+        cand = valid && (cand || on[t]);
     }
-    if (g.sub == 0) om[g.pixel] = cand;
+    if (valid && g.sub == 0) om[g.pixel] = cand;
+    block_count(valid && g.sub == 0 && cand, counter);
     if (!cand) return;
     for (int c = g.sub; c < C; c += lanes) {
         float t4[4];

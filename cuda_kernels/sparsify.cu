@@ -36,13 +36,14 @@ extern "C" __global__ void sparsify_mask(int N, int C, int H, int W, int lanes,
 
 // Writes the delta and its mask and updates ref. With raw == null the mask is computed
 // here (no dilation); otherwise m = any raw in the (2·dil+1)² window around the pixel.
-// `counter` (may be null) += the pixels of the mask.
+// `counter` (may be null) += the pixels of the mask; `changed` (may be null) is set to 1
+// when any pixel is (the frame condition of graph.cu).
 extern "C" __global__ void sparsify_apply(int N, int C, int H, int W, int lanes,
                                           const scalar_t *xv, int xN, int xC, int xH, int xW,
                                           float *ref, int rN, int rC, int rH, int rW,
                                           float thr, const mask_t *raw, int dil,
                                           scalar_t *out, int oN, int oC, int oH, int oW,
-                                          mask_t *om, int *counter) {
+                                          mask_t *om, int *counter, int *changed) {
     DC_GRID_START();
     const PixelGroup g = pixel_group(lanes);
     const bool valid = g.pixel < N * H * W;
@@ -69,6 +70,7 @@ extern "C" __global__ void sparsify_apply(int N, int C, int H, int W, int lanes,
     }
     if (valid && g.sub == 0) om[g.pixel] = emit;
     block_count(valid && g.sub == 0 && emit, counter);
+    if (changed && __syncthreads_or(emit) && threadIdx.x == 0) *changed = 1;  // `changed`: the same for the block
     if (!emit) return;
     for (int c = g.sub; c < C; c += lanes) {
         float *r = ref + off4(n, c, y, x, rN, rC, rH, rW);

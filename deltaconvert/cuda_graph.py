@@ -9,8 +9,9 @@ returning its ops' settings, and a sequence runs:
 2. one eager delta frame (it creates the scratch buffers, compiled
    kernels and channels_last state, none of which may be allocated during capture);
 3. the next frame is captured into one CUDA graph — on the runtime's capture stream
-   (the CUDA backend's own stream), or a side stream for the reference math — and
-   replayed to compute it;
+   (the CUDA backend's own stream), or a side stream for the reference math, inside the
+   runtime's ``capture_body`` (the CUDA backend may make the part after the input
+   boundaries skippable when no input changed) — and replayed to compute it;
 4. every later frame copies its inputs into the captured input buffers, replays the
    graph, and returns copies of the captured outputs, all on the caller's stream.
 
@@ -51,9 +52,16 @@ class CapturedFrame:
         self.static_args, self.static_kwargs = map_tensor_leaves((args, kwargs), torch.clone)
         self.static_inputs = list(tensor_leaves((self.static_args, self.static_kwargs)))
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, stream=runtime.capture_stream,
-                              capture_error_mode="thread_local"):
-            self.outputs = run_frame(*self.static_args, **self.static_kwargs)
+        pool = torch.cuda.graph_pool_handle()  # named up front: the body may route to it
+        self.body = runtime.capture_body(self.graph, pool)
+        try:
+            with torch.cuda.graph(self.graph, pool=pool, stream=runtime.capture_stream,
+                                  capture_error_mode="thread_local"):
+                with self.body:
+                    self.outputs = run_frame(*self.static_args, **self.static_kwargs)
+        except BaseException:
+            self.body.abandon()  # what a failed capture leaves behind (see capture_body)
+            raise
 
     def replay(self, args: tuple, kwargs: dict) -> Any:
         """Copy the inputs in, replay, return copies of the outputs — on the caller's
@@ -97,6 +105,12 @@ class CudaGraphReplay:
             return True
         self._generation = generation
         return self._settings() == self._captured_settings
+
+    def invalidate(self) -> None:
+        """State the captured frame reads was changed outside it (slot restarts): the
+        next replay runs all of it (see the runtime's ``capture_body``)."""
+        if self.captured is not None:
+            self.captured.body.invalidate()
 
     def __call__(self, args: tuple, kwargs: dict) -> Any:
         if self.eager_delta_frames < 1:

@@ -43,7 +43,7 @@ from .cuda_graph import CudaGraphReplay
 from .delta import map_tensor_leaves, tensor_leaves
 from .errors import ConfigError, SequenceMismatch, UnknownLayer
 from .ops.base import DeltaOp
-from .ops.boundary import Sparsify
+from .ops.boundary import Sparsify, input_sparsifiers
 from .stats import UpdateCounters, collect_stats
 from .stream_order import StreamOrder
 from .validation import (
@@ -158,6 +158,8 @@ class DeltaGraphModule(fx.GraphModule):
             return self._replay(args, kwargs)
         if not self._sequence_started:  # the first input's batch: as in Sparsify's check
             self._batch = next(iter(tensor_leaves((args, kwargs)))).shape[0]
+        if self._replay is not None:
+            self._replay.invalidate()  # this eager frame changes state outside the graph
         return self._run_frame(*args, **kwargs)
 
     def _settings(self) -> tuple:
@@ -251,6 +253,8 @@ class DeltaGraphModule(fx.GraphModule):
                 self._restart.discard(row)
         # The slots with a delta frame run after the restarts (which are gated off in
         # this run), so the last masks every op saw are this frame's delta masks.
+        if dense and self._replay is not None:
+            self._replay.invalidate()  # restarted rows' state was written outside the graph
         moving = [r for r in rows if r not in dense]
         out = None
         if moving:
@@ -413,12 +417,7 @@ class DeltaGraphModule(fx.GraphModule):
 
     def input_sparsifiers(self) -> dict[str, Sparsify]:
         """The Sparsify ops that read model inputs (not re-entries after dense islands)."""
-        out = {}
-        for node in self.graph.nodes:
-            if node.op == "call_module" and isinstance(self.get_submodule(node.target), Sparsify):
-                if node.args[0].op == "placeholder":
-                    out[node.target] = self.get_submodule(node.target)
-        return out
+        return input_sparsifiers(self)
 
     def set_input_sparsify(self, threshold: float | None = None, dilation: int | None = None) -> None:
         """Set τ_in and the mask dilation of every input Sparsify."""

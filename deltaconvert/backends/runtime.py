@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Callable, ContextManager, Protocol
+from typing import Any, Callable, ContextManager, Protocol
 
 import torch
 from torch import fx, nn
@@ -26,6 +26,24 @@ class DeltaOpGraph(Protocol):
     def get_submodule(self, target: str) -> nn.Module: ...
 
 
+class WholeFrame:
+    """What a captured frame's forward is entered into by default: nothing — every
+    replay runs the whole frame. A backend's ``capture_body`` may return another object
+    with these four methods (the CUDA backend's frame skip, ``cuda/frame_skip.py``)."""
+
+    def __enter__(self) -> "WholeFrame":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def invalidate(self) -> None:
+        """State the captured frame reads changed outside it (nothing to do here)."""
+
+    def abandon(self) -> None:
+        """The capture failed: undo what entering left in place (nothing here)."""
+
+
 @dataclass(frozen=True)
 class Runtime:
     """The backend bound to a sequence.
@@ -34,10 +52,14 @@ class Runtime:
     own stream); ``capture_stream`` is the stream a CUDA graph of the model must be
     captured on (None: any side stream). ``begin_frame()`` is called inside ``frame()``
     before every eager or captured forward runs its ops (so a CUDA graph replays it); the
-    CUDA backend zeroes its work-list counts there.
+    CUDA backend zeroes its work-list counts there. ``capture_body(graph, pool)``, called
+    before ``graph`` is captured into the memory pool ``pool``, returns the context the
+    captured forward runs in (see :class:`WholeFrame`).
     """
 
     name: str
     frame: Callable[[], ContextManager] = contextlib.nullcontext
     capture_stream: torch.cuda.Stream | None = None
     begin_frame: Callable[[], None] = lambda: None
+    capture_body: Callable[[torch.cuda.CUDAGraph, tuple[int, int]], Any] = (
+        lambda graph, pool: WholeFrame())

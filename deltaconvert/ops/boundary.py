@@ -1,6 +1,8 @@
 """Sparsify and Densify: where dense tensors enter and leave the delta domain."""
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from ..delta import Delta
@@ -107,3 +109,15 @@ class Densify(DeltaOp):
     def delta(self, d: Delta) -> torch.Tensor:
         y = ref.densify(d, self._state["y"])
         return y.to(d.dtype, copy=True)
+
+
+def input_sparsifiers(gm: Any) -> dict[str, Sparsify]:
+    """The Sparsify ops of the converted graph ``gm`` (an ``fx.GraphModule``) that read
+    model inputs (not re-entries after dense islands), by name in graph order."""
+    out = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module" and isinstance(gm.get_submodule(node.target), Sparsify):
+            if node.args[0].op == "placeholder":
+                out[node.target] = gm.get_submodule(node.target)
+    return out
+

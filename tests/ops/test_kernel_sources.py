@@ -44,6 +44,8 @@ def _c_type_format(param: str, blob_sizes: dict[str, int]) -> str:
         return "P"
     words = param.replace("const", "").split()
     ctype = words[0]
+    if words[:3] == ["unsigned", "long", "long"]:
+        return "Q"
     if ctype == "int":
         return "i"
     if ctype == "float":

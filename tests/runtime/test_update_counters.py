@@ -1,7 +1,9 @@
 """Update statistics from device counters (deltaconvert.stats): every op's counts equal
 the set bytes of the masks it returned, whether a kernel counted them (convolutions,
-per-pixel kernels, Sparsify, a fused add counted by its activation's kernel) or the op
-summed its mask; frames with statistics off are not counted; reset starts again."""
+per-pixel kernels, Sparsify, a fused add counted by its activation's kernel, pooling,
+resizing, concatenation) or the op summed its mask; frames with statistics off are not
+counted; reset starts again. On the CUDA backend the pooling, resize and concatenation
+kernels count their own masks (no torch sum per op)."""
 from __future__ import annotations
 
 import warnings
@@ -24,11 +26,13 @@ class Residual(nn.Module):
         self.project = nn.Conv2d(32, 16, 1)
         self.relu = nn.ReLU()
         self.pool = nn.MaxPool2d(2)
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 5))
+        self.up = nn.Upsample(scale_factor=2, mode="nearest")
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 5))
 
     def forward(self, x):
         y = self.stem(x)
         y = self.relu(y + self.project(self.depthwise(self.expand(y))))  # fused add → ReLU
+        y = torch.cat([y, self.up(self.pool(y))], dim=1)
         return self.head(self.pool(y))
 
 
@@ -50,6 +54,7 @@ class MaskCounts:
         self.last: dict[str, int] = {}
         self.total: dict[str, int] = {}
         self.pixels: dict[str, int] = {}
+        self.kernel_counted: dict[str, bool] = {}  # the last Delta's mask counted by a kernel
         for name, op in model.delta_ops().items():
             op.register_forward_hook(self._hook(name))
 
@@ -60,6 +65,7 @@ class MaskCounts:
                 self.last[name] = count
                 self.total[name] = self.total.get(name, 0) + count
                 self.pixels[name] = out.mask.numel()
+                self.kernel_counted[name] = out.extras.get("counted_by") is module
         return hook
 
     def check(self, stats: dict, frames: int) -> None:
@@ -74,7 +80,7 @@ class MaskCounts:
                 self.total[name] / (self.pixels[name] * frames), rel=1e-12), name
 
 
-def run_and_check(model, frames: list[torch.Tensor]) -> None:
+def run_and_check(model, frames: list[torch.Tensor]) -> MaskCounts:
     """Delta frames with statistics on, except frame 3; checked after every counted frame."""
     counts = MaskCounts(model)
     model(frames[0])
@@ -90,6 +96,7 @@ def run_and_check(model, frames: list[torch.Tensor]) -> None:
     model.track_stats = True
     model(frames[0])
     assert model.stats()["work_fraction_last"] is None  # no delta frame in the new sequence
+    return counts
 
 
 def test_counts_match_the_masks_on_the_reference_backend():
@@ -110,7 +117,16 @@ def test_kernel_counts_match_the_masks(runtime, dtype):
         warnings.simplefilter("ignore")
         model = convert(residual_net(device).to(dtype), frames[0], thresholds=0.02, backend="cuda")
     model.set_input_sparsify(dilation=1)
-    run_and_check(model, frames)
+    counts = run_and_check(model, frames)
+    from deltaconvert.backends.cuda.cat import CatKernel
+    from deltaconvert.backends.cuda.pooling import AvgPoolKernel, MaxPoolKernel
+    from deltaconvert.backends.cuda.resize import ResizeKernel
+    kinds = (CatKernel, AvgPoolKernel, MaxPoolKernel, ResizeKernel)
+    ops = model.delta_ops()
+    counted = {name: counts.kernel_counted[name] for name in counts.kernel_counted
+               if isinstance(ops[name].accelerated, kinds)}
+    assert len(counted) == 5, counted  # two max pools, a global pool, a resize, a cat
+    assert all(counted.values()), f"summed by torch, not counted by the kernel: {counted}"
 
 
 @pytest.mark.cuda

@@ -8,7 +8,8 @@ installs keep working on the reference math.
 Modules: ``errors`` (requirements and fixes), ``device`` (context, stream, frame),
 ``kernels`` (compile cache, launch checks), ``tensors`` (layout), ``arena`` (memory
 zeroed once per frame), ``worklist`` (pixel work lists), ``dependent_launch``
-(programmatic dependent launches), one wrapper module
+(programmatic dependent launches), ``frame_skip`` (replays that skip an unchanged
+frame), one wrapper module
 per kernel family (``boundary``, ``pointwise``, ``conv``, ``pooling``, ``resize``,
 ``cat``), ``fusion`` (epilogue-fusion plan) and ``binding`` (op → wrapper).
 """
@@ -26,15 +27,20 @@ __all__ = ["bind", "poison_outputs", "unavailable_reason"]
 def bind(model: DeltaOpGraph, device: torch.device, dtype: torch.dtype) -> Runtime:
     """Install the kernels on ``model``'s ops for a sequence on ``device`` whose inputs
     have ``dtype``; the kernels for that dtype are loaded before the first frame."""
+    from . import frame_skip
+    from .arena import FrameArena
     from .binding import accelerate
     from .device import device_runtime
     from .kernels import SUPPORTED_DTYPES, load_all
-    from .arena import FrameArena
 
     runtime = device_runtime(device)
     arena = FrameArena(runtime.device, len(model.delta_ops()))
-    accelerate(model, runtime, arena)
+    wrappers = accelerate(model, runtime, arena)
+    extra = {}
     if dtype in SUPPORTED_DTYPES:
         load_all(runtime, dtype)
+        skip = frame_skip.FrameSkip(runtime, arena, dtype) if frame_skip.ENABLED else None
+        if skip is not None and frame_skip.install(model, wrappers, skip):
+            extra["capture_body"] = skip.capture
     return Runtime("cuda", frame=runtime.frame, capture_stream=runtime.torch_stream,
-                   begin_frame=arena.begin_frame)
+                   begin_frame=arena.begin_frame, **extra)

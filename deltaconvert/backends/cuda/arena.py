@@ -2,7 +2,8 @@
 of one per buffer.
 
 A :class:`FrameArena` belongs to one bound model. It holds the work-list counts (one
-int32 slot per op, :meth:`FrameArena.slot`) and the regions that kernels need zeroed
+int32 slot per op, :meth:`FrameArena.slot`), the frame's ``changed`` flag (set by the
+input Sparsify kernels when they emit a pixel, see :mod:`.frame_skip`) and the regions that kernels need zeroed
 each frame, such as the output masks that a kernel writes only where it has work
 (:meth:`FrameArena.zeroed`). :meth:`FrameArena.begin_frame` zeroes both inside the
 frame, so a captured CUDA graph replays the zeroing.
@@ -31,7 +32,8 @@ class FrameArena:
 
     def __init__(self, device: torch.device, slots: int) -> None:
         self.device = device
-        self.counts = torch.zeros(max(slots, 1), dtype=torch.int32, device=device)
+        self.counts = torch.zeros(slots + 1, dtype=torch.int32, device=device)
+        self.changed = self.counts[slots:]  # one int32 after the op slots
         self._regions: dict[Hashable, tuple[int, int]] = {}  # key -> (offset, bytes)
         self._buffer = torch.zeros(0, dtype=torch.uint8, device=device)
         self._used = 0                                       # bytes laid out

@@ -35,13 +35,29 @@ from .tensors import (
 
 @accelerates(Sparsify)
 class SparsifyKernel(Accelerated):
-    """``op.accelerated`` of a Sparsify."""
+    """``op.accelerated`` of a Sparsify.
+
+    With the frame skip (:mod:`.frame_skip`), an input Sparsify sets ``changed`` (the
+    arena's flag) when it emits a pixel — its reference fallback sets it always — and
+    the last one opens the skippable body of a captured frame (``frame_skip``).
+    """
+
+    changed: torch.Tensor | None = None
+    frame_skip: Any = None  # a frame_skip.FrameSkip
 
     def __init__(self, runtime: DeviceRuntime, op: DeltaOp, consumer: Consumer | None = None) -> None:
         super().__init__(runtime, op, consumer)
         self.raw: torch.Tensor | None = None  # undilated mask scratch (dilation > 0)
 
+    def __call__(self, op: DeltaOp, *args: Any, **kwargs: Any) -> Any:
+        out = super().__call__(op, *args, **kwargs)
+        if self.frame_skip is not None:
+            self.frame_skip.open()
+        return out
+
     def fallback(self, op: DeltaOp, x: torch.Tensor) -> Delta:
+        if self.changed is not None:
+            self.changed.fill_(1)  # no kernel tells whether a pixel changed: run the frame
         return ref.sparsify(x, op.state["ref"], op.threshold, op.dilation)
 
     def run(self, op: DeltaOp, x: torch.Tensor) -> Any:
@@ -66,7 +82,7 @@ class SparsifyKernel(Accelerated):
         args.tensor(reference, strides4(reference)).floats(op.threshold).ptr(raw)
         # A READY gate (slots) clears mask rows after the kernel: the op counts then.
         counter = op.counter_for_kernel() if op.ready is None else None
-        args.ints(op.dilation).tensor(out, strides4(out)).ptr(om).ptr(counter)
+        args.ints(op.dilation).tensor(out, strides4(out)).ptr(om).ptr(counter).ptr(self.changed)
         kernel(self.runtime, "sparsify", "sparsify_apply", x.dtype)(grid, block, args)
         return Delta(out, om, op.counted_extras(counter))
 

@@ -47,7 +47,7 @@ class _LaunchConfig(ctypes.Structure):
 _DRIVER: ctypes.CDLL | None = None
 
 
-def _driver() -> ctypes.CDLL:
+def driver() -> ctypes.CDLL:
     global _DRIVER
     if _DRIVER is None:
         lib = ctypes.CDLL("libcuda.so.1")
@@ -60,7 +60,7 @@ def _driver() -> ctypes.CDLL:
     return _DRIVER
 
 
-def _check(result: int, what: str) -> None:
+def check(result: int, what: str) -> None:
     if result != 0:
         raise RuntimeError(f"{what} failed with CUDA driver error {result}")
 
@@ -71,11 +71,11 @@ class DependentModule:
 
     def __init__(self, cubin: bytes) -> None:
         self.handle = ctypes.c_void_p()  # the driver copies the image during the call
-        _check(_driver().cuModuleLoadData(ctypes.byref(self.handle), cubin), "cuModuleLoadData")
+        check(driver().cuModuleLoadData(ctypes.byref(self.handle), cubin), "cuModuleLoadData")
 
     def function(self, name: str, signature: str) -> "DependentFunction":
         handle = ctypes.c_void_p()
-        _check(_driver().cuModuleGetFunction(ctypes.byref(handle), self.handle, name.encode()),
+        check(driver().cuModuleGetFunction(ctypes.byref(handle), self.handle, name.encode()),
                f"cuModuleGetFunction({name})")
         return DependentFunction(self, handle, name, signature)
 
@@ -99,5 +99,5 @@ class DependentFunction:
                                       _PARAM_BUFFER_SIZE, ctypes.addressof(size), _PARAM_END)
         config = _LaunchConfig((ctypes.c_uint * 3)(*grid), (ctypes.c_uint * 3)(*block), 0,
                                stream, ctypes.pointer(self._attribute), 1)
-        _check(_driver().cuLaunchKernelEx(ctypes.byref(config), self.handle, None, extra),
+        check(driver().cuLaunchKernelEx(ctypes.byref(config), self.handle, None, extra),
                f"cuLaunchKernelEx({self.name})")

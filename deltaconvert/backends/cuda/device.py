@@ -9,6 +9,9 @@ own stream, and the per-frame stream join (docs/ARCHITECTURE.md §5).
   frame runs every op (kernels and torch ops alike) on it: on entry it waits for the
   caller's stream, on exit the caller's stream waits for it. Inside a CUDA-graph
   capture on that stream the joins are skipped (the frame is already on it).
+* A second stream of its own (:meth:`DeviceRuntime.body_stream`) captures the body of a
+  conditional graph node (:mod:`.frame_skip`): :meth:`DeviceRuntime.launching_on` makes
+  it the stream the calling thread's launches and torch ops use, for a while.
 """
 from __future__ import annotations
 
@@ -48,6 +51,36 @@ class DeviceRuntime:
             drv.Context.pop()
         self.torch_stream = torch.cuda.ExternalStream(self.stream.handle, device=self.device)
         self.handle = self.torch_stream.cuda_stream
+        self._body: tuple[object, torch.cuda.ExternalStream] | None = None
+        self._launch = threading.local()  # .stream: this thread's launching_on override
+
+    def body_stream(self) -> tuple[object, torch.cuda.ExternalStream]:
+        """A second non-blocking stream of the backend (PyCUDA's, and torch's view of it),
+        created on first use."""
+        if self._body is None:
+            drv = driver_module()
+            with self.pushed():
+                stream = drv.Stream(CU_STREAM_NON_BLOCKING)
+            self._body = (stream, torch.cuda.ExternalStream(stream.handle, device=self.device))
+        return self._body
+
+    def launch_stream(self) -> tuple[object, int]:
+        """(PyCUDA stream, handle) the kernels launch on: the backend stream, or in this
+        thread the one :meth:`launching_on` set."""
+        return getattr(self._launch, "stream", None) or (self.stream, self.handle)
+
+    @contextlib.contextmanager
+    def launching_on(self, stream: object, torch_stream: torch.cuda.ExternalStream) -> Iterator[None]:
+        """Inside this block this thread's kernels launch on ``stream`` and torch's
+        current stream is ``torch_stream`` (its view of the same stream); other threads
+        keep the backend stream."""
+        saved = getattr(self._launch, "stream", None)
+        self._launch.stream = (stream, torch_stream.cuda_stream)
+        try:
+            with torch.cuda.stream(torch_stream):
+                yield
+        finally:
+            self._launch.stream = saved
 
     @contextlib.contextmanager
     def pushed(self) -> Iterator[None]:
@@ -77,7 +110,7 @@ class DeviceRuntime:
         order against torch's work would be undefined, and during a CUDA-graph capture
         it would be silently left out of the graph."""
         current = torch.cuda.current_stream(self.device)
-        if current.cuda_stream == self.handle:
+        if current.cuda_stream == self.launch_stream()[1]:
             return
         if torch.cuda.is_current_stream_capturing():
             raise RuntimeError(

@@ -52,7 +52,7 @@ SIGNATURES: dict[str, dict[str, str]] = {
     },
     "sparsify": {
         "sparsify_mask": "i" * 5 + _T4 * 2 + "fP",
-        "sparsify_apply": "i" * 5 + _T4 * 2 + "fPi" + _T4 + "PP",
+        "sparsify_apply": "i" * 5 + _T4 * 2 + "fPi" + _T4 + "PPP",
     },
     "conv": {
         "conv_gemm": _CONV,
@@ -62,15 +62,18 @@ SIGNATURES: dict[str, dict[str, str]] = {
         "conv_split_sum": "i" * 5 + "PPi" + _T4 * 2,
     },
     "pool": {
-        "pool_window": "i" * 18 + _T4 + _M3 + _T4 * 2 + "f" + _T4 + "P",
+        "pool_window": "i" * 18 + _T4 + _M3 + _T4 * 2 + "f" + _T4 + "PP",
         "pool_global_sum": "iii" + _T4 + _M3 + "PP",
-        "pool_global_finish": "ifPPPiiP",
+        "pool_global_finish": "ifPPPiiPP",
     },
     "resize": {
-        "resize": "i" * 9 + "ff" + _T4 + _M3 + _T4 + "P",
+        "resize": "i" * 9 + "ff" + _T4 + _M3 + _T4 + "PP",
     },
     "cat": {
-        "cat_channels": f"{CAT_MAX * CAT_OPERAND_BYTES}s" + "i" * 5 + _T4 + "P",
+        "cat_channels": f"{CAT_MAX * CAT_OPERAND_BYTES}s" + "i" * 5 + _T4 + "PP",
+    },
+    "graph": {
+        "set_frame_condition": "QPP",
     },
 }
 
@@ -141,6 +144,12 @@ class Args:
         self.values.extend(other.values)
         return self
 
+    def handle(self, value: int) -> "Args":
+        """An unsigned 64-bit value (a CUDA-graph conditional handle)."""
+        self.format += "Q"
+        self.values.append(int(value))
+        return self
+
     def blob(self, data: bytes) -> "Args":
         self.format += f"{len(data)}s"
         self.values.append(data)
@@ -182,10 +191,11 @@ class Kernel:
         if not 0 < threads <= 1024:
             raise ValueError(f"{layer}: invalid block {block} for {self.name}")
         self.runtime.check_stream(layer)
+        stream, handle = self.runtime.launch_stream()
         if self.dependent is not None:
-            self.dependent.launch(grid, block, self.runtime.handle, args.values)
+            self.dependent.launch(grid, block, handle, args.values)
         else:
-            self.function.prepared_async_call(grid, block, self.runtime.stream, *args.values)
+            self.function.prepared_async_call(grid, block, stream, *args.values)
 
 
 @contextlib.contextmanager

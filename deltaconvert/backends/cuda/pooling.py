@@ -33,22 +33,24 @@ def output_shape(fn: nn.Module, shape: torch.Size, dtype: torch.dtype) -> tuple[
     return tuple(fn(torch.empty(shape, dtype=dtype, device="meta")).shape)
 
 
-def pool_window(runtime: DeviceRuntime, layer: str, mode: int, d: Delta,
+def pool_window(runtime: DeviceRuntime, op: DeltaOp, mode: int, d: Delta,
                 out_shape: tuple[int, ...], window: tuple[int, ...], avg: tuple[int, int],
                 acc: torch.Tensor | None, sent: torch.Tensor | None, threshold: float) -> Delta:
-    """One ``pool_window`` launch; ``window`` = (KH, KW, sh, sw, ph, pw, dh, dw)."""
+    """One ``pool_window`` launch for ``op``; ``window`` = (KH, KW, sh, sw, ph, pw, dh, dw).
+    The kernel counts the output mask into the op's update counter."""
     n, c, h, w = d.shape
     oh, ow = out_shape[2], out_shape[3]
     out, om = new_values(out_shape, d.dtype, runtime.device), new_mask(out_shape, runtime.device)
     lanes = lanes_for(c)
-    args = Args(layer).ints(n, c, h, w, oh, ow, lanes, mode, *window, *avg)
+    args = Args(op.node_name).ints(n, c, h, w, oh, ow, lanes, mode, *window, *avg)
     args.tensor(d.values, strides4(d.values)).mask(d.mask, d.shape)
     args.tensor(acc, strides4(acc) if acc is not None else (0, 0, 0, 0))
     args.tensor(sent, strides4(sent) if sent is not None else (0, 0, 0, 0)).floats(threshold)
-    args.tensor(out, strides4(out)).ptr(om)
+    counter = op.counter_for_kernel()
+    args.tensor(out, strides4(out)).ptr(om).ptr(counter)
     grid, block = pixel_grid(n * oh * ow, lanes)
     kernel(runtime, "pool", "pool_window", d.dtype)(grid, block, args)
-    return Delta(out, om)
+    return Delta(out, om, op.counted_extras(counter))
 
 
 @accelerates(Nonlinear, when=lambda op: type(op.fn) is nn.MaxPool2d and not op.fn.return_indices)
@@ -69,7 +71,7 @@ class MaxPoolKernel(Accelerated):
         sh, sw = _pair(fn.stride if fn.stride is not None else fn.kernel_size)
         ph, pw = _pair(fn.padding)
         dh, dw = _pair(fn.dilation)
-        return pool_window(self.runtime, op.node_name, PoolMode.MAX, d, tuple(sent.shape),
+        return pool_window(self.runtime, op, PoolMode.MAX, d, tuple(sent.shape),
                            (kh, kw, sh, sw, ph, pw, dh, dw), (0, 0), acc[0], sent, op.threshold)
 
 
@@ -90,20 +92,19 @@ class AvgPoolKernel(Accelerated):
         if d.dim() != 4 or not self.usable(d):
             return NotImplemented
         out_shape = output_shape(fn, d.shape, d.dtype)
-        layer = op.node_name
         if isinstance(fn, nn.AdaptiveAvgPool2d):
             if out_shape[2:] == (1, 1):
-                return self.global_pool(layer, d)
-            return pool_window(self.runtime, layer, PoolMode.ADAPTIVE_AVG, d, out_shape,
+                return self.global_pool(op, d)
+            return pool_window(self.runtime, op, PoolMode.ADAPTIVE_AVG, d, out_shape,
                                (1,) * 8, (0, 0), None, None, 0.0)
         kh, kw = _pair(fn.kernel_size)
         sh, sw = _pair(fn.stride if fn.stride is not None else fn.kernel_size)
         ph, pw = _pair(fn.padding)
         avg = (int(fn.count_include_pad), int(fn.divisor_override or 0))
-        return pool_window(self.runtime, layer, PoolMode.AVG, d, out_shape,
+        return pool_window(self.runtime, op, PoolMode.AVG, d, out_shape,
                            (kh, kw, sh, sw, ph, pw, 1, 1), avg, None, None, 0.0)
 
-    def global_pool(self, layer: str, d: Delta) -> Delta:
+    def global_pool(self, op: DeltaOp, d: Delta) -> Delta:
         n, c, h, w = d.shape
         device = self.runtime.device
         if self.scratch is None or self.scratch[0].shape != (n, c):
@@ -112,12 +113,14 @@ class AvgPoolKernel(Accelerated):
         sums, flags = self.scratch
         out_shape = (n, c, 1, 1)
         out, om = new_values(out_shape, d.dtype, device), new_mask(out_shape, device)
+        layer = op.node_name
         args = Args(layer).ints(c, h, w).tensor(d.values, strides4(d.values))
         args.mask(d.mask, d.shape).ptr(sums).ptr(flags)
         grid = (-(-(h * w) // GLOBAL_PIXELS), -(-c // 32), n)
         kernel(self.runtime, "pool", "pool_global_sum", d.dtype)(grid, (32, 8, 1), args)
         out_strides = strides4(out)
         args = Args(layer).ints(c).floats(1.0 / (h * w)).ptr(sums).ptr(flags).ptr(out)
-        args.ints(out_strides[0], out_strides[1]).ptr(om)
+        counter = op.counter_for_kernel()
+        args.ints(out_strides[0], out_strides[1]).ptr(om).ptr(counter)
         kernel(self.runtime, "pool", "pool_global_finish", d.dtype)((n, 1, 1), (BLOCK, 1, 1), args)
-        return Delta(out, om)
+        return Delta(out, om, op.counted_extras(counter))
