@@ -7,12 +7,16 @@
 * :func:`host_times`: host wall time of every call made on an idle device (the host side
   of a call alone);
 * :func:`timed`: one call and its milliseconds, synchronising with the device before and
-  after (for loops that need each output before the next frame).
+  after (for loops that need each output before the next frame);
+* :func:`profiled`: a ``torch.profiler`` session that leaves later timings undisturbed.
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import time
-from typing import Any, Callable, Sequence
+import warnings
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -64,3 +68,32 @@ def timed(device: torch.device, fn: Callable[..., Any], *args: Any) -> tuple[Any
     out = fn(*args)
     synchronize(device)
     return out, (time.perf_counter() - start) * 1e3
+
+
+# CUPTI detach after a profile works with CUDA graphs from CUDA 12.6 on; before it, torch
+# itself turns the detach off when graphs are in use (torch/profiler/profiler.py).
+TEARDOWN_MIN_CUDA = (12, 6)
+
+
+@contextlib.contextmanager
+def profiled(*, host: bool = True) -> Iterator[Any]:
+    """A ``torch.profiler.profile`` over the block, recording CUDA activity (and the
+    host's when ``host``), its own warnings silenced; yields the profiler.
+
+    Unless the environment already says otherwise, Kineto is asked to detach CUPTI when
+    the session ends (``TEARDOWN_CUPTI=1``, read at the end of each session) on CUDA ≥
+    12.6. Left attached, CUPTI doubles the host cost of every later launch in the process:
+    measured on an H200 (torch 2.11, CUDA 13; scripts/PERF_NOTES.md §31), a dense fp16
+    eager frame went 4.5 → 8.2 ms and a replayed delta frame's host side 75 → 161 µs
+    after one profile, and stayed there, so every timing taken after a profile was wrong.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = tuple(int(part) for part in (torch.version.cuda or "0.0").split(".")[:2])
+    if cuda >= TEARDOWN_MIN_CUDA:
+        os.environ.setdefault("TEARDOWN_CUPTI", "1")
+    activities = [ProfilerActivity.CUDA] + ([ProfilerActivity.CPU] if host else [])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the profiler's notes on its own cycles
+        with profile(activities=activities) as prof:
+            yield prof

@@ -48,7 +48,7 @@ from deltaconvert.bench.data import (
 )
 from deltaconvert.bench.models import MODELS, build_model
 from deltaconvert.bench.runners import PRECISIONS, DenseRunner
-from deltaconvert.timing import frame_times, host_times
+from deltaconvert.timing import frame_times, host_times, profiled
 from deltaconvert.convert import convert
 from deltaconvert.files import write_text_atomic
 from deltaconvert.thresholds import ThresholdConfig
@@ -71,14 +71,11 @@ def median_ms(model, frames) -> float:
 def kernel_times(model, frames) -> list[tuple[str, float]]:
     """(kernel name, µs) of each kernel of one frame, averaged over ``frames``."""
     from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity, profile
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for x in frames:
-                model(x)
-            torch.cuda.synchronize()
+    with profiled(host=False) as prof:
+        for x in frames:
+            model(x)
+        torch.cuda.synchronize()
     kernels = sorted((e for e in prof.events() if e.device_type == DeviceType.CUDA
                       and not e.name.startswith(("Memcpy", "Memset"))),
                      key=lambda e: e.time_range.start)
@@ -214,11 +211,11 @@ def print_report(result: dict, dense: dict, top: int) -> None:
         print(f"| {f['function']} | {f['calls']:.1f} | {f['self_us']:.1f} |")
     updated = result["layers_updated"]
     print("\n| layer | kernel | grid | clip µs | empty µs | updated |\n|---|---|---|---|---|---|")
-    order = sorted(range(len(clip)), key=lambda i: -clip[i]["us"])[:top]
-    for i in order:
-        r, e = clip[i], empty[i]
+    empty_by_launch = totals(empty, lambda r: (r["layer"], r["kernel"]))  # the skip runs fewer
+    for r in sorted(clip, key=lambda r: -r["us"])[:top]:
+        e_us = empty_by_launch.get((r["layer"], r["kernel"]), (0, 0.0))[1]
         frac = updated.get(r["layer"])
-        print(f"| {r['layer']} | {r['kernel']} | {r['grid']} | {r['us']:.1f} | {e['us']:.1f} | "
+        print(f"| {r['layer']} | {r['kernel']} | {r['grid']} | {r['us']:.1f} | {e_us:.1f} | "
               f"{'' if frac is None else f'{frac:.3f}'} |")
 
 

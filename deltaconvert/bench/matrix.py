@@ -94,6 +94,7 @@ from .models import MODELS, build_model
 from .report import EFFICIENCY_BASELINE, markdown, write_plots
 from .runners import (
     PRECISIONS,
+    SETTLE_FRAMES,
     DeltaRunner,
     DenseRunner,
     Memory,
@@ -197,7 +198,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="where tuned threshold YAML files are looked up (default: those "
                         "installed with deltaconvert, deltaconvert.configs)")
     parser.add_argument("--profile-frames", type=int, default=5,
-                        help="delta frames profiled to count kernel launches (default 5)")
+                        help="frames profiled to count kernel launches, after each runner's first "
+                        f"{SETTLE_FRAMES} (default 5)")
     parser.add_argument("--reference-cache-gb", type=float, default=4.0,
                         help="device memory for dense fp32 reference outputs (default 4)")
     parser.add_argument("--out", type=Path, default=Path("out/bench"), help="output folder")
@@ -316,7 +318,7 @@ def measure(runner: Runner, frames: list[torch.Tensor], reference: Reference, ha
     """Accuracy, timing and launch passes of one runner (see deltaconvert.bench.runners)."""
     accuracy = accuracy_pass(runner, frames, reference)
     timing = timed_pass(runner, frames, harness)
-    launches = count_launches(runner, frames[:args.profile_frames + 1])
+    launches = count_launches(runner, frames[:args.profile_frames + SETTLE_FRAMES])
     warm = slice(1 + args.warmup, len(frames))
     streams = frames[0].shape[0]
     record = {**runner.describe(), "status": "ok", "error": None,

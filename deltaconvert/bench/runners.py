@@ -26,7 +26,6 @@ import contextlib
 import copy
 import gc
 import re
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -34,7 +33,7 @@ import torch
 from torch import nn
 
 from ..metrics import main_output, pooled, relative_error
-from ..timing import frame_times, synchronize
+from ..timing import frame_times, profiled, synchronize
 from .timing import GraphReplay
 
 MODES = ("eager", "graph", "compile")
@@ -267,32 +266,36 @@ def timed_pass(runner: Runner, frames: list[torch.Tensor], harness: Memory) -> T
     return Timing(times, peak)
 
 
+# Frames before a runner's steady state: a delta model's dense first frame, its eager
+# first delta frame and the frame its CUDA graph is captured on (a dense graph captures on
+# the first, torch.compile records over its first calls).
+SETTLE_FRAMES = 3
+
 LAUNCH_CALL = re.compile(r"^cu(da)?(Graph)?Launch|^cuLaunch")
 
 
 def count_launches(runner: Runner, frames: list[torch.Tensor]) -> tuple[float, float] | None:
-    """(GPU kernels executed, host launch calls) per frame over ``frames[1:]``, after a
-    first frame outside the profile; None on a CPU. A CUDA-graph replay is one launch
-    call however many kernels it runs."""
-    if runner.device.type != "cuda" or len(frames) < 2:
+    """(GPU kernels executed, host launch calls) per frame in a steady state: over
+    ``frames[SETTLE_FRAMES:]``, after the first frames ran outside the profile; None on a
+    CPU or without a frame to profile. A CUDA-graph replay is one launch call however
+    many kernels it runs."""
+    if runner.device.type != "cuda" or len(frames) <= SETTLE_FRAMES:
         return None
     from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity, profile
 
     if isinstance(runner, DeltaRunner):
         runner.track_stats(False)
     runner.reset()
-    runner(frames[0])
+    for frame in frames[:SETTLE_FRAMES]:
+        runner(frame)
     synchronize(runner.device)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the profiler's notes on its own cycles
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            for frame in frames[1:]:
-                runner(frame)
-            synchronize(runner.device)
+    with profiled() as prof:
+        for frame in frames[SETTLE_FRAMES:]:
+            runner(frame)
+        synchronize(runner.device)
     events = prof.events()
     kernels = sum(1 for e in events if e.device_type == DeviceType.CUDA
                   and not e.name.startswith(("Memcpy", "Memset")))
     calls = sum(1 for e in events if e.device_type == DeviceType.CPU and LAUNCH_CALL.match(e.name))
-    count = len(frames) - 1
+    count = len(frames) - SETTLE_FRAMES
     return kernels / count, calls / count

@@ -121,7 +121,7 @@ def test_benchmark_streams_unchanged_frame_fit_criterion_and_verdict(bench_resul
     assert entry["statistics on"]["work_fraction"] == 0  # nothing changed
     assert not two["unchanged"] and not cut["unchanged"] and not cut["fits"]
     fit = static["fits"]["delta fp32"]
-    assert fit["points"] == 4  # τ=0, tuned, τ=0.1 and the unchanged frame
+    assert fit["points"] == 3  # τ=0, tuned and τ=0.1 (not the unchanged frame)
     # a CPU run has no dense fp16 graph nor a 720p case: nothing passes
     assert {row["verdict"] for row in results["verdict"]} == {"NOT RUN"}
 
