@@ -19,7 +19,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..delta import Delta, contains_delta
+from ..delta import Delta, contains_delta, tensor_leaves
 
 # Attributes of an op that a captured CUDA graph bakes in (see deltaconvert.cuda_graph).
 SETTINGS = ("threshold", "dilation", "track_stats")
@@ -108,8 +108,9 @@ class DeltaOp(nn.Module):
         _write_rows(self._state, fresh, rows, self.node_name)
 
     def state_bytes(self) -> int:
-        """Bytes held in state buffers (accumulators, sent outputs, references)."""
-        return sum(t.numel() * t.element_size() for t in self._state.values()
+        """Bytes held in state buffers (accumulators, sent outputs, references), lists of
+        them included (a non-linear op keeps one accumulator per varying input)."""
+        return sum(t.numel() * t.element_size() for t in tensor_leaves(self._state)
                    if isinstance(t, torch.Tensor))
 
     # -- statistics ---------------------------------------------------------------------
