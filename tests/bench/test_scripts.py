@@ -38,6 +38,7 @@ HELP = {  # script → a text its --help prints
     "speed_probe.py": "--height",
     "kernel_probe.py": "--quiet",
     "layer_bench.py": "--densities",
+    "long_run.py": "--window",
 }
 
 
