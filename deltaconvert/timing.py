@@ -81,11 +81,12 @@ def profiled(*, host: bool = True) -> Iterator[Any]:
     host's when ``host``), its own warnings silenced; yields the profiler.
 
     Unless the environment already says otherwise, Kineto is asked to detach CUPTI when
-    the session ends (``TEARDOWN_CUPTI=1``, read at the end of each session) on CUDA ≥
-    12.6. Left attached, CUPTI doubles the host cost of every later launch in the process:
-    measured on an H200 (torch 2.11, CUDA 13; scripts/PERF_NOTES.md §31), a dense fp16
-    eager frame went 4.5 → 8.2 ms and a replayed delta frame's host side 75 → 161 µs
-    after one profile, and stayed there, so every timing taken after a profile was wrong.
+    the session ends (``TEARDOWN_CUPTI=1``, set before the session starts) on CUDA ≥ 12.6.
+    Left attached, CUPTI slows every later launch in the process: measured on an H200
+    (torch 2.11, CUDA 13; scripts/PERF_NOTES.md §31), a dense fp16 eager frame went
+    4.5 → 8.2 ms and a replayed delta frame's host side 75 → 161 µs after one profile
+    (6.2 ms and 100 µs after a second), so every timing taken after a profile was wrong;
+    with the detach, both stayed at their first values.
     """
     from torch.profiler import ProfilerActivity, profile
 

@@ -158,8 +158,8 @@ def fit_table(results: dict[str, Any]) -> str | None:
     rows = [(case, name, fit) for case in results["cases"] for name, fit in case.get("fits", {}).items()]
     if not rows:
         return None
-    lines = ["### Cost per frame: ms ≈ a + b·work (least squares over the threshold settings and "
-             "the unchanged frame at work 0)", "",
+    lines = ["### Cost per frame: ms ≈ a + b·work (least squares over the threshold settings; the "
+             "unchanged frame, which a replay skips, is not a point)", "",
              "| case | runner | points | a: fixed ms | b: ms per unit of work | time(0.1) / time(0.9) |",
              "|---|---|---|---|---|---|"]
     lines += [f"| {_case_title(case)} | {name} | {fit['points']} | {fit['a_ms']:.3f} | {fit['b_ms']:.3f} | "
