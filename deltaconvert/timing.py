@@ -86,7 +86,10 @@ def profiled(*, host: bool = True) -> Iterator[Any]:
     (torch 2.11, CUDA 13; scripts/PERF_NOTES.md §31), a dense fp16 eager frame went
     4.5 → 8.2 ms and a replayed delta frame's host side 75 → 161 µs after one profile
     (6.2 ms and 100 µs after a second), so every timing taken after a profile was wrong;
-    with the detach, both stayed at their first values.
+    with the detach, both stayed at their first values. The setting stays in the process
+    environment (Kineto may read it after the block, when it processes the session), so
+    later profiler sessions of the process, and its children, detach too — what Kineto
+    itself does by default on CUDA ≥ 12.6 since kineto#1264.
     """
     from torch.profiler import ProfilerActivity, profile
 

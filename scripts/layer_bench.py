@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import warnings
 from collections import defaultdict
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from deltaconvert.files import write_text_atomic
 from deltaconvert.ops.conv import Conv2d
 from deltaconvert.ops.footprint import Footprint
 from deltaconvert.ops.nonlinear import Nonlinear
+from deltaconvert.timing import profiled
 
 DEVICE = torch.device("cuda", 0)
 ACTIVATIONS = {"relu6": nn.ReLU6, "relu": nn.ReLU, "hardswish": nn.Hardswish, "silu": nn.SiLU}
@@ -39,17 +39,14 @@ ACTIVATIONS = {"relu6": nn.ReLU6, "relu": nn.ReLU, "hardswish": nn.Hardswish, "s
 def kernel_us(fn, repeats: int) -> dict[str, float]:
     """GPU µs per call of ``fn`` by kernel name (torch.profiler, after a warm-up)."""
     from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity, profile
 
     for _ in range(5):
         fn()
     torch.cuda.synchronize()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for _ in range(repeats):
-                fn()
-            torch.cuda.synchronize()
+    with profiled(host=False) as prof:
+        for _ in range(repeats):
+            fn()
+        torch.cuda.synchronize()
     times: dict[str, list[float]] = defaultdict(list)
     for e in prof.events():
         if e.device_type == DeviceType.CUDA:

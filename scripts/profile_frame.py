@@ -34,6 +34,7 @@ import statistics
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -169,7 +170,7 @@ def profile_delta(base, frames, label: str, tau: float, repeats: int, statistics
             "clip_kernels": clip_kernels, "empty_kernels": empty_kernels, "empty_host": host}
 
 
-def totals(rows, key) -> dict[str, tuple[int, float]]:
+def totals(rows, key) -> dict[Any, tuple[int, float]]:
     """Launch count and µs summed over rows with the same ``key(row)``, largest first."""
     sums: dict[str, list] = {}
     for r in rows:
@@ -211,9 +212,11 @@ def print_report(result: dict, dense: dict, top: int) -> None:
         print(f"| {f['function']} | {f['calls']:.1f} | {f['self_us']:.1f} |")
     updated = result["layers_updated"]
     print("\n| layer | kernel | grid | clip µs | empty µs | updated |\n|---|---|---|---|---|---|")
-    empty_by_launch = totals(empty, lambda r: (r["layer"], r["kernel"]))  # the skip runs fewer
+    # The skip runs fewer kernels on the empty frame: match by (layer, kernel), per launch.
+    empty_by_launch = totals(empty, lambda r: (r["layer"], r["kernel"]))
     for r in sorted(clip, key=lambda r: -r["us"])[:top]:
-        e_us = empty_by_launch.get((r["layer"], r["kernel"]), (0, 0.0))[1]
+        n, us = empty_by_launch.get((r["layer"], r["kernel"]), (1, 0.0))
+        e_us = us / n
         frac = updated.get(r["layer"])
         print(f"| {r['layer']} | {r['kernel']} | {r['grid']} | {r['us']:.1f} | {e_us:.1f} | "
               f"{'' if frac is None else f'{frac:.3f}'} |")

@@ -19,7 +19,7 @@ import torch
 
 from deltaconvert.architectures import build_architecture, calibrate_batch_norm
 from deltaconvert.bench.timing import GraphReplay
-from deltaconvert.timing import frame_times
+from deltaconvert.timing import frame_times, profiled
 from deltaconvert.convert import convert
 from deltaconvert.synthetic import synthetic_video
 
@@ -63,9 +63,7 @@ def probe(name: str, frames: list, rows: list, profile: bool) -> None:
 
 def kernel_profile(model, frames: list, title: str) -> None:
     """GPU time per kernel name over a few eager delta frames (torch.profiler/CUPTI)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    with profiled(host=False) as prof:
         for x in frames:
             model(x)
         torch.cuda.synchronize()

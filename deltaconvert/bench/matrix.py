@@ -35,8 +35,8 @@ For issue 11, also:
   frames per second over all streams, and peak memory and ``state_bytes()`` per stream;
 * the unchanged frame of every delta model at batch 1 (:mod:`deltaconvert.bench.unchanged`),
   statistics on and off;
-* per delta model and case, ``ms ≈ a + b·work`` fitted over its threshold settings and the
-  unchanged frame (:mod:`deltaconvert.bench.fit`);
+* per delta model and case, ``ms ≈ a + b·work`` fitted over its threshold settings
+  (:mod:`deltaconvert.bench.fit`);
 * the accuracy criterion (:mod:`deltaconvert.bench.criterion`): pooled error ≤ max(2 %,
   dense fp16's own), and the fastest delta run within it per case and precision;
 * the verdict on the issue's targets (:mod:`deltaconvert.bench.verdict`), printed last and
