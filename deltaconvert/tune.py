@@ -3,10 +3,13 @@
 Algorithm (:func:`tune`), deterministic for the same model, frames and settings:
 
 1. **Reference.** Each calibration frame is run alone after ``reset()``: a dense first
-   frame, i.e. exactly the original model's output. The same pass measures each
-   truncating op's *scale*, the mean absolute value of its output on the first frame.
+   frame, i.e. exactly the original model's output in the model's precision — or, given
+   ``reference``, that function's output for the frame (e.g. the original model in fp32,
+   so that a 16-bit model's budget covers its own rounding too). The same pass measures
+   each truncating op's *scale*, the mean absolute value of its output on the first frame.
 2. **Baseline.** The clip runs as one sequence with every threshold at 0; its error
-   ``e0`` (float re-association only) is where the budget starts.
+   ``e0`` (float re-association only, plus the precision gap to a given reference) is
+   where the budget starts.
 3. **Budget shares.** Truncating ops are visited front to back in graph order, all
    input Sparsify ops first as one knob (``input.threshold``). Op ``i`` may bring the
    clip's error up to ``e0 + (budget − e0)·c_i``, where ``c_i`` is the cumulative share
@@ -70,12 +73,14 @@ class _Clip:
     """Runs the calibration clip as a sequence and measures its error."""
 
     def __init__(self, model: DeltaGraphModule, frames: Sequence[torch.Tensor], metric: Metric,
-                 aggregate: str) -> None:
+                 aggregate: str, reference: Callable[[torch.Tensor], Any] | None) -> None:
         self.model, self.frames, self.metric, self.aggregate = model, frames, metric, aggregate
         self.references = []
         for frame in frames:
             model.reset()
-            self.references.append(map_tensor_leaves(model(frame), lambda t: t.detach().clone()))
+            with torch.no_grad():
+                out = model(frame) if reference is None else reference(frame)
+            self.references.append(map_tensor_leaves(out, lambda t: t.detach().clone()))
         model.reset()
 
     def error(self, limit: float = math.inf) -> tuple[float, float | None]:
@@ -134,7 +139,8 @@ def _knobs(model: DeltaGraphModule, frame: torch.Tensor) -> list[_Knob]:
 def tune(model: DeltaGraphModule, frames: Sequence[torch.Tensor], budget: float, *,
          metric: Metric = relative_error, aggregate: str = "mean", min_exponent: int = -6,
          max_exponent: int = 1, clip: str | None = None, metadata: dict[str, Any] | None = None,
-         progress: bool = True) -> ThresholdConfig:
+         progress: bool = True, reference: Callable[[torch.Tensor], Any] | None = None
+         ) -> ThresholdConfig:
     """Per-layer thresholds keeping the clip's error within ``budget`` (module docstring).
 
     Args:
@@ -147,6 +153,10 @@ def tune(model: DeltaGraphModule, frames: Sequence[torch.Tensor], budget: float,
         clip: a description of the clip, recorded in the metadata.
         metadata: extra entries for the returned configuration's metadata.
         progress: show a progress bar (tqdm, on stderr).
+        reference: ``reference(frame)`` is what the model's output on ``frame`` is judged
+            against (default: the model's own dense first frame of it). The budget then
+            covers everything between the two, e.g. a 16-bit model's rounding when the
+            reference is the fp32 original.
 
     Returns:
         The tuned :class:`ThresholdConfig`; its metadata records the budget, metric,
@@ -167,7 +177,7 @@ def tune(model: DeltaGraphModule, frames: Sequence[torch.Tensor], budget: float,
         for name in saved:
             model.thresholds[name] = 0.0
         knobs = _knobs(model, frames[0])
-        measure = _Clip(model, frames, metric, aggregate)
+        measure = _Clip(model, frames, metric, aggregate, reference)
         error_at_zero, work_at_zero = measure.error()
         if error_at_zero > budget:
             raise ConfigError(f"the budget {budget} is below the error with every threshold at 0 "
@@ -201,6 +211,7 @@ def tune(model: DeltaGraphModule, frames: Sequence[torch.Tensor], budget: float,
             "tuned_with": f"deltaconvert {__version__} tune",
             "budget": float(budget),
             "metric": getattr(metric, "__name__", type(metric).__name__),
+            "reference": "dense first frame" if reference is None else "given",
             "aggregate": aggregate,
             "clip": clip or "frames passed to deltaconvert.tune",
             "frames": len(frames),

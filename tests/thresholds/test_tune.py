@@ -81,6 +81,30 @@ def test_user_metric_and_max_aggregate(frames):
     assert config.metadata["metric"] == "max_abs_error" and config.metadata["aggregate"] == "max"
 
 
+def test_a_given_reference_puts_the_gap_to_it_in_the_budget(frames):
+    """Against another reference (here the dense output scaled by 1.01, standing for a
+    higher precision) the error at threshold 0 is the gap to it, and the thresholds
+    spend only the rest of the budget."""
+    dense = converted_small_net()
+
+    def reference(frame):
+        dense.reset()
+        return dense(frame) * 1.01
+
+    config = tune(converted_small_net(), frames, BUDGET, reference=reference, progress=False)
+    gap = 0.01 / 1.01
+    assert config.metadata["reference"] == "given"
+    assert config.metadata["error_at_zero"] == pytest.approx(gap, rel=1e-4)
+    model = converted_small_net(thresholds=config)
+    model(frames[0])
+    errors = [relative_error(model(f), reference(f)) for f in frames[1:]]
+    assert gap < sum(errors) / len(errors) <= BUDGET
+    assert math.isclose(sum(errors) / len(errors), config.metadata["error"], rel_tol=1e-6)
+    own = tune(converted_small_net(), frames, BUDGET, progress=False)
+    assert own.metadata["reference"] == "dense first frame"
+    assert config.metadata["work_fraction"] >= own.metadata["work_fraction"]  # less budget left
+
+
 def test_progress_bar_goes_to_stderr(frames, capsys):
     tune(converted_small_net(), frames[:3], BUDGET, progress=True)
     captured = capsys.readouterr()
@@ -117,10 +141,11 @@ CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_shipped_configs_fit_their_models(path):
-    """Every file in configs/ names real layers of its model and records how it was tuned."""
+    """Every file in configs/ names real layers of its model and records how it was tuned;
+    its name is the architecture's, or that and a variant (``mobilenet_v2_fp16``)."""
     config = ThresholdConfig.from_yaml(path)
     meta = config.metadata
-    assert config.architecture == path.stem
+    assert path.stem == config.architecture or path.stem.startswith(f"{config.architecture}_")
     assert {"budget", "clip", "frames", "resolution", "weights", "error"} <= set(meta)
     assert 0 < meta["error"] <= meta["budget"]
     model = (mobilenet_v2_embedder() if config.architecture == "mobilenet_v2"
