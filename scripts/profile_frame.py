@@ -49,10 +49,10 @@ from deltaconvert.bench.data import (
 )
 from deltaconvert.bench.models import MODELS, build_model
 from deltaconvert.bench.runners import PRECISIONS, DenseRunner
-from deltaconvert.timing import frame_times, host_times, profiled
 from deltaconvert.convert import convert
 from deltaconvert.files import write_text_atomic
 from deltaconvert.thresholds import ThresholdConfig
+from deltaconvert.timing import frame_times, host_times, profiled
 
 DEVICE = torch.device("cuda", 0)
 
