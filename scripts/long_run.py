@@ -75,13 +75,17 @@ def ping_pong(index: int, length: int) -> int:
 
 
 def threshold_setting(spec: str, model_name: str, configs: Path | None) -> ThresholdSetting:
-    """``tuned`` (the shipped file of the model) or a uniform threshold τ."""
-    if spec == "tuned":
-        settings = tuned_configs(configs or configs_dir(), model_name)
-        if not settings:
-            raise SystemExit(f"long_run: no tuned threshold file for {model_name} in "
-                             f"{configs or configs_dir()}")
-        return settings[0]
+    """``tuned`` (the file named after the model, ``MODEL.yaml``), ``tuned:NAME`` (the file
+    ``NAME.yaml`` for the model, e.g. ``tuned:mobilenet_v2_fp16``: the benchmark's labels)
+    or a uniform threshold τ."""
+    if spec.startswith("tuned"):
+        label = f"tuned:{model_name}" if spec == "tuned" else spec
+        settings = {s.label: s for s in tuned_configs(configs or configs_dir(), model_name)}
+        if label not in settings:
+            raise SystemExit(f"long_run: no threshold file {label.split(':', 1)[1]}.yaml for "
+                             f"{model_name} in {configs or configs_dir()} (found: "
+                             f"{', '.join(settings) or 'none'})")
+        return settings[label]
     tau = float(spec)
     return ThresholdSetting(f"τ={tau:g}", ThresholdConfig(default=tau, input_threshold=tau))
 
@@ -186,7 +190,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="at most this many clip frames are decoded and looped (fewer if "
                         "the clip is shorter; default 200)")
     parser.add_argument("--dtype", default="fp16", choices=("fp16", "fp32"))
-    parser.add_argument("--thresholds", default="tuned", help="'tuned' (the shipped file) or τ")
+    parser.add_argument("--thresholds", default="tuned",
+                        help="'tuned' (MODEL.yaml), 'tuned:NAME' (NAME.yaml) or τ")
     parser.add_argument("--backend", default="auto")
     parser.add_argument("--eager", dest="graph", action="store_false",
                         help="no CUDA-graph replay (default: replay on a GPU)")

@@ -60,3 +60,13 @@ def test_a_short_run_on_the_cpu(long_run, tmp_path, capsys):
     assert result["checks"]["flat"]["passed"] is not None
     assert all(0 <= w["error_mean"] < 0.5 for w in windows)
     assert "finite: PASS" in capsys.readouterr().out
+
+
+def test_tuned_means_the_file_named_after_the_model(long_run):
+    configs = Path(__file__).resolve().parents[2] / "configs"  # two files for mobilenet_v2
+    assert long_run.threshold_setting("tuned", "mobilenet_v2", configs).label == "tuned:mobilenet_v2"
+    variant = long_run.threshold_setting("tuned:mobilenet_v2_fp16", "mobilenet_v2", configs)
+    assert variant.label == "tuned:mobilenet_v2_fp16"
+    with pytest.raises(SystemExit, match="no threshold file resnet18.yaml for mobilenet_v2"):
+        long_run.threshold_setting("tuned:resnet18", "mobilenet_v2", configs)
+    assert long_run.threshold_setting("0.02", "mobilenet_v2", configs).label == "τ=0.02"
