@@ -36,8 +36,8 @@ extern "C" __global__ void sparsify_mask(int N, int C, int H, int W, int lanes,
 
 // Writes the delta and its mask and updates ref. With raw == null the mask is computed
 // here (no dilation); otherwise m = any raw in the (2·dil+1)² window around the pixel.
-// `counter` (may be null) += the pixels of the mask; `changed` (may be null) is set to 1
-// when any pixel is (the frame condition of graph.cu).
+// `counter` and `changed` (each may be null) += the pixels of the mask (`changed` feeds
+// the frame condition of graph.cu and does not depend on statistics being on).
 extern "C" __global__ void sparsify_apply(int N, int C, int H, int W, int lanes,
                                           const scalar_t *xv, int xN, int xC, int xH, int xW,
                                           float *ref, int rN, int rC, int rH, int rW,
@@ -70,7 +70,7 @@ extern "C" __global__ void sparsify_apply(int N, int C, int H, int W, int lanes,
     }
     if (valid && g.sub == 0) om[g.pixel] = emit;
     block_count(valid && g.sub == 0 && emit, counter);
-    if (changed && __syncthreads_or(emit) && threadIdx.x == 0) *changed = 1;  // `changed`: the same for the block
+    block_count(valid && g.sub == 0 && emit, changed);
     if (!emit) return;
     for (int c = g.sub; c < C; c += lanes) {
         float *r = ref + off4(n, c, y, x, rN, rC, rH, rW);

@@ -11,7 +11,9 @@ returning its ops' settings, and a sequence runs:
 3. the next frame is captured into one CUDA graph — on the runtime's capture stream
    (the CUDA backend's own stream), or a side stream for the reference math, inside the
    runtime's ``capture_body`` (the CUDA backend may make the part after the input
-   boundaries skippable when no input changed) — and replayed to compute it;
+   boundaries skippable when no input changed, and capture the model's dense restart
+   as the branch taken instead when most input pixels changed) — and replayed to
+   compute it;
 4. every later frame copies its inputs into the captured input buffers, replays the
    graph, and returns copies of the captured outputs, all on the caller's stream.
 
@@ -35,6 +37,13 @@ from .errors import SequenceMismatch
 from .ops.base import settings_generation
 
 
+# (restart frame, eager restart): the model's dense restart, which a runtime's captured
+# body may take as a branch (``takes_restart``); before such a capture the model restarts
+# once, eagerly, at the captured frame (so no library's first call for the restart's
+# shapes is captured), and the replay of that frame then finds nothing changed.
+Restart = tuple[Callable[..., Any], Callable[..., None]]
+
+
 def _signature(args: tuple, kwargs: dict) -> Any:
     return map_tensor_leaves((args, kwargs), lambda t: ("tensor", tuple(t.shape), t.dtype, t.device))
 
@@ -43,7 +52,7 @@ class CapturedFrame:
     """One captured delta frame: static inputs, the graph, and its outputs."""
 
     def __init__(self, run_frame: Callable[..., Any], runtime: Runtime, args: tuple,
-                 kwargs: dict) -> None:
+                 kwargs: dict, restart: Restart | None = None) -> None:
         leaves = list(tensor_leaves((args, kwargs)))
         if not leaves or any(not isinstance(t, torch.Tensor) or t.device.type != "cuda"
                              for t in leaves):
@@ -54,11 +63,17 @@ class CapturedFrame:
         self.graph = torch.cuda.CUDAGraph()
         pool = torch.cuda.graph_pool_handle()  # named up front: the body may route to it
         self.body = runtime.capture_body(self.graph, pool)
+        if restart is not None and getattr(self.body, "takes_restart", False):
+            restart[1](*self.static_args, **self.static_kwargs)  # eagerly, see Restart
         try:
             with torch.cuda.graph(self.graph, pool=pool, stream=runtime.capture_stream,
                                   capture_error_mode="thread_local"):
                 with self.body:
                     self.outputs = run_frame(*self.static_args, **self.static_kwargs)
+                    if restart is not None:
+                        self.body.capture_restart(
+                            lambda: restart[0](*self.static_args, **self.static_kwargs),
+                            self.outputs)
         except BaseException:
             self.body.abandon()  # what a failed capture leaves behind (see capture_body)
             raise
@@ -85,12 +100,14 @@ class CudaGraphReplay:
     """Graph-mode delta frames of one sequence (see the module docstring).
 
     ``run_frame(*args, **kwargs)`` runs one eager frame of the model; ``runtime`` is the
-    backend bound to the sequence; ``settings()`` returns the settings a graph bakes in.
+    backend bound to the sequence; ``settings()`` returns the settings a graph bakes in;
+    ``restart`` is the model's dense restart, captured and eager (:data:`Restart`).
     """
 
     def __init__(self, run_frame: Callable[..., Any], runtime: Runtime,
-                 settings: Callable[[], tuple]) -> None:
+                 settings: Callable[[], tuple], restart: Restart | None = None) -> None:
         self._run_frame = run_frame
+        self._restart = restart
         self._runtime = runtime
         self._settings = settings
         self.eager_delta_frames = 0
@@ -120,5 +137,6 @@ class CudaGraphReplay:
             self.captured = None  # free the old graph's memory before capturing anew
             self._captured_settings = self._settings()
             self._generation = settings_generation()
-            self.captured = CapturedFrame(self._run_frame, self._runtime, args, kwargs)
+            self.captured = CapturedFrame(self._run_frame, self._runtime, args, kwargs,
+                                          self._restart)
         return self.captured.replay(args, kwargs)

@@ -154,7 +154,8 @@ class DeltaGraphModule(fx.GraphModule):
             self._delta_frames += 1
         if self.cuda_graph and self._sequence_started:
             if self._replay is None:
-                self._replay = CudaGraphReplay(self._run_frame, self._runtime, self._settings)
+                self._replay = CudaGraphReplay(self._run_frame, self._runtime, self._settings,
+                                               (self._restart_frame, self._eager_restart))
             return self._replay(args, kwargs)
         if not self._sequence_started:  # the first input's batch: as in Sparsify's check
             self._batch = next(iter(tensor_leaves((args, kwargs)))).shape[0]
@@ -184,8 +185,42 @@ class DeltaGraphModule(fx.GraphModule):
             if self._sequence_started and self._track_stats:
                 self._counters.begin_frame()
             out = super().__call__(*args, **kwargs)
+        if self._sequence_started and self._track_stats:
+            self._counters.note_sizes(self.delta_ops())
         self._sequence_started = True
         return out
+
+    def _restart_frame(self, *args: Any, **kwargs: Any) -> Any:
+        """A dense frame of every slot on the running sequence: the original model's
+        output, with every op's state rewritten in place as a first frame would build it
+        (the input Sparsify ops' ``restarting`` switch). The CUDA backend captures it as
+        the branch a replay takes instead of the delta frame when most input pixels
+        changed (a scene cut); it runs inside a capture, in the stream and context the
+        capture set up."""
+        out = self._restarting_forward(args, kwargs)
+        if self._track_stats:
+            self._counters.restarted()
+        return out
+
+    def _eager_restart(self, *args: Any, **kwargs: Any) -> None:
+        """:meth:`_restart_frame` run now, outside any capture (before a capture that
+        takes it as a branch): the libraries' first calls for its shapes and layouts
+        (cuDNN plans, workspaces) happen here rather than inside the capture, on the
+        state itself (no second state is built). Its output is the replay's: the
+        captured frame then finds its input equal to the reference and changes nothing."""
+        with self._runtime.frame():
+            self._restart_frame(*args, **kwargs)
+
+    def _restarting_forward(self, args: tuple, kwargs: dict) -> Any:
+        sparsifiers = list(self.input_sparsifiers().values())
+        for op in sparsifiers:
+            op.restarting = True
+        try:
+            with torch.no_grad():
+                return super().__call__(*args, **kwargs)
+        finally:
+            for op in sparsifiers:
+                op.restarting = False
 
     # -- slots -------------------------------------------------------------------------
     @property
@@ -444,6 +479,9 @@ class DeltaGraphModule(fx.GraphModule):
         (the dense first frame is not counted), and ``dense_macs`` per frame.
         ``work_fraction_last``/``_mean``: multiply-adds a perfect delta kernel does over
         the dense multiply-adds, ``Σ updated·macs / Σ macs`` over ops with weights.
+        ``dense_restarts``: how many of the delta frames a CUDA-graph replay ran as a
+        dense restart because most input pixels changed (a scene cut; they count as
+        every pixel updated).
         """
         if self._counters is not None:  # read after the last call, whatever its stream
             self._stream_order.enter(self._counters.frame.device)

@@ -11,6 +11,10 @@ small device ops for the whole model, inside a captured CUDA graph too), so a fr
 with statistics on costs the model two kernels plus one atomic add per mask-writing
 block that set a mask byte, instead of a reduction per op.
 
+A delta frame that the CUDA backend runs as a dense restart (a scene cut, see
+``backends/cuda/frame_skip.py``) sets every op's count to its whole mask and adds one
+to ``restarts``.
+
 Invariants: after ``k`` delta frames with statistics on, ``frame[i]`` is op ``i``'s
 updated-pixel count of the last of them and ``total[i] + frame[i]`` the sum over all
 ``k``; frames run with statistics off leave both untouched.
@@ -31,6 +35,9 @@ class UpdateCounters:
         self.names = list(ops)
         self.frame = torch.zeros(len(self.names), dtype=torch.int32, device=device)
         self.total = torch.zeros(len(self.names), dtype=torch.int64, device=device)
+        self.whole: torch.Tensor | None = None  # see note_sizes
+        self.restarts = torch.zeros(1, dtype=torch.int64, device=device)
+        self._whole_sizes: list[int] = []
 
     def attach(self, ops: Mapping[str, DeltaOp], enabled: bool) -> None:
         """Give every op its counter slot (a view of :attr:`frame`), or None when
@@ -38,10 +45,31 @@ class UpdateCounters:
         for index, name in enumerate(self.names):
             ops[name].update_counter = self.frame[index:index + 1] if enabled else None
 
+    def note_sizes(self, ops: Mapping[str, DeltaOp]) -> None:
+        """After an eager delta frame: every op's mask size, the count of a frame that
+        updates everything (a dense restart, :meth:`restarted`)."""
+        sizes = [ops[name].mask_pixels() for name in self.names]
+        if sizes != self._whole_sizes:
+            self.whole = torch.tensor(sizes, dtype=torch.int32, device=self.frame.device)
+            self._whole_sizes = sizes
+
+    def restarted(self) -> None:
+        """This frame ran dense (a restart, counted in :attr:`restarts`): every op updated
+        every pixel of its mask (as of the last eager delta frame; zero before one)."""
+        if self.whole is None:
+            self.frame.zero_()
+        else:
+            self.frame.copy_(self.whole)
+        self.restarts.add_(1)
+
     def begin_frame(self) -> None:
         """Fold the previous delta frame's counts into the totals and zero them."""
         self.total.add_(self.frame)
         self.frame.zero_()
+
+    def restart_count(self) -> int:
+        """Delta frames that ran as dense restarts (one device sync)."""
+        return int(self.restarts.item())
 
     def counts(self) -> dict[str, tuple[int, int]]:
         """(last frame, all frames) updated-pixel counts by op name (one device sync)."""
@@ -72,6 +100,7 @@ def collect_stats(ops: Mapping[str, DeltaOp], frames: int,
         layers[name] = entry
     return {
         "delta_frames": frames,
+        "dense_restarts": counters.restart_count() if counters is not None and frames > 0 else 0,
         "layers": layers,
         "work_fraction_last": work_last / total if total else None,
         "work_fraction_mean": work_mean / total if total else None,

@@ -47,3 +47,17 @@ def exact_fp32():
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     yield
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+@pytest.fixture(autouse=True)
+def no_dense_restart(request, monkeypatch):
+    """CUDA-graph replays run their delta frames: the dense restart on scene cuts
+    (``backends/cuda/frame_skip.py``) would replace the delta frames of the synthetic
+    clips' noisy inputs (every pixel changes at input threshold 0). Tests of the restart
+    are marked ``dense_restart``."""
+    if "dense_restart" in request.keywords:
+        yield
+        return
+    import deltaconvert.backends.cuda.frame_skip as frame_skip
+    monkeypatch.setattr(frame_skip, "RESTART_FRACTION", 0.0)
+    yield

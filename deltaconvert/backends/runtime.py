@@ -29,13 +29,20 @@ class DeltaOpGraph(Protocol):
 class WholeFrame:
     """What a captured frame's forward is entered into by default: nothing — every
     replay runs the whole frame. A backend's ``capture_body`` may return another object
-    with these four methods (the CUDA backend's frame skip, ``cuda/frame_skip.py``)."""
+    with these five methods (the CUDA backend's frame skip, ``cuda/frame_skip.py``)."""
 
     def __enter__(self) -> "WholeFrame":
         return self
 
     def __exit__(self, *exc: object) -> None:
         return None
+
+    takes_restart = False  # whether capture_restart captures anything
+
+    def capture_restart(self, restart: Callable[[], Any], outputs: Any) -> None:
+        """After the captured forward returned ``outputs``: capture ``restart()`` (a dense
+        frame that rewrites the state in place and returns outputs of the same
+        structure) as a branch a replay may take instead (nothing here: no branch)."""
 
     def invalidate(self) -> None:
         """State the captured frame reads changed outside it (nothing to do here)."""

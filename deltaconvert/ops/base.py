@@ -26,6 +26,16 @@ SETTINGS = ("threshold", "dilation", "track_stats")
 _settings_generation = 0
 
 
+def kept(held: Any, value: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``value`` as a state buffer of ``dtype``: ``held`` overwritten in place when it is
+    a tensor of the same shape, dtype and device (its memory layout is kept), else a
+    fresh copy of ``value``."""
+    if (isinstance(held, torch.Tensor) and held.shape == value.shape and held.dtype == dtype
+            and held.device == value.device):
+        return held.copy_(value)
+    return value.detach().to(dtype, copy=True)
+
+
 def settings_generation() -> int:
     """A process-wide counter that grows whenever any op's :data:`SETTINGS` attribute is
     assigned: a replayed frame compares one integer instead of every op's settings."""
@@ -93,6 +103,14 @@ class DeltaOp(nn.Module):
         uses this to run a dense sub-batch beside the running sequence)."""
         previous, self._state = self._state, state
         return previous
+
+    def _keep(self, key: str, value: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Store ``value`` as state ``key`` in ``dtype`` and return the buffer: written
+        into the buffer held under ``key`` when it has the same shape, dtype and device
+        (a dense frame that restarts a running sequence, whose buffers a captured CUDA
+        graph reads, see :class:`~deltaconvert.ops.boundary.Sparsify`), else a copy."""
+        self._state[key] = kept(self._state.get(key), value, dtype)
+        return self._state[key]
 
     def write_rows(self, rows: torch.Tensor, fresh: dict[str, Any]) -> None:
         """Restart rows ``rows`` (a ``long`` index vector) of the sequence state in place.

@@ -25,7 +25,15 @@ class Sparsify(DeltaOp):
     exactly as it was: ``m ← m ∧ ready``, ``ref ← where(ready, ref', ref)``. The gate
     sits around whichever backend computes ``δ``, so kernels need no READY input; the
     buffer is read on the device, so a captured CUDA graph follows its new contents.
+
+    Restart: while ``restarting`` is set (by the model, for one forward) the op runs its
+    dense frame on a running sequence — ``ref ← x``, ``x`` passes through (channels_last
+    on CUDA) — so every op after it runs dense too and, holding its buffers already,
+    writes its state into them in place (:meth:`DeltaOp._keep`): the sequence restarts
+    at this frame with every buffer where a captured CUDA graph reads it.
     """
+
+    restarting = False  # set by the model around a restart forward
 
     def __init__(self, threshold: float = 0.0, dilation: int = 0) -> None:
         super().__init__()
@@ -35,15 +43,18 @@ class Sparsify(DeltaOp):
 
     def dense(self, x: torch.Tensor) -> torch.Tensor:
         self._check_frame(x)
-        self._state["ref"] = x.detach().to(ref.buffer_dtype(x.dtype, x.device), copy=True)
+        self._keep("ref", x, ref.buffer_dtype(x.dtype, x.device))
         self._state["signature"] = (tuple(x.shape), x.dtype, x.device)
+        if self.restarting and x.is_cuda and x.dim() == 4:
+            # cuDNN's fast 16-bit kernels are NHWC; the CUDA backend's state is too
+            return x.contiguous(memory_format=torch.channels_last)
         return x
 
     def delta(self, x):  # pragma: no cover - a Sparsify never receives a Delta
         raise TypeError(f"{self.node_name}: Sparsify received a Delta")
 
     def forward(self, x: torch.Tensor):
-        if "ref" not in self._state:
+        if "ref" not in self._state or self.restarting:
             return super().forward(x)
         self._check_frame(x)
         held = self._state["ref"].clone() if self.ready is not None else None
@@ -103,8 +114,11 @@ class Densify(DeltaOp):
     """
 
     def dense(self, x: torch.Tensor) -> torch.Tensor:
-        self._state["y"] = x.detach().to(ref.buffer_dtype(x.dtype, x.device), copy=True)
-        return x
+        restart = "y" in self._state
+        y = self._keep("y", x, ref.buffer_dtype(x.dtype, x.device))
+        # A restart's output has the layout of the delta frames' (a copy of y), which
+        # may differ from x's (see Sparsify's restart).
+        return y.to(x.dtype, copy=True) if restart else x
 
     def delta(self, d: Delta) -> torch.Tensor:
         y = ref.densify(d, self._state["y"])

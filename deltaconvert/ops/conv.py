@@ -23,6 +23,9 @@ class Conv2d(DeltaOp):
     """``y = conv(x) + b``; ``δy = conv(δ)``, updated where the kernel footprint
     (dilated, padded, strided) touches an updated input pixel."""
 
+    # (weight's data pointer and version, the weight in channels_last) for NHWC inputs
+    _nhwc_weight: tuple[tuple[int, int], torch.Tensor] | None = None
+
     def __init__(self, conv: nn.Conv2d) -> None:
         super().__init__()
         self.conv = copy.deepcopy(conv)
@@ -30,7 +33,24 @@ class Conv2d(DeltaOp):
         self.macs_per_pixel = conv.out_channels * (conv.in_channels // conv.groups) * k[0] * k[1]
 
     def dense(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_cuda and x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(
+                memory_format=torch.channels_last):
+            # cuDNN would convert an NCHW weight for an NHWC input on every call (a
+            # dense restart's inputs are NHWC, see Sparsify): keep the converted copy
+            return self.conv._conv_forward(x, self._weight_for_nhwc(), self.conv.bias)
         return self.conv(x)
+
+    def _weight_for_nhwc(self) -> torch.Tensor:
+        weight = self.conv.weight
+        key = (weight.data_ptr(), weight._version)
+        if self._nhwc_weight is None or self._nhwc_weight[0] != key:
+            self._nhwc_weight = (key, weight.detach().contiguous(memory_format=torch.channels_last))
+        return self._nhwc_weight[1]
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state.pop("_nhwc_weight", None)  # a cache of the weight
+        return state
 
     def delta(self, d: Delta) -> Delta:
         conv = self.conv

@@ -9,7 +9,8 @@ pixels in the footprint of the input updates::
     emit where max_c |δy| > τ, and there  o ← v
 
 What is not emitted waits in ``v − o``: truncation defers an update, never loses it.
-The first frame computes ``f(x…)`` with the same ``f``. One class covers element-wise
+The first frame computes ``f(x…)`` with the same ``f``; a dense frame that restarts a
+running sequence writes ``a_i ← x_i`` and ``o ← f(x…)`` into the buffers it holds. One class covers element-wise
 activations, per-pixel channel-mixing ops (LayerNorm over channels, softmax over
 channels), products of varying tensors (``POINTWISE`` footprint) and max pooling
 (``REAPPLY`` footprint).
@@ -22,7 +23,7 @@ import torch
 
 from ..delta import Delta, map_tensor_leaves, tensor_leaves
 from . import reference as ref
-from .base import DeltaOp
+from .base import DeltaOp, kept
 from .footprint import Footprint, output_masks
 
 
@@ -48,9 +49,12 @@ class Nonlinear(DeltaOp):
             raise TypeError(f"{self.node_name}: expected {len(self.varying)} tensor arguments, "
                             f"got {len(leaves)}")
         out = self.fn(*args, **kwargs)
-        self._state["acc"] = [x.detach().to(ref.buffer_dtype(x.dtype, x.device), copy=True)
-                              for x, v in zip(leaves, self.varying) if v]
-        self._state["sent"] = out.detach().to(ref.sent_dtype(out.dtype, out.device), copy=True)
+        held = self._state.get("acc") or []
+        varying = [x for x, v in zip(leaves, self.varying) if v]
+        self._state["acc"] = [kept(held[i] if i < len(held) else None, x,
+                                   ref.buffer_dtype(x.dtype, x.device))
+                              for i, x in enumerate(varying)]
+        self._keep("sent", out, ref.sent_dtype(out.dtype, out.device))
         return out
 
     def delta(self, *args: Any, **kwargs: Any) -> Delta:

@@ -146,3 +146,31 @@ def test_model_matches_dense(runtime, video, name, dtype, graph):
     assert max(oracle_errors) <= tolerance, (
         f"against the reference backend in fp16: {[f'{e:.2g}' for e in oracle_errors]}; "
         f"dense fp16 against dense fp32: {max(e16):.3g}")
+
+
+RESTART_FRAMES = 6
+
+
+@pytest.mark.dense_restart
+@pytest.mark.parametrize("name", MODELS)
+def test_replays_restart_densely_when_every_pixel_changes(runtime, video, name):
+    """fp16 under CUDA-graph replay at threshold 0: the clip's sensor noise changes every
+    input pixel, so every replayed frame takes the dense restart branch (every op dense,
+    channels_last, writing its state in place); its outputs stay within the fp16
+    tolerance of the test above on every frame."""
+    model = calibrated(name, video)
+    delta = delta_model(model, video[0], "cuda", torch.float16, graph=True)
+    dense_half = copy.deepcopy(model).half()
+    errors, e16 = [], []
+    with torch.no_grad():
+        for frame in video[:RESTART_FRAMES]:
+            x = frame.to(DEVICE)
+            expected = main_output(model(x))
+            errors.append(relative_error(main_output(delta(x.half())), expected))
+            e16.append(relative_error(main_output(dense_half(x.half())), expected))
+    # frame 0 is dense, frame 1 the eager delta frame; the captured frame (eagerly,
+    # before its capture) and every later one restart
+    assert delta.stats()["dense_restarts"] == RESTART_FRAMES - 2
+    tolerance = max(1e-2, 5 * max(e16))
+    assert max(errors) <= tolerance, (
+        f"against dense fp32: {[f'{e:.2g}' for e in errors]}; dense fp16: {max(e16):.3g}")

@@ -10,6 +10,9 @@ pixel changed skips everything after the input Sparsify ops.
 * An unchanged frame does skip: an output buffer poisoned after a replay stays poisoned
   through a replay of an unchanged frame, and a changed frame rewrites it; an eager frame
   in between (``cuda_graph`` switched off and on) makes the next replay run the body.
+* A scene cut (most input pixels changed) takes the dense restart branch: outputs equal
+  the dense model's on every frame, delta frames after it run on the restarted state,
+  and slot mode never restarts the whole batch.
 """
 from __future__ import annotations
 
@@ -191,3 +194,45 @@ def test_recaptures_release_the_body_memory(runtime, monkeypatch):
         model(frames[t % 3])
         assert model.graph_replay.captured.body.opened
     assert reserved() - before < 6 * 2**20, "recaptured graphs left their memory reserved"
+
+
+def cut_clip() -> list[torch.Tensor]:
+    """Without sensor noise: frames 1, 2 and 4 move the sprites (a minority of the
+    pixels), frames 3 and 5 are scene cuts (every pixel changes)."""
+    video = [f.to(DEVICE) for f in synthetic_video(4, 21, 27, batch=2, seed=3, noise=0.0)]
+    return [video[0], video[1], video[2], video[2] + 0.5, video[3] + 0.5, video[3]]
+
+
+@pytest.mark.cuda
+@pytest.mark.dense_restart
+def test_scene_cuts_restart_densely_and_the_sequence_goes_on(runtime):
+    frames = cut_clip()
+    net = small_net()
+    model = converted(net, frames[0], backend="cuda", cuda_graph=True)
+    model.set_input_sparsify(threshold=1e-3)
+    restarts = []
+    with torch.no_grad():
+        for t, x in enumerate(frames):
+            got = model(x)
+            restarts.append(model.stats()["dense_restarts"])
+            torch.testing.assert_close(got, net(x), rtol=1e-4, atol=1e-5, msg=f"frame {t}")
+    body = model.graph_replay.captured.body
+    assert body.restart_captured and body.restart_pixels > 0
+    # 0 dense, 1 eager delta, 2 captured (the model restarts eagerly before the
+    # capture), 3 cut, 4 delta on the restarted state, 5 cut
+    assert restarts == [0, 0, 1, 2, 2, 3]
+    assert model.stats()["work_fraction_last"] == pytest.approx(1.0)
+
+
+@pytest.mark.cuda
+@pytest.mark.dense_restart
+def test_slot_mode_never_restarts_the_whole_batch(runtime):
+    """Idle slots keep their state exactly, so with a READY gate there is no restart."""
+    frames = cut_clip()
+    model = converted(small_net(), frames[0], backend="cuda", cuda_graph=True)
+    model.slots = 2
+    for x in frames:
+        model(x)
+    body = model.graph_replay.captured.body
+    assert body.restart_pixels == 0 and not body.restart_captured
+    assert model.stats()["dense_restarts"] == 0

@@ -2,8 +2,8 @@
 of one per buffer.
 
 A :class:`FrameArena` belongs to one bound model. It holds the work-list counts (one
-int32 slot per op, :meth:`FrameArena.slot`), the frame's ``changed`` flag (set by the
-input Sparsify kernels when they emit a pixel, see :mod:`.frame_skip`) and the regions that kernels need zeroed
+int32 slot per op, :meth:`FrameArena.slot`), the frame's ``changed`` count (the pixels
+the input Sparsify kernels emitted, see :mod:`.frame_skip`) and the regions that kernels need zeroed
 each frame, such as the output masks that a kernel writes only where it has work
 (:meth:`FrameArena.zeroed`). :meth:`FrameArena.begin_frame` zeroes both inside the
 frame, so a captured CUDA graph replays the zeroing.

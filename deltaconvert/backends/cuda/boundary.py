@@ -37,8 +37,8 @@ from .tensors import (
 class SparsifyKernel(Accelerated):
     """``op.accelerated`` of a Sparsify.
 
-    With the frame skip (:mod:`.frame_skip`), an input Sparsify sets ``changed`` (the
-    arena's flag) when it emits a pixel — its reference fallback sets it always — and
+    With the frame skip (:mod:`.frame_skip`), an input Sparsify adds the pixels it emits
+    to ``changed`` (the arena's count) — its reference fallback adds 1 always — and
     the last one opens the skippable body of a captured frame (``frame_skip``).
     """
 

@@ -1,6 +1,7 @@
-"""Skipping a replayed frame whose inputs did not change: a conditional node of the
-captured CUDA graph (on by default; ``DELTACONVERT_CUDA_SKIP_UNCHANGED=0`` turns it
-off).
+"""Skipping a replayed frame whose inputs did not change, and restarting densely on a
+scene cut: a conditional node of the captured CUDA graph (on by default;
+``DELTACONVERT_CUDA_SKIP_UNCHANGED=0`` turns both off, ``DELTACONVERT_CUDA_RESTART_FRACTION=0``
+the restart alone).
 
 **Why it is exact.** In a delta frame every op's candidate pixels derive from its
 inputs' masks, and the masks start at the model's input Sparsify ops. When none of them
@@ -14,20 +15,36 @@ through input Sparsify ops, and no other Sparsify op re-enters the delta domain
 it last ran — the model's slot restarts and its eager frames (``cuda_graph`` switched
 off) call :meth:`CapturedBody.invalidate`, which sets ``force`` again.
 
+**The dense restart.** When at least :data:`RESTART_FRACTION` of the input pixels
+changed, a delta frame costs more than a dense one (every tile is lit, every candidate
+emits). The conditional node is then a SWITCH with two branches: 0 the delta frame, 1
+the model's dense restart (``DeltaGraphModule._restart_frame``: every op runs dense and
+writes its state into the buffers the delta branch reads, as ``reset()`` and a first
+frame would, and the outputs are copied into the delta branch's). It is exact: the
+output is the original model's, and the sequence continues from a fresh state. Not in
+slot mode (a READY gate: idle slots must keep their state exactly). An input Sparsify
+that falls back to the reference math adds 1 to ``changed`` (its frame runs, as a delta
+frame). Before such a capture the model restarts once, eagerly, at the captured frame
+(``DeltaGraphModule._eager_restart``), so cuDNN's first calls for the restart's shapes
+and layouts are not captured.
+
 **The captured frame.** Outside the body: the arena's zeroing (which clears the
-``changed`` flag), the statistics counters, the input Sparsify kernels (which set
-``changed`` when they emit, see ``sparsify_apply``), and ``set_frame_condition``
-(``cuda_kernels/graph.cu``: the IF node's condition is ``changed or force``). The last
-input Sparsify op then calls :meth:`FrameSkip.open`, which adds the IF node to the
-graph being captured on the backend stream and captures the rest of the frame into its
-body from a second stream of the backend (``cuStreamBeginCaptureToGraph``: a capturing
+``changed`` flag), the statistics counters, the input Sparsify kernels (which add the pixels they
+emit to ``changed``, see ``sparsify_apply``), and ``set_frame_condition``
+(``cuda_kernels/graph.cu`` picks the branch from ``changed``, the input pixels emitted,
+and ``force``). The last input Sparsify op then calls :meth:`FrameSkip.open`, which adds
+the SWITCH node to the graph being captured on the backend stream and captures the rest
+of the frame into its delta branch from a second stream of the backend (``cuStreamBeginCaptureToGraph``: a capturing
 stream cannot also capture a child graph). The backend launches on that stream and
 torch's current stream is it, so torch ops of the body are captured there too; its
 allocations go to the graph's own memory pool, which torch's allocator lets one
 capture record to at a time: the outer capture hands it to the body stream and takes
 it back (:func:`_route_pool`), so the body's memory lives and dies with the graph.
-:meth:`CapturedBody.__exit__` ends the body's capture; the outer capture then ends as
-usual.
+:meth:`CapturedBody.capture_restart` ends the delta branch's capture and captures the
+restart into the other branch on the same stream (the branches never both run, so one
+may reuse memory the other freed); :meth:`CapturedBody.__exit__` ends the last capture;
+the outer capture then ends as usual. Conditional SWITCH nodes need a CUDA 12.8 driver;
+with an older one nothing is installed.
 
 The driver calls go through ctypes (PyCUDA has no graph API), as in
 :mod:`.dependent_launch`.
@@ -36,11 +53,13 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import math
 import os
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
+from ...delta import tensor_leaves
 from ...ops.boundary import Sparsify, input_sparsifiers
 from ..runtime import DeltaOpGraph
 from .arena import FrameArena
@@ -49,9 +68,13 @@ from .device import DeviceRuntime
 from .kernels import Args, kernel
 
 ENABLED = os.environ.get("DELTACONVERT_CUDA_SKIP_UNCHANGED", "1") != "0"
+# The share of input pixels (summed over the input Sparsify ops) whose change makes a
+# replay restart densely instead of running the delta frame; 0 turns the restart off.
+RESTART_FRACTION = float(os.environ.get("DELTACONVERT_CUDA_RESTART_FRACTION", "0.5"))
+MIN_DRIVER = 12080  # SWITCH conditional nodes
 
 _NODE_CONDITIONAL = 13          # CU_GRAPH_NODE_TYPE_CONDITIONAL
-_CONDITION_IF = 0               # CU_GRAPH_COND_TYPE_IF
+_CONDITION_SWITCH = 2           # CU_GRAPH_COND_TYPE_SWITCH (CUDA 12.8)
 _ASSIGN_DEFAULT = 1             # CU_GRAPH_COND_ASSIGN_DEFAULT: the condition is 0 at each launch
 _SET_DEPENDENCIES = 1           # CU_STREAM_SET_CAPTURE_DEPENDENCIES
 _CAPTURE_THREAD_LOCAL = 1       # CU_STREAM_CAPTURE_MODE_THREAD_LOCAL
@@ -89,6 +112,7 @@ def _graph_driver() -> ctypes.CDLL:
                                                              ctypes.c_uint]
         lib.cuStreamBeginCaptureToGraph.argtypes = [p, p, p, p, size, ctypes.c_int]
         lib.cuStreamEndCapture.argtypes = [p, ctypes.POINTER(p)]
+        lib.cuDriverGetVersion.argtypes = [ctypes.POINTER(ctypes.c_int)]
         lib._graph_types_set = True
     return lib
 
@@ -140,34 +164,51 @@ def skip_plan(model: DeltaOpGraph) -> list[str] | None:
 
 
 class FrameSkip:
-    """The frame skip of one bound model: the flag its input Sparsify kernels set and the
-    body a capture arms (see the module docstring)."""
+    """The frame skip of one bound model: the pixel count its input Sparsify kernels
+    add to, the ops themselves, and the body a capture arms (see the module docstring)."""
 
     def __init__(self, runtime: DeviceRuntime, arena: FrameArena, dtype: torch.dtype) -> None:
         self.runtime, self.arena, self.dtype = runtime, arena, dtype
+        self.inputs: list[Sparsify] = []  # set by install
         self.armed: CapturedBody | None = None
 
     def capture(self, graph: torch.cuda.CUDAGraph, pool: tuple[int, int]) -> "CapturedBody":
         """Before ``graph`` is captured: the context to enter inside the capture, around
-        the forward (its ``force`` flag and the body stream are made now, outside it)."""
+        the forward (its flags and the body stream are made now, outside it)."""
         self.runtime.body_stream()
-        return CapturedBody(self, graph, pool)
+        return CapturedBody(self, graph, pool, self.restart_pixels())
+
+    def restart_pixels(self) -> int:
+        """The changed input pixels from which a replay restarts densely (0: never)."""
+        if RESTART_FRACTION <= 0 or any(op.ready is not None for op in self.inputs):
+            return 0
+        pixels = 0
+        for op in self.inputs:
+            shape = op.state["signature"][0]
+            pixels += math.prod(shape) // shape[1] if len(shape) > 1 else shape[0]
+        return max(1, math.ceil(RESTART_FRACTION * pixels))
 
     def open(self) -> None:
         """After the last input Sparsify kernel: during an armed capture, the rest of the
-        frame goes into the body of an IF node (no-op in eager frames)."""
+        frame goes into the delta branch of a SWITCH node (no-op in eager frames)."""
         if self.armed is not None and not self.armed.opened:
             self.armed.open()
 
 
 class CapturedBody:
-    """The IF node of one captured frame and its ``force`` flag (the graph's memory pool
-    holds what the body allocates)."""
+    """The SWITCH node of one captured frame, its ``force`` flag and the restart's pixel
+    count (the graph's memory pool holds what the branches allocate)."""
 
-    def __init__(self, skip: FrameSkip, graph: torch.cuda.CUDAGraph, pool: tuple[int, int]) -> None:
+    def __init__(self, skip: FrameSkip, graph: torch.cuda.CUDAGraph, pool: tuple[int, int],
+                 restart_pixels: int) -> None:
         self.skip, self.graph, self.pool = skip, graph, pool
-        self.force = torch.ones(1, dtype=torch.int32, device=skip.runtime.device)
+        device = skip.runtime.device
+        self.force = torch.ones(1, dtype=torch.int32, device=device)
+        self.restart_pixels = restart_pixels
+        self.takes_restart = restart_pixels > 0
         self.opened = False
+        self.restart_captured = False
+        self._branches: list[ctypes.c_void_p] = []
         self._closing: contextlib.ExitStack | None = None
 
     def __enter__(self) -> "CapturedBody":
@@ -179,6 +220,10 @@ class CapturedBody:
         if self._closing is not None:
             closing, self._closing = self._closing, None
             closing.close()
+        if exc[0] is None and len(self._branches) > 1 and not self.restart_captured:
+            # the node would take an empty branch on a scene cut: fail the capture
+            raise RuntimeError("frame skip: the SWITCH node's restart branch was not "
+                               "captured (capture_restart must follow the forward)")
 
     def open(self) -> None:
         runtime, lib = self.skip.runtime, _graph_driver()
@@ -190,22 +235,24 @@ class CapturedBody:
         check(lib.cuGraphConditionalHandleCreate(ctypes.byref(handle), graph, context, 0,
                                                   _ASSIGN_DEFAULT), "cuGraphConditionalHandleCreate")
         args = Args("frame skip").handle(handle.value).ptr(self.skip.arena.changed).ptr(self.force)
+        args.ints(self.restart_pixels)
         kernel(runtime, "graph", "set_frame_condition", self.skip.dtype)((1, 1, 1), (1, 1, 1), args)
         graph, deps, count = _capture_info(stream)
         params = _NodeParams(type=_NODE_CONDITIONAL)
-        params.conditional = _ConditionalParams(handle=handle.value, type=_CONDITION_IF, size=1,
+        params.conditional = _ConditionalParams(handle=handle.value, type=_CONDITION_SWITCH,
+                                                size=2 if self.restart_pixels else 1,
                                                 ctx=context.value)
         node = ctypes.c_void_p()
         check(lib.cuGraphAddNode_v2(ctypes.byref(node), graph, deps, None, count, ctypes.byref(params)),
                "cuGraphAddNode (conditional)")
-        body_graph = ctypes.c_void_p(params.conditional.graphs[0])
+        self._branches = [ctypes.c_void_p(params.conditional.graphs[i])
+                          for i in range(params.conditional.size)]
         check(lib.cuStreamUpdateCaptureDependencies_v2(stream, ctypes.byref(node), None, 1,
                                                         _SET_DEPENDENCIES),
                "cuStreamUpdateCaptureDependencies")
         body_stream, body_torch = runtime.body_stream()
         outer = torch.cuda.current_stream(runtime.device)
-        check(lib.cuStreamBeginCaptureToGraph(body_stream.handle, body_graph, None, None, 0,
-                                               _CAPTURE_THREAD_LOCAL), "cuStreamBeginCaptureToGraph")
+        _begin_capture(body_stream.handle, self._branches[0])
         closing = contextlib.ExitStack()
         try:  # a failure half way leaves no capture open on the body stream
             closing.callback(_end_capture, body_stream.handle)
@@ -216,6 +263,24 @@ class CapturedBody:
             closing.close()
             raise
         self._closing, self.opened = closing, True
+
+    def capture_restart(self, restart: Callable[[], Any], outputs: Any) -> None:
+        """End the delta branch's capture and capture ``restart()`` into the restart
+        branch, its outputs copied into the delta branch's ``outputs`` (when the node has
+        that branch; if this raises, the whole capture fails)."""
+        if not self.opened or len(self._branches) < 2:
+            return
+        body = self.skip.runtime.body_stream()[0].handle
+        _end_capture(body)
+        _begin_capture(body, self._branches[1])
+        dense = restart()
+        targets, values = list(tensor_leaves(outputs)), list(tensor_leaves(dense))
+        if len(targets) != len(values):
+            raise RuntimeError("dense restart: the restart frame's outputs do not match the "
+                               "delta frame's")
+        for target, value in zip(targets, values):
+            target.copy_(value)
+        self.restart_captured = True
 
     def invalidate(self) -> None:
         """State the body reads changed outside the graph: the next replay runs it."""
@@ -243,6 +308,11 @@ def _route_pool(device: int, pool: tuple[int, int], to: torch.cuda.Stream) -> No
     torch._C._cuda_releasePool(device, pool)
 
 
+def _begin_capture(stream: int, graph: ctypes.c_void_p) -> None:
+    check(_graph_driver().cuStreamBeginCaptureToGraph(stream, graph, None, None, 0,
+                                                     _CAPTURE_THREAD_LOCAL), "cuStreamBeginCaptureToGraph")
+
+
 def _end_capture(stream: int) -> None:
     graph = ctypes.c_void_p()
     check(_graph_driver().cuStreamEndCapture(stream, ctypes.byref(graph)), "cuStreamEndCapture")
@@ -252,10 +322,19 @@ def install(model: DeltaOpGraph, wrappers: dict[str, Any], skip: FrameSkip) -> b
     """Give ``model``'s input Sparsify wrappers the ``changed`` flag and the last of them
     the skip to open; False (nothing installed) when :func:`skip_plan` finds no skip."""
     names = skip_plan(model)
-    if names is None or any(wrappers.get(name) is None for name in names):
+    if (names is None or any(wrappers.get(name) is None for name in names)
+            or driver_version() < MIN_DRIVER):
         return False
     for name in names:
         wrappers[name].changed = skip.arena.changed
     wrappers[names[-1]].frame_skip = skip
+    skip.inputs = [model.get_submodule(name) for name in names]
     return True
+
+
+def driver_version() -> int:
+    """The CUDA driver's version (1000·major + 10·minor)."""
+    version = ctypes.c_int()
+    check(_graph_driver().cuDriverGetVersion(ctypes.byref(version)), "cuDriverGetVersion")
+    return version.value
 

@@ -73,7 +73,7 @@ SIGNATURES: dict[str, dict[str, str]] = {
         "cat_channels": f"{CAT_MAX * CAT_OPERAND_BYTES}s" + "i" * 5 + _T4 + "PP",
     },
     "graph": {
-        "set_frame_condition": "QPP",
+        "set_frame_condition": "QPPi",
     },
 }
 

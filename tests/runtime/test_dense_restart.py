@@ -1,0 +1,86 @@
+"""The model's dense restart (``DeltaGraphModule._restart_frame``), on the reference
+backend: the CUDA backend captures it as the branch a replay takes on a scene cut
+(``backends/cuda/frame_skip.py``; its GPU tests are in ``test_frame_skip.py`` and
+``tests/convert/test_architectures_cuda.py``).
+
+* Its output is the original model's, every state buffer is rewritten in place (the
+  same tensors: a captured graph keeps reading them), and the sequence then goes on
+  exactly as one reset at that frame.
+* With statistics on, the restart counts as every pixel updated and as one restart.
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+
+from deltaconvert.convert import convert
+from deltaconvert.delta import tensor_leaves
+from deltaconvert.ops.base import kept
+from deltaconvert.synthetic import synthetic_video
+
+
+def small_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.Hardswish(),
+                         nn.Conv2d(8, 6, 1)).eval()
+
+
+def converted(net: nn.Module, x: torch.Tensor):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return convert(net, x, backend="reference", thresholds=0.02)
+
+
+def buffers(model) -> dict[str, list[torch.Tensor]]:
+    return {name: [t for t in tensor_leaves(op.state) if isinstance(t, torch.Tensor)]
+            for name, op in model.delta_ops().items()}
+
+
+def test_a_restart_is_a_first_frame_written_into_the_same_buffers():
+    video = synthetic_video(8, 21, 27, batch=2, seed=3)
+    net = small_net()
+    model = converted(net, video[0])
+    for x in video[:3]:
+        model(x)
+    before = buffers(model)
+    with torch.no_grad():
+        out = model._restart_frame(video[3])
+        torch.testing.assert_close(out, net(video[3]), rtol=1e-6, atol=1e-6)
+    after = buffers(model)
+    assert sum(len(v) for v in before.values()) > 0
+    for name, tensors in before.items():
+        assert [t.data_ptr() for t in after[name]] == [t.data_ptr() for t in tensors], name
+    fresh = converted(net, video[0])
+    fresh(video[3])  # a first frame at the restart
+    for t, x in enumerate(video[4:]):
+        assert torch.equal(model(x), fresh(x)), f"frame {t + 4} after the restart"
+
+
+def test_a_restart_counts_every_pixel_and_one_restart():
+    video = synthetic_video(4, 21, 27, batch=2, seed=3)
+    model = converted(small_net(), video[0])
+    for x in video[:3]:
+        model(x)
+    assert model.stats()["dense_restarts"] == 0
+    model._restart_frame(video[3])
+    stats = model.stats()
+    assert stats["dense_restarts"] == 1
+    assert stats["work_fraction_last"] == 1.0
+    assert all(layer["updated_last"] == 1.0 for layer in stats["layers"].values()
+               if "updated_last" in layer)
+
+
+def test_kept_writes_in_place_only_into_a_matching_buffer():
+    held = torch.zeros(2, 3, 4, 5).contiguous(memory_format=torch.channels_last)
+    value = torch.randn(2, 3, 4, 5, dtype=torch.float16)
+    out = kept(held, value, torch.float32)
+    assert out is held and torch.equal(out, value.float())
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    fresh = kept(held, value, torch.float64)
+    assert fresh is not held and fresh.dtype == torch.float64
+    assert kept(None, value, torch.float32) is not value
+    assert kept(held, value[:1], torch.float32) is not held
+
