@@ -63,7 +63,7 @@ class CapturedFrame:
         self.graph = torch.cuda.CUDAGraph()
         pool = torch.cuda.graph_pool_handle()  # named up front: the body may route to it
         self.body = runtime.capture_body(self.graph, pool)
-        if restart is not None and getattr(self.body, "takes_restart", False):
+        if restart is not None and self.body.takes_restart:
             restart[1](*self.static_args, **self.static_kwargs)  # eagerly, see Restart
         try:
             with torch.cuda.graph(self.graph, pool=pool, stream=runtime.capture_stream,

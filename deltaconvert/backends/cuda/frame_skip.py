@@ -319,8 +319,9 @@ def _end_capture(stream: int) -> None:
 
 
 def install(model: DeltaOpGraph, wrappers: dict[str, Any], skip: FrameSkip) -> bool:
-    """Give ``model``'s input Sparsify wrappers the ``changed`` flag and the last of them
-    the skip to open; False (nothing installed) when :func:`skip_plan` finds no skip."""
+    """Give ``model``'s input Sparsify wrappers the ``changed`` count and the last of them
+    the skip to open; False (nothing installed) when :func:`skip_plan` finds no skip or
+    the driver has no SWITCH nodes."""
     names = skip_plan(model)
     if (names is None or any(wrappers.get(name) is None for name in names)
             or driver_version() < MIN_DRIVER):
