@@ -316,3 +316,32 @@ extern "C" __global__ void __launch_bounds__(DC_BLOCK, DC_RESIDENT) pw_truncate(
     else
         truncate_by_function<1>(sm, TRUNC_ARGS);
 }
+
+// A dense restart's activation (backends/cuda/pointwise.py, Truncating.dense_in_place):
+// the state of a first frame written in place from one read of the input,
+//   a ← x (fp32),  o ← f(x) (rounded to scalar_t),
+// over `count` elements that x, a and o lay out alike (the same strides, no gaps), so
+// the element index is the offset. `vec`: groups of 4 (count a multiple of 4, 16-byte
+// aligned a and 8-byte aligned x and o).
+template <int V>
+__device__ __forceinline__ void restart_elements(int count, int code, float p0, float p1,
+                                                 const scalar_t *x, float *a, scalar_t *o) {
+    const int stride = gridDim.x * blockDim.x * V;
+    for (int i = (blockIdx.x * blockDim.x + threadIdx.x) * V; i < count; i += stride) {
+        float v[V], f[V];
+        load_vec<V>(x + i, v);
+#pragma unroll
+        for (int k = 0; k < V; ++k) f[k] = activate(code, v[k], p0, p1);
+        store_vec<V>(a + i, v);
+        store_vec<V>(o + i, f);
+    }
+}
+
+extern "C" __global__ void pw_restart(int count, int code, float p0, float p1, const scalar_t *x,
+                                      float *a, scalar_t *o, int vec) {
+    DC_GRID_START();
+    if (vec)
+        restart_elements<4>(count, code, p0, p1, x, a, o);
+    else
+        restart_elements<1>(count, code, p0, p1, x, a, o);
+}

@@ -6,7 +6,8 @@ tensor on the first frame of a sequence and as a :class:`~deltaconvert.delta.Del
 on every later frame. ``forward`` dispatches on that:
 
 * no Delta among the arguments → :meth:`DeltaOp.dense`: compute the original op,
-  initialise the state buffers, return a tensor;
+  initialise the state buffers, return a tensor (a backend may do that with kernels of
+  its own: ``accelerated.dense_in_place``, returning NotImplemented where it does not);
 * otherwise → :meth:`DeltaOp.delta` (or the backend's accelerated version of it):
   update the state, return a Delta.
 
@@ -77,7 +78,10 @@ class DeltaOp(nn.Module):
     # -- dispatch -----------------------------------------------------------------
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         if not contains_delta((args, kwargs)):
-            out = self.dense(*args, **kwargs)
+            kernels = getattr(self.accelerated, "dense_in_place", None)
+            out = kernels(self, *args, **kwargs) if kernels is not None else NotImplemented
+            if out is NotImplemented:
+                out = self.dense(*args, **kwargs)
             if self.track_stats:
                 self._record(out)
             return out

@@ -205,7 +205,17 @@ def cut_clip() -> list[torch.Tensor]:
 
 @pytest.mark.cuda
 @pytest.mark.dense_restart
-def test_scene_cuts_restart_densely_and_the_sequence_goes_on(runtime):
+def test_scene_cuts_restart_densely_and_the_sequence_goes_on(runtime, monkeypatch):
+    from deltaconvert.backends.cuda.pointwise import Truncating
+    by_kernel = []
+    original = Truncating.dense_in_place
+
+    def spy(self, op, *args, **kwargs):
+        out = original(self, op, *args, **kwargs)
+        by_kernel.append((op.node_name, out is not NotImplemented))
+        return out
+
+    monkeypatch.setattr(Truncating, "dense_in_place", spy)
     frames = cut_clip()
     net = small_net()
     model = converted(net, frames[0], backend="cuda", cuda_graph=True)
@@ -222,6 +232,10 @@ def test_scene_cuts_restart_densely_and_the_sequence_goes_on(runtime):
     # capture), 3 cut, 4 delta on the restarted state, 5 cut
     assert restarts == [0, 0, 1, 2, 2, 3]
     assert model.stats()["work_fraction_last"] == pytest.approx(1.0)
+    # the restart's activations ran pw_restart (eagerly before the capture, then captured);
+    # the first frame's did not (no state yet)
+    assert {name for name, kernel in by_kernel if kernel} == {"1", "4"}
+    assert any(not kernel for _, kernel in by_kernel)
 
 
 @pytest.mark.cuda

@@ -78,6 +78,11 @@ class Accelerated:
     def fallback(self, op: DeltaOp, *args: Any, **kwargs: Any) -> Any:
         return op.delta(*args, **kwargs)
 
+    def dense_in_place(self, op: DeltaOp, *args: Any, **kwargs: Any) -> Any:
+        """A dense frame of ``op`` by kernels (see :meth:`DeltaOp.forward`), or
+        NotImplemented: the op's own :meth:`~DeltaOp.dense` (the default)."""
+        return NotImplemented
+
     @staticmethod
     def fp32_state(*buffers: torch.Tensor) -> bool:
         """Whether state buffers are fp32, the only state dtype the kernels address (the

@@ -49,6 +49,7 @@ SIGNATURES: dict[str, dict[str, str]] = {
         "pw_accumulate": "i" * 6 + _OPERAND + _T4,
         "pw_truncate": "i" * 8 + _OPERAND * 2 + "Pi" + "iff" + _T4 * 2 + "PP" + _T4 + "f"
                        + _T4 + "PPPPPPPi",
+        "pw_restart": "iiffPPPi",
     },
     "sparsify": {
         "sparsify_mask": "i" * 5 + _T4 * 2 + "fP",

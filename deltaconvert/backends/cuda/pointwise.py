@@ -6,7 +6,9 @@
   :class:`Truncating` op it writes no values and hands the sum to the consumer
   (:class:`~.base.Fused`), which adds it into its accumulator in the same kernel.
 * :class:`Truncating` — element-wise activations and the layer norm over channels:
-  ``a += δ; v = f(a); δy = v − o``, emitted where ``max_c |δy| > τ``.
+  ``a += δ; v = f(a); δy = v − o``, emitted where ``max_c |δy| > τ``. In a dense
+  restart (see ``ops/boundary.py``) an element-wise activation writes ``a ← x`` and
+  ``o ← f(x)`` in one kernel and hands ``o`` on as its output (``pw_restart``).
 * :class:`Product` — ``x · y`` of two varying tensors (squeeze-excite gates): both
   operands are accumulated, then ``v = a_x · a_y`` is truncated like an activation.
 """
@@ -28,7 +30,7 @@ from ...ops.linear import LinearCall
 from ...ops.nonlinear import Nonlinear
 from .arena import FrameArena, zeroed_mask
 from .base import Accelerated, Consumer, Fused
-from .constants import RESIDENT_BLOCKS, Activation, PixelFunction
+from .constants import BLOCK, RESIDENT_BLOCKS, Activation, PixelFunction
 from .device import DeviceRuntime
 from .kernels import SUPPORTED_DTYPES, Args, kernel
 from .registry import accelerates
@@ -264,6 +266,37 @@ class Truncating(Accelerated):
                    if norm is not None else (None, None))
         return truncate(self.runtime, op, d.dtype, d.shape, self.function, work, acc, sent,
                         vectors, self.list_count, self.arena)
+
+
+    def dense_in_place(self, op: DeltaOp, *args: Any, **kwargs: Any) -> Any:
+        """A dense restart of a running sequence: ``a ← x`` and ``o ← f(x)`` from one read
+        of ``x``, and ``o`` (the state buffer, read-only downstream) as the output;
+        NotImplemented (the op's own dense path) for a first frame, a layer norm, or
+        tensors that do not share one gap-free layout."""
+        if len(args) != 1 or kwargs or self.function.norm is not None:
+            return NotImplemented
+        x, acc, sent = args[0], op.state.get("acc"), op.state.get("sent")
+        if acc is None or not isinstance(x, torch.Tensor) or not self.usable(x):
+            return NotImplemented
+        a = acc[0]
+        if (a.shape != x.shape or not self.nonlinear_state(acc[:1], sent, x.dtype)
+                or not a.stride() == sent.stride() == x.stride() or not _gap_free(x)
+                or x.numel() >= 2**31):
+            return NotImplemented
+        count = x.numel()
+        vec = int(count % 4 == 0 and all(t.data_ptr() % 16 == 0 for t in (x, a, sent)))
+        per_thread = 4 if vec else 1
+        blocks = min(-(-count // (BLOCK * per_thread)), RESIDENT_BLOCKS * self.runtime.multiprocessors)
+        f = self.function
+        args_ = Args(op.node_name).ints(count, int(f.code)).floats(f.p0, f.p1).ptr(x).ptr(a).ptr(sent)
+        kernel(self.runtime, "pointwise", "pw_restart", x.dtype)((max(blocks, 1), 1, 1), (BLOCK, 1, 1),
+                                                                 args_.ints(vec))
+        return sent
+
+
+def _gap_free(t: torch.Tensor) -> bool:
+    """Whether ``t``'s elements fill its storage span without gaps (any dense layout)."""
+    return t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last))
 
 
 @accelerates(Nonlinear, when=lambda op: _pointwise(op, (True, True)) and _is(op.fn, MUL_FNS))
