@@ -193,7 +193,7 @@ class DeltaGraphModule(fx.GraphModule):
     def _restart_frame(self, *args: Any, **kwargs: Any) -> Any:
         """A dense frame of every slot on the running sequence: the original model's
         output, with every op's state rewritten in place as a first frame would build it
-        (the input Sparsify ops' ``restarting`` switch). The CUDA backend captures it as
+        (the Sparsify ops' ``restarting`` switch). The CUDA backend captures it as
         the branch a replay takes instead of the delta frame when most input pixels
         changed (a scene cut); it runs inside a capture, in the stream and context the
         capture set up."""
@@ -212,7 +212,8 @@ class DeltaGraphModule(fx.GraphModule):
             self._restart_frame(*args, **kwargs)
 
     def _restarting_forward(self, args: tuple, kwargs: dict) -> Any:
-        sparsifiers = list(self.input_sparsifiers().values())
+        # every Sparsify, re-entries after dense islands too: the ops after them restart
+        sparsifiers = [op for op in self.delta_ops().values() if isinstance(op, Sparsify)]
         for op in sparsifiers:
             op.restarting = True
         try:

@@ -84,3 +84,30 @@ def test_kept_writes_in_place_only_into_a_matching_buffer():
     assert kept(None, value, torch.float32) is not value
     assert kept(held, value[:1], torch.float32) is not held
 
+
+
+class Island(nn.Module):
+    """A dense island (an op without a delta form) between two convs: a re-entry Sparsify."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.after = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        return torch.relu(self.after(torch.cumsum(torch.relu(self.conv(x)), dim=1)))
+
+
+def test_a_restart_restarts_the_ops_after_a_dense_island_too():
+    video = synthetic_video(6, 21, 27, batch=2, seed=3)
+    net = Island().eval()
+    model = converted(net, video[0])
+    assert model.dense_islands
+    for x in video[:3]:
+        model(x)
+    with torch.no_grad():
+        torch.testing.assert_close(model._restart_frame(video[3]), net(video[3]), rtol=1e-6, atol=1e-6)
+    fresh = converted(net, video[0])
+    fresh(video[3])
+    for t, x in enumerate(video[4:]):
+        assert torch.equal(model(x), fresh(x)), f"frame {t + 4} after the restart"
