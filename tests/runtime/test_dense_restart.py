@@ -7,11 +7,14 @@ backend: the CUDA backend captures it as the branch a replay takes on a scene cu
   same tensors: a captured graph keeps reading them), and the sequence then goes on
   exactly as one reset at that frame.
 * With statistics on, the restart counts as every pixel updated and as one restart.
+* Models with dense islands restart after them too, and held-out models restart in
+  channels_last (as on CUDA) to the original model's outputs.
 """
 from __future__ import annotations
 
 import warnings
 
+import pytest
 import torch
 from torch import nn
 
@@ -111,3 +114,50 @@ def test_a_restart_restarts_the_ops_after_a_dense_island_too():
     fresh(video[3])
     for t, x in enumerate(video[4:]):
         assert torch.equal(model(x), fresh(x)), f"frame {t + 4} after the restart"
+
+
+def _held_out(source: str, name: str) -> nn.Module:
+    if source == "torchvision":
+        from deltaconvert.architectures import build_architecture
+        return build_architecture(name)
+    if source == "timm":
+        timm = pytest.importorskip("timm")
+        return timm.create_model(name)
+    ultralytics = pytest.importorskip("ultralytics")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return ultralytics.YOLO(name).model
+
+
+@pytest.mark.parametrize("source,name", [("torchvision", "mobilenet_v3_small"),
+                                         ("torchvision", "shufflenet_v2_x1_0"),
+                                         ("timm", "skresnet18"), ("ultralytics", "yolov8n.yaml"),
+                                         ("ultralytics", "yolo11n.yaml")])
+def test_restarts_in_channels_last_match_the_original(source, name, monkeypatch):
+    """On CUDA a restart's input is channels_last (see Sparsify); here, on the CPU, it is
+    forced so, and models with channel shuffles, split attention, detection heads and
+    dense islands (yolo11n's attention) restart to the original model's outputs."""
+    from deltaconvert.architectures import calibrate_batch_norm
+    from deltaconvert.metrics import relative_error
+    from deltaconvert.ops.boundary import Sparsify
+
+    dense = Sparsify.dense
+
+    def channels_last(self, x):
+        out = dense(self, x)
+        return out.contiguous(memory_format=torch.channels_last) if self.restarting else out
+
+    monkeypatch.setattr(Sparsify, "dense", channels_last)
+    frames = synthetic_video(4, 64, 64, batch=1, seed=1)
+    torch.manual_seed(0)
+    net = calibrate_batch_norm(_held_out(source, name).eval(), frames[:2]).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = convert(net, frames[0], backend="reference")
+    with torch.no_grad():
+        model(frames[0]), model(frames[1])
+        for x, out in ((frames[2], model._restart_frame(frames[2])), (frames[3], model(frames[3]))):
+            got = list(tensor_leaves(out))
+            want = list(tensor_leaves(net(x)))
+            assert len(got) == len(want)
+            assert max(relative_error(a, b) for a, b in zip(got, want)) < 1e-4
