@@ -10,10 +10,10 @@ pixels in the footprint of the input updates::
 
 What is not emitted waits in ``v − o``: truncation defers an update, never loses it.
 The first frame computes ``f(x…)`` with the same ``f``; a dense frame that restarts a
-running sequence writes ``a_i ← x_i`` and ``o ← f(x…)`` into the buffers it holds. One class covers element-wise
-activations, per-pixel channel-mixing ops (LayerNorm over channels, softmax over
-channels), products of varying tensors (``POINTWISE`` footprint) and max pooling
-(``REAPPLY`` footprint).
+running sequence writes ``a_i ← x_i`` and ``o ← f(x…)`` into the buffers it holds. One
+class covers element-wise activations, per-pixel channel-mixing ops (LayerNorm over
+channels, softmax over channels), products of varying tensors (``POINTWISE`` footprint)
+and max pooling (``REAPPLY`` footprint).
 """
 from __future__ import annotations
 

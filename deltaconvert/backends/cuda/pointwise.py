@@ -267,7 +267,6 @@ class Truncating(Accelerated):
         return truncate(self.runtime, op, d.dtype, d.shape, self.function, work, acc, sent,
                         vectors, self.list_count, self.arena)
 
-
     def dense_in_place(self, op: DeltaOp, *args: Any, **kwargs: Any) -> Any:
         """A dense restart of a running sequence: ``a ← x`` and ``o ← f(x)`` from one read
         of ``x``, and ``o`` (the state buffer, read-only downstream) as the output;
