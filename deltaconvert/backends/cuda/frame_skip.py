@@ -29,13 +29,14 @@ frame). Before such a capture the model restarts once, eagerly, at the captured 
 and layouts are not captured.
 
 **The captured frame.** Outside the body: the arena's zeroing (which clears the
-``changed`` flag), the statistics counters, the input Sparsify kernels (which add the pixels they
-emit to ``changed``, see ``sparsify_apply``), and ``set_frame_condition``
+``changed`` count), the statistics counters, the input Sparsify kernels (which add the
+pixels they emit to ``changed``, see ``sparsify_apply``), and ``set_frame_condition``
 (``cuda_kernels/graph.cu`` picks the branch from ``changed``, the input pixels emitted,
 and ``force``). The last input Sparsify op then calls :meth:`FrameSkip.open`, which adds
 the SWITCH node to the graph being captured on the backend stream and captures the rest
-of the frame into its delta branch from a second stream of the backend (``cuStreamBeginCaptureToGraph``: a capturing
-stream cannot also capture a child graph). The backend launches on that stream and
+of the frame into its delta branch from a second stream of the backend
+(``cuStreamBeginCaptureToGraph``: a capturing stream cannot also capture a child graph).
+The backend launches on that stream and
 torch's current stream is it, so torch ops of the body are captured there too; its
 allocations go to the graph's own memory pool, which torch's allocator lets one
 capture record to at a time: the outer capture hands it to the body stream and takes
