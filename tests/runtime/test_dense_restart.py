@@ -23,12 +23,7 @@ from deltaconvert.delta import tensor_leaves
 from deltaconvert.ops.base import kept
 from deltaconvert.synthetic import synthetic_video
 
-
-def small_net() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.Hardswish(),
-                         nn.Conv2d(8, 6, 1)).eval()
+from .test_frame_skip import Island, small_net
 
 
 def converted(net: nn.Module, x: torch.Tensor):
@@ -44,7 +39,7 @@ def buffers(model) -> dict[str, list[torch.Tensor]]:
 
 def test_a_restart_is_a_first_frame_written_into_the_same_buffers():
     video = synthetic_video(8, 21, 27, batch=2, seed=3)
-    net = small_net()
+    net = small_net(torch.device("cpu"))
     model = converted(net, video[0])
     for x in video[:3]:
         model(x)
@@ -64,7 +59,7 @@ def test_a_restart_is_a_first_frame_written_into_the_same_buffers():
 
 def test_a_restart_counts_every_pixel_and_one_restart():
     video = synthetic_video(4, 21, 27, batch=2, seed=3)
-    model = converted(small_net(), video[0])
+    model = converted(small_net(torch.device("cpu")), video[0])
     for x in video[:3]:
         model(x)
     assert model.stats()["dense_restarts"] == 0
@@ -89,21 +84,16 @@ def test_kept_writes_in_place_only_into_a_matching_buffer():
 
 
 
-class Island(nn.Module):
-    """A dense island (an op without a delta form) between two convs: a re-entry Sparsify."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv, self.after = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
+class IslandThenReLU(Island):
+    """A truncating op (state that a restart must rewrite) after the re-entry Sparsify."""
 
     def forward(self, x):
-        return torch.relu(self.after(torch.cumsum(torch.relu(self.conv(x)), dim=1)))
+        return torch.relu(super().forward(x))
 
 
 def test_a_restart_restarts_the_ops_after_a_dense_island_too():
     video = synthetic_video(6, 21, 27, batch=2, seed=3)
-    net = Island().eval()
+    net = IslandThenReLU().eval()
     model = converted(net, video[0])
     assert model.dense_islands
     for x in video[:3]:

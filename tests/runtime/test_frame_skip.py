@@ -88,11 +88,11 @@ def test_the_plan_is_the_input_sparsify_ops_in_graph_order():
 
 
 # -- GPU ---------------------------------------------------------------------------------
-def small_net() -> nn.Module:
+def small_net(device: torch.device = DEVICE) -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
                          nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.Hardswish(),
-                         nn.Conv2d(8, 6, 1)).to(DEVICE).eval()
+                         nn.Conv2d(8, 6, 1)).to(device).eval()
 
 
 def repeating_clip() -> list[torch.Tensor]:
