@@ -185,8 +185,6 @@ class DeltaGraphModule(fx.GraphModule):
             if self._sequence_started and self._track_stats:
                 self._counters.begin_frame()
             out = super().__call__(*args, **kwargs)
-        if self._sequence_started and self._track_stats:
-            self._counters.note_sizes(self.delta_ops())
         self._sequence_started = True
         return out
 
@@ -207,7 +205,11 @@ class DeltaGraphModule(fx.GraphModule):
         takes it as a branch): the libraries' first calls for its shapes and layouts
         (cuDNN plans, workspaces) happen here rather than inside the capture, on the
         state itself (no second state is built). Its output is the replay's: the
-        captured frame then finds its input equal to the reference and changes nothing."""
+        captured frame then finds its input equal to the reference and changes nothing.
+        It also notes the ops' mask sizes for the restart's statistics (a device copy a
+        capture could not make)."""
+        if self._track_stats:
+            self._counters.note_sizes(self.delta_ops())
         with self._runtime.frame():
             self._restart_frame(*args, **kwargs)
 

@@ -46,8 +46,8 @@ class UpdateCounters:
             ops[name].update_counter = self.frame[index:index + 1] if enabled else None
 
     def note_sizes(self, ops: Mapping[str, DeltaOp]) -> None:
-        """After an eager delta frame: every op's mask size, the count of a frame that
-        updates everything (a dense restart, :meth:`restarted`)."""
+        """Every op's mask size as of the last delta frame, the count of a frame that
+        updates everything (a dense restart, :meth:`restarted`); outside any capture."""
         sizes = [ops[name].mask_pixels() for name in self.names]
         if sizes != self._whole_sizes:
             self.whole = torch.tensor(sizes, dtype=torch.int32, device=self.frame.device)

@@ -63,7 +63,7 @@ def test_a_restart_counts_every_pixel_and_one_restart():
     for x in video[:3]:
         model(x)
     assert model.stats()["dense_restarts"] == 0
-    model._restart_frame(video[3])
+    model._eager_restart(video[3])  # as before a capture: it notes the mask sizes
     stats = model.stats()
     assert stats["dense_restarts"] == 1
     assert stats["work_fraction_last"] == 1.0

@@ -206,11 +206,15 @@ class CapturedBody:
         device = skip.runtime.device
         self.force = torch.ones(1, dtype=torch.int32, device=device)
         self.restart_pixels = restart_pixels
-        self.takes_restart = restart_pixels > 0
         self.opened = False
         self.restart_captured = False
         self._branches: list[ctypes.c_void_p] = []
         self._closing: contextlib.ExitStack | None = None
+
+    @property
+    def takes_restart(self) -> bool:
+        """Whether the node gets a restart branch (see :class:`~..runtime.WholeFrame`)."""
+        return self.restart_pixels > 0
 
     def __enter__(self) -> "CapturedBody":
         self.skip.armed = self
@@ -241,7 +245,7 @@ class CapturedBody:
         graph, deps, count = _capture_info(stream)
         params = _NodeParams(type=_NODE_CONDITIONAL)
         params.conditional = _ConditionalParams(handle=handle.value, type=_CONDITION_SWITCH,
-                                                size=2 if self.restart_pixels else 1,
+                                                size=2 if self.takes_restart else 1,
                                                 ctx=context.value)
         node = ctypes.c_void_p()
         check(lib.cuGraphAddNode_v2(ctypes.byref(node), graph, deps, None, count, ctypes.byref(params)),
