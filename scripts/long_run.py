@@ -47,13 +47,17 @@ from deltaconvert.bench.data import (
     parse_resolution,
     to_frames,
 )
-from deltaconvert.bench.matrix import CONVERT_EXAMPLE, ThresholdSetting, tuned_configs
+from deltaconvert.bench.matrix import (
+    CONVERT_EXAMPLE,
+    ThresholdSetting,
+    tuned_configs,
+    uniform_setting,
+)
 from deltaconvert.bench.models import MODELS, build_model
 from deltaconvert.bench.runners import PRECISIONS, DeltaRunner, DenseRunner
 from deltaconvert.convert import convert
 from deltaconvert.files import write_text_atomic
 from deltaconvert.metrics import main_output, pooled, relative_error
-from deltaconvert.thresholds import ThresholdConfig
 
 FLAT_FACTOR = 1.25
 MEMORY_SLACK_BYTES = 1 << 20
@@ -86,8 +90,7 @@ def threshold_setting(spec: str, model_name: str, configs: Path | None) -> Thres
                              f"{model_name} in {configs or configs_dir()} (found: "
                              f"{', '.join(settings) or 'none'})")
         return settings[label]
-    tau = float(spec)
-    return ThresholdSetting(f"τ={tau:g}", ThresholdConfig(default=tau, input_threshold=tau))
+    return uniform_setting(float(spec))
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -265,14 +265,18 @@ def tuned_configs(configs_dir: Path, model_name: str) -> list[ThresholdSetting]:
     return settings
 
 
+def uniform_setting(tau: float) -> ThresholdSetting:
+    """Every op and the input Sparsify at threshold ``tau``, labelled ``τ=…``."""
+    return ThresholdSetting(f"τ={tau:g}", ThresholdConfig(default=tau, input_threshold=tau))
+
+
 def threshold_settings(args: argparse.Namespace, model_name: str, clip: str) -> list[ThresholdSetting]:
     """Threshold 0, then (not on the scene-cut clip) tuned files and the sweep."""
     settings = [ThresholdSetting("τ=0", ThresholdConfig())]
     if clip == SCENE_CUT:
         return settings
     settings += tuned_configs(args.configs_dir, model_name)
-    settings += [ThresholdSetting(f"τ={tau:g}", ThresholdConfig(default=tau, input_threshold=tau))
-                 for tau in args.sweep]
+    settings += [uniform_setting(tau) for tau in args.sweep]
     return settings
 
 
