@@ -34,4 +34,7 @@
 #define CONV_ACCUMULATE 1
 #define CONV_VECTOR_A 2
 #define CONV_VECTOR_B 4
+#define TRUNC_IN_ACCUMULATED 0
+#define TRUNC_IN_ADD 1
+#define TRUNC_IN_ASSIGN 2
 #endif

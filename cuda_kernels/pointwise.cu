@@ -93,11 +93,13 @@ extern "C" __global__ void pw_accumulate(int N, int C, int H, int W, int lanes, 
 
 // Accumulate, recompute, truncate, for every output pixel whose candidate flag (the OR
 // of the operand masks) is set:
-//   if lin:  a0 += round(s[c] · Σ_i k_i · δ_i)        (fused linear producer)
+//   in_mode ADD:    a0 += round(s[c] · Σ_i k_i · δ_i)  (fused linear producer)
+//   in_mode ASSIGN: a0  = round(s[c] · Σ_i k_i · δ_i)  (a dense layer's pre-activation)
 //   v  = F(a0[, a1])                                   (fn: activation, product, norm)
 //   δy = v − o;  emit iff max_c |δy| > thr;  where emitted: o ← v, out = δy.
-// With lin = 0 the operands contribute only their masks (inputs already accumulated,
-// e.g. by a convolution epilogue or pw_accumulate). Masks of non-emitted pixels are 0.
+// With in_mode ACCUMULATED the operands contribute only their masks (inputs already
+// accumulated, e.g. by a convolution epilogue or pw_accumulate). (TruncateInput in
+// deltaconvert/backends/cuda/constants.py.) Masks of non-emitted pixels are 0.
 // Update counters (may be null): `counter` += emitted pixels, `cand_counter` += candidate
 // pixels (the mask of a fused linear producer, the OR of the operand masks). Emitted
 // pixels are appended to out_list (may be null: see list_append in common.cuh). With
@@ -106,7 +108,7 @@ extern "C" __global__ void pw_accumulate(int N, int C, int H, int W, int lanes, 
 // vec: channel vectors of 4 (the host sets it when C, every channel stride and every
 // pixel's alignment allow; see truncate() in backends/cuda/pointwise.py).
 #define TRUNC_PARAMS                                                                        \
-    int N, int C, int H, int W, int lanes, int span, int n_ops, int lin, DC_OPERAND(0),      \
+    int N, int C, int H, int W, int lanes, int span, int n_ops, int in_mode, DC_OPERAND(0),      \
         DC_OPERAND(1), const float *scale, int scale_stride, int fn, float p0, float p1,    \
         float *a0, int a0N, int a0C, int a0H, int a0W, const float *a1, int a1N, int a1C,   \
         int a1H, int a1W, const float *norm_w, const float *norm_b, scalar_t *o, int sN,    \
@@ -114,7 +116,7 @@ extern "C" __global__ void pw_accumulate(int N, int C, int H, int W, int lanes, 
         mask_t *om, int *counter, int *cand_counter, int *out_list, int *out_count,           \
         const int *in_list, const int *in_count
 #define TRUNC_ARGS                                                                          \
-    N, C, H, W, lanes, span, n_ops, lin, v0, v0N, v0C, v0H, v0W, m0, m0N, m0H, m0W, k0, v1,  \
+    N, C, H, W, lanes, span, n_ops, in_mode, v0, v0N, v0C, v0H, v0W, m0, m0N, m0H, m0W, k0, v1,  \
         v1N, v1C, v1H, v1W, m1, m1N, m1H, m1W, k1, scale, scale_stride, fn, p0, p1, a0, a0N, \
         a0C, a0H, a0W, a1, a1N, a1C, a1H, a1W, norm_w, norm_b, o, sN, sC, sH, sW, thr, out,   \
         oN, oC, oH, oW, om, counter, cand_counter, out_list, out_count, in_list, in_count
@@ -165,7 +167,7 @@ __device__ __forceinline__ void truncate_window(TruncateShared &sm, int base, in
         const bool cand = p.cand, act0 = p.flags & 1, act1 = p.flags & 2;
         const int sub = p.sub, n = p.at.n, y = p.at.y, x = p.at.x;
         float *a0p = a0 + off4(n, 0, y, x, a0N, a0C, a0H, a0W);  // the pixel's channel 0
-        if (lin && cand) {
+        if (in_mode != TRUNC_IN_ACCUMULATED && cand) {
 #pragma unroll 2
             for (int c = V * sub; c < C; c += step) {
                 float s[V] = {}, t[V];
@@ -179,7 +181,12 @@ __device__ __forceinline__ void truncate_window(TruncateShared &sm, int base, in
 #pragma unroll
                     for (int j = 0; j < V; ++j) s[j] += k1 * t[j];
                 }
-                load_vec<V>(a0p + c * a0C, t);
+                if (in_mode == TRUNC_IN_ASSIGN) {
+#pragma unroll
+                    for (int j = 0; j < V; ++j) t[j] = 0.f;
+                } else {
+                    load_vec<V>(a0p + c * a0C, t);
+                }
 #pragma unroll
                 for (int j = 0; j < V; ++j)
                     t[j] += round_s(scale ? s[j] * round_s(scale[(c + j) * scale_stride]) : s[j]);

@@ -8,7 +8,9 @@ returning its ops' settings, and a sequence runs:
    before it builds the replay);
 2. one eager delta frame (it creates the scratch buffers, compiled
    kernels and channels_last state, none of which may be allocated during capture);
-3. the next frame is captured into one CUDA graph — on the runtime's capture stream
+3. the next frame is captured into one CUDA graph — after the runtime's
+   ``prepare_capture()`` (outside the capture: the CUDA backend settles its per-layer
+   plan there, see ``backends/cuda/dense_layers.py``), on the runtime's capture stream
    (the CUDA backend's own stream), or a side stream for the reference math, inside the
    runtime's ``capture_body`` (the CUDA backend may make the part after the input
    boundaries skippable when no input changed, and capture the model's dense restart
@@ -60,6 +62,7 @@ class CapturedFrame:
         self.signature = _signature(args, kwargs)
         self.static_args, self.static_kwargs = map_tensor_leaves((args, kwargs), torch.clone)
         self.static_inputs = list(tensor_leaves((self.static_args, self.static_kwargs)))
+        runtime.prepare_capture()
         self.graph = torch.cuda.CUDAGraph()
         pool = torch.cuda.graph_pool_handle()  # named up front: the body may route to it
         self.body = runtime.capture_body(self.graph, pool)

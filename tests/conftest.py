@@ -61,3 +61,17 @@ def no_dense_restart(request, monkeypatch):
     import deltaconvert.backends.cuda.frame_skip as frame_skip
     monkeypatch.setattr(frame_skip, "RESTART_FRACTION", 0.0)
     yield
+
+
+@pytest.fixture(autouse=True)
+def no_dense_layers(request, monkeypatch):
+    """Delta frames run the delta kernels: the per-layer dense recomputation
+    (``backends/cuda/dense_layers.py``) would take over most convs of the synthetic
+    clips, whose noise makes every pixel a candidate at threshold 0. Tests of dense
+    layers are marked ``dense_layers``."""
+    if "dense_layers" in request.keywords:
+        yield
+        return
+    import deltaconvert.backends.cuda.dense_layers as dense_layers
+    monkeypatch.setattr(dense_layers, "DENSE_FROM", 2.0)
+    yield

@@ -59,7 +59,11 @@ class Runtime:
     own stream); ``capture_stream`` is the stream a CUDA graph of the model must be
     captured on (None: any side stream). ``begin_frame()`` is called inside ``frame()``
     before every eager or captured forward runs its ops (so a CUDA graph replays it); the
-    CUDA backend zeroes its work-list counts there. ``capture_body(graph, pool)``, called
+    CUDA backend zeroes its work-list counts there (and, in eager frames, settles what its
+    previous frame measured). ``prepare_capture()`` is called before a CUDA graph of the
+    model is captured, outside the capture (the CUDA backend settles the same there:
+    its per-layer plan, :mod:`deltaconvert.backends.cuda.dense_layers`).
+    ``capture_body(graph, pool)``, called
     before ``graph`` is captured into the memory pool ``pool``, returns the context the
     captured forward runs in (see :class:`WholeFrame`).
     """
@@ -68,5 +72,6 @@ class Runtime:
     frame: Callable[[], ContextManager] = contextlib.nullcontext
     capture_stream: torch.cuda.Stream | None = None
     begin_frame: Callable[[], None] = lambda: None
+    prepare_capture: Callable[[], None] = lambda: None
     capture_body: Callable[[torch.cuda.CUDAGraph, tuple[int, int]], Any] = (
         lambda graph, pool: WholeFrame())

@@ -32,13 +32,16 @@ class Conv2d(DeltaOp):
         k = conv.kernel_size
         self.macs_per_pixel = conv.out_channels * (conv.in_channels // conv.groups) * k[0] * k[1]
 
-    def dense(self, x: torch.Tensor) -> torch.Tensor:
+    def dense(self, x: torch.Tensor, bias: bool = True) -> torch.Tensor:
+        """``conv(x) + b`` (``bias=False``: ``conv(x)``, for a caller that adds ``b``
+        in a kernel of its own)."""
+        b = self.conv.bias if bias else None
         if x.is_cuda and x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(
                 memory_format=torch.channels_last):
             # cuDNN would convert an NCHW weight for an NHWC input on every call (a
             # dense restart's inputs are NHWC, see Sparsify): keep the converted copy
-            return self.conv._conv_forward(x, self._weight_for_nhwc(), self.conv.bias)
-        return self.conv(x)
+            return self.conv._conv_forward(x, self._weight_for_nhwc(), b)
+        return self.conv(x) if bias else self.conv._conv_forward(x, self.conv.weight, None)
 
     def _weight_for_nhwc(self) -> torch.Tensor:
         weight = self.conv.weight

@@ -174,3 +174,32 @@ def test_replays_restart_densely_when_every_pixel_changes(runtime, video, name):
     tolerance = max(1e-2, 5 * max(e16))
     assert max(errors) <= tolerance, (
         f"against dense fp32: {[f'{e:.2g}' for e in errors]}; dense fp16: {max(e16):.3g}")
+
+
+DENSE_LAYER_FRAMES = 12
+
+
+@pytest.mark.dense_layers
+@pytest.mark.parametrize("name", MODELS)
+def test_dense_layers_follow_the_original(runtime, video, name, monkeypatch):
+    """fp16 under CUDA-graph replay at threshold 0 with every eligible conv a dense
+    layer (``backends/cuda/dense_layers.py``: cuDNN recomputes its pre-activation from
+    its input's sent values): within the fp16 tolerance of the test above on every
+    frame, and at least one conv of every model runs dense (its stem)."""
+    from deltaconvert.backends.cuda import dense_layers
+    monkeypatch.setattr(dense_layers, "DENSE_FROM", 0.0)
+    model = calibrated(name, video)
+    delta = delta_model(model, video[0], "cuda", torch.float16, graph=True)
+    dense_half = copy.deepcopy(model).half()
+    errors, e16 = [], []
+    with torch.no_grad():
+        for frame in video[:DENSE_LAYER_FRAMES]:
+            x = frame.to(DEVICE)
+            expected = main_output(model(x))
+            errors.append(relative_error(main_output(delta(x.half())), expected))
+            e16.append(relative_error(main_output(dense_half(x.half())), expected))
+    dense = [n for n, op in delta.delta_ops().items() if getattr(op.accelerated, "dense", None)]
+    assert dense, "no conv ran as a dense layer"
+    tolerance = max(1e-2, 5 * max(e16))
+    assert max(errors) <= tolerance, (
+        f"against dense fp32: {[f'{e:.2g}' for e in errors]}; dense fp16: {max(e16):.3g}")

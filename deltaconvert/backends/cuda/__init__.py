@@ -7,7 +7,8 @@ installs keep working on the reference math.
 
 Modules: ``errors`` (requirements and fixes), ``device`` (context, stream, frame),
 ``kernels`` (compile cache, launch checks), ``tensors`` (layout), ``arena`` (memory
-zeroed once per frame), ``worklist`` (pixel work lists), ``dependent_launch``
+zeroed once per frame), ``dense_layers`` (convs recomputed by cuDNN where most of
+their output changes), ``worklist`` (pixel work lists), ``dependent_launch``
 (programmatic dependent launches), ``frame_skip`` (replays that skip an unchanged
 frame), one wrapper module
 per kernel family (``boundary``, ``pointwise``, ``conv``, ``pooling``, ``resize``,
@@ -27,15 +28,28 @@ __all__ = ["bind", "poison_outputs", "unavailable_reason"]
 def bind(model: DeltaOpGraph, device: torch.device, dtype: torch.dtype) -> Runtime:
     """Install the kernels on ``model``'s ops for a sequence on ``device`` whose inputs
     have ``dtype``; the kernels for that dtype are loaded before the first frame."""
+    from ...ops.boundary import Sparsify
     from . import frame_skip
     from .arena import FrameArena
     from .binding import accelerate
+    from .conv import ConvKernel
+    from .dense_layers import DenseLayerPlan
     from .device import device_runtime
     from .kernels import SUPPORTED_DTYPES, load_all
 
     runtime = device_runtime(device)
     arena = FrameArena(runtime.device, len(model.delta_ops()))
     wrappers = accelerate(model, runtime, arena)
+    plan = DenseLayerPlan(runtime, [op for op in model.delta_ops().values()
+                                    if isinstance(op, Sparsify)])
+    for wrapper in wrappers.values():
+        if isinstance(wrapper, ConvKernel):
+            wrapper.plan = plan
+
+    def begin_frame() -> None:
+        plan.resolve()  # after the sequence's first delta frame (eager: not capturing)
+        arena.begin_frame()
+
     extra = {}
     if dtype in SUPPORTED_DTYPES:
         load_all(runtime, dtype)
@@ -43,4 +57,4 @@ def bind(model: DeltaOpGraph, device: torch.device, dtype: torch.dtype) -> Runti
         if skip is not None and frame_skip.install(model, wrappers, skip):
             extra["capture_body"] = skip.capture
     return Runtime("cuda", frame=runtime.frame, capture_stream=runtime.torch_stream,
-                   begin_frame=arena.begin_frame, **extra)
+                   begin_frame=begin_frame, prepare_capture=plan.resolve, **extra)

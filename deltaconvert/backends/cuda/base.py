@@ -21,6 +21,7 @@ import torch
 from ...delta import Delta
 from ...ops.base import DeltaOp
 from .arena import FrameArena
+from .constants import TruncateInput
 from .device import DeviceRuntime
 from .kernels import SUPPORTED_DTYPES
 
@@ -30,8 +31,9 @@ class Fused:
     """Work a producer left to its consumer.
 
     ``lin``: the consumer adds ``round(scale[c] · Σ coefs[i] · operands[i])`` into its
-    accumulator; otherwise the producer already accumulated into it and the operands
-    only carry the candidate mask. ``counter``: the producer's update counter, to which
+    accumulator (with ``assign``, the sum *is* the accumulator: a dense layer's whole
+    pre-activation, :mod:`.dense_layers`); otherwise the producer already accumulated
+    into it and the operands only carry the candidate mask. ``counter``: the producer's update counter, to which
     the consumer's kernel adds the candidate pixels (the producer's output mask), or
     None (statistics off, or the producer counted them itself). ``owns_masks``: the
     operands' masks were written for the consumer alone (no other op reads them), so its
@@ -45,6 +47,14 @@ class Fused:
     scale: torch.Tensor | None = None
     counter: torch.Tensor | None = None
     owns_masks: bool = False
+    assign: bool = False
+
+    @property
+    def input_mode(self) -> TruncateInput:
+        """The truncation kernel's ``in_mode`` for this work."""
+        if self.assign:
+            return TruncateInput.ASSIGN
+        return TruncateInput.ADD if self.lin else TruncateInput.ACCUMULATED
 
 
 Consumer = tuple[DeltaOp, "Accelerated"]

@@ -84,7 +84,8 @@ class SparsifyKernel(Accelerated):
         counter = op.counter_for_kernel() if op.ready is None else None
         args.ints(op.dilation).tensor(out, strides4(out)).ptr(om).ptr(counter).ptr(self.changed)
         kernel(self.runtime, "sparsify", "sparsify_apply", x.dtype)(grid, block, args)
-        return Delta(out, om, op.counted_extras(counter))
+        # ``total``: the input the network has now seen (see truncate() in .pointwise)
+        return Delta(out, om, {**op.counted_extras(counter), "total": reference})
 
 
 @accelerates(Densify)

@@ -53,6 +53,15 @@ class ResizeMode(enum.IntEnum):
     BILINEAR = 2
 
 
+class TruncateInput(enum.IntEnum):
+    """What the operands of a truncation launch (``pw_truncate``) contribute to its
+    accumulator ``a`` (``in_mode``); ``δ = scale[c] · Σ k_i · operand_i``."""
+
+    ACCUMULATED = 0  # nothing: a producer already added into a; the operands carry masks
+    ADD = 1          # a += round(δ)
+    ASSIGN = 2       # a = round(δ): the operand is the whole pre-activation (dense layers)
+
+
 class ConvMode(enum.IntFlag):
     """Bits of a convolution launch's ``mode`` argument."""
 
@@ -72,7 +81,7 @@ RESIDENT_BLOCKS = 4  # blocks per SM that conv_gemm*, conv_depthwise and pw_trun
                      # grid is RESIDENT_BLOCKS × SMs (PERF_NOTES §19)
 
 _PREFIXES = {Activation: "ACT_", PixelFunction: "FN_", PoolMode: "POOL_",
-             ResizeMode: "RESIZE_", ConvMode: "CONV_"}
+             ResizeMode: "RESIZE_", ConvMode: "CONV_", TruncateInput: "TRUNC_IN_"}
 _SCALARS = {"DC_BLOCK": BLOCK, "TILE": TILE, "GEMM_CO": GEMM_CO, "DW_CO": DW_CO,
             "CAT_MAX": CAT_MAX, "GLOBAL_PIXELS": GLOBAL_PIXELS,
             "DC_RESIDENT": RESIDENT_BLOCKS}

@@ -15,6 +15,10 @@ work list (:mod:`.worklist`) its input carries; in fp16 with 16-byte rows and no
 it also runs over that list (``conv_gemm_listed``): the GEMM rows are the listed pixels,
 64 per row tile, on a persistent grid of one wave, and the output mask is the input's.
 
+A fused conv whose input carries its whole value (``extras["total"]``) may instead be a
+*dense layer* (:mod:`.dense_layers`): cuDNN computes ``conv(total)``, and the consumer
+assigns it, plus the bias, to its accumulator (:meth:`ConvKernel.recompute`).
+
 A ``conv_gemm`` grid with fewer blocks than one wave of resident blocks (ResNet's last
 stages: 120 blocks on 132 SMs at 720p) splits its reduction (:func:`k_splits`): each
 split writes fp32 partial sums to a workspace and ``conv_split_sum`` adds them in a fixed
@@ -23,20 +27,21 @@ order and applies the epilogue.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
-from ...delta import Delta
+from ...delta import Delta, mask_shape
 from ...ops.base import DeltaOp
 from ...ops.conv import Conv2d
 from .base import Accelerated, Consumer, Fused
 from .constants import BLOCK, DW_CO, GEMM_CO, RESIDENT_BLOCKS, TILE, ConvMode
+from .dense_layers import DenseLayerPlan
 from .device import DeviceRuntime
 from .kernels import Args, kernel
 from .pointwise import nhwc_state
 from .registry import accelerates
-from .tensors import new_mask, new_values, placeholder, strides4, vector_layout
+from .tensors import as_nhwc, new_mask, new_values, placeholder, strides4, vector_layout
 from .worklist import list_args, list_extras, new_list
 
 # conv_gemm mode bits (conv.cu)
@@ -106,13 +111,30 @@ def k_splits(blocks: int, k: int, multiprocessors: int) -> int:
     return max(1, min(MAX_SPLITS, RESIDENT_BLOCKS * multiprocessors // blocks, k // SPLIT_MIN_K))
 
 
+_FULL_MASKS: dict[torch.device, torch.Tensor] = {}
+
+
+def full_mask(shape: Sequence[int], device: torch.device) -> torch.Tensor:
+    """A mask for values of ``shape`` with every pixel set (one byte, broadcast)."""
+    if device not in _FULL_MASKS:
+        _FULL_MASKS[device] = torch.ones((1, 1, 1, 1), dtype=torch.bool, device=device)
+    return _FULL_MASKS[device].expand(mask_shape(tuple(shape)))
+
+
 @accelerates(Conv2d, fuses=True)
 class ConvKernel(Accelerated):
-    """``op.accelerated`` of a Conv2d (optionally fused into its consumer)."""
+    """``op.accelerated`` of a Conv2d (optionally fused into its consumer).
+
+    ``plan``: the bound model's :class:`~.dense_layers.DenseLayerPlan` (None outside a
+    bound model); ``dense``: this conv's decision (None until the plan made it).
+    """
+
+    plan: DenseLayerPlan | None = None
 
     def __init__(self, runtime: DeviceRuntime, op: DeltaOp, consumer: Consumer | None = None) -> None:
         super().__init__(runtime, op, consumer)
         self._packed: tuple[tuple, torch.Tensor] | None = None
+        self.dense: bool | None = None
 
     def packed(self, weight: torch.Tensor, groups: int, depthwise: bool) -> torch.Tensor:
         key = (weight.data_ptr(), weight._version, weight.dtype, groups, depthwise)
@@ -145,6 +167,11 @@ class ConvKernel(Accelerated):
         weight = self.packed(conv.weight, groups, depthwise)
         fused = self.consumer is not None and self.consumer[1].accepts(
             self.consumer[0], out_shape, d.dtype)
+        whole = d.extras.get("total")  # the input's whole value, for a dense layer
+        planned = (fused and self.plan is not None and conv is getattr(op, "conv", None)
+                   and self.plan.eligible(d.dtype, whole, oh * ow, cin_g == 1))
+        if planned and self.dense:
+            return self.recompute(op, dense_input(whole, d.dtype), out_shape)
         device = self.runtime.device
         mode = ConvMode.ACCUMULATE if fused else 0
         if depthwise:
@@ -197,6 +224,8 @@ class ConvKernel(Accelerated):
             finish = Args(layer).ints(n, oh, ow, cout, splits).ptr(ws).ptr(om).extend(epilogue)
             kernel(self.runtime, "conv", "conv_split_sum", d.dtype)((-(-total // BLOCK), 1, 1),
                                                                     (BLOCK, 1, 1), finish)
+        if planned and self.dense is None:
+            self.plan.sample(self, om, lambda: op.dense(dense_input(whole, d.dtype), bias=False))
         pixels = list_extras(listed or produced)
         extras = {**op.counted_extras(counter), **pixels}
         if fused:
@@ -204,3 +233,26 @@ class ConvKernel(Accelerated):
             extras["fused"] = Fused(self.consumer[0], [Delta(out, om, pixels)], [1.0], lin=False,
                                     owns_masks=not over_list)
         return Delta(out, om, extras)
+
+    def recompute(self, op: DeltaOp, total: torch.Tensor, out_shape: Sequence[int]) -> Delta:
+        """A dense layer (:mod:`.dense_layers`): ``conv(total)`` by cuDNN, handed to the
+        consumer with the bias as a second (broadcast) operand, whose sum it assigns to
+        its accumulator (torch would add the bias in a kernel of its own); every output
+        pixel is a candidate."""
+        mask = full_mask(out_shape, self.runtime.device)
+        operands = [Delta(op.dense(total, bias=False), mask)]
+        bias = op.conv.bias
+        if bias is not None:
+            operands.append(Delta(bias.detach().view(1, -1, 1, 1), mask))
+        counter = op.counter_for_kernel()  # counted by the consumer's kernel
+        work = Fused(self.consumer[0], operands, [1.0] * len(operands), lin=True,
+                     counter=counter, assign=True)
+        return Delta(placeholder(out_shape, total.dtype, self.runtime.device), mask,
+                     {**op.counted_extras(counter), "fused": work})
+
+
+def dense_input(total: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A dense layer's input: the producer's ``total`` in the model dtype, channels_last
+    (cuDNN's fast 16-bit kernels; the state is NHWC already, a Sparsify's fp32 ``ref``
+    is converted)."""
+    return as_nhwc(total.to(dtype))

@@ -163,7 +163,7 @@ def truncate(runtime: DeviceRuntime, op: DeltaOp, dtype: torch.dtype, out_shape:
     if candidates is not None:
         # A persistent grid of at most one wave loops over the list's windows.
         grid = (min(grid[0], RESIDENT_BLOCKS * runtime.multiprocessors), 1, 1)
-    args = Args(op.node_name).ints(n, c, h, w, lanes, span, len(work.operands), int(work.lin))
+    args = Args(op.node_name).ints(n, c, h, w, lanes, span, len(work.operands), int(work.input_mode))
     for i in range(2):
         add_operand(args, work.operands[i] if i < len(work.operands) else None,
                     work.coefs[i] if i < len(work.coefs) else 0.0, out_shape)
@@ -180,7 +180,9 @@ def truncate(runtime: DeviceRuntime, op: DeltaOp, dtype: torch.dtype, out_shape:
     args.extend(list_args(op.node_name, listed)).extend(list_args(op.node_name, candidates))
     args.ints(int(vec))
     kernel(runtime, "pointwise", "pw_truncate", dtype)(grid, block, args)
-    return Delta(out, om, {**op.counted_extras(counter), **list_extras(listed)})
+    # ``total``: the whole tensor this delta updates (the values sent so far), which a
+    # dense layer downstream recomputes from (:mod:`.dense_layers`).
+    return Delta(out, om, {**op.counted_extras(counter), **list_extras(listed), "total": sent})
 
 
 TAGGED_PIXELS = 2**29  # pw_truncate tags a listed pixel as pixel << 2 | flags (int32)

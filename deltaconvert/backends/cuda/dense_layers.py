@@ -1,0 +1,95 @@
+"""Dense layers: a convolution that would update most of its output recomputes it with
+cuDNN instead of running the delta kernels.
+
+**Math.** A conv fused into a truncating activation (``conv → f``, see :mod:`.fusion`)
+whose input is the output of a truncating op or of an input Sparsify has that input's
+whole value at hand: the producer's sent values ``o_in`` (or the Sparsify's ``ref``),
+which is exactly the sum of every delta the conv has received. The activation's
+accumulator is therefore ``a = conv(o_in) + b`` (exact in real arithmetic; DESIGN.md
+§2's linearity). A *dense layer* computes that with cuDNN every frame and hands it to
+the activation, whose kernel assigns ``a ← round(conv(o_in) + b)`` instead of adding a
+delta (:attr:`~.constants.TruncateInput.ASSIGN`), then truncates against ``o`` as
+always: ``v = f(a)``, ``δy = v − o`` emitted where ``max_c |δy| > τ``. Downstream stays
+sparse; the accumulator stays valid, so any later frame may run the delta kernels again.
+
+**Why.** At full density a delta conv and its truncation cost 2–6× cuDNN's dense conv
+(PERF_NOTES §27 b, §35): the candidate pixels of a layer decide the delta cost, and
+where most output pixels are candidates the dense conv is cheaper.
+
+**Plan.** Each sequence decides once, on its first delta frame (always eager): every
+eligible conv counts its candidate output pixels (a device sum), and before the next
+frame or capture (:meth:`DenseLayerPlan.resolve`: one host read for all of them) a conv
+whose candidates are at least :data:`DENSE_FROM` of its output pixels becomes dense for
+the rest of the sequence. cuDNN's first call for each dense layer's shape is made then,
+outside any capture. ``DELTACONVERT_CUDA_DENSE_FROM`` sets the fraction (default 0.3;
+0: every eligible conv dense; above 1: none).
+
+**Eligible** calls: fp16 (an fp32 conv through cuDNN would use TF32); fused into a
+truncating consumer; an input that carries its ``total`` (``Delta.extras``); output maps
+of at least :data:`DENSE_MIN_PIXELS` pixels; not depthwise; and no READY gate on the
+model's Sparsify ops (slot mode: a dense layer's candidates are every pixel of every
+row, so idle slots would emit their deferred updates; gated frames run the delta kernels
+on the accumulators the dense frames kept).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Sequence
+
+import torch
+
+from ...ops.boundary import Sparsify
+from .device import DeviceRuntime
+
+DENSE_FROM = float(os.environ.get("DELTACONVERT_CUDA_DENSE_FROM", "0.3"))
+DENSE_DTYPES = (torch.float16,)  # fp32 convs through cuDNN would use TF32 (not exact)
+# Smaller maps stay delta: a cuDNN call on a few pixels (squeeze-excite convs on 1×1
+# maps) is a launch-bound few µs that the delta kernels match.
+DENSE_MIN_PIXELS = 256
+# Depthwise convs stay delta: at full density the delta depthwise kernel is within ~2× of
+# cuDNN's, and the truncation over every pixel after a dense conv costs more than that
+# saves (PERF_NOTES §35); the delta GEMMs are 3–6× cuDNN's.
+
+
+class DenseLayerPlan:
+    """The per-sequence decision of which convs run dense (see the module docstring).
+
+    A fused conv wrapper asks :meth:`eligible` about each call; while its decision
+    ``wrapper.dense`` is None it runs the delta kernels and adds its candidate count
+    with :meth:`sample`; then it runs dense where ``wrapper.dense`` is True.
+    ``sparsifiers``: the model's Sparsify ops, whose READY gate rules dense layers out.
+    """
+
+    def __init__(self, runtime: DeviceRuntime, sparsifiers: Sequence[Sparsify]) -> None:
+        self.runtime = runtime
+        self.sparsifiers = list(sparsifiers)
+        self._samples: list[tuple[Any, torch.Tensor, int, Callable[[], Any]]] = []
+
+    def eligible(self, dtype: torch.dtype, total: torch.Tensor | None, out_pixels: int,
+                 depthwise: bool) -> bool:
+        """Whether a fused conv call with input dtype ``dtype`` and input ``total``,
+        writing ``out_pixels`` pixels per sample, may run dense (see the module
+        docstring)."""
+        return (DENSE_FROM <= 1 and dtype in DENSE_DTYPES and total is not None
+                and out_pixels >= DENSE_MIN_PIXELS and not depthwise
+                and all(op.ready is None for op in self.sparsifiers))
+
+    def sample(self, wrapper: Any, mask: torch.Tensor, warm_up: Callable[[], Any]) -> None:
+        """``wrapper``'s conv wrote its candidate output ``mask`` this frame;
+        ``warm_up()`` runs its dense conv once (on the state: it only reads it)."""
+        count = mask.sum(dtype=torch.int32)
+        self._samples.append((wrapper, count, mask.numel(), warm_up))
+
+    def resolve(self) -> None:
+        """Decide every sampled conv (one host read), and make cuDNN's first call of
+        each new dense layer now. Call outside any capture; a no-op when nothing waits."""
+        if not self._samples or (self._samples[0][1].is_cuda
+                                 and torch.cuda.is_current_stream_capturing()):
+            return
+        samples, self._samples = self._samples, []
+        counts = torch.stack([count for _, count, _, _ in samples]).tolist()
+        with self.runtime.frame(), torch.no_grad():
+            for (wrapper, _, pixels, warm), count in zip(samples, counts):
+                wrapper.dense = count >= DENSE_FROM * pixels
+                if wrapper.dense:
+                    warm()

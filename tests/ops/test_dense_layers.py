@@ -1,0 +1,177 @@
+"""Dense layers (``backends/cuda/dense_layers.py``): a conv fused into its activation,
+whose input is a truncating op's output or an input Sparsify's, recomputes its
+pre-activation with cuDNN from that input's sent values, and the activation assigns it
+to its accumulator and truncates as always.
+
+* The decision: made once per sequence from the first delta frame's candidate counts
+  (every eligible conv at fraction 0, none above 1), before the capture in graph mode.
+* Outputs: within fp16 rounding of the same model running the delta kernels, and of
+  the original model, on every frame, eagerly and under CUDA-graph replay, with new
+  kernel outputs poisoned; the dense path really runs (cuDNN called each frame).
+* The accumulator stays valid: a sequence whose dense layers are switched back to the
+  delta kernels mid-way goes on matching the original model.
+* Statistics count every output pixel of a dense layer as updated.
+* Slot mode: with a READY gate no layer runs dense (its candidates would be every row),
+  so idle slots keep their state exactly.
+"""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from deltaconvert.convert import convert
+from deltaconvert.delta import tensor_leaves
+from deltaconvert.metrics import relative_error
+from deltaconvert.ops.conv import Conv2d
+from deltaconvert.synthetic import synthetic_video
+
+pytestmark = [pytest.mark.cuda, pytest.mark.dense_layers]
+DEVICE = torch.device("cuda", 0)
+FRAMES = 12
+
+
+def chain() -> nn.Module:
+    """Stem conv (input: the Sparsify) and a 1×1 conv (input: an activation), each fused
+    into its activation, are eligible; a depthwise conv (stays delta) and a last conv
+    with no activation are not."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.ReLU6(),
+                         nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.ReLU(),
+                         nn.Conv2d(16, 32, 1), nn.SiLU(),
+                         nn.Conv2d(32, 8, 1)).to(DEVICE).eval()
+
+
+ELIGIBLE = ["0", "4"]  # the convs fused into an activation, not depthwise
+
+
+def delta_model(net: nn.Module, x: torch.Tensor, graph: bool, threshold: float = 0.02):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = convert(net, x.float(), backend="cuda", cuda_graph=graph, thresholds=threshold)
+    model.set_input_sparsify(threshold=0.01)
+    return model.to(dtype=torch.float16)
+
+
+def conv_wrappers(model) -> dict[str, object]:
+    return {name: op.accelerated for name, op in model.delta_ops().items()
+            if isinstance(op, Conv2d)}
+
+
+def run(model, frames) -> list[torch.Tensor]:
+    with torch.no_grad():
+        return [model(x).clone() for x in frames]
+
+
+def clip() -> list[torch.Tensor]:
+    return [f.to(DEVICE).half() for f in synthetic_video(FRAMES, 40, 56, batch=2, seed=5)]
+
+
+def set_dense_from(monkeypatch, fraction: float) -> None:
+    from deltaconvert.backends.cuda import dense_layers
+    monkeypatch.setattr(dense_layers, "DENSE_FROM", fraction)
+
+
+@pytest.mark.parametrize("graph", [False, True], ids=["eager", "graph"])
+def test_dense_layers_match_the_delta_kernels_and_the_original(poisoned, monkeypatch, graph):
+    frames = clip()
+    net = chain()
+    set_dense_from(monkeypatch, 2.0)
+    reference = run(delta_model(net, frames[0], graph), frames)
+    set_dense_from(monkeypatch, 0.0)
+    model = delta_model(net, frames[0], graph)
+    calls = {}
+    for name, op in model.delta_ops().items():
+        if isinstance(op, Conv2d):
+            dense = op.dense
+            op.dense = (lambda x, bias=True, name=name, dense=dense:
+                        calls.__setitem__(name, calls.get(name, 0) + 1) or dense(x, bias))
+    got = run(model, frames)
+    decided = {name: w.dense for name, w in conv_wrappers(model).items()}
+    assert [name for name, dense in decided.items() if dense] == ELIGIBLE
+    assert decided["2"] is None and decided["6"] is None  # depthwise; no activation
+    # frame 0 dense; frame 1 samples; frame 2 on runs dense layers (in graph mode: the
+    # warm-up call, the capture, then replays that call no Python)
+    expected_calls = 1 + 1 + (1 if graph else FRAMES - 2)
+    assert all(calls[name] == expected_calls for name in ELIGIBLE), calls
+    with torch.no_grad():
+        original = [net(x.float()) for x in frames]
+    for t, (a, b, o) in enumerate(zip(got, reference, original)):
+        assert torch.isfinite(a).all(), f"frame {t}"
+        assert relative_error(a, b) < 2e-2, f"frame {t}: {relative_error(a, b):.3g} vs delta kernels"
+        assert relative_error(a, o) < 3e-2, f"frame {t}: {relative_error(a, o):.3g} vs original"
+
+
+def test_at_threshold_zero_dense_layers_follow_the_original(poisoned, monkeypatch):
+    frames = clip()
+    net = chain()
+    set_dense_from(monkeypatch, 0.0)
+    model = delta_model(net, frames[0], graph=True, threshold=0.0)
+    model.set_input_sparsify(threshold=0.0)
+    dense_half = chain().half()
+    with torch.no_grad():
+        for t, x in enumerate(frames):
+            got, expected = model(x), net(x.float())
+            e16 = relative_error(dense_half(x), expected)
+            assert relative_error(got, expected) <= max(5e-3, 5 * e16), f"frame {t}"
+
+
+def test_no_conv_is_dense_above_one_and_undecided_convs_stay_delta(poisoned, monkeypatch):
+    frames = clip()
+    set_dense_from(monkeypatch, 2.0)
+    model = delta_model(chain(), frames[0], graph=False)
+    run(model, frames[:4])
+    assert all(w.dense is None for w in conv_wrappers(model).values())
+
+
+def test_switching_back_to_the_delta_kernels_keeps_the_accumulators(poisoned, monkeypatch):
+    """A dense layer assigns its accumulator every frame, so the delta kernels may take
+    over again at any frame from a valid state."""
+    frames = clip()
+    net = chain()
+    set_dense_from(monkeypatch, 0.0)
+    model = delta_model(net, frames[0], graph=False, threshold=0.0)
+    model.set_input_sparsify(threshold=0.0)
+    dense_half = chain().half()
+    with torch.no_grad():
+        for t, x in enumerate(frames):
+            if t == FRAMES // 2:
+                wrappers = conv_wrappers(model)
+                assert all(wrappers[name].dense for name in ELIGIBLE)
+                for w in wrappers.values():
+                    w.dense = False
+            expected = net(x.float())
+            e16 = relative_error(dense_half(x), expected)
+            assert relative_error(model(x), expected) <= max(5e-3, 5 * e16), f"frame {t}"
+
+
+def test_a_dense_layer_counts_every_pixel_as_updated(poisoned, monkeypatch):
+    frames = clip()
+    set_dense_from(monkeypatch, 0.0)
+    model = delta_model(chain(), frames[0], graph=False)
+    run(model, frames[:4])
+    layers = model.stats()["layers"]
+    for name in ELIGIBLE:
+        assert layers[name]["updated_last"] == 1.0, layers[name]
+
+
+def test_idle_slots_keep_their_state_with_dense_layers_planned(poisoned, monkeypatch):
+    frames = clip()
+    set_dense_from(monkeypatch, 0.0)
+    model = delta_model(chain(), frames[0], graph=True)
+    model.slots = 2
+    for x in frames[:4]:  # every slot ready: the plan makes the eligible convs dense
+        model(x)
+    assert all(conv_wrappers(model)[name].dense for name in ELIGIBLE)
+
+    def idle_rows():
+        return [t[1].clone() for op in model.delta_ops().values()
+                for t in tensor_leaves(op.state) if isinstance(t, torch.Tensor) and t.dim() == 4]
+
+    held = idle_rows()
+    with torch.no_grad():
+        for x in frames[4:]:
+            model.run_slots([0], x[:1])
+    assert all(torch.equal(a, b) for a, b in zip(held, idle_rows()))
