@@ -11,8 +11,9 @@ to its accumulator and truncates as always.
 * The accumulator stays valid: a sequence whose dense layers are switched back to the
   delta kernels mid-way goes on matching the original model.
 * Statistics count every output pixel of a dense layer as updated.
-* Slot mode: with a READY gate no layer runs dense (its candidates would be every row),
-  so idle slots keep their state exactly.
+* Slot mode: with a READY gate no layer runs dense (its candidates would be every row):
+  the delta kernels take over from the accumulators the dense frames assigned, and idle
+  slots keep their state exactly.
 """
 from __future__ import annotations
 
@@ -157,21 +158,31 @@ def test_a_dense_layer_counts_every_pixel_as_updated(poisoned, monkeypatch):
         assert layers[name]["updated_last"] == 1.0, layers[name]
 
 
-def test_idle_slots_keep_their_state_with_dense_layers_planned(poisoned, monkeypatch):
+def test_gated_frames_run_the_delta_kernels_and_idle_slots_keep_their_state(poisoned, monkeypatch):
+    """Dense layers planned on whole-batch frames; a slot restart then installs the READY
+    gate: the convs run the delta kernels on the accumulators the dense frames assigned
+    (the busy slot follows the original model) and the idle slot's state stays as it was."""
     frames = clip()
+    net = chain()
     set_dense_from(monkeypatch, 0.0)
-    model = delta_model(chain(), frames[0], graph=True)
-    model.slots = 2
-    for x in frames[:4]:  # every slot ready: the plan makes the eligible convs dense
-        model(x)
-    assert all(conv_wrappers(model)[name].dense for name in ELIGIBLE)
-
-    def idle_rows():
-        return [t[1].clone() for op in model.delta_ops().values()
-                for t in tensor_leaves(op.state) if isinstance(t, torch.Tensor) and t.dim() == 4]
-
-    held = idle_rows()
+    model = delta_model(net, frames[0], graph=True, threshold=0.0)
+    model.set_input_sparsify(threshold=0.0)
     with torch.no_grad():
-        for x in frames[4:]:
-            model.run_slots([0], x[:1])
+        for x in frames[:4]:
+            model(x)
+        assert all(conv_wrappers(model)[name].dense for name in ELIGIBLE)
+        model.reset(slots=[1])
+        model(frames[4])  # slot 1 restarts densely, slot 0 runs a gated delta frame
+
+        def idle_rows():
+            return [t[1].clone() for op in model.delta_ops().values()
+                    for t in tensor_leaves(op.state) if isinstance(t, torch.Tensor) and t.dim() == 4]
+
+        held = idle_rows()
+        dense_half = chain().half()
+        for t, x in enumerate(frames[5:], start=5):
+            got = model.run_slots([0], x[:1])
+            expected = net(x[:1].float())
+            e16 = relative_error(dense_half(x[:1]), expected)
+            assert relative_error(got, expected) <= max(5e-3, 5 * e16), f"frame {t}"
     assert all(torch.equal(a, b) for a, b in zip(held, idle_rows()))
