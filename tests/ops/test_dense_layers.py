@@ -17,6 +17,7 @@ to its accumulator and truncates as always.
 """
 from __future__ import annotations
 
+import copy
 import warnings
 
 import pytest
@@ -105,18 +106,29 @@ def test_dense_layers_match_the_delta_kernels_and_the_original(poisoned, monkeyp
         assert relative_error(a, o) < 3e-2, f"frame {t}: {relative_error(a, o):.3g} vs original"
 
 
+def exact_model(net: nn.Module, x: torch.Tensor, graph: bool):
+    """The delta model at threshold 0, input threshold 0 included."""
+    model = delta_model(net, x, graph, threshold=0.0)
+    model.set_input_sparsify(threshold=0.0)
+    return model
+
+
+def assert_follows(got: torch.Tensor, x: torch.Tensor, net: nn.Module, where: str) -> None:
+    """``got`` is within fp16 rounding (5× the dense fp16 model's own error, at least
+    5e-3) of the original model ``net`` (fp32) on ``x``."""
+    expected = net(x.float())
+    e16 = relative_error(copy.deepcopy(net).half()(x), expected)
+    assert relative_error(got, expected) <= max(5e-3, 5 * e16), where
+
+
 def test_at_threshold_zero_dense_layers_follow_the_original(poisoned, monkeypatch):
     frames = clip()
     net = chain()
     set_dense_from(monkeypatch, 0.0)
-    model = delta_model(net, frames[0], graph=True, threshold=0.0)
-    model.set_input_sparsify(threshold=0.0)
-    dense_half = chain().half()
+    model = exact_model(net, frames[0], graph=True)
     with torch.no_grad():
         for t, x in enumerate(frames):
-            got, expected = model(x), net(x.float())
-            e16 = relative_error(dense_half(x), expected)
-            assert relative_error(got, expected) <= max(5e-3, 5 * e16), f"frame {t}"
+            assert_follows(model(x), x, net, f"frame {t}")
 
 
 def test_no_conv_is_dense_above_one_and_undecided_convs_stay_delta(poisoned, monkeypatch):
@@ -133,9 +145,7 @@ def test_switching_back_to_the_delta_kernels_keeps_the_accumulators(poisoned, mo
     frames = clip()
     net = chain()
     set_dense_from(monkeypatch, 0.0)
-    model = delta_model(net, frames[0], graph=False, threshold=0.0)
-    model.set_input_sparsify(threshold=0.0)
-    dense_half = chain().half()
+    model = exact_model(net, frames[0], graph=False)
     with torch.no_grad():
         for t, x in enumerate(frames):
             if t == FRAMES // 2:
@@ -143,9 +153,7 @@ def test_switching_back_to_the_delta_kernels_keeps_the_accumulators(poisoned, mo
                 assert all(wrappers[name].dense for name in ELIGIBLE)
                 for w in wrappers.values():
                     w.dense = False
-            expected = net(x.float())
-            e16 = relative_error(dense_half(x), expected)
-            assert relative_error(model(x), expected) <= max(5e-3, 5 * e16), f"frame {t}"
+            assert_follows(model(x), x, net, f"frame {t}")
 
 
 def test_a_dense_layer_counts_every_pixel_as_updated(poisoned, monkeypatch):
@@ -165,8 +173,7 @@ def test_gated_frames_run_the_delta_kernels_and_idle_slots_keep_their_state(pois
     frames = clip()
     net = chain()
     set_dense_from(monkeypatch, 0.0)
-    model = delta_model(net, frames[0], graph=True, threshold=0.0)
-    model.set_input_sparsify(threshold=0.0)
+    model = exact_model(net, frames[0], graph=True)
     with torch.no_grad():
         for x in frames[:4]:
             model(x)
@@ -179,10 +186,6 @@ def test_gated_frames_run_the_delta_kernels_and_idle_slots_keep_their_state(pois
                     for t in tensor_leaves(op.state) if isinstance(t, torch.Tensor) and t.dim() == 4]
 
         held = idle_rows()
-        dense_half = chain().half()
         for t, x in enumerate(frames[5:], start=5):
-            got = model.run_slots([0], x[:1])
-            expected = net(x[:1].float())
-            e16 = relative_error(dense_half(x[:1]), expected)
-            assert relative_error(got, expected) <= max(5e-3, 5 * e16), f"frame {t}"
+            assert_follows(model.run_slots([0], x[:1]), x[:1], net, f"frame {t}")
     assert all(torch.equal(a, b) for a, b in zip(held, idle_rows()))
