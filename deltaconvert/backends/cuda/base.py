@@ -33,9 +33,10 @@ class Fused:
     ``lin``: the consumer adds ``round(scale[c] · Σ coefs[i] · operands[i])`` into its
     accumulator (with ``assign``, the sum *is* the accumulator: a dense layer's whole
     pre-activation, :mod:`.dense_layers`); otherwise the producer already accumulated
-    into it and the operands only carry the candidate mask. ``counter``: the producer's update counter, to which
-    the consumer's kernel adds the candidate pixels (the producer's output mask), or
-    None (statistics off, or the producer counted them itself). ``owns_masks``: the
+    into it and the operands only carry the candidate mask. ``counter``: the producer's
+    update counter, to which the consumer's kernel adds the candidate pixels (the
+    producer's output mask), or None (statistics off, or the producer counted them
+    itself). ``owns_masks``: the
     operands' masks were written for the consumer alone (no other op reads them), so its
     kernel may overwrite them with its own output mask.
     """

@@ -5,8 +5,8 @@ cuDNN instead of running the delta kernels.
 whose input is the output of a truncating op or of an input Sparsify has that input's
 whole value at hand: the producer's sent values ``o_in`` (or the Sparsify's ``ref``),
 which is exactly the sum of every delta the conv has received. The activation's
-accumulator is therefore ``a = conv(o_in) + b`` (exact in real arithmetic; DESIGN.md
-§2's linearity). A *dense layer* computes that with cuDNN every frame and hands it to
+accumulator is therefore ``a = conv(o_in) + b`` (exact in real arithmetic: the conv is
+linear, DESIGN.md §1). A *dense layer* computes that with cuDNN every frame and hands it to
 the activation, whose kernel assigns ``a ← round(conv(o_in) + b)`` instead of adding a
 delta (:attr:`~.constants.TruncateInput.ASSIGN`), then truncates against ``o`` as
 always: ``v = f(a)``, ``δy = v − o`` emitted where ``max_c |δy| > τ``. Downstream stays
