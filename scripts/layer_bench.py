@@ -2,6 +2,12 @@
 against cuDNN's dense conv of the same shape: GPU µs per frame at several mask
 densities, for reading one kernel's cost without the rest of a model.
 
+Two more rows: ``dense (cuDNN) + activation``, what dense inference pays for the pair,
+and ``dense layer``, the engine's recomputation of the pair (cuDNN's conv of the input's
+whole value, then the truncation kernel assigning it to the accumulator and truncating
+over every pixel: ``backends/cuda/dense_layers.py``), whatever the plan would decide for
+this shape.
+
 Masks are random pixels (``pixels:D``, each pixel updated with probability D) or random
 8×8 tiles (``tiles:D``). Times come from ``torch.profiler`` over ``--repeats`` calls
 after a warm-up, per kernel name; the dense row is ``F.conv2d`` in the same dtype on
@@ -23,6 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from deltaconvert.backends.cuda.conv import dense_input
 from deltaconvert.bench.data import parse_resolution
 from deltaconvert.bench.runners import PRECISIONS
 from deltaconvert.delta import Delta
@@ -89,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     groups = args.groups or args.channels
     runtime = device_runtime(DEVICE)
     torch.manual_seed(0)
-    conv = nn.Conv2d(args.channels, cout, args.kernel, args.stride, args.kernel // 2, groups=groups,
-                     bias=False).to(DEVICE, dtype)
+    conv = nn.Conv2d(args.channels, cout, args.kernel, args.stride, args.kernel // 2,
+                     groups=groups).to(DEVICE, dtype)
     op = Conv2d(conv).to(DEVICE, dtype)
     act = Nonlinear(ACTIVATIONS[args.activation](), Footprint.POINTWISE, (True,), args.threshold)
     act = act.to(DEVICE, dtype)
@@ -102,7 +109,15 @@ def main(argv: list[str] | None = None) -> int:
         act.accelerated = wrapper_for(act, runtime)
         op.accelerated = wrapper_for(op, runtime, (act, act.accelerated))
         dense = kernel_us(lambda: conv(x), args.repeats)
-        rows = [{"case": "dense (cuDNN)", "kernels": dense}]
+        rows = [{"case": "dense (cuDNN)", "kernels": dense},
+                {"case": "dense (cuDNN) + activation",
+                 "kernels": kernel_us(lambda: act.fn(conv(x)), args.repeats)}]
+        out_shape = conv(x).shape
+
+        def dense_layer() -> None:
+            with runtime.frame():
+                act(op.accelerated.recompute(op, dense_input(x, dtype), out_shape))
+        rows.append({"case": "dense layer", "kernels": kernel_us(dense_layer, args.repeats)})
         gen = torch.Generator(device=DEVICE).manual_seed(1)
         for case in args.densities.split(","):
             kind, _, density = case.partition(":")
