@@ -9,7 +9,7 @@ to its accumulator and truncates as always.
   the original model, on every frame, eagerly and under CUDA-graph replay, with new
   kernel outputs poisoned; the dense path really runs (cuDNN called each frame).
 * The accumulator stays valid: a sequence whose dense layers are switched back to the
-  delta kernels mid-way goes on matching the original model.
+  delta kernels mid-way goes on matching the original model (threshold 0).
 * Statistics count every output pixel of a dense layer as updated.
 * Slot mode: with a READY gate no layer runs dense (its candidates would be every row):
   the delta kernels take over from the accumulators the dense frames assigned, and idle
@@ -121,13 +121,24 @@ def assert_follows(got: torch.Tensor, x: torch.Tensor, net: nn.Module, where: st
     assert relative_error(got, expected) <= max(5e-3, 5 * e16), where
 
 
-def test_at_threshold_zero_dense_layers_follow_the_original(poisoned, monkeypatch):
+@pytest.mark.parametrize("graph,switch_at", [(True, None), (False, FRAMES // 2)],
+                         ids=["graph", "eager-switching-back"])
+def test_at_threshold_zero_dense_layers_follow_the_original(poisoned, monkeypatch, graph,
+                                                            switch_at):
+    """Every frame within fp16 rounding of the original; with ``switch_at``, the dense
+    layers are switched back to the delta kernels at that frame: a dense layer assigns
+    its accumulator every frame, so they take over from a valid state."""
     frames = clip()
     net = chain()
     set_dense_from(monkeypatch, 0.0)
-    model = exact_model(net, frames[0], graph=True)
+    model = exact_model(net, frames[0], graph=graph)
     with torch.no_grad():
         for t, x in enumerate(frames):
+            if t == switch_at:
+                wrappers = conv_wrappers(model)
+                assert all(wrappers[name].dense for name in ELIGIBLE)
+                for w in wrappers.values():
+                    w.dense = False
             assert_follows(model(x), x, net, f"frame {t}")
 
 
@@ -137,23 +148,6 @@ def test_no_conv_is_dense_above_one_and_undecided_convs_stay_delta(poisoned, mon
     model = delta_model(chain(), frames[0], graph=False)
     run(model, frames[:4])
     assert all(w.dense is None for w in conv_wrappers(model).values())
-
-
-def test_switching_back_to_the_delta_kernels_keeps_the_accumulators(poisoned, monkeypatch):
-    """A dense layer assigns its accumulator every frame, so the delta kernels may take
-    over again at any frame from a valid state."""
-    frames = clip()
-    net = chain()
-    set_dense_from(monkeypatch, 0.0)
-    model = exact_model(net, frames[0], graph=False)
-    with torch.no_grad():
-        for t, x in enumerate(frames):
-            if t == FRAMES // 2:
-                wrappers = conv_wrappers(model)
-                assert all(wrappers[name].dense for name in ELIGIBLE)
-                for w in wrappers.values():
-                    w.dense = False
-            assert_follows(model(x), x, net, f"frame {t}")
 
 
 def test_a_dense_layer_counts_every_pixel_as_updated(poisoned, monkeypatch):
