@@ -160,17 +160,23 @@ def test_replays_restart_densely_when_every_pixel_changes(runtime, video, name):
     tolerance of the test above on every frame."""
     model = calibrated(name, video)
     delta = delta_model(model, video[0], "cuda", torch.float16, graph=True)
+    assert_fp16_graph_follows(model, delta, video[:RESTART_FRAMES])
+    # frame 0 is dense, frame 1 the eager delta frame; the captured frame (eagerly,
+    # before its capture) and every later one restart
+    assert delta.stats()["dense_restarts"] == RESTART_FRAMES - 2
+
+
+def assert_fp16_graph_follows(model, delta, frames) -> None:
+    """``delta`` (fp16, CUDA graph) within the fp16 tolerance of test_model_matches_dense
+    of ``model`` (fp32) on every frame of ``frames``."""
     dense_half = copy.deepcopy(model).half()
     errors, e16 = [], []
     with torch.no_grad():
-        for frame in video[:RESTART_FRAMES]:
+        for frame in frames:
             x = frame.to(DEVICE)
             expected = main_output(model(x))
             errors.append(relative_error(main_output(delta(x.half())), expected))
             e16.append(relative_error(main_output(dense_half(x.half())), expected))
-    # frame 0 is dense, frame 1 the eager delta frame; the captured frame (eagerly,
-    # before its capture) and every later one restart
-    assert delta.stats()["dense_restarts"] == RESTART_FRAMES - 2
     tolerance = max(1e-2, 5 * max(e16))
     assert max(errors) <= tolerance, (
         f"against dense fp32: {[f'{e:.2g}' for e in errors]}; dense fp16: {max(e16):.3g}")
@@ -190,16 +196,6 @@ def test_dense_layers_follow_the_original(runtime, video, name, monkeypatch):
     monkeypatch.setattr(dense_layers, "DENSE_FROM", 0.0)
     model = calibrated(name, video)
     delta = delta_model(model, video[0], "cuda", torch.float16, graph=True)
-    dense_half = copy.deepcopy(model).half()
-    errors, e16 = [], []
-    with torch.no_grad():
-        for frame in video[:DENSE_LAYER_FRAMES]:
-            x = frame.to(DEVICE)
-            expected = main_output(model(x))
-            errors.append(relative_error(main_output(delta(x.half())), expected))
-            e16.append(relative_error(main_output(dense_half(x.half())), expected))
+    assert_fp16_graph_follows(model, delta, video[:DENSE_LAYER_FRAMES])
     dense = [n for n, op in delta.delta_ops().items() if getattr(op.accelerated, "dense", None)]
     assert dense, "no conv ran as a dense layer"
-    tolerance = max(1e-2, 5 * max(e16))
-    assert max(errors) <= tolerance, (
-        f"against dense fp32: {[f'{e:.2g}' for e in errors]}; dense fp16: {max(e16):.3g}")
