@@ -3,6 +3,8 @@ that need it take ``runtime``, which skips with the reason when there is no GPU,
 PyCUDA or no nvcc)."""
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 
@@ -49,29 +51,20 @@ def exact_fp32():
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
-@pytest.fixture(autouse=True)
-def no_dense_restart(request, monkeypatch):
-    """CUDA-graph replays run their delta frames: the dense restart on scene cuts
-    (``backends/cuda/frame_skip.py``) would replace the delta frames of the synthetic
-    clips' noisy inputs (every pixel changes at input threshold 0). Tests of the restart
-    are marked ``dense_restart``."""
-    if "dense_restart" in request.keywords:
-        yield
-        return
-    import deltaconvert.backends.cuda.frame_skip as frame_skip
-    monkeypatch.setattr(frame_skip, "RESTART_FRACTION", 0.0)
-    yield
+# What would replace the delta frames of the synthetic clips, whose sensor noise changes
+# every pixel at threshold 0: the dense restart on scene cuts (backends/cuda/frame_skip.py)
+# and dense layers (backends/cuda/dense_layers.py). Each is off in every test not marked
+# with its marker: (module, setting, value that turns it off).
+OFF_UNLESS_MARKED = {
+    "dense_restart": ("deltaconvert.backends.cuda.frame_skip", "RESTART_FRACTION", 0.0),
+    "dense_layers": ("deltaconvert.backends.cuda.dense_layers", "DENSE_FROM", 2.0),
+}
 
 
 @pytest.fixture(autouse=True)
-def no_dense_layers(request, monkeypatch):
-    """Delta frames run the delta kernels: the per-layer dense recomputation
-    (``backends/cuda/dense_layers.py``) would take over most convs of the synthetic
-    clips, whose noise makes every pixel a candidate at threshold 0. Tests of dense
-    layers are marked ``dense_layers``."""
-    if "dense_layers" in request.keywords:
-        yield
-        return
-    import deltaconvert.backends.cuda.dense_layers as dense_layers
-    monkeypatch.setattr(dense_layers, "DENSE_FROM", 2.0)
+def delta_frames_run_the_delta_kernels(request, monkeypatch):
+    """Graph replays and eager frames run the delta kernels (see OFF_UNLESS_MARKED)."""
+    for marker, (module, setting, off) in OFF_UNLESS_MARKED.items():
+        if marker not in request.keywords:
+            monkeypatch.setattr(importlib.import_module(module), setting, off)
     yield
