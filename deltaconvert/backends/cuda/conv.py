@@ -174,9 +174,10 @@ class ConvKernel(Accelerated):
         allowed = (self.plan is not None and conv is getattr(op, "conv", None)
                    and whole is not None and self.plan.allows(d.dtype, oh * ow))
         if allowed and self.feeds is not None:
-            self.warm = lambda: op.dense(dense_input(whole, d.dtype), bias=False)
             if self.feeds.dense:
                 return self.whole_output(op, dense_input(whole, d.dtype), out_shape)
+            if self.feeds.dense is None:  # the add samples this frame: warm this conv with it
+                self.warm = lambda: op.dense(dense_input(whole, d.dtype), bias=False)
         planned = allowed and fused and not depthwise
         if planned and self.dense:
             return self.recompute(op, dense_input(whole, d.dtype), out_shape)
@@ -253,7 +254,6 @@ class ConvKernel(Accelerated):
                      shift=self.vectors.get(op.conv.bias))
         return Delta(placeholder(out_shape, total.dtype, self.runtime.device), mask,
                      {**op.counted_extras(counter), "fused": work})
-
 
     def whole_output(self, op: DeltaOp, total: torch.Tensor, out_shape: Sequence[int]) -> Delta:
         """For a dense add (:mod:`.dense_layers`): ``conv(total)`` by cuDNN as the

@@ -8,8 +8,9 @@ which is exactly the sum of every delta the conv has received. The activation's
 accumulator is therefore ``a = conv(o_in) + b`` (exact in real arithmetic: the conv is
 linear, DESIGN.md §1). A *dense layer* computes that with cuDNN every frame and hands it to
 the activation, whose kernel assigns ``a ← round(conv(o_in) + b)`` instead of adding a
-delta (:attr:`~.constants.TruncateInput.ASSIGN`, the bias as its ``shift``), then truncates against ``o`` as
-always: ``v = f(a)``, ``δy = v − o`` emitted where ``max_c |δy| > τ``. Downstream stays
+delta (:attr:`~.constants.TruncateInput.ASSIGN`, the bias as its ``shift``), then
+truncates against ``o`` as always: ``v = f(a)``, ``δy = v − o`` emitted where
+``max_c |δy| > τ``. Downstream stays
 sparse; the accumulator stays valid, so any later frame may run the delta kernels again.
 
 **Dense adds.** An add (or sub) fused into a truncating activation whose operands are
