@@ -94,7 +94,8 @@ extern "C" __global__ void pw_accumulate(int N, int C, int H, int W, int lanes, 
 // Accumulate, recompute, truncate, for every output pixel whose candidate flag (the OR
 // of the operand masks) is set:
 //   in_mode ADD:    a0 += round(s[c] · Σ_i k_i · δ_i)  (fused linear producer)
-//   in_mode ASSIGN: a0  = round(s[c] · Σ_i k_i · δ_i)  (a dense layer's pre-activation)
+//   in_mode ASSIGN: a0  = round(s[c] · Σ_i k_i · δ_i + shift[c])  (a dense layer's
+//                   pre-activation from whole values; shift: the biases, may be null)
 //   v  = F(a0[, a1])                                   (fn: activation, product, norm)
 //   δy = v − o;  emit iff max_c |δy| > thr;  where emitted: o ← v, out = δy.
 // With in_mode ACCUMULATED the operands contribute only their masks (inputs already
@@ -109,17 +110,19 @@ extern "C" __global__ void pw_accumulate(int N, int C, int H, int W, int lanes, 
 // pixel's alignment allow; see truncate() in backends/cuda/pointwise.py).
 #define TRUNC_PARAMS                                                                        \
     int N, int C, int H, int W, int lanes, int span, int n_ops, int in_mode, DC_OPERAND(0),  \
-        DC_OPERAND(1), const float *scale, int scale_stride, int fn, float p0, float p1,    \
-        float *a0, int a0N, int a0C, int a0H, int a0W, const float *a1, int a1N, int a1C,   \
-        int a1H, int a1W, const float *norm_w, const float *norm_b, scalar_t *o, int sN,    \
-        int sC, int sH, int sW, float thr, scalar_t *out, int oN, int oC, int oH, int oW,   \
+        DC_OPERAND(1), const float *scale, int scale_stride, const float *shift, int fn,    \
+        float p0, float p1, float *a0, int a0N, int a0C, int a0H, int a0W, const float *a1, \
+        int a1N, int a1C, int a1H, int a1W, const float *norm_w, const float *norm_b,       \
+        scalar_t *o, int sN, int sC, int sH, int sW, float thr, scalar_t *out, int oN,      \
+        int oC, int oH, int oW,                                                             \
         mask_t *om, int *counter, int *cand_counter, int *out_list, int *out_count,           \
         const int *in_list, const int *in_count
 #define TRUNC_ARGS                                                                          \
     N, C, H, W, lanes, span, n_ops, in_mode, v0, v0N, v0C, v0H, v0W, m0, m0N, m0H, m0W, k0, \
-        v1, v1N, v1C, v1H, v1W, m1, m1N, m1H, m1W, k1, scale, scale_stride, fn, p0, p1, a0,  \
-        a0N, a0C, a0H, a0W, a1, a1N, a1C, a1H, a1W, norm_w, norm_b, o, sN, sC, sH, sW, thr,   \
-        out, oN, oC, oH, oW, om, counter, cand_counter, out_list, out_count, in_list, in_count
+        v1, v1N, v1C, v1H, v1W, m1, m1N, m1H, m1W, k1, scale, scale_stride, shift, fn, p0,  \
+        p1, a0, a0N, a0C, a0H, a0W, a1, a1N, a1C, a1H, a1W, norm_w, norm_b, o, sN, sC, sH,  \
+        sW, thr, out, oN, oC, oH, oW, om, counter, cand_counter, out_list, out_count,       \
+        in_list, in_count
 
 // The shared memory of a pw_truncate block (one for all its instantiations).
 struct TruncateShared {
@@ -189,7 +192,8 @@ __device__ __forceinline__ void truncate_window(TruncateShared &sm, int base, in
                 }
 #pragma unroll
                 for (int j = 0; j < V; ++j)
-                    t[j] += round_s(scale ? s[j] * round_s(scale[(c + j) * scale_stride]) : s[j]);
+                    t[j] += round_s((scale ? s[j] * round_s(scale[(c + j) * scale_stride]) : s[j])
+                                    + (shift ? shift[c + j] : 0.f));
                 store_vec<V>(a0p + c * a0C, t);
             }
         }

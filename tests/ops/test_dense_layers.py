@@ -76,6 +76,17 @@ def set_dense_from(monkeypatch, fraction: float) -> None:
     monkeypatch.setattr(dense_layers, "DENSE_FROM", fraction)
 
 
+def assert_matches(got, reference, net: nn.Module, frames) -> None:
+    """Every frame finite, within fp16 rounding of the delta kernels' outputs
+    ``reference`` and of the original model ``net``."""
+    with torch.no_grad():
+        original = [net(x.float()) for x in frames]
+    for t, (a, b, o) in enumerate(zip(got, reference, original)):
+        assert torch.isfinite(a).all(), f"frame {t}"
+        assert relative_error(a, b) < 2e-2, f"frame {t}: {relative_error(a, b):.3g} vs delta kernels"
+        assert relative_error(a, o) < 3e-2, f"frame {t}: {relative_error(a, o):.3g} vs original"
+
+
 @pytest.mark.parametrize("graph", [False, True], ids=["eager", "graph"])
 def test_dense_layers_match_the_delta_kernels_and_the_original(poisoned, monkeypatch, graph):
     frames = clip()
@@ -98,12 +109,7 @@ def test_dense_layers_match_the_delta_kernels_and_the_original(poisoned, monkeyp
     # warm-up call, the capture, then replays that call no Python)
     expected_calls = 1 + 1 + (1 if graph else FRAMES - 2)
     assert all(calls[name] == expected_calls for name in ELIGIBLE), calls
-    with torch.no_grad():
-        original = [net(x.float()) for x in frames]
-    for t, (a, b, o) in enumerate(zip(got, reference, original)):
-        assert torch.isfinite(a).all(), f"frame {t}"
-        assert relative_error(a, b) < 2e-2, f"frame {t}: {relative_error(a, b):.3g} vs delta kernels"
-        assert relative_error(a, o) < 3e-2, f"frame {t}: {relative_error(a, o):.3g} vs original"
+    assert_matches(got, reference, net, frames)
 
 
 def exact_model(net: nn.Module, x: torch.Tensor, graph: bool):
@@ -121,15 +127,16 @@ def assert_follows(got: torch.Tensor, x: torch.Tensor, net: nn.Module, where: st
     assert relative_error(got, expected) <= max(5e-3, 5 * e16), where
 
 
-@pytest.mark.parametrize("graph,switch_at", [(True, None), (False, FRAMES // 2)],
-                         ids=["graph", "eager-switching-back"])
-def test_at_threshold_zero_dense_layers_follow_the_original(poisoned, monkeypatch, graph,
+@pytest.mark.parametrize("make,graph,switch_at", [
+    ("chain", True, None), ("chain", False, FRAMES // 2), ("residual", True, None)],
+    ids=["graph", "eager-switching-back", "dense-adds"])
+def test_at_threshold_zero_dense_layers_follow_the_original(poisoned, monkeypatch, make, graph,
                                                             switch_at):
     """Every frame within fp16 rounding of the original; with ``switch_at``, the dense
     layers are switched back to the delta kernels at that frame: a dense layer assigns
     its accumulator every frame, so they take over from a valid state."""
     frames = clip()
-    net = chain()
+    net = chain() if make == "chain" else Residual().to(DEVICE).eval()
     set_dense_from(monkeypatch, 0.0)
     model = exact_model(net, frames[0], graph=graph)
     with torch.no_grad():
@@ -183,3 +190,37 @@ def test_gated_frames_run_the_delta_kernels_and_idle_slots_keep_their_state(pois
         for t, x in enumerate(frames[5:], start=5):
             assert_follows(model.run_slots([0], x[:1]), x[:1], net, f"frame {t}")
     assert all(torch.equal(a, b) for a, b in zip(held, idle_rows()))
+
+
+class Residual(nn.Module):
+    """Two residual adds fused into ReLUs: an identity skip (a conv source and a
+    truncation's output) and a projected one (two conv sources)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem, self.relu0 = nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.ReLU()
+        self.conv1, self.relu1 = nn.Conv2d(16, 16, 3, padding=1), nn.ReLU()
+        self.conv2, self.relu2 = nn.Conv2d(16, 16, 3, padding=1), nn.ReLU()
+        self.conv3, self.down, self.relu3 = nn.Conv2d(16, 32, 3, padding=1), nn.Conv2d(16, 32, 1), nn.ReLU()
+        self.head = nn.Conv2d(32, 8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu0(self.stem(x))
+        y = self.relu2(self.conv2(self.relu1(self.conv1(x))) + x)
+        return self.head(self.relu3(self.conv3(y) + self.down(y)))
+
+
+@pytest.mark.parametrize("graph", [False, True], ids=["eager", "graph"])
+def test_dense_adds_match_the_delta_kernels_and_the_original(poisoned, monkeypatch, graph):
+    frames = clip()
+    net = Residual().to(DEVICE).eval()
+    set_dense_from(monkeypatch, 2.0)
+    reference = run(delta_model(net, frames[0], graph), frames)
+    set_dense_from(monkeypatch, 0.0)
+    model = delta_model(net, frames[0], graph)
+    got = run(model, frames)
+    adds = {name: op.accelerated.dense for name, op in model.delta_ops().items()
+            if name.startswith("add")}
+    assert adds and all(adds.values()), adds
+    assert_matches(got, reference, net, frames)

@@ -10,8 +10,15 @@ import contextlib
 import pytest
 import torch
 
+import warnings
+from types import SimpleNamespace
+
+import torchvision
+
 from deltaconvert.backends.cuda import dense_layers
+from deltaconvert.backends.cuda.binding import accelerate, dense_add_sources
 from deltaconvert.backends.cuda.dense_layers import DenseLayerPlan
+from deltaconvert.convert import convert
 from deltaconvert.ops.boundary import Sparsify
 
 pytestmark = pytest.mark.dense_layers
@@ -51,18 +58,33 @@ def test_convs_whose_candidates_reach_the_fraction_turn_dense(monkeypatch, fract
     assert warmed == [i for i, dense in enumerate(expected) if dense]
 
 
-def test_eligible_calls(monkeypatch):
+def test_allowed_calls(monkeypatch):
     monkeypatch.setattr(dense_layers, "DENSE_FROM", 0.3)
     gate = Sparsify()
     layers = plan(gate)
-    total = torch.zeros(1)
-    assert layers.eligible(torch.float16, total, 256, depthwise=False)
-    assert not layers.eligible(torch.float32, total, 256, depthwise=False)  # TF32
-    assert not layers.eligible(torch.float16, None, 256, depthwise=False)
-    assert not layers.eligible(torch.float16, total, 255, depthwise=False)
-    assert not layers.eligible(torch.float16, total, 256, depthwise=True)
+    assert layers.allows(torch.float16, 256)
+    assert not layers.allows(torch.float32, 256)  # TF32
+    assert not layers.allows(torch.float16, 255)
     gate.ready = torch.ones(2, dtype=torch.bool)  # slot mode
-    assert not layers.eligible(torch.float16, total, 256, depthwise=False)
+    assert not layers.allows(torch.float16, 256)
     gate.ready = None
     monkeypatch.setattr(dense_layers, "DENSE_FROM", 1.5)  # off
-    assert not layers.eligible(torch.float16, total, 256, depthwise=False)
+    assert not layers.allows(torch.float16, 256)
+
+
+def test_dense_adds_are_the_residual_adds_whose_operands_have_whole_values():
+    """ResNet's add → ReLU: every block but layer1.0 (its skip is the max pool's output,
+    which hands on no total), each with its conv sources (the downsample conv too)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = convert(torchvision.models.resnet18().eval(), torch.randn(1, 3, 64, 64),
+                        backend="reference")
+    runtime = SimpleNamespace(device=torch.device("cpu"), multiprocessors=1)
+    wrappers = accelerate(model, runtime)  # the wrappers alone: no kernel runs here
+    adds = dense_add_sources(model, wrappers)
+    ops = model.delta_ops()
+    assert sorted(adds) == sorted(n for n in ops if n.endswith("add") and n != "layer1.0.add")
+    sources = {name: sorted(name for name, w in wrappers.items() if w in convs)
+               for name, convs in adds.items()}
+    assert sources["layer1.1.add"] == ["layer1.1.conv2"]
+    assert sources["layer2.0.add"] == ["layer2.0.conv2", "layer2.0.downsample.0"]

@@ -31,7 +31,7 @@ def bind(model: DeltaOpGraph, device: torch.device, dtype: torch.dtype) -> Runti
     from ...ops.boundary import Sparsify
     from . import frame_skip
     from .arena import FrameArena
-    from .binding import accelerate
+    from .binding import accelerate, dense_add_sources
     from .conv import ConvKernel
     from .dense_layers import DenseLayerPlan
     from .device import device_runtime
@@ -45,6 +45,10 @@ def bind(model: DeltaOpGraph, device: torch.device, dtype: torch.dtype) -> Runti
     for wrapper in wrappers.values():
         if isinstance(wrapper, ConvKernel):
             wrapper.plan = plan
+    for name, convs in dense_add_sources(model, wrappers).items():
+        wrappers[name].plan, wrappers[name].conv_sources = plan, convs
+        for conv in convs:
+            conv.feeds = wrappers[name]
 
     def begin_frame() -> None:
         plan.resolve()  # after the sequence's first delta frame (eager: not capturing)

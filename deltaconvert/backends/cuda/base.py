@@ -49,6 +49,7 @@ class Fused:
     counter: torch.Tensor | None = None
     owns_masks: bool = False
     assign: bool = False
+    shift: torch.Tensor | None = None  # with assign: fp32 per-channel biases added (may be None)
 
     @property
     def input_mode(self) -> TruncateInput:

@@ -13,10 +13,12 @@ from ..runtime import DeltaOpGraph
 from . import boundary, cat, conv, conv_transpose, pointwise, pooling, resize  # noqa: F401  (register the families)
 from .arena import FrameArena
 from .base import Accelerated, Consumer
-from .conv import takes_pixel_list
+from ...ops.conv import Conv2d
+from .boundary import SparsifyKernel
+from .conv import ConvKernel, takes_pixel_list
 from .device import DeviceRuntime
-from .fusion import fusion_pairs
-from .pointwise import Truncating
+from .fusion import fusion_pairs, operand_sources
+from .pointwise import ADD_FNS, SUB_FNS, LinearPointwise, Truncating
 from .registry import family_for
 from .worklist import list_producers
 
@@ -59,3 +61,40 @@ def accelerate(model: DeltaOpGraph, runtime: DeviceRuntime,
                 wrappers[name].list_count = arena.slot(index)
         op.accelerated = wrappers[name]
     return {name: w for name, w in wrappers.items() if w is not None}
+
+
+def dense_add_sources(model: DeltaOpGraph, wrappers: dict[str, Accelerated]
+                      ) -> dict[str, list[ConvKernel]]:
+    """The adds that may run as dense adds (:mod:`.dense_layers`), by op name, each with
+    the conv wrappers among its operands' producers: an add or sub fused into a
+    truncating op whose every operand is either a truncation's or a Sparsify's output
+    (they hand on ``total``) or the only output use of a zero-padded conv whose own input
+    is one of those."""
+    def hands_total(name: str) -> bool:
+        return isinstance(wrappers.get(name), (Truncating, SparsifyKernel))
+
+    adds = {}
+    for name, wrapper in wrappers.items():
+        if (not isinstance(wrapper, LinearPointwise) or wrapper.consumer is None
+                or not isinstance(wrapper.consumer[1], Truncating)):
+            continue
+        fn = getattr(model.delta_ops()[name], "fn", None)  # a ChannelScale has none
+        if not any(fn is f for f in (*ADD_FNS, *SUB_FNS)):
+            continue
+        sources = operand_sources(model, name)
+        convs: list[ConvKernel] = []
+        for source, source_op, users in sources or []:
+            if hands_total(source):
+                continue
+            producer = wrappers.get(source)
+            inputs = operand_sources(model, source)
+            if (isinstance(producer, ConvKernel) and isinstance(source_op, Conv2d) and users == 1
+                    and source_op.conv.padding_mode == "zeros" and inputs is not None
+                    and len(inputs) == 1 and hands_total(inputs[0][0])):
+                convs.append(producer)
+                continue
+            break
+        else:
+            if sources:
+                adds[name] = convs
+    return adds

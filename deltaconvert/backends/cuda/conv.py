@@ -31,7 +31,7 @@ from typing import Any, Sequence
 
 import torch
 
-from ...delta import Delta, mask_shape
+from ...delta import Delta
 from ...ops.base import DeltaOp
 from ...ops.conv import Conv2d
 from .base import Accelerated, Consumer, Fused
@@ -39,9 +39,17 @@ from .constants import BLOCK, DW_CO, GEMM_CO, RESIDENT_BLOCKS, TILE, ConvMode
 from .dense_layers import DenseLayerPlan
 from .device import DeviceRuntime
 from .kernels import Args, kernel
-from .pointwise import nhwc_state
+from .pointwise import VectorCache, nhwc_state
 from .registry import accelerates
-from .tensors import as_nhwc, new_mask, new_values, placeholder, strides4, vector_layout
+from .tensors import (
+    as_nhwc,
+    full_mask,
+    new_mask,
+    new_values,
+    placeholder,
+    strides4,
+    vector_layout,
+)
 from .worklist import list_args, list_extras, new_list
 
 # conv_gemm mode bits (conv.cu)
@@ -111,30 +119,25 @@ def k_splits(blocks: int, k: int, multiprocessors: int) -> int:
     return max(1, min(MAX_SPLITS, RESIDENT_BLOCKS * multiprocessors // blocks, k // SPLIT_MIN_K))
 
 
-_FULL_MASKS: dict[torch.device, torch.Tensor] = {}
-
-
-def full_mask(shape: Sequence[int], device: torch.device) -> torch.Tensor:
-    """A mask for values of ``shape`` with every pixel set (one byte, broadcast)."""
-    if device not in _FULL_MASKS:
-        _FULL_MASKS[device] = torch.ones((1, 1, 1, 1), dtype=torch.bool, device=device)
-    return _FULL_MASKS[device].expand(mask_shape(tuple(shape)))
-
-
 @accelerates(Conv2d, fuses=True)
 class ConvKernel(Accelerated):
     """``op.accelerated`` of a Conv2d (optionally fused into its consumer).
 
     ``plan``: the bound model's :class:`~.dense_layers.DenseLayerPlan` (None outside a
-    bound model); ``dense``: this conv's decision (None until the plan made it).
+    bound model); ``dense``: this conv's decision (None until the plan made it). A conv
+    whose only consumer is an add fused into an activation (``feeds``) hands that add its
+    whole output instead of a delta while the add is dense (:meth:`whole_output`).
     """
 
     plan: DenseLayerPlan | None = None
+    feeds: Any = None  # the LinearPointwise wrapper of a dense-add candidate it feeds
+    warm: Any = None   # its dense conv on its last input, for the plan's warm-up
 
     def __init__(self, runtime: DeviceRuntime, op: DeltaOp, consumer: Consumer | None = None) -> None:
         super().__init__(runtime, op, consumer)
         self._packed: tuple[tuple, torch.Tensor] | None = None
         self.dense: bool | None = None
+        self.vectors = VectorCache(runtime.device)  # the fp32 bias of a dense layer
 
     def packed(self, weight: torch.Tensor, groups: int, depthwise: bool) -> torch.Tensor:
         key = (weight.data_ptr(), weight._version, weight.dtype, groups, depthwise)
@@ -168,8 +171,14 @@ class ConvKernel(Accelerated):
         fused = self.consumer is not None and self.consumer[1].accepts(
             self.consumer[0], out_shape, d.dtype)
         whole = d.extras.get("total")  # the input's whole value, for a dense layer
-        planned = (fused and self.plan is not None and conv is getattr(op, "conv", None)
-                   and self.plan.eligible(d.dtype, whole, oh * ow, cin_g == 1))
+        allowed = (self.plan is not None and conv is getattr(op, "conv", None)
+                   and whole is not None and self.plan.allows(d.dtype, oh * ow))
+        if allowed and self.feeds is not None:
+            if self.feeds.dense:
+                return self.whole_output(op, dense_input(whole, d.dtype), out_shape)
+            if self.feeds.dense is None:  # the add samples this frame: warm this conv with it
+                self.warm = lambda: op.dense(dense_input(whole, d.dtype), bias=False)
+        planned = allowed and fused and not depthwise
         if planned and self.dense:
             return self.recompute(op, dense_input(whole, d.dtype), out_shape)
         device = self.runtime.device
@@ -236,19 +245,27 @@ class ConvKernel(Accelerated):
 
     def recompute(self, op: DeltaOp, total: torch.Tensor, out_shape: Sequence[int]) -> Delta:
         """A dense layer (:mod:`.dense_layers`): ``conv(total)`` by cuDNN, handed to the
-        consumer with the bias as a second (broadcast) operand, whose sum it assigns to
-        its accumulator (torch would add the bias in a kernel of its own); every output
-        pixel is a candidate."""
+        consumer, which assigns it plus the bias (its ``shift``; torch would add the bias
+        in a kernel of its own) to its accumulator; every output pixel is a candidate."""
         mask = full_mask(out_shape, self.runtime.device)
-        operands = [Delta(op.dense(total, bias=False), mask)]
-        bias = op.conv.bias
-        if bias is not None:
-            operands.append(Delta(bias.detach().view(1, -1, 1, 1), mask))
         counter = op.counter_for_kernel()  # counted by the consumer's kernel
-        work = Fused(self.consumer[0], operands, [1.0] * len(operands), lin=True,
-                     counter=counter, assign=True)
+        work = Fused(self.consumer[0], [Delta(op.dense(total, bias=False), mask)], [1.0],
+                     lin=True, counter=counter, assign=True,
+                     shift=self.vectors.get(op.conv.bias))
         return Delta(placeholder(out_shape, total.dtype, self.runtime.device), mask,
                      {**op.counted_extras(counter), "fused": work})
+
+    def whole_output(self, op: DeltaOp, total: torch.Tensor, out_shape: Sequence[int]) -> Delta:
+        """For a dense add (:mod:`.dense_layers`): ``conv(total)`` by cuDNN as the
+        output's ``extras["whole"]`` and the fp32 bias as ``extras["bias"]`` (the add
+        hands both to its consumer); every output pixel counts as updated."""
+        counter = op.counter_for_kernel()
+        if counter is not None:
+            counter.add_(out_shape[0] * out_shape[2] * out_shape[3])
+        return Delta(placeholder(out_shape, total.dtype, self.runtime.device),
+                     full_mask(out_shape, self.runtime.device),
+                     {**op.counted_extras(counter), "whole": op.dense(total, bias=False),
+                      "bias": self.vectors.get(op.conv.bias)})
 
 
 def dense_input(total: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -8,9 +8,19 @@ which is exactly the sum of every delta the conv has received. The activation's
 accumulator is therefore ``a = conv(o_in) + b`` (exact in real arithmetic: the conv is
 linear, DESIGN.md §1). A *dense layer* computes that with cuDNN every frame and hands it to
 the activation, whose kernel assigns ``a ← round(conv(o_in) + b)`` instead of adding a
-delta (:attr:`~.constants.TruncateInput.ASSIGN`), then truncates against ``o`` as
-always: ``v = f(a)``, ``δy = v − o`` emitted where ``max_c |δy| > τ``. Downstream stays
+delta (:attr:`~.constants.TruncateInput.ASSIGN`, the bias as its ``shift``), then
+truncates against ``o`` as always: ``v = f(a)``, ``δy = v − o`` emitted where
+``max_c |δy| > τ``. Downstream stays
 sparse; the accumulator stays valid, so any later frame may run the delta kernels again.
+
+**Dense adds.** An add (or sub) fused into a truncating activation whose operands are
+truncation or Sparsify outputs (which hand on their totals) and convs used by it alone
+(whose own input hands on its total) — ResNet's ``conv → add(skip) → ReLU`` — may do the
+same for the sum: each conv source hands on ``conv(total)`` instead of a delta
+(``extras["whole"]``, its bias in ``extras["bias"]``), and the activation assigns
+``Σ kᵢ·wholeᵢ + Σ kᵢ·bᵢ`` (the biases as the kernel's per-channel ``shift``). The add
+decides like a conv, from its candidates on the first delta frame, and its conv sources
+follow its decision (``binding.dense_add_sources`` finds them at bind time).
 
 **Why.** At full density a delta conv and its truncation cost 2–6× cuDNN's dense conv
 (PERF_NOTES §27 b, §35): the candidate pixels of a layer decide the delta cost, and
@@ -54,7 +64,7 @@ DENSE_MIN_PIXELS = 256
 class DenseLayerPlan:
     """The per-sequence decision of which convs run dense (see the module docstring).
 
-    A fused conv wrapper asks :meth:`eligible` about each call; while its decision
+    A fused conv wrapper asks :meth:`allows` about each call; while its decision
     ``wrapper.dense`` is None it runs the delta kernels and adds its candidate count
     with :meth:`sample`; then it runs dense where ``wrapper.dense`` is True.
     ``sparsifiers``: the model's Sparsify ops, whose READY gate rules dense layers out.
@@ -65,13 +75,11 @@ class DenseLayerPlan:
         self.sparsifiers = list(sparsifiers)
         self._samples: list[tuple[Any, torch.Tensor, int, Callable[[], Any]]] = []
 
-    def eligible(self, dtype: torch.dtype, total: torch.Tensor | None, out_pixels: int,
-                 depthwise: bool) -> bool:
-        """Whether a fused conv call with input dtype ``dtype`` and input ``total``,
-        writing ``out_pixels`` pixels per sample, may run dense (see the module
-        docstring)."""
-        return (DENSE_FROM <= 1 and dtype in DENSE_DTYPES and total is not None
-                and out_pixels >= DENSE_MIN_PIXELS and not depthwise
+    def allows(self, dtype: torch.dtype, out_pixels: int) -> bool:
+        """Whether a call in ``dtype`` writing ``out_pixels`` pixels per sample may run
+        dense (:data:`DENSE_FROM` at most 1, fp16, at least :data:`DENSE_MIN_PIXELS`, no
+        READY gate); the wrapper checks the rest (see the module docstring)."""
+        return (DENSE_FROM <= 1 and dtype in DENSE_DTYPES and out_pixels >= DENSE_MIN_PIXELS
                 and all(op.ready is None for op in self.sparsifiers))
 
     def sample(self, wrapper: Any, mask: torch.Tensor, warm_up: Callable[[], Any]) -> None:

@@ -43,3 +43,21 @@ def fusion_pairs(gm: DeltaOpGraph, fuses: Callable[[DeltaOp], bool]) -> dict[str
         if producer is not None and fuses(producer):
             pairs[source.target] = node.target
     return pairs
+
+
+def operand_sources(gm: DeltaOpGraph, name: str) -> list[tuple[str, DeltaOp, int]] | None:
+    """``(name, op, users)`` of the delta op producing each positional argument of the op
+    ``name``, in order; None if an argument is not a delta op's output (a constant, a
+    graph input) or the op has keyword arguments."""
+    for node in gm.graph.nodes:
+        if node.op == "call_module" and node.target == name:
+            if node.kwargs:
+                return None
+            sources = []
+            for arg in node.args:
+                op = _op(gm, arg) if isinstance(arg, fx.Node) else None
+                if op is None:
+                    return None
+                sources.append((arg.target, op, len(arg.users)))
+            return sources
+    return None

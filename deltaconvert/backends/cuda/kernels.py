@@ -47,7 +47,7 @@ SIGNATURES: dict[str, dict[str, str]] = {
     "pointwise": {
         "pw_linear": "i" * 7 + _OPERAND * 2 + "Pi" + _T4 + "PPPP",
         "pw_accumulate": "i" * 6 + _OPERAND + _T4,
-        "pw_truncate": "i" * 8 + _OPERAND * 2 + "Pi" + "iff" + _T4 * 2 + "PP" + _T4 + "f"
+        "pw_truncate": "i" * 8 + _OPERAND * 2 + "PiP" + "iff" + _T4 * 2 + "PP" + _T4 + "f"
                        + _T4 + "PPPPPPPi",
         "pw_restart": "iiffPPPi",
     },

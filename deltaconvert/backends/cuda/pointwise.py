@@ -40,6 +40,7 @@ from .tensors import (
     as_nhwc,
     channel_vectors,
     fp32_vector,
+    full_mask,
     lanes_for,
     list_grid,
     new_mask,
@@ -168,7 +169,7 @@ def truncate(runtime: DeviceRuntime, op: DeltaOp, dtype: torch.dtype, out_shape:
         add_operand(args, work.operands[i] if i < len(work.operands) else None,
                     work.coefs[i] if i < len(work.coefs) else 0.0, out_shape)
     args.ptr(work.scale).ints(int(work.scale is not None and work.scale.numel() > 1))
-    args.ints(fn.code).floats(fn.p0, fn.p1)
+    args.ptr(work.shift).ints(fn.code).floats(fn.p0, fn.p1)
     args.tensor(acc[0], strides4(acc[0], out_shape))
     args.tensor(acc[1] if len(acc) > 1 else None,
                 strides4(acc[1], out_shape) if len(acc) > 1 else (0, 0, 0, 0))
@@ -334,9 +335,16 @@ class LinearPointwise(Accelerated):
     plan found one.
     """
 
+    # Dense adds (:mod:`.dense_layers`): the plan (None: never dense), this add's decision,
+    # and the conv wrappers among its operands' producers (the others hand on totals).
+    plan: Any = None
+    dense: bool | None = None
+    conv_sources: Sequence[Any] = ()
+
     def __init__(self, runtime: DeviceRuntime, op: DeltaOp, consumer: Consumer | None = None) -> None:
         super().__init__(runtime, op, consumer)
         self.vectors = VectorCache(runtime.device)
+        self._shifts: dict[tuple, torch.Tensor] = {}
 
     def terms(self, op: DeltaOp, args: tuple, kwargs: dict
               ) -> tuple[list[Delta], list[float], torch.Tensor | None, torch.Size] | None:
@@ -379,6 +387,9 @@ class LinearPointwise(Accelerated):
             return NotImplemented
         dtype = operands[0].dtype
         if self.consumer is not None and self.consumer[1].accepts(self.consumer[0], out_shape, dtype):
+            _, _, h, w = shape4(out_shape)
+            if self.dense and scale is None and self.plan.allows(dtype, h * w):
+                return self.assign_wholes(op, operands, coefs, out_shape)
             mask = operands[0].mask
             for other in operands[1:]:
                 mask = mask | other.mask
@@ -386,8 +397,42 @@ class LinearPointwise(Accelerated):
             counter = op.counter_for_kernel()  # counted by the consumer's kernel
             extras = {"fused": Fused(self.consumer[0], operands, coefs, True, scale, counter),
                       **op.counted_extras(counter)}
+            if (self.plan is not None and self.dense is None and scale is None
+                    and self.plan.allows(dtype, shape4(out_shape)[2] * shape4(out_shape)[3])):
+                self.plan.sample(self, mask, lambda: [c.warm() for c in self.conv_sources if c.warm])
             return Delta(placeholder(out_shape, dtype, self.runtime.device), mask, extras)
         return linear(self.runtime, op, operands, coefs, scale, out_shape, self.list_count)
+
+    def assign_wholes(self, op: DeltaOp, operands: Sequence[Delta], coefs: Sequence[float],
+                      out_shape: Sequence[int]) -> Delta:
+        """A dense add (:mod:`.dense_layers`): its operands' whole values — a conv source's
+        ``conv(total)`` (``extras["whole"]``, its bias in ``extras["bias"]``) or a
+        truncation's or Sparsify's ``total`` — handed to the consumer, which assigns
+        ``Σ kᵢ·wholeᵢ + Σ kᵢ·biasᵢ`` to its accumulator; every pixel is a candidate."""
+        wholes = [d.extras.get("whole", d.extras.get("total")) for d in operands]
+        if any(w is None for w in wholes) or any(w.shape != d.shape for w, d in zip(wholes, operands)):
+            raise RuntimeError(f"{op.node_name}: a dense add received an operand without its "
+                               "whole value; its producers and it disagree on the plan")
+        mask = full_mask(out_shape, self.runtime.device)
+        counter = op.counter_for_kernel()  # counted by the consumer's kernel
+        work = Fused(self.consumer[0], [Delta(w.to(operands[0].dtype), mask) for w in wholes],
+                     list(coefs), lin=True, counter=counter, assign=True,
+                     shift=self.shift([(d.extras.get("bias"), k) for d, k in zip(operands, coefs)]))
+        return Delta(placeholder(out_shape, operands[0].dtype, self.runtime.device), mask,
+                     {**op.counted_extras(counter), "fused": work})
+
+    def shift(self, biases: Sequence[tuple[torch.Tensor | None, float]]) -> torch.Tensor | None:
+        """``Σ kᵢ·biasᵢ`` (fp32) of the operands that carry a bias, kept while the biases
+        are the same tensors (None: no bias)."""
+        present = [(b, k) for b, k in biases if b is not None]
+        if not present:
+            return None
+        if len(present) == 1 and present[0][1] == 1.0:
+            return present[0][0]
+        key = tuple((b.data_ptr(), b._version, k) for b, k in present)
+        if key not in self._shifts:
+            self._shifts = {key: sum(k * b for b, k in present)}
+        return self._shifts[key]
 
 
 def _per_channel(const: torch.Tensor, shape: Sequence[int]) -> bool:

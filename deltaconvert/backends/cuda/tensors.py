@@ -81,6 +81,16 @@ def new_mask(values_shape: Sequence[int], device: torch.device) -> torch.Tensor:
     return m
 
 
+_FULL_MASKS: dict[torch.device, torch.Tensor] = {}
+
+
+def full_mask(values_shape: Sequence[int], device: torch.device) -> torch.Tensor:
+    """A mask for values of ``values_shape`` with every pixel set (one byte, broadcast)."""
+    if device not in _FULL_MASKS:
+        _FULL_MASKS[device] = torch.ones((1, 1, 1, 1), dtype=torch.bool, device=device)
+    return _FULL_MASKS[device].expand(mask_shape(tuple(values_shape)))
+
+
 def placeholder(shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """A shape-only stand-in for values that a fused consumer never reads (no memory)."""
     return torch.empty((), dtype=dtype, device=device).expand(tuple(shape))
