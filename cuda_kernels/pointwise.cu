@@ -108,6 +108,7 @@ extern "C" __global__ void pw_accumulate(int N, int C, int H, int W, int lanes, 
 // one operand whose mask that list holds, om zeroed by the host, N·H·W < 2^29 (tags).
 // vec: channel vectors of 4 (the host sets it when C, every channel stride and every
 // pixel's alignment allow; see truncate() in backends/cuda/pointwise.py).
+// pw_truncate_whole takes the same arguments for a whole map (truncate_whole below).
 #define TRUNC_PARAMS                                                                        \
     int N, int C, int H, int W, int lanes, int span, int n_ops, int in_mode, DC_OPERAND(0),  \
         DC_OPERAND(1), const float *scale, int scale_stride, const float *shift, int fn,    \
@@ -123,6 +124,26 @@ extern "C" __global__ void pw_accumulate(int N, int C, int H, int W, int lanes, 
         p1, a0, a0N, a0C, a0H, a0W, a1, a1N, a1C, a1H, a1W, norm_w, norm_b, o, sN, sC, sH,  \
         sW, thr, out, oN, oC, oH, oW, om, counter, cand_counter, out_list, out_count,       \
         in_list, in_count
+
+// Operand i's δ at V channels from c on at pixel (n, y, x), added to s times k_i.
+#define TRUNC_ADD_OPERAND(i, s)                                                             \
+    do {                                                                                   \
+        float t_[V];                                                                       \
+        load_vec<V>(v##i + off4(n, c, y, x, v##i##N, v##i##C, v##i##H, v##i##W), t_);      \
+        _Pragma("unroll") for (int j = 0; j < V; ++j) s[j] += k##i * t_[j];                \
+    } while (0)
+
+// This frame's input to the accumulator a of V channels from c on (in_mode ADD or
+// ASSIGN, see above: a holds its value or 0), from s = Σ_i k_i · δ_i.
+#define TRUNC_SUM_ARGS scale, scale_stride, shift
+template <int V>
+__device__ __forceinline__ void add_input(int c, const float (&s)[V], const float *scale,
+                                          int scale_stride, const float *shift, float (&a)[V]) {
+#pragma unroll
+    for (int j = 0; j < V; ++j)
+        a[j] += round_s((scale ? s[j] * round_s(scale[(c + j) * scale_stride]) : s[j])
+                        + (shift ? shift[c + j] : 0.f));
+}
 
 // The shared memory of a pw_truncate block (one for all its instantiations).
 struct TruncateShared {
@@ -174,26 +195,15 @@ __device__ __forceinline__ void truncate_window(TruncateShared &sm, int base, in
 #pragma unroll 2
             for (int c = V * sub; c < C; c += step) {
                 float s[V] = {}, t[V];
-                if (act0) {
-                    load_vec<V>(v0 + off4(n, c, y, x, v0N, v0C, v0H, v0W), t);
-#pragma unroll
-                    for (int j = 0; j < V; ++j) s[j] += k0 * t[j];
-                }
-                if (act1) {
-                    load_vec<V>(v1 + off4(n, c, y, x, v1N, v1C, v1H, v1W), t);
-#pragma unroll
-                    for (int j = 0; j < V; ++j) s[j] += k1 * t[j];
-                }
+                if (act0) TRUNC_ADD_OPERAND(0, s);
+                if (act1) TRUNC_ADD_OPERAND(1, s);
                 if (in_mode == TRUNC_IN_ASSIGN) {
 #pragma unroll
                     for (int j = 0; j < V; ++j) t[j] = 0.f;
                 } else {
                     load_vec<V>(a0p + c * a0C, t);
                 }
-#pragma unroll
-                for (int j = 0; j < V; ++j)
-                    t[j] += round_s((scale ? s[j] * round_s(scale[(c + j) * scale_stride]) : s[j])
-                                    + (shift ? shift[c + j] : 0.f));
+                add_input<V>(c, s, TRUNC_SUM_ARGS, t);
                 store_vec<V>(a0p + c * a0C, t);
             }
         }
@@ -294,6 +304,85 @@ __device__ __forceinline__ void truncate_window(TruncateShared &sm, int base, in
 // windows blockIdx.x, blockIdx.x + gridDim.x, … of the listed candidates (the host
 // launches at most one wave, see truncate() in backends/cuda/pointwise.py), so an empty
 // list costs one wave of blocks that read the count; else its one window of the frame.
+// Every pixel a candidate (`whole`: in_mode ASSIGN, whose operands are whole values under
+// full masks — a dense layer, backends/cuda/dense_layers.py — and an element-wise fn):
+// no mask scan or list, and the block's threads lie flat over the (pixel, channel vector)
+// pairs of `span` pixels at a time, so no lane idles whatever C is (a lane group per
+// pixel keeps C = 144 on 32 lanes × 2 vectors of 4: 36 of 64 slots busy). A thread keeps
+// its TRUNC_WHOLE_ITEMS vectors in registers from the peak pass to the emit pass:
+// span · C / V ≤ TRUNC_WHOLE_ITEMS · DC_BLOCK and span ≤ DC_BLOCK (the host's span).
+// Blocks take rounds blockIdx.x, blockIdx.x + gridDim.x, … of `span` pixels.
+template <int V, int FN>
+__device__ __forceinline__ void truncate_whole(TruncateShared &sm, TRUNC_PARAMS) {
+    if (FN >= 0) fn = FN;  // every branch on fn below folds
+    const int vectors = C / V, pixels = N * H * W;
+    int *peaks = sm.list;  // the round's pixels: whether one of their vectors exceeds thr
+    int emitted = 0, candidates = 0;
+    for (int base = blockIdx.x * span; base < pixels; base += gridDim.x * span) {
+        const int round_pixels = min(span, pixels - base), items = round_pixels * vectors;
+        __syncthreads();  // the previous round is done with the shared memory
+        if ((int)threadIdx.x < round_pixels) peaks[threadIdx.x] = 0;
+        if (threadIdx.x == 0) sm.n_emits = 0;
+        __syncthreads();
+        // All loads first (no store in between), then the arithmetic: up to
+        // 3 · TRUNC_WHOLE_ITEMS independent loads in flight per thread.
+        float v[TRUNC_WHOLE_ITEMS][V] = {}, sent[TRUNC_WHOLE_ITEMS][V];
+#pragma unroll
+        for (int k = 0; k < TRUNC_WHOLE_ITEMS; ++k) {
+            const int i = (int)threadIdx.x + k * DC_BLOCK, local = i / vectors;
+            if (i >= items) continue;
+            const int c = (i - local * vectors) * V;
+            const Pixel at = pixel_at(base + local, H, W);
+            const int n = at.n, y = at.y, x = at.x;
+            TRUNC_ADD_OPERAND(0, v[k]);
+            if (n_ops > 1) TRUNC_ADD_OPERAND(1, v[k]);
+            load_vec<V>(o + off4(n, c, y, x, sN, sC, sH, sW), sent[k]);
+        }
+#pragma unroll
+        for (int k = 0; k < TRUNC_WHOLE_ITEMS; ++k) {
+            const int i = (int)threadIdx.x + k * DC_BLOCK, local = i / vectors;
+            if (i >= items) continue;
+            const int c = (i - local * vectors) * V;
+            const Pixel at = pixel_at(base + local, H, W);
+            float t[V] = {};
+            add_input<V>(c, v[k], TRUNC_SUM_ARGS, t);
+            store_vec<V>(a0 + off4(at.n, c, at.y, at.x, a0N, a0C, a0H, a0W), t);
+            float peak = 0.f;
+#pragma unroll
+            for (int j = 0; j < V; ++j) {
+                v[k][j] = round_s(activate(fn, round_s(t[j]), p0, p1));
+                peak = fmaxf(peak, fabsf(v[k][j] - sent[k][j]));
+            }
+            if (peak > thr) peaks[local] = 1;
+        }
+        __syncthreads();  // every vector's peak is in
+#pragma unroll
+        for (int k = 0; k < TRUNC_WHOLE_ITEMS; ++k) {
+            const int i = (int)threadIdx.x + k * DC_BLOCK, local = i / vectors;
+            if (i >= items || !peaks[local]) continue;
+            const int c = (i - local * vectors) * V;
+            const Pixel at = pixel_at(base + local, H, W);
+            const int n = at.n, y = at.y, x = at.x;
+            float dy[V];
+#pragma unroll
+            for (int j = 0; j < V; ++j) dy[j] = v[k][j] - sent[k][j];
+            store_vec<V>(o + off4(n, c, y, x, sN, sC, sH, sW), v[k]);  // exact: v is rounded
+            store_vec<V>(out + off4(n, c, y, x, oN, oC, oH, oW), dy);
+        }
+        if ((int)threadIdx.x < round_pixels) {
+            const int emit = peaks[threadIdx.x] != 0, pixel = base + (int)threadIdx.x;
+            om[pixel] = emit;
+            emitted += emit;
+            if (emit && out_list) sm.emits[atomicAdd_block(&sm.n_emits, 1)] = pixel;
+        }
+        candidates += round_pixels;
+        __syncthreads();  // every emitted pixel is in emits
+        list_append(sm.emits, sm.n_emits, 0, 0, out_list, out_count);
+    }
+    block_count(emitted, counter);
+    if (cand_counter && threadIdx.x == 0 && candidates) atomicAdd(cand_counter, candidates);
+}
+
 template <int V, int FN>
 __device__ __forceinline__ void truncate_pixels(TruncateShared &sm, TRUNC_PARAMS) {
     const int first = blockIdx.x * span;
@@ -304,28 +393,40 @@ __device__ __forceinline__ void truncate_pixels(TruncateShared &sm, TRUNC_PARAMS
 
 // In fp16 (the models the engine is tuned for) the activations of common CNNs (ReLU,
 // ReLU6 = hardtanh, hardswish, SiLU) get their own code, where the per-element function
-// is known at compile time; any other function, and fp32, run the general one.
-template <int V>
-__device__ __forceinline__ void truncate_by_function(TruncateShared &sm, TRUNC_PARAMS) {
-    if constexpr (sizeof(scalar_t) == 2) {
-        switch (fn) {
-        case ACT_RELU: truncate_pixels<V, ACT_RELU>(sm, TRUNC_ARGS); return;
-        case ACT_HARDTANH: truncate_pixels<V, ACT_HARDTANH>(sm, TRUNC_ARGS); return;
-        case ACT_HARDSWISH: truncate_pixels<V, ACT_HARDSWISH>(sm, TRUNC_ARGS); return;
-        case ACT_SILU: truncate_pixels<V, ACT_SILU>(sm, TRUNC_ARGS); return;
-        default: break;
-        }
-    }
-    truncate_pixels<V, -1>(sm, TRUNC_ARGS);
-}
+// is known at compile time; any other function, and fp32, run the general one. PATH:
+// truncate_pixels or truncate_whole.
+#define TRUNC_BY_FUNCTION(PATH, V)                                                          \
+    do {                                                                                   \
+        if constexpr (sizeof(scalar_t) == 2) {                                             \
+            switch (fn) {                                                                  \
+            case ACT_RELU: PATH<V, ACT_RELU>(sm, TRUNC_ARGS); return;                      \
+            case ACT_HARDTANH: PATH<V, ACT_HARDTANH>(sm, TRUNC_ARGS); return;              \
+            case ACT_HARDSWISH: PATH<V, ACT_HARDSWISH>(sm, TRUNC_ARGS); return;            \
+            case ACT_SILU: PATH<V, ACT_SILU>(sm, TRUNC_ARGS); return;                      \
+            default: break;                                                                \
+            }                                                                              \
+        }                                                                                  \
+        PATH<V, -1>(sm, TRUNC_ARGS);                                                       \
+    } while (0)
 
 extern "C" __global__ void __launch_bounds__(DC_BLOCK, DC_RESIDENT) pw_truncate(TRUNC_PARAMS, int vec) {
     DC_GRID_START();
     __shared__ TruncateShared sm;
     if (vec)
-        truncate_by_function<4>(sm, TRUNC_ARGS);
+        TRUNC_BY_FUNCTION(truncate_pixels, 4);
     else
-        truncate_by_function<1>(sm, TRUNC_ARGS);
+        TRUNC_BY_FUNCTION(truncate_pixels, 1);
+}
+
+// pw_truncate over a whole map (truncate_whole): its own kernel, so that neither path's
+// registers constrain the other's.
+extern "C" __global__ void __launch_bounds__(DC_BLOCK, DC_RESIDENT) pw_truncate_whole(TRUNC_PARAMS, int vec) {
+    DC_GRID_START();
+    __shared__ TruncateShared sm;
+    if (vec)
+        TRUNC_BY_FUNCTION(truncate_whole, 4);
+    else
+        TRUNC_BY_FUNCTION(truncate_whole, 1);
 }
 
 // A dense restart's activation (backends/cuda/pointwise.py, Truncating.dense_in_place):

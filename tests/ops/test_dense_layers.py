@@ -224,3 +224,43 @@ def test_dense_adds_match_the_delta_kernels_and_the_original(poisoned, monkeypat
             if name.startswith("add")}
     assert adds and all(adds.values()), adds
     assert_matches(got, reference, net, frames)
+
+
+def model_state(model) -> list[torch.Tensor]:
+    return [t.clone() for op in model.delta_ops().values()
+            for t in tensor_leaves(op.state) if isinstance(t, torch.Tensor)]
+
+
+@pytest.mark.parametrize("make,channels", [("chain", 6), ("chain", 20), ("chain", 144),
+                                           ("residual", 16)])
+def test_the_whole_map_truncation_computes_what_the_scanning_one_does(poisoned, monkeypatch,
+                                                                      make, channels):
+    """A dense layer's truncation lays its threads flat over pixels × channel vectors
+    (``pointwise.whole_span``: C = 6 loads single channels, 20 and 144 vectors of 4 over
+    spans that split no warp evenly); the scanning kernel it replaces computes the same
+    rounded values in the same order, so outputs and every op's state agree bit for bit
+    on every frame."""
+    from deltaconvert.backends.cuda import pointwise
+
+    frames = clip()
+    if make == "chain":
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Conv2d(3, channels, 3, stride=2, padding=1), nn.ReLU6(),
+                            nn.Conv2d(channels, channels, 1), nn.Hardswish(),
+                            nn.Conv2d(channels, 8, 1)).to(DEVICE).eval()
+    else:
+        net = Residual().to(DEVICE).eval()
+    set_dense_from(monkeypatch, 0.0)
+    spans = []
+    shipped = pointwise.whole_span
+    monkeypatch.setattr(pointwise, "whole_span", lambda *a: spans.append(shipped(*a)) or spans[-1])
+    model = delta_model(net, frames[0], graph=False)
+    whole = run(model, frames), model_state(model)
+    assert any(spans), "no truncation ran over a whole map"
+    monkeypatch.setattr(pointwise, "whole_span", lambda *a: 0)
+    model = delta_model(net, frames[0], graph=False)
+    scanning = run(model, frames), model_state(model)
+    for t, (a, b) in enumerate(zip(whole[0], scanning[0])):
+        assert torch.equal(a, b), f"frame {t}"
+    assert len(whole[1]) == len(scanning[1])
+    assert all(torch.equal(a, b) for a, b in zip(*(s[1] for s in (whole, scanning))))

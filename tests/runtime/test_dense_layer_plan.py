@@ -6,16 +6,17 @@ turn dense. The layers' kernels and outputs are tested in ``tests/ops/test_dense
 from __future__ import annotations
 
 import contextlib
-
-import pytest
-import torch
-
 import warnings
 from types import SimpleNamespace
 
+import pytest
+import torch
 import torchvision
 
 from deltaconvert.backends.cuda import dense_layers
+from deltaconvert.backends.cuda.base import Fused
+from deltaconvert.backends.cuda.constants import BLOCK, TRUNC_WHOLE_ITEMS, Activation, PixelFunction
+from deltaconvert.backends.cuda.pointwise import VECTOR_CHANNELS, KernelFunction, whole_span
 from deltaconvert.backends.cuda.binding import accelerate, dense_add_sources
 from deltaconvert.backends.cuda.dense_layers import DenseLayerPlan
 from deltaconvert.convert import convert
@@ -88,3 +89,24 @@ def test_dense_adds_are_the_residual_adds_whose_operands_have_whole_values():
                for name, convs in adds.items()}
     assert sources["layer1.1.add"] == ["layer1.1.conv2"]
     assert sources["layer2.0.add"] == ["layer2.0.conv2", "layer2.0.downsample.0"]
+
+
+@pytest.mark.parametrize("channels,vec", [(6, False), (16, True), (144, True), (2048, True),
+                                          (2052, True), (600, False)])
+def test_whole_maps_are_dense_layers_assigning_an_element_wise_function(channels, vec):
+    """``pw_truncate`` lays its threads flat over a whole map only for assigning work
+    (a dense layer's) with an element-wise function; each block round then holds at most
+    ``TRUNC_WHOLE_ITEMS`` channel vectors per thread and ``BLOCK`` pixels, and wider
+    pixels fall back to the scanning kernel."""
+    relu = KernelFunction(Activation.RELU)
+    assign = Fused(None, [], [1.0], lin=True, assign=True)
+    vectors = channels // VECTOR_CHANNELS if vec else channels
+    span = whole_span(assign, relu, channels, vec)
+    if vectors > TRUNC_WHOLE_ITEMS * BLOCK:
+        assert span == 0
+    else:
+        assert 1 <= span <= BLOCK and span * vectors <= TRUNC_WHOLE_ITEMS * BLOCK
+        assert span == BLOCK or (span + 1) * vectors > TRUNC_WHOLE_ITEMS * BLOCK  # as full as fits
+    assert whole_span(Fused(None, [], [1.0], lin=True), relu, channels, vec) == 0
+    for code in (PixelFunction.PRODUCT, PixelFunction.LAYER_NORM):
+        assert whole_span(assign, KernelFunction(code), channels, vec) == 0

@@ -41,14 +41,16 @@ _OPERAND = "PiiiiPiiif"
 _T4 = "Piiii"  # a tensor pointer and its (N, C, H, W) strides
 _M3 = "Piii"   # a mask pointer and its (N, H, W) strides
 _CONV = "i" * 16 + _T4 + _M3 + "Pi" + _T4 * 2 + "PiPP" + "PP"  # CONV_PARAMS in conv.cu
+_TRUNCATE = ("i" * 8 + _OPERAND * 2 + "PiP" + "iff" + _T4 * 2 + "PP" + _T4 + "f" + _T4
+             + "PPPPPPPi")  # TRUNC_PARAMS in pointwise.cu, and vec
 CAT_OPERAND_BYTES = 56
 
 SIGNATURES: dict[str, dict[str, str]] = {
     "pointwise": {
         "pw_linear": "i" * 7 + _OPERAND * 2 + "Pi" + _T4 + "PPPP",
         "pw_accumulate": "i" * 6 + _OPERAND + _T4,
-        "pw_truncate": "i" * 8 + _OPERAND * 2 + "PiP" + "iff" + _T4 * 2 + "PP" + _T4 + "f"
-                       + _T4 + "PPPPPPPi",
+        "pw_truncate": _TRUNCATE,
+        "pw_truncate_whole": _TRUNCATE,
         "pw_restart": "iiffPPPi",
     },
     "sparsify": {

@@ -30,7 +30,7 @@ from ...ops.linear import LinearCall
 from ...ops.nonlinear import Nonlinear
 from .arena import FrameArena, zeroed_mask
 from .base import Accelerated, Consumer, Fused
-from .constants import BLOCK, RESIDENT_BLOCKS, Activation, PixelFunction
+from .constants import BLOCK, RESIDENT_BLOCKS, TRUNC_WHOLE_ITEMS, Activation, PixelFunction
 from .device import DeviceRuntime
 from .kernels import SUPPORTED_DTYPES, Args, kernel
 from .registry import accelerates
@@ -161,7 +161,10 @@ def truncate(runtime: DeviceRuntime, op: DeltaOp, dtype: torch.dtype, out_shape:
                           *(d.values for d in work.operands if work.lin))
     lanes = lanes_for(c, 2 * VECTOR_CHANNELS if vec else CHANNELS_PER_LANE)
     grid, block, span = list_grid(n * h * w, lanes)
-    if candidates is not None:
+    whole = whole_span(work, fn, c, vec)
+    if whole:
+        grid, span = (-(-(n * h * w) // whole), 1, 1), whole
+    elif candidates is not None:
         # A persistent grid of at most one wave loops over the list's windows.
         grid = (min(grid[0], RESIDENT_BLOCKS * runtime.multiprocessors), 1, 1)
     args = Args(op.node_name).ints(n, c, h, w, lanes, span, len(work.operands), int(work.input_mode))
@@ -180,10 +183,23 @@ def truncate(runtime: DeviceRuntime, op: DeltaOp, dtype: torch.dtype, out_shape:
     args.tensor(out, strides4(out)).ptr(om).ptr(counter).ptr(work.counter)
     args.extend(list_args(op.node_name, listed)).extend(list_args(op.node_name, candidates))
     args.ints(int(vec))
-    kernel(runtime, "pointwise", "pw_truncate", dtype)(grid, block, args)
+    kernel(runtime, "pointwise", "pw_truncate_whole" if whole else "pw_truncate", dtype)(grid, block, args)
     # ``total``: the whole tensor this delta updates (the values sent so far), which a
     # dense layer downstream recomputes from (:mod:`.dense_layers`).
     return Delta(out, om, {**op.counted_extras(counter), **list_extras(listed), "total": sent})
+
+
+def whole_span(work: Fused, fn: KernelFunction, channels: int, vec: bool) -> int:
+    """Pixels per block round of ``pw_truncate_whole`` (``truncate_whole`` in pointwise.cu:
+    threads flat over pixels × channel vectors, every pixel a candidate), or 0 for
+    ``pw_truncate``, which scans or lists its candidates. Whole maps are the assigning work of dense
+    layers (every operand mask full, :mod:`.dense_layers`) with an element-wise function,
+    up to ``TRUNC_WHOLE_ITEMS · BLOCK`` channel vectors per pixel; each thread then holds
+    about ``TRUNC_WHOLE_ITEMS`` vectors."""
+    vectors = channels // VECTOR_CHANNELS if vec else channels
+    if not work.assign or fn.code >= PixelFunction.PRODUCT or vectors > TRUNC_WHOLE_ITEMS * BLOCK:
+        return 0
+    return min(BLOCK, TRUNC_WHOLE_ITEMS * BLOCK // vectors)
 
 
 TAGGED_PIXELS = 2**29  # pw_truncate tags a listed pixel as pixel << 2 | flags (int32)
