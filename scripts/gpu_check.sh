@@ -4,7 +4,8 @@
 #   bash scripts/gpu_check.sh
 #
 # 1. installs the staged PyCUDA wheel (.gpu-wheels/, see ../shared/gpu/stage-wheels) into
-#    /tmp/site and puts /usr/local/cuda/bin first on PATH (PyCUDA runs nvcc at run time);
+#    /tmp/site, puts /usr/local/cuda/bin first on PATH (PyCUDA runs nvcc at run time) and
+#    gives each process 2 CPU threads unless OMP_NUM_THREADS is set;
 # 2. runs the GPU suite (tests marked cuda: every op against the reference backend, whole models
 #    at threshold 0 eagerly and under CUDA-graph replay, graph-mode behaviour);
 # 3. runs the op and work-list tests again under compute-sanitizer memcheck (caching allocator off, so
@@ -35,6 +36,10 @@ python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu-wheels/*.
 export PYTHONPATH=/tmp/site:$PWD
 export DELTACONVERT_DATA_DIR=$PWD/.gpu-data
 export PATH=/usr/local/cuda/bin:$PATH
+# torch's CPU thread pool per process: with pytest-xdist workers (-n) at the default (one
+# thread per core each) they oversubscribe the cores and the architecture tests crawl
+# (session 12: 1 of 68 done in 150 s at -n 8; 49 in 55 s with 2 threads each).
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)" | tee -a "$OUT/gpu.txt"
