@@ -54,17 +54,19 @@ def exact_fp32():
 # What would replace the delta frames of the synthetic clips, whose sensor noise changes
 # every pixel at threshold 0: the dense restart on scene cuts (backends/cuda/frame_skip.py)
 # and dense layers (backends/cuda/dense_layers.py). Each is off in every test not marked
-# with its marker: (module, setting, value that turns it off).
+# with its marker: [(module, setting, value that turns it off)].
+_DENSE_LAYERS = "deltaconvert.backends.cuda.dense_layers"
 OFF_UNLESS_MARKED = {
-    "dense_restart": ("deltaconvert.backends.cuda.frame_skip", "RESTART_FRACTION", 0.0),
-    "dense_layers": ("deltaconvert.backends.cuda.dense_layers", "DENSE_FROM", 2.0),
+    "dense_restart": [("deltaconvert.backends.cuda.frame_skip", "RESTART_FRACTION", 0.0)],
+    "dense_layers": [(_DENSE_LAYERS, "DENSE_FROM", 2.0), (_DENSE_LAYERS, "DENSE_DEPTHWISE_FROM", 2.0)],
 }
 
 
 @pytest.fixture(autouse=True)
 def delta_frames_run_the_delta_kernels(request, monkeypatch):
     """Graph replays and eager frames run the delta kernels (see OFF_UNLESS_MARKED)."""
-    for marker, (module, setting, off) in OFF_UNLESS_MARKED.items():
+    for marker, settings in OFF_UNLESS_MARKED.items():
         if marker not in request.keywords:
-            monkeypatch.setattr(importlib.import_module(module), setting, off)
+            for module, setting, off in settings:
+                monkeypatch.setattr(importlib.import_module(module), setting, off)
     yield

@@ -128,16 +128,21 @@ def assert_follows(got: torch.Tensor, x: torch.Tensor, net: nn.Module, where: st
 
 
 @pytest.mark.parametrize("make,graph,switch_at", [
-    ("chain", True, None), ("chain", False, FRAMES // 2), ("residual", True, None)],
-    ids=["graph", "eager-switching-back", "dense-adds"])
+    ("chain", True, None), ("chain", False, FRAMES // 2), ("residual", True, None),
+    ("chain-depthwise", True, None)],
+    ids=["graph", "eager-switching-back", "dense-adds", "depthwise"])
 def test_at_threshold_zero_dense_layers_follow_the_original(poisoned, monkeypatch, make, graph,
                                                             switch_at):
     """Every frame within fp16 rounding of the original; with ``switch_at``, the dense
     layers are switched back to the delta kernels at that frame: a dense layer assigns
-    its accumulator every frame, so they take over from a valid state."""
+    its accumulator every frame, so they take over from a valid state. ``depthwise``:
+    depthwise convs turn dense too (``DENSE_DEPTHWISE_FROM``)."""
     frames = clip()
-    net = chain() if make == "chain" else Residual().to(DEVICE).eval()
+    net = Residual().to(DEVICE).eval() if make == "residual" else chain()
     set_dense_from(monkeypatch, 0.0)
+    if make == "chain-depthwise":
+        from deltaconvert.backends.cuda import dense_layers
+        monkeypatch.setattr(dense_layers, "DENSE_DEPTHWISE_FROM", 0.0)
     model = exact_model(net, frames[0], graph=graph)
     with torch.no_grad():
         for t, x in enumerate(frames):
@@ -147,6 +152,8 @@ def test_at_threshold_zero_dense_layers_follow_the_original(poisoned, monkeypatc
                 for w in wrappers.values():
                     w.dense = False
             assert_follows(model(x), x, net, f"frame {t}")
+    if make == "chain-depthwise":
+        assert conv_wrappers(model)["2"].dense, "the depthwise conv did not turn dense"
 
 
 def test_no_conv_is_dense_above_one_and_undecided_convs_stay_delta(poisoned, monkeypatch):

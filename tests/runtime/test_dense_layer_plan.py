@@ -73,6 +73,21 @@ def test_allowed_calls(monkeypatch):
     assert not layers.allows(torch.float16, 256)
 
 
+@pytest.mark.parametrize("conv_from,depthwise_from", [(0.3, 2.0), (2.0, 0.5), (0.2, 0.6)])
+def test_depthwise_convs_turn_dense_from_their_own_fraction(monkeypatch, conv_from, depthwise_from):
+    monkeypatch.setattr(dense_layers, "DENSE_FROM", conv_from)
+    monkeypatch.setattr(dense_layers, "DENSE_DEPTHWISE_FROM", depthwise_from)
+    layers = plan()
+    assert layers.allows(torch.float16, 256) == (conv_from <= 1)
+    assert layers.allows(torch.float16, 256, depthwise=True) == (depthwise_from <= 1)
+    convs = {depthwise: Wrapper() for depthwise in (False, True)}
+    for depthwise, w in convs.items():
+        layers.sample(w, mask(55), lambda: None, depthwise)
+    layers.resolve()
+    assert convs[False].dense == (0.55 >= conv_from)
+    assert convs[True].dense == (0.55 >= depthwise_from)
+
+
 def test_dense_adds_are_the_residual_adds_whose_operands_have_whole_values():
     """ResNet's add → ReLU: every block but layer1.0 (its skip is the max pool's output,
     which hands on no total), each with its conv sources (the downsample conv too)."""

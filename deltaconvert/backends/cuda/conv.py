@@ -171,14 +171,13 @@ class ConvKernel(Accelerated):
         fused = self.consumer is not None and self.consumer[1].accepts(
             self.consumer[0], out_shape, d.dtype)
         whole = d.extras.get("total")  # the input's whole value, for a dense layer
-        allowed = (self.plan is not None and conv is getattr(op, "conv", None)
-                   and whole is not None and self.plan.allows(d.dtype, oh * ow))
-        if allowed and self.feeds is not None:
+        eligible = self.plan is not None and conv is getattr(op, "conv", None) and whole is not None
+        if eligible and self.feeds is not None and self.plan.allows(d.dtype, oh * ow):
             if self.feeds.dense:
                 return self.whole_output(op, dense_input(whole, d.dtype), out_shape)
             if self.feeds.dense is None:  # the add samples this frame: warm this conv with it
                 self.warm = lambda: op.dense(dense_input(whole, d.dtype), bias=False)
-        planned = allowed and fused and not depthwise
+        planned = eligible and fused and self.plan.allows(d.dtype, oh * ow, depthwise)
         if planned and self.dense:
             return self.recompute(op, dense_input(whole, d.dtype), out_shape)
         device = self.runtime.device
@@ -234,7 +233,8 @@ class ConvKernel(Accelerated):
             kernel(self.runtime, "conv", "conv_split_sum", d.dtype)((-(-total // BLOCK), 1, 1),
                                                                     (BLOCK, 1, 1), finish)
         if planned and self.dense is None:
-            self.plan.sample(self, om, lambda: op.dense(dense_input(whole, d.dtype), bias=False))
+            self.plan.sample(self, om, lambda: op.dense(dense_input(whole, d.dtype), bias=False),
+                             depthwise)
         pixels = list_extras(listed or produced)
         extras = {**op.counted_extras(counter), **pixels}
         if fused:

@@ -29,14 +29,16 @@ where most output pixels are candidates the dense conv is cheaper.
 **Plan.** Each sequence decides once, on its first delta frame (always eager): every
 eligible conv counts its candidate output pixels (a device sum), and before the next
 frame or capture (:meth:`DenseLayerPlan.resolve`: one host read for all of them) a conv
-whose candidates are at least :data:`DENSE_FROM` of its output pixels becomes dense for
-the rest of the sequence. cuDNN's first call for each dense layer's shape is made then,
-outside any capture. ``DELTACONVERT_CUDA_DENSE_FROM`` sets the fraction (default 0.3;
-0: every eligible conv dense; above 1: none).
+whose candidates are at least :data:`DENSE_FROM` of its output pixels
+(:data:`DENSE_DEPTHWISE_FROM` for a depthwise conv) becomes dense for the rest of the
+sequence. cuDNN's first call for each dense layer's shape is made then, outside any
+capture. ``DELTACONVERT_CUDA_DENSE_FROM`` and ``DELTACONVERT_CUDA_DENSE_DEPTHWISE_FROM``
+set the fractions (defaults 0.3 and 2; 0: every eligible conv of that kind dense; above
+1: none).
 
 **Eligible** calls: fp16 (an fp32 conv through cuDNN would use TF32); fused into a
 truncating consumer; an input that carries its ``total`` (``Delta.extras``); output maps
-of at least :data:`DENSE_MIN_PIXELS` pixels; not depthwise; and no READY gate on the
+of at least :data:`DENSE_MIN_PIXELS` pixels; and no READY gate on the
 model's Sparsify ops (slot mode: a dense layer's candidates are every pixel of every
 row, so idle slots would emit their deferred updates; gated frames run the delta kernels
 on the accumulators the dense frames kept).
@@ -56,9 +58,17 @@ DENSE_DTYPES = (torch.float16,)  # fp32 convs through cuDNN would use TF32 (not 
 # Smaller maps stay delta: a cuDNN call on a few pixels (squeeze-excite convs on 1×1
 # maps) is a launch-bound few µs that the delta kernels match.
 DENSE_MIN_PIXELS = 256
-# Depthwise convs stay delta: at full density the delta depthwise kernel is within ~2× of
-# cuDNN's, and the truncation over every pixel after a dense conv costs more than that
-# saves (PERF_NOTES §35); the delta GEMMs are 3–6× cuDNN's.
+# Depthwise convs stay delta by default: at full density the delta depthwise kernel is
+# within ~2× of cuDNN's, and with the scanning truncation over every pixel after a dense
+# conv lraspp got 25 % slower (PERF_NOTES §35); the delta GEMMs are 3–6× cuDNN's. The
+# whole-map truncation (§37) makes a 144-channel depthwise dense layer 56 µs against the
+# delta kernels' 84 µs at 180×320 (layer_bench): not yet measured on whole models.
+DENSE_DEPTHWISE_FROM = float(os.environ.get("DELTACONVERT_CUDA_DENSE_DEPTHWISE_FROM", "2"))
+
+
+def dense_from(depthwise: bool) -> float:
+    """The candidate fraction from which a conv of this kind turns dense (above 1: never)."""
+    return DENSE_DEPTHWISE_FROM if depthwise else DENSE_FROM
 
 
 class DenseLayerPlan:
@@ -73,20 +83,22 @@ class DenseLayerPlan:
     def __init__(self, runtime: DeviceRuntime, sparsifiers: Sequence[Sparsify]) -> None:
         self.runtime = runtime
         self.sparsifiers = list(sparsifiers)
-        self._samples: list[tuple[Any, torch.Tensor, int, Callable[[], Any]]] = []
+        # (wrapper, its candidate count, the count from which it turns dense, warm-up)
+        self._samples: list[tuple[Any, torch.Tensor, float, Callable[[], Any]]] = []
 
-    def allows(self, dtype: torch.dtype, out_pixels: int) -> bool:
+    def allows(self, dtype: torch.dtype, out_pixels: int, depthwise: bool = False) -> bool:
         """Whether a call in ``dtype`` writing ``out_pixels`` pixels per sample may run
-        dense (:data:`DENSE_FROM` at most 1, fp16, at least :data:`DENSE_MIN_PIXELS`, no
+        dense (:func:`dense_from` at most 1, fp16, at least :data:`DENSE_MIN_PIXELS`, no
         READY gate); the wrapper checks the rest (see the module docstring)."""
-        return (DENSE_FROM <= 1 and dtype in DENSE_DTYPES and out_pixels >= DENSE_MIN_PIXELS
-                and all(op.ready is None for op in self.sparsifiers))
+        return (dense_from(depthwise) <= 1 and dtype in DENSE_DTYPES
+                and out_pixels >= DENSE_MIN_PIXELS and all(op.ready is None for op in self.sparsifiers))
 
-    def sample(self, wrapper: Any, mask: torch.Tensor, warm_up: Callable[[], Any]) -> None:
-        """``wrapper``'s conv wrote its candidate output ``mask`` this frame;
-        ``warm_up()`` runs its dense conv once (on the state: it only reads it)."""
+    def sample(self, wrapper: Any, mask: torch.Tensor, warm_up: Callable[[], Any],
+               depthwise: bool = False) -> None:
+        """``wrapper``'s conv (of that kind) wrote its candidate output ``mask`` this
+        frame; ``warm_up()`` runs its dense conv once (on the state: it only reads it)."""
         count = mask.sum(dtype=torch.int32)
-        self._samples.append((wrapper, count, mask.numel(), warm_up))
+        self._samples.append((wrapper, count, dense_from(depthwise) * mask.numel(), warm_up))
 
     def resolve(self) -> None:
         """Decide every sampled conv (one host read), and make cuDNN's first call of
@@ -97,7 +109,7 @@ class DenseLayerPlan:
         samples, self._samples = self._samples, []
         counts = torch.stack([count for _, count, _, _ in samples]).tolist()
         with self.runtime.frame(), torch.no_grad():
-            for (wrapper, _, pixels, warm), count in zip(samples, counts):
-                wrapper.dense = count >= DENSE_FROM * pixels
+            for (wrapper, _, needed, warm), count in zip(samples, counts):
+                wrapper.dense = count >= needed
                 if wrapper.dense:
                     warm()
