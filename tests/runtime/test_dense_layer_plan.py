@@ -59,6 +59,21 @@ def test_convs_whose_candidates_reach_the_fraction_turn_dense(monkeypatch, fract
     assert warmed == [i for i, dense in enumerate(expected) if dense]
 
 
+def test_a_dense_adds_conv_sources_warm_up_only_if_it_turns_dense(monkeypatch):
+    monkeypatch.setattr(dense_layers, "DENSE_FROM", 0.5)
+    layers = plan()
+    adds, warmed = [Wrapper(), Wrapper()], []
+    for i, (add, updated) in enumerate(zip(adds, (80, 20))):
+        layers.sample(add, mask(updated), lambda: None)
+        for source in range(2):
+            layers.also_warm(add, lambda i=i, source=source: warmed.append((i, source)))
+    layers.resolve()
+    assert [add.dense for add in adds] == [True, False]
+    assert warmed == [(0, 0), (0, 1)]
+    layers.resolve()  # nothing kept: no second warm-up
+    assert warmed == [(0, 0), (0, 1)]
+
+
 def test_allowed_calls(monkeypatch):
     monkeypatch.setattr(dense_layers, "DENSE_FROM", 0.3)
     gate = Sparsify()

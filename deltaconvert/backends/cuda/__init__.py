@@ -46,8 +46,8 @@ def bind(model: DeltaOpGraph, device: torch.device, dtype: torch.dtype) -> Runti
         if isinstance(wrapper, ConvKernel):
             wrapper.plan = plan
     for name, convs in dense_add_sources(model, wrappers).items():
-        wrappers[name].plan, wrappers[name].conv_sources = plan, convs
-        for conv in convs:
+        wrappers[name].plan = plan
+        for conv in convs:  # a link one way only: no cycle outlives the sequence
             conv.feeds = wrappers[name]
 
     def begin_frame() -> None:

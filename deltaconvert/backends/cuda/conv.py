@@ -27,7 +27,7 @@ order and applies the epilogue.
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -131,7 +131,6 @@ class ConvKernel(Accelerated):
 
     plan: DenseLayerPlan | None = None
     feeds: Any = None  # the LinearPointwise wrapper of a dense-add candidate it feeds
-    warm: Any = None   # its dense conv on its last input, for the plan's warm-up
 
     def __init__(self, runtime: DeviceRuntime, op: DeltaOp, consumer: Consumer | None = None) -> None:
         super().__init__(runtime, op, consumer)
@@ -173,10 +172,10 @@ class ConvKernel(Accelerated):
         whole = d.extras.get("total")  # the input's whole value, for a dense layer
         eligible = self.plan is not None and conv is getattr(op, "conv", None) and whole is not None
         if eligible and self.feeds is not None and self.plan.allows(d.dtype, oh * ow):
+            if self.feeds.dense is None:  # the add samples: it would warm this conv up too
+                self.plan.also_warm(self.feeds, dense_warm_up(op, whole, d.dtype))
             if self.feeds.dense:
                 return self.whole_output(op, dense_input(whole, d.dtype), out_shape)
-            if self.feeds.dense is None:  # the add samples this frame: warm this conv with it
-                self.warm = lambda: op.dense(dense_input(whole, d.dtype), bias=False)
         planned = eligible and fused and self.plan.allows(d.dtype, oh * ow, depthwise)
         if planned and self.dense:
             return self.recompute(op, dense_input(whole, d.dtype), out_shape)
@@ -233,8 +232,7 @@ class ConvKernel(Accelerated):
             kernel(self.runtime, "conv", "conv_split_sum", d.dtype)((-(-total // BLOCK), 1, 1),
                                                                     (BLOCK, 1, 1), finish)
         if planned and self.dense is None:
-            self.plan.sample(self, om, lambda: op.dense(dense_input(whole, d.dtype), bias=False),
-                             depthwise)
+            self.plan.sample(self, om, dense_warm_up(op, whole, d.dtype), depthwise)
         pixels = list_extras(listed or produced)
         extras = {**op.counted_extras(counter), **pixels}
         if fused:
@@ -266,6 +264,14 @@ class ConvKernel(Accelerated):
                      full_mask(out_shape, self.runtime.device),
                      {**op.counted_extras(counter), "whole": op.dense(total, bias=False),
                       "bias": self.vectors.get(op.conv.bias)})
+
+
+def dense_warm_up(op: DeltaOp, total: torch.Tensor, dtype: torch.dtype) -> Callable[[], torch.Tensor]:
+    """cuDNN's first call of ``op``'s dense conv on ``total`` (a state tensor: the input's
+    sent values), for the dense-layer plan to make outside a capture. It holds ``op``,
+    ``total`` and ``dtype`` only: a closure over the frame's delta would keep that frame's
+    tensors alive for as long as the plan holds it."""
+    return lambda: op.dense(dense_input(total, dtype), bias=False)
 
 
 def dense_input(total: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

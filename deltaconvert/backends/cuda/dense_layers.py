@@ -83,8 +83,12 @@ class DenseLayerPlan:
     def __init__(self, runtime: DeviceRuntime, sparsifiers: Sequence[Sparsify]) -> None:
         self.runtime = runtime
         self.sparsifiers = list(sparsifiers)
-        # (wrapper, its candidate count, the count from which it turns dense, warm-up)
+        # (wrapper, its candidate count, the count from which it turns dense, warm-up), and
+        # more warm-ups to run if their wrapper turns dense (a dense add's conv sources).
+        # Both are emptied by resolve(): while they hold wrappers, wrappers and plan form
+        # a cycle, which only a garbage-collector pass would free.
         self._samples: list[tuple[Any, torch.Tensor, float, Callable[[], Any]]] = []
+        self._also: list[tuple[Any, Callable[[], Any]]] = []
 
     def allows(self, dtype: torch.dtype, out_pixels: int, depthwise: bool = False) -> bool:
         """Whether a call in ``dtype`` writing ``out_pixels`` pixels per sample may run
@@ -100,6 +104,11 @@ class DenseLayerPlan:
         count = mask.sum(dtype=torch.int32)
         self._samples.append((wrapper, count, dense_from(depthwise) * mask.numel(), warm_up))
 
+    def also_warm(self, wrapper: Any, warm_up: Callable[[], Any]) -> None:
+        """Run ``warm_up()`` too if the sampled ``wrapper`` turns dense (a conv source of a
+        dense add: its dense conv's first call)."""
+        self._also.append((wrapper, warm_up))
+
     def resolve(self) -> None:
         """Decide every sampled conv (one host read), and make cuDNN's first call of
         each new dense layer now. Call outside any capture; a no-op when nothing waits."""
@@ -107,9 +116,13 @@ class DenseLayerPlan:
                                  and torch.cuda.is_current_stream_capturing()):
             return
         samples, self._samples = self._samples, []
+        also, self._also = self._also, []
         counts = torch.stack([count for _, count, _, _ in samples]).tolist()
         with self.runtime.frame(), torch.no_grad():
             for (wrapper, _, needed, warm), count in zip(samples, counts):
                 wrapper.dense = count >= needed
+                if wrapper.dense:
+                    warm()
+            for wrapper, warm in also:
                 if wrapper.dense:
                     warm()

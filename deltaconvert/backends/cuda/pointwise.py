@@ -351,11 +351,10 @@ class LinearPointwise(Accelerated):
     plan found one.
     """
 
-    # Dense adds (:mod:`.dense_layers`): the plan (None: never dense), this add's decision,
-    # and the conv wrappers among its operands' producers (the others hand on totals).
+    # Dense adds (:mod:`.dense_layers`): the plan (None: never dense) and this add's
+    # decision. Its conv sources know it (``ConvKernel.feeds``); it does not know them.
     plan: Any = None
     dense: bool | None = None
-    conv_sources: Sequence[Any] = ()
 
     def __init__(self, runtime: DeviceRuntime, op: DeltaOp, consumer: Consumer | None = None) -> None:
         super().__init__(runtime, op, consumer)
@@ -415,7 +414,7 @@ class LinearPointwise(Accelerated):
                       **op.counted_extras(counter)}
             if (self.plan is not None and self.dense is None and scale is None
                     and self.plan.allows(dtype, shape4(out_shape)[2] * shape4(out_shape)[3])):
-                self.plan.sample(self, mask, lambda: [c.warm() for c in self.conv_sources if c.warm])
+                self.plan.sample(self, mask, lambda: None)  # its conv sources add theirs
             return Delta(placeholder(out_shape, dtype, self.runtime.device), mask, extras)
         return linear(self.runtime, op, operands, coefs, scale, out_shape, self.list_count)
 
