@@ -72,6 +72,10 @@ def test_a_dense_adds_conv_sources_warm_up_only_if_it_turns_dense(monkeypatch):
     assert warmed == [(0, 0), (0, 1)]
     layers.resolve()  # nothing kept: no second warm-up
     assert warmed == [(0, 0), (0, 1)]
+    for _ in range(3):  # warm-ups of an add that never samples are dropped every frame
+        layers.also_warm(adds[1], lambda: warmed.append("late"))
+        layers.resolve()
+    assert warmed == [(0, 0), (0, 1)] and not layers._also
 
 
 def test_allowed_calls(monkeypatch):

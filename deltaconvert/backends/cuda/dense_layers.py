@@ -111,9 +111,13 @@ class DenseLayerPlan:
 
     def resolve(self) -> None:
         """Decide every sampled conv (one host read), and make cuDNN's first call of
-        each new dense layer now. Call outside any capture; a no-op when nothing waits."""
-        if not self._samples or (self._samples[0][1].is_cuda
-                                 and torch.cuda.is_current_stream_capturing()):
+        each new dense layer now. Call outside any capture; a no-op when nothing waits.
+        Warm-ups for adds that did not sample (an add whose consumer declined its work)
+        are dropped, so that none accumulate frame after frame."""
+        if not self._samples:
+            self._also = []
+            return
+        if self._samples[0][1].is_cuda and torch.cuda.is_current_stream_capturing():
             return
         samples, self._samples = self._samples, []
         also, self._also = self._also, []
