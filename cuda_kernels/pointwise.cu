@@ -327,12 +327,22 @@ __device__ __forceinline__ void truncate_whole(TruncateShared &sm, TRUNC_PARAMS)
         // All loads first (no store in between), then the arithmetic: up to
         // 3 · TRUNC_WHOLE_ITEMS independent loads in flight per thread.
         float v[TRUNC_WHOLE_ITEMS][V] = {}, sent[TRUNC_WHOLE_ITEMS][V];
+        // This thread's item k: its pixel (index in the round, coordinates) and first
+        // channel; false past the round's items, and with `emitted`, for a pixel that
+        // does not emit.
+        auto item = [&](int k, int &local, int &c, Pixel &at, bool emitted) {
+            const int i = (int)threadIdx.x + k * DC_BLOCK;
+            local = i / vectors;
+            if (i >= items || (emitted && !peaks[local])) return false;
+            c = (i - local * vectors) * V;
+            at = pixel_at(base + local, H, W);
+            return true;
+        };
 #pragma unroll
         for (int k = 0; k < TRUNC_WHOLE_ITEMS; ++k) {
-            const int i = (int)threadIdx.x + k * DC_BLOCK, local = i / vectors;
-            if (i >= items) continue;
-            const int c = (i - local * vectors) * V;
-            const Pixel at = pixel_at(base + local, H, W);
+            int local, c;
+            Pixel at;
+            if (!item(k, local, c, at, false)) continue;
             const int n = at.n, y = at.y, x = at.x;
             TRUNC_ADD_OPERAND(0, v[k]);
             if (n_ops > 1) TRUNC_ADD_OPERAND(1, v[k]);
@@ -340,10 +350,9 @@ __device__ __forceinline__ void truncate_whole(TruncateShared &sm, TRUNC_PARAMS)
         }
 #pragma unroll
         for (int k = 0; k < TRUNC_WHOLE_ITEMS; ++k) {
-            const int i = (int)threadIdx.x + k * DC_BLOCK, local = i / vectors;
-            if (i >= items) continue;
-            const int c = (i - local * vectors) * V;
-            const Pixel at = pixel_at(base + local, H, W);
+            int local, c;
+            Pixel at;
+            if (!item(k, local, c, at, false)) continue;
             float t[V] = {};
             add_input<V>(c, v[k], TRUNC_SUM_ARGS, t);
             store_vec<V>(a0 + off4(at.n, c, at.y, at.x, a0N, a0C, a0H, a0W), t);
@@ -358,10 +367,9 @@ __device__ __forceinline__ void truncate_whole(TruncateShared &sm, TRUNC_PARAMS)
         __syncthreads();  // every vector's peak is in
 #pragma unroll
         for (int k = 0; k < TRUNC_WHOLE_ITEMS; ++k) {
-            const int i = (int)threadIdx.x + k * DC_BLOCK, local = i / vectors;
-            if (i >= items || !peaks[local]) continue;
-            const int c = (i - local * vectors) * V;
-            const Pixel at = pixel_at(base + local, H, W);
+            int local, c;
+            Pixel at;
+            if (!item(k, local, c, at, true)) continue;
             const int n = at.n, y = at.y, x = at.x;
             float dy[V];
 #pragma unroll
@@ -408,14 +416,19 @@ __device__ __forceinline__ void truncate_pixels(TruncateShared &sm, TRUNC_PARAMS
         }                                                                                  \
         PATH<V, -1>(sm, TRUNC_ARGS);                                                       \
     } while (0)
+// ... and by channel vectors of 4 (`vec`) or single channels.
+#define TRUNC_BY_VECTOR_AND_FUNCTION(PATH)                                                  \
+    do {                                                                                   \
+        if (vec)                                                                           \
+            TRUNC_BY_FUNCTION(PATH, 4);                                                    \
+        else                                                                               \
+            TRUNC_BY_FUNCTION(PATH, 1);                                                    \
+    } while (0)
 
 extern "C" __global__ void __launch_bounds__(DC_BLOCK, DC_RESIDENT) pw_truncate(TRUNC_PARAMS, int vec) {
     DC_GRID_START();
     __shared__ TruncateShared sm;
-    if (vec)
-        TRUNC_BY_FUNCTION(truncate_pixels, 4);
-    else
-        TRUNC_BY_FUNCTION(truncate_pixels, 1);
+    TRUNC_BY_VECTOR_AND_FUNCTION(truncate_pixels);
 }
 
 // pw_truncate over a whole map (truncate_whole): its own kernel, so that neither path's
@@ -423,10 +436,7 @@ extern "C" __global__ void __launch_bounds__(DC_BLOCK, DC_RESIDENT) pw_truncate(
 extern "C" __global__ void __launch_bounds__(DC_BLOCK, DC_RESIDENT) pw_truncate_whole(TRUNC_PARAMS, int vec) {
     DC_GRID_START();
     __shared__ TruncateShared sm;
-    if (vec)
-        TRUNC_BY_FUNCTION(truncate_whole, 4);
-    else
-        TRUNC_BY_FUNCTION(truncate_whole, 1);
+    TRUNC_BY_VECTOR_AND_FUNCTION(truncate_whole);
 }
 
 // A dense restart's activation (backends/cuda/pointwise.py, Truncating.dense_in_place):
