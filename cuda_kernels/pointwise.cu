@@ -300,10 +300,6 @@ __device__ __forceinline__ void truncate_window(TruncateShared &sm, int base, in
     list_append(emits, n_emits, 0, 0, out_list, out_count);
 }
 
-// A pw_truncate block: over a list (in_list), a persistent grid whose blocks take
-// windows blockIdx.x, blockIdx.x + gridDim.x, … of the listed candidates (the host
-// launches at most one wave, see truncate() in backends/cuda/pointwise.py), so an empty
-// list costs one wave of blocks that read the count; else its one window of the frame.
 // Every pixel a candidate (`whole`: in_mode ASSIGN, whose operands are whole values under
 // full masks — a dense layer, backends/cuda/dense_layers.py — and an element-wise fn):
 // no mask scan or list, and the block's threads lie flat over the (pixel, channel vector)
@@ -391,6 +387,10 @@ __device__ __forceinline__ void truncate_whole(TruncateShared &sm, TRUNC_PARAMS)
     if (cand_counter && threadIdx.x == 0 && candidates) atomicAdd(cand_counter, candidates);
 }
 
+// A pw_truncate block: over a list (in_list), a persistent grid whose blocks take
+// windows blockIdx.x, blockIdx.x + gridDim.x, … of the listed candidates (the host
+// launches at most one wave, see truncate() in backends/cuda/pointwise.py), so an empty
+// list costs one wave of blocks that read the count; else its one window of the frame.
 template <int V, int FN>
 __device__ __forceinline__ void truncate_pixels(TruncateShared &sm, TRUNC_PARAMS) {
     const int first = blockIdx.x * span;
