@@ -9,11 +9,11 @@ backend stream.
 from __future__ import annotations
 
 from ...ops.base import DeltaOp
+from ...ops.conv import Conv2d
 from ..runtime import DeltaOpGraph
 from . import boundary, cat, conv, conv_transpose, pointwise, pooling, resize  # noqa: F401  (register the families)
 from .arena import FrameArena
 from .base import Accelerated, Consumer
-from ...ops.conv import Conv2d
 from .boundary import SparsifyKernel
 from .conv import ConvKernel, takes_pixel_list
 from .device import DeviceRuntime
@@ -73,12 +73,13 @@ def dense_add_sources(model: DeltaOpGraph, wrappers: dict[str, Accelerated]
     def hands_total(name: str) -> bool:
         return isinstance(wrappers.get(name), (Truncating, SparsifyKernel))
 
+    ops = model.delta_ops()
     adds = {}
     for name, wrapper in wrappers.items():
         if (not isinstance(wrapper, LinearPointwise) or wrapper.consumer is None
                 or not isinstance(wrapper.consumer[1], Truncating)):
             continue
-        fn = getattr(model.delta_ops()[name], "fn", None)  # a ChannelScale has none
+        fn = getattr(ops[name], "fn", None)  # a ChannelScale has none
         if not any(fn is f for f in (*ADD_FNS, *SUB_FNS)):
             continue
         sources = operand_sources(model, name)

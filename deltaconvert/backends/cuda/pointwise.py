@@ -192,10 +192,10 @@ def truncate(runtime: DeviceRuntime, op: DeltaOp, dtype: torch.dtype, out_shape:
 def whole_span(work: Fused, fn: KernelFunction, channels: int, vec: bool) -> int:
     """Pixels per block round of ``pw_truncate_whole`` (``truncate_whole`` in pointwise.cu:
     threads flat over pixels × channel vectors, every pixel a candidate), or 0 for
-    ``pw_truncate``, which scans or lists its candidates. Whole maps are the assigning work of dense
-    layers (every operand mask full, :mod:`.dense_layers`) with an element-wise function,
-    up to ``TRUNC_WHOLE_ITEMS · BLOCK`` channel vectors per pixel; each thread then holds
-    about ``TRUNC_WHOLE_ITEMS`` vectors."""
+    ``pw_truncate``, which scans or lists its candidates. Whole maps are the assigning
+    work of dense layers (every operand mask full, :mod:`.dense_layers`) with an
+    element-wise function, up to ``TRUNC_WHOLE_ITEMS · BLOCK`` channel vectors per pixel;
+    each thread then holds about ``TRUNC_WHOLE_ITEMS`` vectors."""
     vectors = channels // VECTOR_CHANNELS if vec else channels
     if not work.assign or fn.code >= PixelFunction.PRODUCT or vectors > TRUNC_WHOLE_ITEMS * BLOCK:
         return 0
@@ -413,7 +413,7 @@ class LinearPointwise(Accelerated):
             extras = {"fused": Fused(self.consumer[0], operands, coefs, True, scale, counter),
                       **op.counted_extras(counter)}
             if (self.plan is not None and self.dense is None and scale is None
-                    and self.plan.allows(dtype, shape4(out_shape)[2] * shape4(out_shape)[3])):
+                    and self.plan.allows(dtype, h * w)):
                 self.plan.sample(self, mask, lambda: None)  # its conv sources add theirs
             return Delta(placeholder(out_shape, dtype, self.runtime.device), mask, extras)
         return linear(self.runtime, op, operands, coefs, scale, out_shape, self.list_count)
