@@ -307,7 +307,9 @@ __device__ __forceinline__ void truncate_window(TruncateShared &sm, int base, in
 // pixel keeps C = 144 on 32 lanes × 2 vectors of 4: 36 of 64 slots busy). A thread keeps
 // its TRUNC_WHOLE_ITEMS vectors in registers from the peak pass to the emit pass:
 // span · C / V ≤ TRUNC_WHOLE_ITEMS · DC_BLOCK and span ≤ DC_BLOCK (the host's span).
-// Blocks take rounds blockIdx.x, blockIdx.x + gridDim.x, … of `span` pixels.
+// Blocks take rounds blockIdx.x, blockIdx.x + gridDim.x, … of `span` pixels. a0 may be
+// null: a dense layer that leaves its accumulator to be restored when the delta kernels
+// take over (DenseLayerPlan in backends/cuda/dense_layers.py), 4 of 8 bytes per element.
 template <int V, int FN>
 __device__ __forceinline__ void truncate_whole(TruncateShared &sm, TRUNC_PARAMS) {
     if (FN >= 0) fn = FN;  // every branch on fn below folds
@@ -351,7 +353,7 @@ __device__ __forceinline__ void truncate_whole(TruncateShared &sm, TRUNC_PARAMS)
             if (!item(k, local, c, at, false)) continue;
             float t[V] = {};
             add_input<V>(c, v[k], TRUNC_SUM_ARGS, t);
-            store_vec<V>(a0 + off4(at.n, c, at.y, at.x, a0N, a0C, a0H, a0W), t);
+            if (a0) store_vec<V>(a0 + off4(at.n, c, at.y, at.x, a0N, a0C, a0H, a0W), t);
             float peak = 0.f;
 #pragma unroll
             for (int j = 0; j < V; ++j) {

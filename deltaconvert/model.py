@@ -355,6 +355,7 @@ class DeltaGraphModule(fx.GraphModule):
         without the gate is dropped so that the next capture includes it."""
         if self._ready is not None:
             return
+        self._runtime.restore_state()  # gated frames run the delta kernels on every op's state
         self._ready = torch.ones(self.slots, dtype=torch.bool, device=device)
         self._ready_rows = tuple(range(self.slots))
         for op in self.delta_ops().values():

@@ -4,9 +4,9 @@ densities, for reading one kernel's cost without the rest of a model.
 
 Two more rows: ``dense (cuDNN) + activation``, what dense inference pays for the pair,
 and ``dense layer``, the engine's recomputation of the pair (cuDNN's conv of the input's
-whole value, then the truncation kernel assigning it to the accumulator and truncating
-over every pixel: ``backends/cuda/dense_layers.py``), whatever the plan would decide for
-this shape.
+whole value, then the truncation kernel over every pixel, which writes the accumulator
+only with ``DELTACONVERT_CUDA_DENSE_KEEP_ACC=1``: ``backends/cuda/dense_layers.py``),
+whatever the plan would decide for this shape.
 
 Masks are random pixels (``pixels:D``, each pixel updated with probability D) or random
 8×8 tiles (``tiles:D``). Times come from ``torch.profiler`` over ``--repeats`` calls
@@ -29,7 +29,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from deltaconvert.backends.cuda.conv import dense_input
 from deltaconvert.bench.data import parse_resolution
 from deltaconvert.bench.runners import PRECISIONS
 from deltaconvert.delta import Delta
@@ -88,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
     from deltaconvert.backends.cuda.binding import wrapper_for
+    from deltaconvert.backends.cuda.dense_layers import DenseLayerPlan
     from deltaconvert.backends.cuda.device import device_runtime
 
     height, width = parse_resolution(args.size)
@@ -108,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         act(op(x))  # the dense first frame: the activation's state
         act.accelerated = wrapper_for(act, runtime)
         op.accelerated = wrapper_for(op, runtime, (act, act.accelerated))
+        # A plan that decides nothing: recompute() asks it whether to keep the accumulator.
+        op.accelerated.plan = DenseLayerPlan(runtime, [])
         dense = kernel_us(lambda: conv(x), args.repeats)
         rows = [{"case": "dense (cuDNN)", "kernels": dense},
                 {"case": "dense (cuDNN) + activation",
@@ -116,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
 
         def dense_layer() -> None:
             with runtime.frame():
-                act(op.accelerated.recompute(op, dense_input(x, dtype), out_shape))
+                act(op.accelerated.recompute(op, x, dtype, out_shape))
         rows.append({"case": "dense layer", "kernels": kernel_us(dense_layer, args.repeats)})
         gen = torch.Generator(device=DEVICE).manual_seed(1)
         for case in args.densities.split(","):

@@ -63,6 +63,9 @@ class Runtime:
     previous frame measured). ``prepare_capture()`` is called before a CUDA graph of the
     model is captured, outside the capture (the CUDA backend settles the same there:
     its per-layer plan, :mod:`deltaconvert.backends.cuda.dense_layers`).
+    ``restore_state()`` is called where every op's state must be complete before the
+    next frame (the READY gate's installation: gated frames run the delta kernels on
+    it); the CUDA backend restores there the accumulators its dense layers leave stale.
     ``capture_body(graph, pool)``, called
     before ``graph`` is captured into the memory pool ``pool``, returns the context the
     captured forward runs in (see :class:`WholeFrame`).
@@ -73,5 +76,6 @@ class Runtime:
     capture_stream: torch.cuda.Stream | None = None
     begin_frame: Callable[[], None] = lambda: None
     prepare_capture: Callable[[], None] = lambda: None
+    restore_state: Callable[[], None] = lambda: None
     capture_body: Callable[[torch.cuda.CUDAGraph, tuple[int, int]], Any] = (
         lambda graph, pool: WholeFrame())

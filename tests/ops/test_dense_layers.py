@@ -151,6 +151,7 @@ def test_at_threshold_zero_dense_layers_follow_the_original(poisoned, monkeypatc
             if t == switch_at:
                 wrappers = conv_wrappers(model)
                 assert all(wrappers[name].dense for name in ELIGIBLE)
+                wrappers["0"].plan.restore()  # the accumulators dense layers did not keep
                 for w in wrappers.values():
                     w.dense = False
             assert_follows(model(x), x, net, f"frame {t}")
@@ -330,3 +331,43 @@ def test_a_new_sequence_frees_the_last_ones_wrappers_without_a_collector_pass(po
     finally:
         gc.enable()
     assert not alive, f"kept by a reference cycle: {alive}"
+
+
+@pytest.mark.parametrize("make", ["chain", "residual"])
+def test_dense_layers_that_keep_no_accumulator_compute_the_same(poisoned, monkeypatch, make):
+    """Dense layers never read their accumulators, so by default they do not write them
+    (``KEEP_ACCUMULATORS``) and the plan restores them where the delta kernels take over.
+    Against dense layers that write them: the same outputs bit for bit; after
+    ``restore()`` the same state bit for bit; and switched back to the delta kernels,
+    the same outputs again. Switching back without the restoration is refused, naming
+    the layer."""
+    from deltaconvert.backends.cuda import dense_layers
+
+    frames = clip()
+    net = Residual().to(DEVICE).eval() if make == "residual" else chain()
+    set_dense_from(monkeypatch, 0.0)
+    half = FRAMES // 2
+    runs = {}
+    for keep in (True, False):
+        monkeypatch.setattr(dense_layers, "KEEP_ACCUMULATORS", keep)
+        model = delta_model(net, frames[0], graph=False)
+        outs = run(model, frames[:half])
+        wrappers = [op.accelerated for op in model.delta_ops().values()
+                    if getattr(op.accelerated, "dense", None)]
+        assert wrappers
+        wrappers[0].plan.restore()
+        state = model_state(model)
+        for w in wrappers:
+            w.dense = False
+        runs[keep] = outs + run(model, frames[half:]), state
+    for t, (a, b) in enumerate(zip(runs[True][0], runs[False][0])):
+        assert torch.equal(a, b), f"frame {t}"
+    assert all(torch.equal(a, b) for a, b in zip(runs[True][1], runs[False][1]))
+
+    model = delta_model(net, frames[0], graph=False)
+    run(model, frames[:3])
+    for op in model.delta_ops().values():
+        if getattr(op.accelerated, "dense", None):
+            op.accelerated.dense = False
+    with pytest.raises(RuntimeError, match="stopped within a sequence"):
+        run(model, frames[3:4])

@@ -78,6 +78,35 @@ def test_a_dense_adds_conv_sources_warm_up_only_if_it_turns_dense(monkeypatch):
     assert warmed == [(0, 0), (0, 1)] and not layers._also
 
 
+def test_stale_accumulators_are_restored_between_frames_and_refused_otherwise():
+    layers = plan()
+    restored = []
+    layers.require_current("conv")  # nothing stale
+    layers.leave_stale("conv", lambda: restored.append("conv"))
+    layers.leave_stale("conv", lambda: restored.append("conv, later"))  # the latest counts
+    layers.leave_stale("add", lambda: restored.append("add"))
+    with pytest.raises(RuntimeError, match="conv: this dense layer stopped"):
+        layers.require_current("conv")
+    layers.restore()
+    assert restored == ["conv, later", "add"]
+    layers.require_current("conv")
+    layers.restore()  # nothing left: nothing runs twice
+    assert restored == ["conv, later", "add"]
+
+
+def test_a_restoration_assigns_what_the_whole_map_kernel_would():
+    """``round(Σ kᵢ·wholeᵢ + shift)``: the wholes in the model dtype, the sum in fp32."""
+    torch.manual_seed(0)
+    acc = torch.full((1, 3, 2, 2), float("nan"))
+    conv_out = torch.randn(1, 3, 2, 2).half()
+    skip = torch.randn(1, 3, 2, 2)  # an fp32 total (a Sparsify's ref): rounded to fp16 first
+    shift = torch.randn(3)
+    dense_layers.assigned_restoration(acc, [(1.0, lambda: conv_out), (-0.5, lambda: skip)],
+                                      shift, torch.float16)()
+    expected = (conv_out.float() - 0.5 * skip.half().float() + shift.view(1, -1, 1, 1)).half().float()
+    assert torch.equal(acc, expected)
+
+
 def test_allowed_calls(monkeypatch):
     monkeypatch.setattr(dense_layers, "DENSE_FROM", 0.3)
     gate = Sparsify()

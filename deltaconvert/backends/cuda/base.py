@@ -50,6 +50,7 @@ class Fused:
     owns_masks: bool = False
     assign: bool = False
     shift: torch.Tensor | None = None  # with assign: fp32 per-channel biases added (may be None)
+    keep: bool = True  # with assign: write the accumulator (else the plan restores it later)
 
     @property
     def input_mode(self) -> TruncateInput:

@@ -27,6 +27,7 @@ order and applies the epilogue.
 from __future__ import annotations
 
 import os
+import weakref
 from typing import Any, Callable, Sequence
 
 import torch
@@ -36,7 +37,7 @@ from ...ops.base import DeltaOp
 from ...ops.conv import Conv2d
 from .base import Accelerated, Consumer, Fused
 from .constants import BLOCK, DW_CO, GEMM_CO, RESIDENT_BLOCKS, TILE, ConvMode
-from .dense_layers import DenseLayerPlan
+from .dense_layers import DenseLayerPlan, assigned_restoration
 from .device import DeviceRuntime
 from .kernels import Args, kernel
 from .pointwise import VectorCache, nhwc_state
@@ -175,10 +176,12 @@ class ConvKernel(Accelerated):
             if self.feeds.dense is None:  # the add samples: it would warm this conv up too
                 self.plan.also_warm(self.feeds, dense_warm_up(op, whole, d.dtype))
             if self.feeds.dense:
-                return self.whole_output(op, dense_input(whole, d.dtype), out_shape)
+                return self.whole_output(op, whole, d.dtype, out_shape)
         planned = eligible and fused and self.plan.allows(d.dtype, oh * ow, depthwise)
         if planned and self.dense:
-            return self.recompute(op, dense_input(whole, d.dtype), out_shape)
+            return self.recompute(op, whole, d.dtype, out_shape)
+        if self.plan is not None:
+            self.plan.require_current(op.node_name)  # the delta kernels add to its consumer's
         device = self.runtime.device
         mode = ConvMode.ACCUMULATE if fused else 0
         if depthwise:
@@ -241,29 +244,49 @@ class ConvKernel(Accelerated):
                                     owns_masks=not over_list)
         return Delta(out, om, extras)
 
-    def recompute(self, op: DeltaOp, total: torch.Tensor, out_shape: Sequence[int]) -> Delta:
+    def recompute(self, op: DeltaOp, total: torch.Tensor, dtype: torch.dtype,
+                  out_shape: Sequence[int]) -> Delta:
         """A dense layer (:mod:`.dense_layers`): ``conv(total)`` by cuDNN, handed to the
         consumer, which assigns it plus the bias (its ``shift``; torch would add the bias
-        in a kernel of its own) to its accumulator; every output pixel is a candidate."""
+        in a kernel of its own) to its accumulator; every output pixel is a candidate.
+        Unless the plan keeps accumulators, the consumer does not write it, and the plan
+        holds its restoration."""
         mask = full_mask(out_shape, self.runtime.device)
         counter = op.counter_for_kernel()  # counted by the consumer's kernel
-        work = Fused(self.consumer[0], [Delta(op.dense(total, bias=False), mask)], [1.0],
-                     lin=True, counter=counter, assign=True,
-                     shift=self.vectors.get(op.conv.bias))
-        return Delta(placeholder(out_shape, total.dtype, self.runtime.device), mask,
+        shift = self.vectors.get(op.conv.bias)
+        keep = self.plan.keeps_accumulators
+        work = Fused(self.consumer[0], [Delta(op.dense(dense_input(total, dtype), bias=False), mask)],
+                     [1.0], lin=True, counter=counter, assign=True, shift=shift, keep=keep)
+        if not keep:
+            acc = nhwc_state(self.consumer[0])[0][0]
+            self.plan.leave_stale(op.node_name, assigned_restoration(
+                acc, [(1.0, dense_whole(op, total, dtype))], shift, dtype))
+        return Delta(placeholder(out_shape, dtype, self.runtime.device), mask,
                      {**op.counted_extras(counter), "fused": work})
 
-    def whole_output(self, op: DeltaOp, total: torch.Tensor, out_shape: Sequence[int]) -> Delta:
+    def whole_output(self, op: DeltaOp, total: torch.Tensor, dtype: torch.dtype,
+                     out_shape: Sequence[int]) -> Delta:
         """For a dense add (:mod:`.dense_layers`): ``conv(total)`` by cuDNN as the
-        output's ``extras["whole"]`` and the fp32 bias as ``extras["bias"]`` (the add
-        hands both to its consumer); every output pixel counts as updated."""
+        output's ``extras["whole"]``, the fp32 bias as ``extras["bias"]`` (the add hands
+        both to its consumer) and how to compute the whole again from the state as
+        ``extras["recompute"]``; every output pixel counts as updated."""
         counter = op.counter_for_kernel()
         if counter is not None:
             counter.add_(out_shape[0] * out_shape[2] * out_shape[3])
-        return Delta(placeholder(out_shape, total.dtype, self.runtime.device),
+        return Delta(placeholder(out_shape, dtype, self.runtime.device),
                      full_mask(out_shape, self.runtime.device),
-                     {**op.counted_extras(counter), "whole": op.dense(total, bias=False),
-                      "bias": self.vectors.get(op.conv.bias)})
+                     {**op.counted_extras(counter),
+                      "whole": op.dense(dense_input(total, dtype), bias=False),
+                      "bias": self.vectors.get(op.conv.bias),
+                      "recompute": dense_whole(op, total, dtype)})
+
+
+def dense_whole(op: DeltaOp, total: torch.Tensor, dtype: torch.dtype) -> Callable[[], torch.Tensor]:
+    """``conv(total)`` without the bias, computed when called, from ``total`` (a state
+    tensor); it holds ``op`` weakly (the plan keeps it for the sequence; a strong
+    reference would close a cycle op → wrapper → plan → op)."""
+    ref = weakref.ref(op)
+    return lambda: ref().dense(dense_input(total, dtype), bias=False)
 
 
 def dense_warm_up(op: DeltaOp, total: torch.Tensor, dtype: torch.dtype) -> Callable[[], torch.Tensor]:

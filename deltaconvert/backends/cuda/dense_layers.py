@@ -10,8 +10,14 @@ linear, DESIGN.md §1). A *dense layer* computes that with cuDNN every frame and
 the activation, whose kernel assigns ``a ← round(conv(o_in) + b)`` instead of adding a
 delta (:attr:`~.constants.TruncateInput.ASSIGN`, the bias as its ``shift``), then
 truncates against ``o`` as always: ``v = f(a)``, ``δy = v − o`` emitted where
-``max_c |δy| > τ``. Downstream stays
-sparse; the accumulator stays valid, so any later frame may run the delta kernels again.
+``max_c |δy| > τ``. Downstream stays sparse.
+
+**Accumulators.** A dense layer never reads ``a``, so unless
+``DELTACONVERT_CUDA_DENSE_KEEP_ACC=1`` it does not write it either (the whole-map kernel
+moves 4 bytes per element instead of 8); it leaves the plan a restoration instead, which
+recomputes ``a`` from the state (:meth:`DenseLayerPlan.restore`, run where the delta
+kernels take over between frames: the READY gate's installation). A dense layer that
+stops within a sequence without it is refused (:meth:`DenseLayerPlan.require_current`).
 
 **Dense adds.** An add (or sub) fused into a truncating activation whose operands are
 truncation or Sparsify outputs (which hand on their totals) and convs used by it alone
@@ -41,7 +47,7 @@ truncating consumer; an input that carries its ``total`` (``Delta.extras``); out
 of at least :data:`DENSE_MIN_PIXELS` pixels; and no READY gate on the
 model's Sparsify ops (slot mode: a dense layer's candidates are every pixel of every
 row, so idle slots would emit their deferred updates; gated frames run the delta kernels
-on the accumulators the dense frames kept).
+on the accumulators restored when the gate was installed).
 """
 from __future__ import annotations
 
@@ -66,9 +72,34 @@ DENSE_MIN_PIXELS = 256
 DENSE_DEPTHWISE_FROM = float(os.environ.get("DELTACONVERT_CUDA_DENSE_DEPTHWISE_FROM", "2"))
 
 
+# Whether dense layers write their accumulator every frame. They never read it, so by
+# default they do not (4 of the whole-map truncation's 8 bytes per element): each leaves
+# the plan a restoration, run before the delta kernels take over that accumulator
+# (DenseLayerPlan.restore).
+KEEP_ACCUMULATORS = os.environ.get("DELTACONVERT_CUDA_DENSE_KEEP_ACC", "0") == "1"
+
+
 def dense_from(depthwise: bool) -> float:
     """The candidate fraction from which a conv of this kind turns dense (above 1: never)."""
     return DENSE_DEPTHWISE_FROM if depthwise else DENSE_FROM
+
+
+def assigned_restoration(acc: torch.Tensor, terms: Sequence[tuple[float, Callable[[], torch.Tensor]]],
+                         shift: torch.Tensor | None, dtype: torch.dtype) -> Callable[[], None]:
+    """What restores the accumulator ``acc`` of a dense layer or add that does not write
+    it: ``a = round(Σ kᵢ·wholeᵢ + shift)``, as ``pw_truncate_whole`` assigns it (the
+    wholes in the model dtype ``dtype``, the sum and the fp32 per-channel ``shift`` in
+    fp32, rounded to ``dtype``). ``terms``: ``(kᵢ, wholeᵢ)``, each whole a callable that
+    computes it from the state (which the dense frames have kept up to date)."""
+    def restore() -> None:
+        total = None
+        for k, whole in terms:
+            term = k * whole().to(dtype).float()
+            total = term if total is None else total + term
+        if shift is not None:
+            total = total + shift.view(1, -1, 1, 1)
+        acc.copy_(total.to(dtype).float())
+    return restore
 
 
 class DenseLayerPlan:
@@ -89,6 +120,42 @@ class DenseLayerPlan:
         # a cycle, which only a garbage-collector pass would free.
         self._samples: list[tuple[Any, torch.Tensor, float, Callable[[], Any]]] = []
         self._also: list[tuple[Any, Callable[[], Any]]] = []
+        # Op name → how to restore the accumulator a dense layer left stale (closures that
+        # hold state tensors and weak references to ops, never wrappers: no cycle).
+        self._stale: dict[str, Callable[[], None]] = {}
+
+    @property
+    def keeps_accumulators(self) -> bool:
+        """Whether dense layers write their accumulators (:data:`KEEP_ACCUMULATORS`)."""
+        return KEEP_ACCUMULATORS
+
+    def leave_stale(self, name: str, restore: Callable[[], None]) -> None:
+        """The dense layer of op ``name`` did not write its accumulator; ``restore()``
+        writes what it would hold (the value the dense layer assigns, from the state)."""
+        self._stale[name] = restore
+
+    def restore(self) -> None:
+        """Bring every accumulator a dense layer left stale up to date from the state, so
+        that the delta kernels may add to it. Between frames only (the READY gate's
+        installation, ``Runtime.restore_state``): within a frame the inputs' state already
+        holds that frame's deltas, which the delta kernels would then add a second time.
+        No dense frame may follow without its Python running (a captured graph with dense
+        layers must be dropped, as the READY gate's installation does): it would leave the
+        accumulators stale again unrecorded."""
+        stale, self._stale = self._stale, {}
+        if stale:
+            with self.runtime.frame(), torch.no_grad():
+                for restore in stale.values():
+                    restore()
+
+    def require_current(self, name: str) -> None:
+        """Refuse to let the delta kernels add to the accumulator that the dense layer of
+        op ``name`` left stale (its settings changed within a sequence)."""
+        if name in self._stale:
+            raise RuntimeError(
+                f"{name}: this dense layer stopped within a sequence, and the delta kernels "
+                "would add to an accumulator it did not keep; change dense-layer settings "
+                "between sequences (model.reset()), or set DELTACONVERT_CUDA_DENSE_KEEP_ACC=1")
 
     def allows(self, dtype: torch.dtype, out_pixels: int, depthwise: bool = False) -> bool:
         """Whether a call in ``dtype`` writing ``out_pixels`` pixels per sample may run

@@ -31,6 +31,7 @@ from ...ops.nonlinear import Nonlinear
 from .arena import FrameArena, zeroed_mask
 from .base import Accelerated, Consumer, Fused
 from .constants import BLOCK, RESIDENT_BLOCKS, TRUNC_WHOLE_ITEMS, Activation, PixelFunction
+from .dense_layers import assigned_restoration
 from .device import DeviceRuntime
 from .kernels import SUPPORTED_DTYPES, Args, kernel
 from .registry import accelerates
@@ -173,7 +174,8 @@ def truncate(runtime: DeviceRuntime, op: DeltaOp, dtype: torch.dtype, out_shape:
                     work.coefs[i] if i < len(work.coefs) else 0.0, out_shape)
     args.ptr(work.scale).ints(int(work.scale is not None and work.scale.numel() > 1))
     args.ptr(work.shift).ints(fn.code).floats(fn.p0, fn.p1)
-    args.tensor(acc[0], strides4(acc[0], out_shape))
+    # Only the whole-map kernel may leave the accumulator unwritten (Fused.keep).
+    args.tensor(acc[0] if work.keep or not whole else None, strides4(acc[0], out_shape))
     args.tensor(acc[1] if len(acc) > 1 else None,
                 strides4(acc[1], out_shape) if len(acc) > 1 else (0, 0, 0, 0))
     args.ptr(norm[0]).ptr(norm[1])
@@ -401,10 +403,14 @@ class LinearPointwise(Accelerated):
         if not operands or not self.usable(*operands) or len(out_shape) != operands[0].dim():
             return NotImplemented
         dtype = operands[0].dtype
-        if self.consumer is not None and self.consumer[1].accepts(self.consumer[0], out_shape, dtype):
-            _, _, h, w = shape4(out_shape)
-            if self.dense and scale is None and self.plan.allows(dtype, h * w):
-                return self.assign_wholes(op, operands, coefs, out_shape)
+        fused = self.consumer is not None and self.consumer[1].accepts(self.consumer[0], out_shape,
+                                                                        dtype)
+        _, _, h, w = shape4(out_shape)
+        if fused and self.dense and scale is None and self.plan.allows(dtype, h * w):
+            return self.assign_wholes(op, operands, coefs, out_shape)
+        if self.plan is not None:
+            self.plan.require_current(op.node_name)  # deltas go to its consumer's accumulator
+        if fused:
             mask = operands[0].mask
             for other in operands[1:]:
                 mask = mask | other.mask
@@ -423,17 +429,27 @@ class LinearPointwise(Accelerated):
         """A dense add (:mod:`.dense_layers`): its operands' whole values — a conv source's
         ``conv(total)`` (``extras["whole"]``, its bias in ``extras["bias"]``) or a
         truncation's or Sparsify's ``total`` — handed to the consumer, which assigns
-        ``Σ kᵢ·wholeᵢ + Σ kᵢ·biasᵢ`` to its accumulator; every pixel is a candidate."""
+        ``Σ kᵢ·wholeᵢ + Σ kᵢ·biasᵢ`` to its accumulator; every pixel is a candidate.
+        Unless the plan keeps accumulators, the consumer does not write it, and the plan
+        holds its restoration (a conv source's whole recomputed, ``extras["recompute"]``;
+        a total is state)."""
         wholes = [d.extras.get("whole", d.extras.get("total")) for d in operands]
         if any(w is None for w in wholes) or any(w.shape != d.shape for w, d in zip(wholes, operands)):
             raise RuntimeError(f"{op.node_name}: a dense add received an operand without its "
                                "whole value; its producers and it disagree on the plan")
+        dtype = operands[0].dtype
         mask = full_mask(out_shape, self.runtime.device)
         counter = op.counter_for_kernel()  # counted by the consumer's kernel
-        work = Fused(self.consumer[0], [Delta(w.to(operands[0].dtype), mask) for w in wholes],
-                     list(coefs), lin=True, counter=counter, assign=True,
-                     shift=self.shift([(d.extras.get("bias"), k) for d, k in zip(operands, coefs)]))
-        return Delta(placeholder(out_shape, operands[0].dtype, self.runtime.device), mask,
+        shift = self.shift([(d.extras.get("bias"), k) for d, k in zip(operands, coefs)])
+        keep = self.plan.keeps_accumulators
+        work = Fused(self.consumer[0], [Delta(w.to(dtype), mask) for w in wholes], list(coefs),
+                     lin=True, counter=counter, assign=True, shift=shift, keep=keep)
+        if not keep:
+            terms = [(k, d.extras.get("recompute") or (lambda w=w: w))
+                     for d, k, w in zip(operands, coefs, wholes)]
+            self.plan.leave_stale(op.node_name, assigned_restoration(
+                nhwc_state(self.consumer[0])[0][0], terms, shift, dtype))
+        return Delta(placeholder(out_shape, dtype, self.runtime.device), mask,
                      {**op.counted_extras(counter), "fused": work})
 
     def shift(self, biases: Sequence[tuple[torch.Tensor | None, float]]) -> torch.Tensor | None:
