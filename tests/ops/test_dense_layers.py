@@ -250,7 +250,7 @@ def test_the_whole_map_truncation_computes_what_the_scanning_one_does(poisoned, 
     spans that split no warp evenly); the scanning kernel it replaces computes the same
     rounded values in the same order, so outputs and every op's state agree bit for bit
     on every frame."""
-    from deltaconvert.backends.cuda import pointwise
+    from deltaconvert.backends.cuda import dense_layers, pointwise
 
     frames = clip()
     if make == "chain":
@@ -261,6 +261,7 @@ def test_the_whole_map_truncation_computes_what_the_scanning_one_does(poisoned, 
     else:
         net = Residual().to(DEVICE).eval()
     set_dense_from(monkeypatch, 0.0)
+    monkeypatch.setattr(dense_layers, "KEEP_ACCUMULATORS", True)  # the state is compared below
     spans = []
     shipped = pointwise.whole_span
     monkeypatch.setattr(pointwise, "whole_span", lambda *a: spans.append(shipped(*a)) or spans[-1])
@@ -287,6 +288,8 @@ def test_sampling_keeps_no_frame_delta_alive(poisoned, monkeypatch):
     set_dense_from(monkeypatch, 0.0)
     model = delta_model(Residual().to(DEVICE).eval(), frames[0], graph=False)
     received = []
+    with torch.no_grad():
+        model(frames[0])  # dense first frame: binds the wrappers, no deltas
     sources = [op for op in model.delta_ops().values()
                if isinstance(op, Conv2d) and op.accelerated.feeds is not None]
     assert sources
@@ -294,7 +297,6 @@ def test_sampling_keeps_no_frame_delta_alive(poisoned, monkeypatch):
         op.register_forward_pre_hook(lambda module, args: received.extend(
             weakref.ref(a.values) for a in args if isinstance(a, Delta)))
     with torch.no_grad():
-        model(frames[0])  # dense first frame: no deltas
         model(frames[1])  # the sampling frame
     gc.collect()
     assert received and all(ref() is None for ref in received)
