@@ -203,20 +203,22 @@ def test_gated_frames_run_the_delta_kernels_and_idle_slots_keep_their_state(pois
 
 
 class Residual(nn.Module):
-    """Two residual adds fused into ReLUs: an identity skip (a conv source and a
-    truncation's output) and a projected one (two conv sources)."""
+    """ResNet's shape: a stem, ReLU and max pool, then two residual adds fused into ReLUs:
+    an identity skip (a conv source and the max pool's output, which hands on its sent
+    values as its total) and a projected one (two conv sources)."""
 
     def __init__(self) -> None:
         super().__init__()
         torch.manual_seed(0)
         self.stem, self.relu0 = nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.ReLU()
+        self.pool = nn.MaxPool2d(3, stride=1, padding=1)  # keeps the map above DENSE_MIN_PIXELS
         self.conv1, self.relu1 = nn.Conv2d(16, 16, 3, padding=1), nn.ReLU()
         self.conv2, self.relu2 = nn.Conv2d(16, 16, 3, padding=1), nn.ReLU()
         self.conv3, self.down, self.relu3 = nn.Conv2d(16, 32, 3, padding=1), nn.Conv2d(16, 32, 1), nn.ReLU()
         self.head = nn.Conv2d(32, 8, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.relu0(self.stem(x))
+        x = self.pool(self.relu0(self.stem(x)))
         y = self.relu2(self.conv2(self.relu1(self.conv1(x))) + x)
         return self.head(self.relu3(self.conv3(y) + self.down(y)))
 
@@ -233,6 +235,7 @@ def test_dense_adds_match_the_delta_kernels_and_the_original(poisoned, monkeypat
     adds = {name: op.accelerated.dense for name, op in model.delta_ops().items()
             if name.startswith("add")}
     assert adds and all(adds.values()), adds
+    assert conv_wrappers(model)["conv1"].dense  # it reads the max pool's total
     assert_matches(got, reference, net, frames)
 
 

@@ -19,6 +19,7 @@ from .conv import ConvKernel, takes_pixel_list
 from .device import DeviceRuntime
 from .fusion import fusion_pairs, operand_sources
 from .pointwise import ADD_FNS, SUB_FNS, LinearPointwise, Truncating
+from .pooling import MaxPoolKernel
 from .registry import family_for
 from .worklist import list_producers
 
@@ -67,11 +68,11 @@ def dense_add_sources(model: DeltaOpGraph, wrappers: dict[str, Accelerated]
                       ) -> dict[str, list[ConvKernel]]:
     """The adds that may run as dense adds (:mod:`.dense_layers`), by op name, each with
     the conv wrappers among its operands' producers: an add or sub fused into a
-    truncating op whose every operand is either a truncation's or a Sparsify's output
-    (they hand on ``total``) or the only output use of a zero-padded conv whose own input
-    is one of those."""
+    truncating op whose every operand is either a truncation's, a max pool's or a
+    Sparsify's output (they hand on ``total``) or the only output use of a zero-padded
+    conv whose own input is one of those."""
     def hands_total(name: str) -> bool:
-        return isinstance(wrappers.get(name), (Truncating, SparsifyKernel))
+        return isinstance(wrappers.get(name), (Truncating, MaxPoolKernel, SparsifyKernel))
 
     ops = model.delta_ops()
     adds = {}

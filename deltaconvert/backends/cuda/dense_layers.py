@@ -2,8 +2,9 @@
 cuDNN instead of running the delta kernels.
 
 **Math.** A conv fused into a truncating activation (``conv → f``, see :mod:`.fusion`)
-whose input is the output of a truncating op or of an input Sparsify has that input's
-whole value at hand: the producer's sent values ``o_in`` (or the Sparsify's ``ref``),
+whose input is the output of a truncating op (an activation, a max pool) or of an input
+Sparsify has that input's whole value at hand: the producer's sent values ``o_in`` (or
+the Sparsify's ``ref``),
 which is exactly the sum of every delta the conv has received. The activation's
 accumulator is therefore ``a = conv(o_in) + b`` (exact in real arithmetic: the conv is
 linear, DESIGN.md §1). A *dense layer* computes that with cuDNN every frame and hands it to
@@ -20,7 +21,7 @@ kernels take over between frames: the READY gate's installation). A dense layer 
 stops within a sequence without it is refused (:meth:`DenseLayerPlan.require_current`).
 
 **Dense adds.** An add (or sub) fused into a truncating activation whose operands are
-truncation or Sparsify outputs (which hand on their totals) and convs used by it alone
+truncation, max-pool or Sparsify outputs (which hand on their totals) and convs used by it alone
 (whose own input hands on its total) — ResNet's ``conv → add(skip) → ReLU`` — may do the
 same for the sum: each conv source hands on ``conv(total)`` instead of a delta
 (``extras["whole"]``, its bias in ``extras["bias"]``), and the activation assigns

@@ -1,7 +1,8 @@
 """Pooling on the CUDA backend (kernels: ``cuda_kernels/pool.cu``).
 
 * :class:`MaxPoolKernel` — ``nn.MaxPool2d`` (a Nonlinear op): ``a += δx``, then each
-  output pixel whose window saw an update is recomputed from ``a`` and truncated.
+  output pixel whose window saw an update is recomputed from ``a`` and truncated; its
+  sent values hand on as the output's ``total``, as a truncation's do.
 * :class:`AvgPoolKernel` — ``nn.AvgPool2d`` and ``nn.AdaptiveAvgPool2d`` (linear):
   the pool of the masked deltas. A 1×1 adaptive output (global pooling) sums only the
   updated pixels, in blocks that skip inactive parts of the frame, into a scratch that
@@ -71,8 +72,11 @@ class MaxPoolKernel(Accelerated):
         sh, sw = _pair(fn.stride if fn.stride is not None else fn.kernel_size)
         ph, pw = _pair(fn.padding)
         dh, dw = _pair(fn.dilation)
-        return pool_window(self.runtime, op, PoolMode.MAX, d, tuple(sent.shape),
-                           (kh, kw, sh, sw, ph, pw, dh, dw), (0, 0), acc[0], sent, op.threshold)
+        out = pool_window(self.runtime, op, PoolMode.MAX, d, tuple(sent.shape),
+                          (kh, kw, sh, sw, ph, pw, dh, dw), (0, 0), acc[0], sent, op.threshold)
+        # Its sent values are the whole output its consumers have received, as a
+        # truncation's are: a conv reading it may be a dense layer (dense_layers.py).
+        return Delta(out.values, out.mask, {**out.extras, "total": sent})
 
 
 @accelerates(LinearCall, when=lambda op: type(op.fn) in (nn.AvgPool2d, nn.AdaptiveAvgPool2d))
