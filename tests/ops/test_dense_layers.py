@@ -74,8 +74,11 @@ def clip() -> list[torch.Tensor]:
 
 
 def set_dense_from(monkeypatch, fraction: float) -> None:
+    """The fraction from which convs other than depthwise ones turn dense, narrow stems
+    included."""
     from deltaconvert.backends.cuda import dense_layers
     monkeypatch.setattr(dense_layers, "DENSE_FROM", fraction)
+    monkeypatch.setattr(dense_layers, "DENSE_NARROW_FROM", fraction)
 
 
 def assert_matches(got, reference, net: nn.Module, frames) -> None:

@@ -18,7 +18,7 @@ from deltaconvert.backends.cuda.base import Fused
 from deltaconvert.backends.cuda.constants import BLOCK, TRUNC_WHOLE_ITEMS, Activation, PixelFunction
 from deltaconvert.backends.cuda.pointwise import VECTOR_CHANNELS, KernelFunction, whole_span
 from deltaconvert.backends.cuda.binding import accelerate, dense_add_sources
-from deltaconvert.backends.cuda.dense_layers import DenseLayerPlan
+from deltaconvert.backends.cuda.dense_layers import DenseLayerPlan, conv_kind
 from deltaconvert.convert import convert
 from deltaconvert.ops.boundary import Sparsify
 
@@ -121,19 +121,30 @@ def test_allowed_calls(monkeypatch):
     assert not layers.allows(torch.float16, 256)
 
 
-@pytest.mark.parametrize("conv_from,depthwise_from", [(0.3, 2.0), (2.0, 0.5), (0.2, 0.6)])
-def test_depthwise_convs_turn_dense_from_their_own_fraction(monkeypatch, conv_from, depthwise_from):
-    monkeypatch.setattr(dense_layers, "DENSE_FROM", conv_from)
-    monkeypatch.setattr(dense_layers, "DENSE_DEPTHWISE_FROM", depthwise_from)
+@pytest.mark.parametrize("fractions", [(0.3, 0.15, 2.0), (2.0, 0.3, 0.5), (0.2, 0.9, 0.6)])
+def test_each_kind_of_conv_turns_dense_from_its_own_fraction(monkeypatch, fractions):
+    """Convs, narrow convs (an RGB stem) and depthwise convs turn dense from their own
+    fractions; an add decides as a conv."""
+    kinds = ("conv", "narrow", "depthwise")
+    for kind, fraction in zip(kinds, fractions):
+        monkeypatch.setattr(dense_layers, {"conv": "DENSE_FROM", "narrow": "DENSE_NARROW_FROM",
+                                           "depthwise": "DENSE_DEPTHWISE_FROM"}[kind], fraction)
     layers = plan()
-    assert layers.allows(torch.float16, 256) == (conv_from <= 1)
-    assert layers.allows(torch.float16, 256, depthwise=True) == (depthwise_from <= 1)
-    convs = {depthwise: Wrapper() for depthwise in (False, True)}
-    for depthwise, w in convs.items():
-        layers.sample(w, mask(55), lambda: None, depthwise)
+    assert layers.allows(torch.float16, 256) == (fractions[0] <= 1)
+    convs = {kind: Wrapper() for kind in kinds}
+    for (kind, w), fraction in zip(convs.items(), fractions):
+        assert layers.allows(torch.float16, 256, kind) == (fraction <= 1)
+        layers.sample(w, mask(55), lambda: None, kind)
     layers.resolve()
-    assert convs[False].dense == (0.55 >= conv_from)
-    assert convs[True].dense == (0.55 >= depthwise_from)
+    assert {kind: w.dense for kind, w in convs.items()} == {
+        kind: 0.55 >= fraction for kind, fraction in zip(kinds, fractions)}
+
+
+def test_a_conv_kind_follows_its_input_channels_per_group():
+    """As the delta kernels choose: one input channel per group runs the depthwise kernel
+    (any channel multiplier), a few the GEMM over narrow rows (an RGB stem)."""
+    assert [conv_kind(c) for c in (1, 2, 3, 7, 8, 64)] == [
+        "depthwise", "narrow", "narrow", "narrow", "conv", "conv"]
 
 
 def test_dense_adds_are_the_residual_adds_whose_operands_have_whole_values():

@@ -37,7 +37,7 @@ from ...ops.base import DeltaOp
 from ...ops.conv import Conv2d
 from .base import Accelerated, Consumer, Fused
 from .constants import BLOCK, DW_CO, GEMM_CO, RESIDENT_BLOCKS, TILE, ConvMode
-from .dense_layers import DenseLayerPlan, assigned_restoration
+from .dense_layers import DenseLayerPlan, assigned_restoration, conv_kind
 from .device import DeviceRuntime
 from .kernels import Args, kernel
 from .pointwise import VectorCache, nhwc_state
@@ -177,7 +177,8 @@ class ConvKernel(Accelerated):
                 self.plan.also_warm(self.feeds, dense_warm_up(op, whole, d.dtype))
             if self.feeds.dense:
                 return self.whole_output(op, whole, d.dtype, out_shape)
-        planned = eligible and fused and self.plan.allows(d.dtype, oh * ow, depthwise)
+        kind = conv_kind(cin_g)
+        planned = eligible and fused and self.plan.allows(d.dtype, oh * ow, kind)
         if planned and self.dense:
             return self.recompute(op, whole, d.dtype, out_shape)
         if self.plan is not None:
@@ -235,7 +236,7 @@ class ConvKernel(Accelerated):
             kernel(self.runtime, "conv", "conv_split_sum", d.dtype)((-(-total // BLOCK), 1, 1),
                                                                     (BLOCK, 1, 1), finish)
         if planned and self.dense is None:
-            self.plan.sample(self, om, dense_warm_up(op, whole, d.dtype), depthwise)
+            self.plan.sample(self, om, dense_warm_up(op, whole, d.dtype), kind)
         pixels = list_extras(listed or produced)
         extras = {**op.counted_extras(counter), **pixels}
         if fused:

@@ -36,12 +36,14 @@ where most output pixels are candidates the dense conv is cheaper.
 **Plan.** Each sequence decides once, on its first delta frame (always eager): every
 eligible conv counts its candidate output pixels (a device sum), and before the next
 frame or capture (:meth:`DenseLayerPlan.resolve`: one host read for all of them) a conv
-whose candidates are at least :data:`DENSE_FROM` of its output pixels
-(:data:`DENSE_DEPTHWISE_FROM` for a depthwise conv) becomes dense for the rest of the
-sequence. cuDNN's first call for each dense layer's shape is made then, outside any
-capture. ``DELTACONVERT_CUDA_DENSE_FROM`` and ``DELTACONVERT_CUDA_DENSE_DEPTHWISE_FROM``
-set the fractions (defaults 0.3 and 2; 0: every eligible conv of that kind dense; above
-1: none).
+whose candidates are at least its kind's fraction of its output pixels
+(:func:`dense_from`) becomes dense for the rest of the sequence. cuDNN's first call for
+each dense layer's shape is made then, outside any capture. The fractions, by
+:func:`conv_kind`: :data:`DENSE_FROM` (``DELTACONVERT_CUDA_DENSE_FROM``, default 0.3);
+:data:`DENSE_NARROW_FROM` for convs over 2 to :data:`NARROW_CHANNELS` − 1 input channels
+per group, RGB stems (``…_NARROW_FROM``, 0.15); :data:`DENSE_DEPTHWISE_FROM` for convs
+over one input channel per group (``…_DEPTHWISE_FROM``, 2). 0: every
+eligible conv of that kind dense; above 1: none.
 
 **Eligible** calls: fp16 (an fp32 conv through cuDNN would use TF32); fused into a
 truncating consumer; an input that carries its ``total`` (``Delta.extras``); output maps
@@ -53,7 +55,7 @@ on the accumulators restored when the gate was installed).
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import torch
 
@@ -71,6 +73,14 @@ DENSE_MIN_PIXELS = 256
 # whole-map truncation (§37) makes a 144-channel depthwise dense layer 56 µs against the
 # delta kernels' 84 µs at 180×320 (layer_bench): not yet measured on whole models.
 DENSE_DEPTHWISE_FROM = float(os.environ.get("DELTACONVERT_CUDA_DENSE_DEPTHWISE_FROM", "2"))
+# Convs over a few input channels (an RGB stem) turn dense earlier: the delta GEMM
+# gathers a few channels per tap, so its cost per candidate is far above cuDNN's per
+# pixel. ResNet's 7×7 stem took 114 µs at 24 % candidates where cuDNN takes 31 µs for
+# the whole map and the whole-map truncation ~40 (PERF_NOTES §38): break-even ≈ 15 %.
+NARROW_CHANNELS = 8
+DENSE_NARROW_FROM = float(os.environ.get("DELTACONVERT_CUDA_DENSE_NARROW_FROM", "0.15"))
+
+ConvKind = Literal["conv", "narrow", "depthwise"]
 
 
 # Whether dense layers write their accumulator every frame. They never read it, so by
@@ -80,9 +90,19 @@ DENSE_DEPTHWISE_FROM = float(os.environ.get("DELTACONVERT_CUDA_DENSE_DEPTHWISE_F
 KEEP_ACCUMULATORS = os.environ.get("DELTACONVERT_CUDA_DENSE_KEEP_ACC", "0") == "1"
 
 
-def dense_from(depthwise: bool) -> float:
-    """The candidate fraction from which a conv of this kind turns dense (above 1: never)."""
-    return DENSE_DEPTHWISE_FROM if depthwise else DENSE_FROM
+def conv_kind(in_per_group: int) -> ConvKind:
+    """A conv's kind for :func:`dense_from`, from its input channels per group, as the
+    delta kernels choose (``conv.py``): depthwise (one, any channel multiplier: the
+    depthwise kernel), narrow (fewer than :data:`NARROW_CHANNELS`), or any other conv."""
+    if in_per_group == 1:
+        return "depthwise"
+    return "narrow" if in_per_group < NARROW_CHANNELS else "conv"
+
+
+def dense_from(kind: ConvKind = "conv") -> float:
+    """The candidate fraction from which a conv of this kind turns dense (above 1: never);
+    an add decides as a ``"conv"``."""
+    return {"conv": DENSE_FROM, "narrow": DENSE_NARROW_FROM, "depthwise": DENSE_DEPTHWISE_FROM}[kind]
 
 
 def assigned_restoration(acc: torch.Tensor, terms: Sequence[tuple[float, Callable[[], torch.Tensor]]],
@@ -158,19 +178,19 @@ class DenseLayerPlan:
                 "would add to an accumulator it did not keep; change dense-layer settings "
                 "between sequences (model.reset()), or set DELTACONVERT_CUDA_DENSE_KEEP_ACC=1")
 
-    def allows(self, dtype: torch.dtype, out_pixels: int, depthwise: bool = False) -> bool:
+    def allows(self, dtype: torch.dtype, out_pixels: int, kind: ConvKind = "conv") -> bool:
         """Whether a call in ``dtype`` writing ``out_pixels`` pixels per sample may run
         dense (:func:`dense_from` at most 1, fp16, at least :data:`DENSE_MIN_PIXELS`, no
         READY gate); the wrapper checks the rest (see the module docstring)."""
-        return (dense_from(depthwise) <= 1 and dtype in DENSE_DTYPES
+        return (dense_from(kind) <= 1 and dtype in DENSE_DTYPES
                 and out_pixels >= DENSE_MIN_PIXELS and all(op.ready is None for op in self.sparsifiers))
 
     def sample(self, wrapper: Any, mask: torch.Tensor, warm_up: Callable[[], Any],
-               depthwise: bool = False) -> None:
+               kind: ConvKind = "conv") -> None:
         """``wrapper``'s conv (of that kind) wrote its candidate output ``mask`` this
         frame; ``warm_up()`` runs its dense conv once (on the state: it only reads it)."""
         count = mask.sum(dtype=torch.int32)
-        self._samples.append((wrapper, count, dense_from(depthwise) * mask.numel(), warm_up))
+        self._samples.append((wrapper, count, dense_from(kind) * mask.numel(), warm_up))
 
     def also_warm(self, wrapper: Any, warm_up: Callable[[], Any]) -> None:
         """Run ``warm_up()`` too if the sampled ``wrapper`` turns dense (a conv source of a
