@@ -4,11 +4,10 @@ cuDNN instead of running the delta kernels.
 **Math.** A conv fused into a truncating activation (``conv → f``, see :mod:`.fusion`)
 whose input is the output of a truncating op (an activation, a max pool) or of an input
 Sparsify has that input's whole value at hand: the producer's sent values ``o_in`` (or
-the Sparsify's ``ref``),
-which is exactly the sum of every delta the conv has received. The activation's
-accumulator is therefore ``a = conv(o_in) + b`` (exact in real arithmetic: the conv is
-linear, DESIGN.md §1). A *dense layer* computes that with cuDNN every frame and hands it to
-the activation, whose kernel assigns ``a ← round(conv(o_in) + b)`` instead of adding a
+the Sparsify's ``ref``), which is exactly the sum of every delta the conv has received.
+The activation's accumulator is therefore ``a = conv(o_in) + b`` (exact in real
+arithmetic: the conv is linear, DESIGN.md §1). A *dense layer* computes that with cuDNN
+every frame and hands it to the activation, whose kernel assigns ``a ← round(conv(o_in) + b)`` instead of adding a
 delta (:attr:`~.constants.TruncateInput.ASSIGN`, the bias as its ``shift``), then
 truncates against ``o`` as always: ``v = f(a)``, ``δy = v − o`` emitted where
 ``max_c |δy| > τ``. Downstream stays sparse.
@@ -21,9 +20,9 @@ kernels take over between frames: the READY gate's installation). A dense layer 
 stops within a sequence without it is refused (:meth:`DenseLayerPlan.require_current`).
 
 **Dense adds.** An add (or sub) fused into a truncating activation whose operands are
-truncation, max-pool or Sparsify outputs (which hand on their totals) and convs used by it alone
-(whose own input hands on its total) — ResNet's ``conv → add(skip) → ReLU`` — may do the
-same for the sum: each conv source hands on ``conv(total)`` instead of a delta
+truncation, max-pool or Sparsify outputs (which hand on their totals) and convs used by
+it alone (whose own input hands on its total) — ResNet's ``conv → add(skip) → ReLU`` —
+may do the same for the sum: each conv source hands on ``conv(total)`` instead of a delta
 (``extras["whole"]``, its bias in ``extras["bias"]``), and the activation assigns
 ``Σ kᵢ·wholeᵢ + Σ kᵢ·bᵢ`` (the biases as the kernel's per-channel ``shift``). The add
 decides like a conv, from its candidates on the first delta frame, and its conv sources
