@@ -174,7 +174,7 @@ class ConvKernel(Accelerated):
         eligible = self.plan is not None and conv is getattr(op, "conv", None) and whole is not None
         if eligible and self.feeds is not None and self.plan.allows(d.dtype, oh * ow):
             if self.feeds.dense is None:  # the add samples: it would warm this conv up too
-                self.plan.also_warm(self.feeds, dense_warm_up(op, whole, d.dtype))
+                self.plan.also_warm(self.feeds, dense_whole(op, whole, d.dtype))
             if self.feeds.dense:
                 return self.whole_output(op, whole, d.dtype, out_shape)
         kind = conv_kind(cin_g)
@@ -236,7 +236,7 @@ class ConvKernel(Accelerated):
             kernel(self.runtime, "conv", "conv_split_sum", d.dtype)((-(-total // BLOCK), 1, 1),
                                                                     (BLOCK, 1, 1), finish)
         if planned and self.dense is None:
-            self.plan.sample(self, om, dense_warm_up(op, whole, d.dtype), kind)
+            self.plan.sample(self, om, dense_whole(op, whole, d.dtype), kind)
         pixels = list_extras(listed or produced)
         extras = {**op.counted_extras(counter), **pixels}
         if fused:
@@ -256,7 +256,7 @@ class ConvKernel(Accelerated):
         counter = op.counter_for_kernel()  # counted by the consumer's kernel
         shift = self.vectors.get(op.conv.bias)
         keep = self.plan.keeps_accumulators
-        work = Fused(self.consumer[0], [Delta(op.dense(dense_input(total, dtype), bias=False), mask)],
+        work = Fused(self.consumer[0], [Delta(dense_conv(op, total, dtype), mask)],
                      [1.0], lin=True, counter=counter, assign=True, shift=shift, keep=keep)
         if not keep:
             acc = nhwc_state(self.consumer[0])[0][0]
@@ -277,25 +277,24 @@ class ConvKernel(Accelerated):
         return Delta(placeholder(out_shape, dtype, self.runtime.device),
                      full_mask(out_shape, self.runtime.device),
                      {**op.counted_extras(counter),
-                      "whole": op.dense(dense_input(total, dtype), bias=False),
+                      "whole": dense_conv(op, total, dtype),
                       "bias": self.vectors.get(op.conv.bias),
                       "recompute": dense_whole(op, total, dtype)})
 
 
+def dense_conv(op: DeltaOp, total: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``conv(total)`` without the bias, by cuDNN in the model dtype ``dtype``."""
+    return op.dense(dense_input(total, dtype), bias=False)
+
+
 def dense_whole(op: DeltaOp, total: torch.Tensor, dtype: torch.dtype) -> Callable[[], torch.Tensor]:
-    """``conv(total)`` without the bias, computed when called, from ``total`` (a state
-    tensor); it holds ``op`` weakly (the plan keeps it for the sequence; a strong
-    reference would close a cycle op → wrapper → plan → op)."""
+    """:func:`dense_conv`, computed when called, from ``total`` (a state tensor: the
+    input's sent values): the plan's restorations, and its warm-ups (cuDNN's first call
+    for the shape, made outside a capture). It holds ``total``, ``dtype`` and ``op``
+    weakly only: a closure over the frame's delta would keep that frame's tensors alive,
+    and a strong reference to ``op`` would close a cycle op → wrapper → plan → op."""
     ref = weakref.ref(op)
-    return lambda: ref().dense(dense_input(total, dtype), bias=False)
-
-
-def dense_warm_up(op: DeltaOp, total: torch.Tensor, dtype: torch.dtype) -> Callable[[], torch.Tensor]:
-    """cuDNN's first call of ``op``'s dense conv on ``total`` (a state tensor: the input's
-    sent values), for the dense-layer plan to make outside a capture. It holds ``op``,
-    ``total`` and ``dtype`` only: a closure over the frame's delta would keep that frame's
-    tensors alive for as long as the plan holds it."""
-    return lambda: op.dense(dense_input(total, dtype), bias=False)
+    return lambda: dense_conv(ref(), total, dtype)
 
 
 def dense_input(total: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
