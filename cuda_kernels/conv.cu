@@ -283,24 +283,34 @@ __device__ __forceinline__ scalar_t gather_a(int kg, int K, int cin_g, int KW, b
     return xg[off4(n, ci, iy, ix, xN, xC, xH, xW)];
 }
 
-// Vector loads of an A-tile row segment: the vector of reduction indices [k, k + width)
+// The address of an A-tile row segment: the vector of reduction indices [k, k + width)
 // (k = k0 + c; 4 floats or 8 halves) for the pixel of sample n whose window starts at
-// (y0, x0). With CONV_VECTOR_A, Cin_g is a multiple of the width, so a vector lies in
-// one kernel tap and its channels are contiguous; vectors at k ≥ K (the end of a short
-// reduction, e.g. a 1×1 conv over 16 or 24 channels) are zero.
+// (y0, x0), or null where it is zero (inactive pixel, k ≥ K, tap not updated). With
+// CONV_VECTOR_A, Cin_g is a multiple of the width, so a vector lies in one kernel tap and
+// its channels are contiguous; vectors at k ≥ K (the end of a short reduction, e.g. a
+// 1×1 conv over 16 or 24 channels) are zero.
+template <typename Taps>
+__device__ __forceinline__ const scalar_t *a_vector_at(int k0, int K, int cin_g, int KW, bool pixel_active, int n,
+                                                       int y0, int x0, int dh, int dw, const Taps &taps, int c,
+                                                       const scalar_t *xg, int xN, int xH, int xW) {
+    const int k = k0 + c;
+    if (!pixel_active || k >= K) return nullptr;
+    const int r = k / cin_g;
+    const int kh = r / KW;
+    const int iy = y0 + kh * dh, ix = x0 + (r - kh * KW) * dw;
+    if (!taps(r, iy, ix)) return nullptr;
+    return xg + n * xN + iy * xH + ix * xW + (k - r * cin_g);
+}
+
+// The vector a_vector_at addresses, loaded (zero where it is null).
 template <typename V, typename Taps>
 __device__ __forceinline__ V gather_a_vector(int k0, int K, int cin_g, int KW, bool pixel_active, int n,
                                              int y0, int x0, int dh, int dw, const Taps &taps, int c,
                                              const scalar_t *xg, int xN, int xH, int xW) {
     V v;
     memset(&v, 0, sizeof(V));
-    const int k = k0 + c;
-    if (!pixel_active || k >= K) return v;
-    const int r = k / cin_g;
-    const int kh = r / KW;
-    const int iy = y0 + kh * dh, ix = x0 + (r - kh * KW) * dw;
-    if (!taps(r, iy, ix)) return v;
-    return *reinterpret_cast<const V *>(xg + n * xN + iy * xH + ix * xW + (k - r * cin_g));
+    const scalar_t *at = a_vector_at(k0, K, cin_g, KW, pixel_active, n, y0, x0, dh, dw, taps, c, xg, xN, xH, xW);
+    return at ? *reinterpret_cast<const V *>(at) : v;
 }
 
 // Both GEMM paths keep the next reduction chunk's A and B elements in registers: they are
@@ -440,28 +450,73 @@ __device__ __forceinline__ void conv_gemm_cuda_cores(CONV_PARAMS) {
 //   conv_gemm_tensor_cores  rows = the 8×8 tile of blockIdx.x (any conv configuration);
 //   conv_gemm_listed        rows = 64 consecutive entries of a pixel work list of
 //                           output pixels (see conv_gemm_listed_tc).
-// `fetch(k0)` loads the block's A elements of the reduction chunk starting at k0 into
-// the caller's registers and `stage()` writes them to As; `row_at(p)` is row p's output
-// pixel, computed where active[p].
+// The row source describes its A elements two ways (`TcRows`): `fetch(k0)` loads the
+// block's A elements of the reduction chunk starting at k0 into the caller's registers
+// and `stage(As)` writes them to a stage; `source(k0)` is the address of this thread's
+// 16-byte A vector of that chunk (row tid / 4, channels 8·(tid % 4)..+7; null: zero),
+// for rows of 16-byte vectors (CONV_VECTOR_A). `row_at(p)` is row p's output pixel,
+// computed where active[p].
+//
+// With 16-byte A and B vectors (CONV_VECTOR_A and CONV_VECTOR_B) the chunks flow through
+// a TC_STAGES-deep cp.async pipeline: while one chunk is multiplied, the next
+// TC_STAGES - 1 are in flight (zero-filled where the source is null), so a block's time
+// per chunk is its copies' throughput rather than one gather's latency — which is what
+// bounds a block over few rows and a long K (a listed 3×3 conv at 10 % candidates runs
+// ~100 blocks of 18 chunks). Otherwise one chunk is loaded into registers while the
+// previous is multiplied.
+#define TC_STAGES 3
 struct RowCoord {
     int n, oy, ox;
 };
 
+// The shared memory of tc_gemm: the staged chunks, and the fp32 results of the epilogue
+// in the same bytes (written after the last chunk is multiplied).
 template <typename T>
-struct TcTiles {
-    T (*As)[TC_LDA];
-    T (*Bs)[TC_LDB];
-    float (*Cs)[TC_LDC];
+union TcShared {
+    struct {
+        T As[TC_STAGES][TILE_P][TC_LDA];
+        T Bs[TC_STAGES][TC_K][TC_LDB];
+    } chunk;
+    float Cs[TILE_P][TC_LDC];
 };
 
-template <typename T, bool SPLIT, typename Fetch, typename Stage, typename RowAt>
-__device__ __forceinline__ void tc_gemm(const GemmBlock &gb, int split, const TcTiles<T> &s, const bool *active,
-                                        Fetch fetch, Stage stage, RowAt row_at, const T *wg, const ConvOut &sink,
-                                        int N, int OH, int OW, int Cout, float *ws) {
+template <typename Fetch, typename Stage, typename Source, typename RowAt>
+struct TcRows {
+    Fetch fetch;
+    Stage stage;
+    Source source;
+    RowAt row_at;
+};
+template <typename Fetch, typename Stage, typename Source, typename RowAt>
+__device__ __forceinline__ TcRows<Fetch, Stage, Source, RowAt> tc_rows(Fetch f, Stage st, Source so, RowAt r) {
+    return TcRows<Fetch, Stage, Source, RowAt>{f, st, so, r};
+}
+
+// c += As × Bs over one chunk (this warp's 16 rows × 32 channels).
+template <typename T, typename Frag>
+__device__ __forceinline__ void tc_chunk(const T (*As)[TC_LDA], const T (*Bs)[TC_LDB], Frag (&c)[2]) {
+    using namespace nvcuda;
+    const int warp = threadIdx.x >> 5, warp_m = warp & 3, warp_n = warp >> 2;
+#pragma unroll
+    for (int ks = 0; ks < TC_K; ks += 16) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;
+        wmma::load_matrix_sync(a, &As[warp_m * 16][ks], TC_LDA);
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> b;
+            wmma::load_matrix_sync(b, &Bs[ks][warp_n * 32 + j * 16], TC_LDB);
+            wmma::mma_sync(c[j], a, b, c[j]);
+        }
+    }
+}
+
+template <typename T, bool SPLIT, typename Rows>
+__device__ __forceinline__ void tc_gemm(const GemmBlock &gb, int split, TcShared<T> &s, const bool *active,
+                                        const Rows &rows, const T *wg, const ConvOut &sink, int N, int OH,
+                                        int OW, int Cout, float *ws) {
     using namespace nvcuda;
     const int mode = sink.mode;
     const int tid = threadIdx.x;
-    const int warp = tid >> 5, warp_m = warp & 3, warp_n = warp >> 2;
     wmma::fragment<wmma::accumulator, 16, 16, 16, float> c[2];
     wmma::fill_fragment(c[0], 0.f);
     wmma::fill_fragment(c[1], 0.f);
@@ -469,50 +524,73 @@ __device__ __forceinline__ void tc_gemm(const GemmBlock &gb, int split, const Tc
     // B loads: weight row vb = tid/8 takes output channels 8·(tid%8)..+7.
     const int vb = tid >> 3, vco = gb.co0 + 8 * (tid & 7);
     const bool vector_b = (mode & CONV_VECTOR_B) && vco + 8 <= gb.cout_g;
-    uint4 b_vec;
-    T b_next[8];
-    auto fetch_b = [&](int k0) {
-        const int kgb = k0 + vb;
-        if (vector_b) {
-            b_vec = kgb < gb.K ? *reinterpret_cast<const uint4 *>(wg + (size_t)kgb * gb.cout_g + vco)
-                               : make_uint4(0, 0, 0, 0);
-        } else {
+    if ((mode & CONV_VECTOR_A) && (mode & CONV_VECTOR_B)) {
+        // cp.async pipeline. With CONV_VECTOR_B, Cout_g is a multiple of 8, so this
+        // thread's weight vector lies wholly inside the group's channels or wholly past
+        // them (zero-filled, as are rows past K).
+        auto issue = [&](int stage, int k0) {
+            const T *a = rows.source(k0);
+            __pipeline_memcpy_async(&s.chunk.As[stage][tid >> 2][8 * (tid & 3)], a ? a : wg, 16, a ? 0 : 16);
+            const int kgb = k0 + vb;
+            const bool b_on = vector_b && kgb < gb.K;
+            __pipeline_memcpy_async(&s.chunk.Bs[stage][vb][8 * (tid & 7)],
+                                    b_on ? wg + (size_t)kgb * gb.cout_g + vco : wg, 16, b_on ? 0 : 16);
+        };
 #pragma unroll
-            for (int j = 0; j < 8; ++j)
-                b_next[j] = (kgb < gb.K && vco + j < gb.cout_g) ? wg[(size_t)kgb * gb.cout_g + vco + j]
-                                                                 : from_f<T>(0.f);
+        for (int st = 0; st < TC_STAGES - 1; ++st) {
+            const int k0 = gb.k_begin + st * TC_K;
+            if (k0 < gb.k_end) issue(st, k0);
+            __pipeline_commit();  // possibly empty: one group per chunk keeps the count uniform
         }
-    };
-    if (!SPLIT || gb.k_begin < gb.k_end) {  // an empty split stores zeros
-        fetch(gb.k_begin);
-        fetch_b(gb.k_begin);
-    }
-    for (int k0 = gb.k_begin; k0 < gb.k_end; k0 += TC_K) {
-        stage();
-        if (vector_b) {
-            *reinterpret_cast<uint4 *>(&s.Bs[vb][8 * (tid & 7)]) = b_vec;
-        } else {
-#pragma unroll
-            for (int j = 0; j < 8; ++j) s.Bs[vb][8 * (tid & 7) + j] = b_next[j];
+        int stage = 0;
+        for (int k0 = gb.k_begin; k0 < gb.k_end; k0 += TC_K) {
+            __pipeline_wait_prior(TC_STAGES - 2);  // this chunk's copies are done (this thread's)
+            __syncthreads();                        // ... every thread's; the oldest stage is free
+            const int next = k0 + (TC_STAGES - 1) * TC_K;
+            if (next < gb.k_end) issue((stage + TC_STAGES - 1) % TC_STAGES, next);
+            __pipeline_commit();
+            tc_chunk(s.chunk.As[stage], s.chunk.Bs[stage], c);
+            stage = (stage + 1) % TC_STAGES;
         }
-        __syncthreads();
-        if (k0 + TC_K < gb.k_end) {
-            fetch(k0 + TC_K);
-            fetch_b(k0 + TC_K);
-        }
+        __pipeline_wait_prior(0);
+        __syncthreads();  // every chunk is multiplied before Cs overwrites them
+    } else {
+        uint4 b_vec;
+        T b_next[8];
+        auto fetch_b = [&](int k0) {
+            const int kgb = k0 + vb;
+            if (vector_b) {
+                b_vec = kgb < gb.K ? *reinterpret_cast<const uint4 *>(wg + (size_t)kgb * gb.cout_g + vco)
+                                   : make_uint4(0, 0, 0, 0);
+            } else {
 #pragma unroll
-        for (int ks = 0; ks < TC_K; ks += 16) {
-            wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;
-            wmma::load_matrix_sync(a, &s.As[warp_m * 16][ks], TC_LDA);
-#pragma unroll
-            for (int j = 0; j < 2; ++j) {
-                wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> b;
-                wmma::load_matrix_sync(b, &s.Bs[ks][warp_n * 32 + j * 16], TC_LDB);
-                wmma::mma_sync(c[j], a, b, c[j]);
+                for (int j = 0; j < 8; ++j)
+                    b_next[j] = (kgb < gb.K && vco + j < gb.cout_g) ? wg[(size_t)kgb * gb.cout_g + vco + j]
+                                                                     : from_f<T>(0.f);
             }
+        };
+        if (!SPLIT || gb.k_begin < gb.k_end) {  // an empty split stores zeros
+            rows.fetch(gb.k_begin);
+            fetch_b(gb.k_begin);
         }
-        __syncthreads();
+        for (int k0 = gb.k_begin; k0 < gb.k_end; k0 += TC_K) {
+            rows.stage(s.chunk.As[0]);
+            if (vector_b) {
+                *reinterpret_cast<uint4 *>(&s.chunk.Bs[0][vb][8 * (tid & 7)]) = b_vec;
+            } else {
+#pragma unroll
+                for (int j = 0; j < 8; ++j) s.chunk.Bs[0][vb][8 * (tid & 7) + j] = b_next[j];
+            }
+            __syncthreads();
+            if (k0 + TC_K < gb.k_end) {
+                rows.fetch(k0 + TC_K);
+                fetch_b(k0 + TC_K);
+            }
+            tc_chunk(s.chunk.As[0], s.chunk.Bs[0], c);
+            __syncthreads();
+        }
     }
+    const int warp = tid >> 5, warp_m = warp & 3, warp_n = warp >> 2;
 #pragma unroll
     for (int j = 0; j < 2; ++j)
         wmma::store_matrix_sync(&s.Cs[warp_m * 16][warp_n * 32 + j * 16], c[j], TC_LDC, wmma::mem_row_major);
@@ -527,7 +605,7 @@ __device__ __forceinline__ void tc_gemm(const GemmBlock &gb, int split, const Tc
         v[i] = s.Cs[p0 + 4 * i][co];
     }
     auto at = [&](int i) {
-        const RowCoord r = row_at(p0 + 4 * i);
+        const RowCoord r = rows.row_at(p0 + 4 * i);
         return OutputAt{r.n, gb.grp * gb.cout_g + gb.co0 + co, r.oy, r.ox};
     };
     gemm_store<SPLIT>(on, at, v, sink, split, ws, N, OH, OW, Cout);
@@ -537,9 +615,7 @@ template <typename T, bool SPLIT>
 __device__ __forceinline__ void conv_gemm_tensor_cores(CONV_PARAMS) {
     __shared__ bool active[TILE_P];
     __shared__ mask_t foot[FOOT_MAX];
-    __shared__ __align__(32) T As[TILE_P][TC_LDA];
-    __shared__ __align__(32) T Bs[TC_K][TC_LDB];
-    __shared__ __align__(32) float Cs[TILE_P][TC_LDC];
+    __shared__ __align__(32) TcShared<T> smem;
 
     const int tid = threadIdx.x;
     const ConvSlice slice = conv_slice<SPLIT>(N);
@@ -561,6 +637,9 @@ __device__ __forceinline__ void conv_gemm_tensor_cores(CONV_PARAMS) {
     const int vy = (t.ty0 + vp / TILE) * sh - pt, vx = (t.tx0 + vp % TILE) * sw - pl;
     uint4 a_vec;
     T a_next[8];
+    auto source = [&](int k0) {
+        return a_vector_at(k0, gb.K, gb.cin_g, KW, vok, t.n, vy, vx, dh, dw, t, 8 * (tid & 3), xg, xN, xH, xW);
+    };
     auto fetch = [&](int k0) {
         if (mode & CONV_VECTOR_A) {
             a_vec = gather_a_vector<uint4>(k0, gb.K, gb.cin_g, KW, vok, t.n, vy, vx, dh, dw, t, 8 * (tid & 3),
@@ -572,7 +651,7 @@ __device__ __forceinline__ void conv_gemm_tensor_cores(CONV_PARAMS) {
                                      t, xg, xN, xC, xH, xW);
         }
     };
-    auto stage = [&]() {
+    auto stage = [&](T (*As)[TC_LDA]) {
         if (mode & CONV_VECTOR_A) {
             *reinterpret_cast<uint4 *>(&As[vp][8 * (tid & 3)]) = a_vec;
         } else {
@@ -581,7 +660,7 @@ __device__ __forceinline__ void conv_gemm_tensor_cores(CONV_PARAMS) {
         }
     };
     auto row_at = [&](int p) { return RowCoord{t.n, t.ty0 + p / TILE, t.tx0 + p % TILE}; };
-    tc_gemm<T, SPLIT>(gb, slice.split, TcTiles<T>{As, Bs, Cs}, active, fetch, stage, row_at,
+    tc_gemm<T, SPLIT>(gb, slice.split, smem, active, tc_rows(fetch, stage, source, row_at),
                       wp + (size_t)gb.grp * gb.K * gb.cout_g, CONV_OUT, N, OH, OW, Cout, ws);
     list_tile(t, OH, OW, active, out_list, out_count);
 }
@@ -628,9 +707,7 @@ __device__ __forceinline__ void conv_gemm_listed_tc(CONV_PARAMS, const int *list
     __shared__ bool active[TILE_P];
     __shared__ RowCoord rows[TILE_P];
     __shared__ unsigned long long taps[TILE_P];
-    __shared__ __align__(32) T As[TILE_P][TC_LDA];
-    __shared__ __align__(32) T Bs[TC_K][TC_LDB];
-    __shared__ __align__(32) float Cs[TILE_P][TC_LDC];
+    __shared__ __align__(32) TcShared<T> smem;
 
     const int tid = threadIdx.x, listed = *count, split = SPLIT ? blockIdx.z : 0;
     if (counter && tid == 0 && blockIdx.x == 0 && blockIdx.y == 0 && split == 0 && listed)
@@ -644,6 +721,10 @@ __device__ __forceinline__ void conv_gemm_listed_tc(CONV_PARAMS, const int *list
     RowTaps vt{0ull};
     uint4 a_vec;  // the chunk's A elements: one vector, or eight scalars (fewer live registers)
     T *const a_next = reinterpret_cast<T *>(&a_vec);
+    auto source = [&](int k0) {
+        return a_vector_at(k0, gb.K, gb.cin_g, KW, active[vp], vn, vy, vx, dh, dw, vt, 8 * (tid & 3), xg, xN, xH,
+                           xW);
+    };
     auto fetch = [&](int k0) {
         if (mode & CONV_VECTOR_A) {
             a_vec = gather_a_vector<uint4>(k0, gb.K, gb.cin_g, KW, active[vp], vn, vy, vx, dh, dw, vt,
@@ -658,7 +739,7 @@ __device__ __forceinline__ void conv_gemm_listed_tc(CONV_PARAMS, const int *list
             }
         }
     };
-    auto stage = [&]() {
+    auto stage = [&](T (*As)[TC_LDA]) {
         if (mode & CONV_VECTOR_A) {
             *reinterpret_cast<uint4 *>(&As[vp][8 * (tid & 3)]) = a_vec;
         } else {
@@ -682,7 +763,7 @@ __device__ __forceinline__ void conv_gemm_listed_tc(CONV_PARAMS, const int *list
         vy = rows[vp].oy * sh - pt;
         vx = rows[vp].ox * sw - pl;
         vt = RowTaps{taps[vp]};
-        tc_gemm<T, SPLIT>(gb, split, TcTiles<T>{As, Bs, Cs}, active, fetch, stage, row_at,
+        tc_gemm<T, SPLIT>(gb, split, smem, active, tc_rows(fetch, stage, source, row_at),
                           wp + (size_t)gb.grp * gb.K * gb.cout_g, CONV_OUT, N, OH, OW, Cout, ws);
         __syncthreads();  // the next tile's rows overwrite rows, active and taps
     }
