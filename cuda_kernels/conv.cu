@@ -7,7 +7,8 @@
 // reading values or weights. Inside an active tile, inactive output pixels read no input
 // values either.
 //
-// Two kernels share that structure:
+// Two kernels share that structure (a third, conv_output_list, only writes the mask and
+// lists the tile's active pixels, for the listed GEMM below):
 //   conv_gemm       implicit GEMM for any group size: output pixels × output channels of
 //                   one group, reduced over K = KH·KW·Cin_g (a 1×1 conv is a plain
 //                   matrix product over the channels). Weights packed [G][KH][KW][Cin_g][Cout_g].
@@ -16,6 +17,8 @@
 //                   use tensor cores (wmma 16×16×16, fp16 products, fp32 accumulation).
 //   conv_depthwise  one input channel per group (Cin_g = 1, any channel multiplier);
 //                   weights packed [KH][KW][Cout].
+// conv_gemm_listed is conv_gemm's fp16 GEMM with rows taken from a list of output pixels
+// instead of a tile: its cost follows the candidates, not the tiles they touch.
 // Split K (conv_gemm_split, the same GEMM with SPLIT set): blockIdx.z = split · N + n and
 // split s reduces its own range of K (a multiple of FLUSH_K long) into the fp32 workspace
 // ws[s][n][oy][ox][c]; conv_split_sum then adds the splits in order and applies the
@@ -35,6 +38,7 @@
 // TILE, GEMM_CO, DW_CO and the CONV_* mode bits come from backends/cuda/constants.py.
 #define TILE_P (TILE * TILE)  // pixels per tile
 static_assert(TILE_P == 64 && DC_BLOCK == 256, "the convolution kernels map 256 threads onto 8 × 8 tiles");
+static_assert(LISTED_TAPS <= 64, "a listed GEMM row keeps its taps as the bits of one 64-bit word");
 #define GEMM_K 16        // reduction chunk
 #define FLUSH_K 64       // fp32 run length of the CUDA-core path's two-level sum
 #define DW_WINDOW 361    // input pixels a conv_depthwise block stages (19 × 19: 5×5 at stride 2)
@@ -79,6 +83,8 @@ struct TileMask {
         if (iy < 0 || iy >= H || ix < 0 || ix >= W) return false;
         return (staged ? foot[(iy - y0) * cols + (ix - x0)] : m[off3(n, iy, ix, mN, mH, mW)]) != 0;
     }
+    // The gathers' form (see gather_a): kernel tap r of an output pixel reads (iy, ix).
+    __device__ __forceinline__ bool operator()(int, int iy, int ix) const { return (*this)(iy, ix); }
 };
 
 // This block's split of K and sample: blockIdx.z = split · N + n (split 0 unless SPLIT).
@@ -261,8 +267,9 @@ __device__ __forceinline__ void gemm_store(unsigned on, At at, const float (&v)[
 
 // One element of the implicit-GEMM A matrix: the input value under reduction index kg
 // for the output pixel of sample n whose window starts at (y0, x0), or 0 (padding,
-// masked, k ≥ K). `taps(iy, ix)`: whether input pixel (iy, ix) is updated (a TileMask,
-// or ListedTaps for the rows of a work list).
+// masked, k ≥ K). `taps(r, iy, ix)`: whether kernel tap r (= kh·KW + kw), which reads
+// input pixel (iy, ix), reads an updated pixel inside the frame (a TileMask, or the
+// RowTaps of a listed row).
 template <typename Taps>
 __device__ __forceinline__ scalar_t gather_a(int kg, int K, int cin_g, int KW, bool pixel_active, int n,
                                              int y0, int x0, int dh, int dw, const Taps &taps,
@@ -272,28 +279,38 @@ __device__ __forceinline__ scalar_t gather_a(int kg, int K, int cin_g, int KW, b
     const int ci = kg - r * cin_g;
     const int kh = r / KW;
     const int iy = y0 + kh * dh, ix = x0 + (r - kh * KW) * dw;
-    if (!taps(iy, ix)) return from_f<scalar_t>(0.f);
+    if (!taps(r, iy, ix)) return from_f<scalar_t>(0.f);
     return xg[off4(n, ci, iy, ix, xN, xC, xH, xW)];
 }
 
-// Vector loads of an A-tile row segment: the vector of reduction indices [k, k + width)
+// The address of an A-tile row segment: the vector of reduction indices [k, k + width)
 // (k = k0 + c; 4 floats or 8 halves) for the pixel of sample n whose window starts at
-// (y0, x0). With CONV_VECTOR_A, Cin_g is a multiple of the width, so a vector lies in
-// one kernel tap and its channels are contiguous; vectors at k ≥ K (the end of a short
-// reduction, e.g. a 1×1 conv over 16 or 24 channels) are zero.
+// (y0, x0), or null where it is zero (inactive pixel, k ≥ K, tap not updated). With
+// CONV_VECTOR_A, Cin_g is a multiple of the width, so a vector lies in one kernel tap and
+// its channels are contiguous; vectors at k ≥ K (the end of a short reduction, e.g. a
+// 1×1 conv over 16 or 24 channels) are zero.
+template <typename Taps>
+__device__ __forceinline__ const scalar_t *a_vector_at(int k0, int K, int cin_g, int KW, bool pixel_active, int n,
+                                                       int y0, int x0, int dh, int dw, const Taps &taps, int c,
+                                                       const scalar_t *xg, int xN, int xH, int xW) {
+    const int k = k0 + c;
+    if (!pixel_active || k >= K) return nullptr;
+    const int r = k / cin_g;
+    const int kh = r / KW;
+    const int iy = y0 + kh * dh, ix = x0 + (r - kh * KW) * dw;
+    if (!taps(r, iy, ix)) return nullptr;
+    return xg + n * xN + iy * xH + ix * xW + (k - r * cin_g);
+}
+
+// The vector a_vector_at addresses, loaded (zero where it is null).
 template <typename V, typename Taps>
 __device__ __forceinline__ V gather_a_vector(int k0, int K, int cin_g, int KW, bool pixel_active, int n,
                                              int y0, int x0, int dh, int dw, const Taps &taps, int c,
                                              const scalar_t *xg, int xN, int xH, int xW) {
     V v;
     memset(&v, 0, sizeof(V));
-    const int k = k0 + c;
-    if (!pixel_active || k >= K) return v;
-    const int r = k / cin_g;
-    const int kh = r / KW;
-    const int iy = y0 + kh * dh, ix = x0 + (r - kh * KW) * dw;
-    if (!taps(iy, ix)) return v;
-    return *reinterpret_cast<const V *>(xg + n * xN + iy * xH + ix * xW + (k - r * cin_g));
+    const scalar_t *at = a_vector_at(k0, K, cin_g, KW, pixel_active, n, y0, x0, dh, dw, taps, c, xg, xN, xH, xW);
+    return at ? *reinterpret_cast<const V *>(at) : v;
 }
 
 // Both GEMM paths keep the next reduction chunk's A and B elements in registers: they are
@@ -431,30 +448,75 @@ __device__ __forceinline__ void conv_gemm_cuda_cores(CONV_PARAMS) {
 // tc_gemm is the GEMM of one block's 64 rows (output pixels) × 64 output channels over
 // its part of K, and its epilogue; the row sources call it:
 //   conv_gemm_tensor_cores  rows = the 8×8 tile of blockIdx.x (any conv configuration);
-//   conv_gemm_listed        rows = 64 consecutive entries of a pixel work list (1×1,
-//                           stride 1, unpadded, 16-byte A rows; see conv_gemm_listed).
-// `fetch(k0)` loads the block's A elements of the reduction chunk starting at k0 into
-// the caller's registers and `stage()` writes them to As; `row_at(p)` is row p's output
-// pixel, computed where active[p].
+//   conv_gemm_listed        rows = 64 consecutive entries of a pixel work list of
+//                           output pixels (see conv_gemm_listed_tc).
+// The row source describes its A elements two ways (`TcRows`): `fetch(k0)` loads the
+// block's A elements of the reduction chunk starting at k0 into the caller's registers
+// and `stage(As)` writes them to a stage; `source(k0)` is the address of this thread's
+// 16-byte A vector of that chunk (row tid / 4, channels 8·(tid % 4)..+7; null: zero),
+// for rows of 16-byte vectors (CONV_VECTOR_A). `row_at(p)` is row p's output pixel,
+// computed where active[p].
+//
+// With 16-byte A and B vectors (CONV_VECTOR_A and CONV_VECTOR_B) the chunks flow through
+// a TC_STAGES-deep cp.async pipeline: while one chunk is multiplied, the next
+// TC_STAGES - 1 are in flight (zero-filled where the source is null), so a block's time
+// per chunk is its copies' throughput rather than one gather's latency — which is what
+// bounds a block over few rows and a long K (a listed 3×3 conv at 10 % candidates runs
+// ~100 blocks of 18 chunks). Otherwise one chunk is loaded into registers while the
+// previous is multiplied.
+#define TC_STAGES 3
 struct RowCoord {
     int n, oy, ox;
 };
 
+// The shared memory of tc_gemm: the staged chunks, and the fp32 results of the epilogue
+// in the same bytes (written after the last chunk is multiplied).
 template <typename T>
-struct TcTiles {
-    T (*As)[TC_LDA];
-    T (*Bs)[TC_LDB];
-    float (*Cs)[TC_LDC];
+union TcShared {
+    struct {
+        T As[TC_STAGES][TILE_P][TC_LDA];
+        T Bs[TC_STAGES][TC_K][TC_LDB];
+    } chunk;
+    float Cs[TILE_P][TC_LDC];
 };
 
-template <typename T, bool SPLIT, typename Fetch, typename Stage, typename RowAt>
-__device__ __forceinline__ void tc_gemm(const GemmBlock &gb, int split, const TcTiles<T> &s, const bool *active,
-                                        Fetch fetch, Stage stage, RowAt row_at, const T *wg, const ConvOut &sink,
-                                        int N, int OH, int OW, int Cout, float *ws) {
+template <typename Fetch, typename Stage, typename Source, typename RowAt>
+struct TcRows {
+    Fetch fetch;
+    Stage stage;
+    Source source;
+    RowAt row_at;
+};
+template <typename Fetch, typename Stage, typename Source, typename RowAt>
+__device__ __forceinline__ TcRows<Fetch, Stage, Source, RowAt> tc_rows(Fetch f, Stage st, Source so, RowAt r) {
+    return TcRows<Fetch, Stage, Source, RowAt>{f, st, so, r};
+}
+
+// c += As × Bs over one chunk (this warp's 16 rows × 32 channels).
+template <typename T, typename Frag>
+__device__ __forceinline__ void tc_chunk(const T (*As)[TC_LDA], const T (*Bs)[TC_LDB], Frag (&c)[2]) {
+    using namespace nvcuda;
+    const int warp = threadIdx.x >> 5, warp_m = warp & 3, warp_n = warp >> 2;
+#pragma unroll
+    for (int ks = 0; ks < TC_K; ks += 16) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;
+        wmma::load_matrix_sync(a, &As[warp_m * 16][ks], TC_LDA);
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> b;
+            wmma::load_matrix_sync(b, &Bs[ks][warp_n * 32 + j * 16], TC_LDB);
+            wmma::mma_sync(c[j], a, b, c[j]);
+        }
+    }
+}
+
+template <typename T, bool SPLIT, typename Rows>
+__device__ __forceinline__ void tc_gemm(const GemmBlock &gb, int split, TcShared<T> &s, const bool *active,
+                                        const Rows &rows, const T *wg, const ConvOut &sink, int N, int OH,
+                                        int OW, int Cout, float *ws) {
     using namespace nvcuda;
     const int mode = sink.mode;
     const int tid = threadIdx.x;
-    const int warp = tid >> 5, warp_m = warp & 3, warp_n = warp >> 2;
     wmma::fragment<wmma::accumulator, 16, 16, 16, float> c[2];
     wmma::fill_fragment(c[0], 0.f);
     wmma::fill_fragment(c[1], 0.f);
@@ -462,50 +524,73 @@ __device__ __forceinline__ void tc_gemm(const GemmBlock &gb, int split, const Tc
     // B loads: weight row vb = tid/8 takes output channels 8·(tid%8)..+7.
     const int vb = tid >> 3, vco = gb.co0 + 8 * (tid & 7);
     const bool vector_b = (mode & CONV_VECTOR_B) && vco + 8 <= gb.cout_g;
-    uint4 b_vec;
-    T b_next[8];
-    auto fetch_b = [&](int k0) {
-        const int kgb = k0 + vb;
-        if (vector_b) {
-            b_vec = kgb < gb.K ? *reinterpret_cast<const uint4 *>(wg + (size_t)kgb * gb.cout_g + vco)
-                               : make_uint4(0, 0, 0, 0);
-        } else {
+    if ((mode & CONV_VECTOR_A) && (mode & CONV_VECTOR_B)) {
+        // cp.async pipeline. With CONV_VECTOR_B, Cout_g is a multiple of 8, so this
+        // thread's weight vector lies wholly inside the group's channels or wholly past
+        // them (zero-filled, as are rows past K).
+        auto issue = [&](int stage, int k0) {
+            const T *a = rows.source(k0);
+            __pipeline_memcpy_async(&s.chunk.As[stage][tid >> 2][8 * (tid & 3)], a ? a : wg, 16, a ? 0 : 16);
+            const int kgb = k0 + vb;
+            const bool b_on = vector_b && kgb < gb.K;
+            __pipeline_memcpy_async(&s.chunk.Bs[stage][vb][8 * (tid & 7)],
+                                    b_on ? wg + (size_t)kgb * gb.cout_g + vco : wg, 16, b_on ? 0 : 16);
+        };
 #pragma unroll
-            for (int j = 0; j < 8; ++j)
-                b_next[j] = (kgb < gb.K && vco + j < gb.cout_g) ? wg[(size_t)kgb * gb.cout_g + vco + j]
-                                                                 : from_f<T>(0.f);
+        for (int st = 0; st < TC_STAGES - 1; ++st) {
+            const int k0 = gb.k_begin + st * TC_K;
+            if (k0 < gb.k_end) issue(st, k0);
+            __pipeline_commit();  // possibly empty: one group per chunk keeps the count uniform
         }
-    };
-    if (!SPLIT || gb.k_begin < gb.k_end) {  // an empty split stores zeros
-        fetch(gb.k_begin);
-        fetch_b(gb.k_begin);
-    }
-    for (int k0 = gb.k_begin; k0 < gb.k_end; k0 += TC_K) {
-        stage();
-        if (vector_b) {
-            *reinterpret_cast<uint4 *>(&s.Bs[vb][8 * (tid & 7)]) = b_vec;
-        } else {
-#pragma unroll
-            for (int j = 0; j < 8; ++j) s.Bs[vb][8 * (tid & 7) + j] = b_next[j];
+        int stage = 0;
+        for (int k0 = gb.k_begin; k0 < gb.k_end; k0 += TC_K) {
+            __pipeline_wait_prior(TC_STAGES - 2);  // this chunk's copies are done (this thread's)
+            __syncthreads();                        // ... every thread's; the oldest stage is free
+            const int next = k0 + (TC_STAGES - 1) * TC_K;
+            if (next < gb.k_end) issue((stage + TC_STAGES - 1) % TC_STAGES, next);
+            __pipeline_commit();
+            tc_chunk(s.chunk.As[stage], s.chunk.Bs[stage], c);
+            stage = (stage + 1) % TC_STAGES;
         }
-        __syncthreads();
-        if (k0 + TC_K < gb.k_end) {
-            fetch(k0 + TC_K);
-            fetch_b(k0 + TC_K);
-        }
+        __pipeline_wait_prior(0);
+        __syncthreads();  // every chunk is multiplied before Cs overwrites them
+    } else {
+        uint4 b_vec;
+        T b_next[8];
+        auto fetch_b = [&](int k0) {
+            const int kgb = k0 + vb;
+            if (vector_b) {
+                b_vec = kgb < gb.K ? *reinterpret_cast<const uint4 *>(wg + (size_t)kgb * gb.cout_g + vco)
+                                   : make_uint4(0, 0, 0, 0);
+            } else {
 #pragma unroll
-        for (int ks = 0; ks < TC_K; ks += 16) {
-            wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;
-            wmma::load_matrix_sync(a, &s.As[warp_m * 16][ks], TC_LDA);
-#pragma unroll
-            for (int j = 0; j < 2; ++j) {
-                wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> b;
-                wmma::load_matrix_sync(b, &s.Bs[ks][warp_n * 32 + j * 16], TC_LDB);
-                wmma::mma_sync(c[j], a, b, c[j]);
+                for (int j = 0; j < 8; ++j)
+                    b_next[j] = (kgb < gb.K && vco + j < gb.cout_g) ? wg[(size_t)kgb * gb.cout_g + vco + j]
+                                                                     : from_f<T>(0.f);
             }
+        };
+        if (!SPLIT || gb.k_begin < gb.k_end) {  // an empty split stores zeros
+            rows.fetch(gb.k_begin);
+            fetch_b(gb.k_begin);
         }
-        __syncthreads();
+        for (int k0 = gb.k_begin; k0 < gb.k_end; k0 += TC_K) {
+            rows.stage(s.chunk.As[0]);
+            if (vector_b) {
+                *reinterpret_cast<uint4 *>(&s.chunk.Bs[0][vb][8 * (tid & 7)]) = b_vec;
+            } else {
+#pragma unroll
+                for (int j = 0; j < 8; ++j) s.chunk.Bs[0][vb][8 * (tid & 7) + j] = b_next[j];
+            }
+            __syncthreads();
+            if (k0 + TC_K < gb.k_end) {
+                rows.fetch(k0 + TC_K);
+                fetch_b(k0 + TC_K);
+            }
+            tc_chunk(s.chunk.As[0], s.chunk.Bs[0], c);
+            __syncthreads();
+        }
     }
+    const int warp = tid >> 5, warp_m = warp & 3, warp_n = warp >> 2;
 #pragma unroll
     for (int j = 0; j < 2; ++j)
         wmma::store_matrix_sync(&s.Cs[warp_m * 16][warp_n * 32 + j * 16], c[j], TC_LDC, wmma::mem_row_major);
@@ -520,7 +605,7 @@ __device__ __forceinline__ void tc_gemm(const GemmBlock &gb, int split, const Tc
         v[i] = s.Cs[p0 + 4 * i][co];
     }
     auto at = [&](int i) {
-        const RowCoord r = row_at(p0 + 4 * i);
+        const RowCoord r = rows.row_at(p0 + 4 * i);
         return OutputAt{r.n, gb.grp * gb.cout_g + gb.co0 + co, r.oy, r.ox};
     };
     gemm_store<SPLIT>(on, at, v, sink, split, ws, N, OH, OW, Cout);
@@ -530,9 +615,7 @@ template <typename T, bool SPLIT>
 __device__ __forceinline__ void conv_gemm_tensor_cores(CONV_PARAMS) {
     __shared__ bool active[TILE_P];
     __shared__ mask_t foot[FOOT_MAX];
-    __shared__ __align__(32) T As[TILE_P][TC_LDA];
-    __shared__ __align__(32) T Bs[TC_K][TC_LDB];
-    __shared__ __align__(32) float Cs[TILE_P][TC_LDC];
+    __shared__ __align__(32) TcShared<T> smem;
 
     const int tid = threadIdx.x;
     const ConvSlice slice = conv_slice<SPLIT>(N);
@@ -554,6 +637,9 @@ __device__ __forceinline__ void conv_gemm_tensor_cores(CONV_PARAMS) {
     const int vy = (t.ty0 + vp / TILE) * sh - pt, vx = (t.tx0 + vp % TILE) * sw - pl;
     uint4 a_vec;
     T a_next[8];
+    auto source = [&](int k0) {
+        return a_vector_at(k0, gb.K, gb.cin_g, KW, vok, t.n, vy, vx, dh, dw, t, 8 * (tid & 3), xg, xN, xH, xW);
+    };
     auto fetch = [&](int k0) {
         if (mode & CONV_VECTOR_A) {
             a_vec = gather_a_vector<uint4>(k0, gb.K, gb.cin_g, KW, vok, t.n, vy, vx, dh, dw, t, 8 * (tid & 3),
@@ -565,7 +651,7 @@ __device__ __forceinline__ void conv_gemm_tensor_cores(CONV_PARAMS) {
                                      t, xg, xN, xC, xH, xW);
         }
     };
-    auto stage = [&]() {
+    auto stage = [&](T (*As)[TC_LDA]) {
         if (mode & CONV_VECTOR_A) {
             *reinterpret_cast<uint4 *>(&As[vp][8 * (tid & 3)]) = a_vec;
         } else {
@@ -574,45 +660,93 @@ __device__ __forceinline__ void conv_gemm_tensor_cores(CONV_PARAMS) {
         }
     };
     auto row_at = [&](int p) { return RowCoord{t.n, t.ty0 + p / TILE, t.tx0 + p % TILE}; };
-    tc_gemm<T, SPLIT>(gb, slice.split, TcTiles<T>{As, Bs, Cs}, active, fetch, stage, row_at,
+    tc_gemm<T, SPLIT>(gb, slice.split, smem, active, tc_rows(fetch, stage, source, row_at),
                       wp + (size_t)gb.grp * gb.K * gb.cout_g, CONV_OUT, N, OH, OW, Cout, ws);
     list_tile(t, OH, OW, active, out_list, out_count);
 }
 
-// The input taps of a listed row: a 1×1, stride-1, unpadded conv reads exactly its output
-// pixel, which is on the list because it is set in the input mask.
-struct ListedTaps {
-    __device__ __forceinline__ bool operator()(int, int) const { return true; }
+// The input taps of a listed GEMM row: bit r (r = kh·KW + kw < LISTED_TAPS) of `bits`
+// is set iff tap r of the row's output pixel reads an updated input pixel inside the
+// frame (computed once per row tile by listed_row_taps).
+struct RowTaps {
+    unsigned long long bits;
+    __device__ __forceinline__ bool operator()(int r, int, int) const { return (bits >> r) & 1ull; }
 };
 
+// taps[p] |= the RowTaps bits of listed row p (its output pixel rows[p], active[p]): the
+// 256 threads take row tid % 64 and every fourth tap from tid / 64, so a 3×3 kernel costs
+// each thread at most three mask loads. taps[] must be zero; all threads must call it,
+// and synchronise before reading taps[].
+__device__ __forceinline__ void listed_row_taps(const RowCoord *rows, const bool *active, unsigned long long *taps,
+                                                int H, int W, int KH, int KW, int sh, int sw, int pt, int pl,
+                                                int dh, int dw, const mask_t *m, int mN, int mH, int mW) {
+    const int p = threadIdx.x & (TILE_P - 1);
+    if (!active[p]) return;
+    const RowCoord q = rows[p];
+    const int y0 = q.oy * sh - pt, x0 = q.ox * sw - pl;
+    unsigned long long bits = 0ull;
+    for (int r = threadIdx.x / TILE_P; r < KH * KW; r += DC_BLOCK / TILE_P) {
+        const int kh = r / KW, iy = y0 + kh * dh, ix = x0 + (r - kh * KW) * dw;
+        if (iy >= 0 && iy < H && ix >= 0 && ix < W && m[off3(q.n, iy, ix, mN, mH, mW)]) bits |= 1ull << r;
+    }
+    if (bits) atomicOr(&taps[p], bits);
+}
+
 // conv_gemm over a pixel work list (see "Pixel work lists" in common.cuh): the rows of
-// the GEMM are the listed pixels list[0:*count), 64 per row tile, so a block's rows are
-// all updated pixels however scattered they are, and no block scans the mask. Only for
-// 1×1, stride-1, unpadded convs (the output mask is the input mask: the host hands the
-// input's mask and list on) with CONV_VECTOR_A, fp16 (tensor cores). A persistent grid
-// (gridDim.x row-tile slots × output-channel blocks) loops over the row tiles; an empty
-// list costs each block one load. `counter` (statistics) gets *count once.
-template <typename T>
+// the GEMM are the listed output pixels list[0:*count), 64 per row tile, so a block's
+// rows are all candidates however scattered they are, and no block scans the mask. Any
+// geometry with at most LISTED_TAPS kernel taps, fp16 (tensor cores). The list is the
+// output mask's: a 1×1, stride-1, unpadded conv's is its input's (handed on by the
+// producer), any other's is written by conv_output_list. A persistent grid (gridDim.x
+// row-tile slots × output-channel blocks × splits) loops over the row tiles; an empty
+// list costs each block one load. With SPLIT, blockIdx.z is the split (of K, as in
+// conv_gemm_split: partial sums into ws at the rows' pixels, conv_split_sum adds them
+// where the output mask is set). `counter` (statistics) gets *count once.
+template <typename T, bool SPLIT>
 __device__ __forceinline__ void conv_gemm_listed_tc(CONV_PARAMS, const int *list, const int *count) {
     __shared__ bool active[TILE_P];
     __shared__ RowCoord rows[TILE_P];
-    __shared__ __align__(32) T As[TILE_P][TC_LDA];
-    __shared__ __align__(32) T Bs[TC_K][TC_LDB];
-    __shared__ __align__(32) float Cs[TILE_P][TC_LDC];
+    __shared__ unsigned long long taps[TILE_P];
+    __shared__ __align__(32) TcShared<T> smem;
 
-    const int tid = threadIdx.x, listed = *count;
-    if (counter && tid == 0 && blockIdx.x == 0 && blockIdx.y == 0 && listed) atomicAdd(counter, listed);
-    const GemmBlock gb = gemm_block<false>(Cin, Cout, groups, KH, KW, 1, 0);
+    const int tid = threadIdx.x, listed = *count, split = SPLIT ? blockIdx.z : 0;
+    if (counter && tid == 0 && blockIdx.x == 0 && blockIdx.y == 0 && split == 0 && listed)
+        atomicAdd(counter, listed);
+    const GemmBlock gb = gemm_block<SPLIT>(Cin, Cout, groups, KH, KW, splits, split);
     const T *xg = x + gb.grp * gb.cin_g * xC;
-    const ListedTaps taps;
-    const int vp = tid >> 2;  // pixel tid/4 takes channels 8·(tid%4)..+7 of the chunk
-    uint4 a_vec;
-    RowCoord vr{0, 0, 0};
-    auto fetch = [&](int k0) {
-        a_vec = gather_a_vector<uint4>(k0, gb.K, gb.cin_g, KW, active[vp], vr.n, vr.oy, vr.ox, dh, dw, taps,
-                                       8 * (tid & 3), xg, xN, xH, xW);
+    // Vector loads: row vp = tid/4 takes channels 8·(tid%4)..+7 of the chunk; its input
+    // window starts at (vy, vx). Scalar loads: column kk of rows tid/32 + 8·i.
+    const int vp = tid >> 2, kk = tid & (TC_K - 1);
+    int vn = 0, vy = 0, vx = 0;
+    RowTaps vt{0ull};
+    uint4 a_vec;  // the chunk's A elements: one vector, or eight scalars (fewer live registers)
+    T *const a_next = reinterpret_cast<T *>(&a_vec);
+    auto source = [&](int k0) {
+        return a_vector_at(k0, gb.K, gb.cin_g, KW, active[vp], vn, vy, vx, dh, dw, vt, 8 * (tid & 3), xg, xN, xH,
+                           xW);
     };
-    auto stage = [&]() { *reinterpret_cast<uint4 *>(&As[vp][8 * (tid & 3)]) = a_vec; };
+    auto fetch = [&](int k0) {
+        if (mode & CONV_VECTOR_A) {
+            a_vec = gather_a_vector<uint4>(k0, gb.K, gb.cin_g, KW, active[vp], vn, vy, vx, dh, dw, vt,
+                                           8 * (tid & 3), xg, xN, xH, xW);
+        } else {
+#pragma unroll
+            for (int i = 0; i < 8; ++i) {
+                const int p = (tid >> 5) + 8 * i;
+                const RowCoord q = rows[p];
+                a_next[i] = gather_a(k0 + kk, gb.K, gb.cin_g, KW, active[p], q.n, q.oy * sh - pt, q.ox * sw - pl,
+                                     dh, dw, RowTaps{taps[p]}, xg, xN, xC, xH, xW);
+            }
+        }
+    };
+    auto stage = [&](T (*As)[TC_LDA]) {
+        if (mode & CONV_VECTOR_A) {
+            *reinterpret_cast<uint4 *>(&As[vp][8 * (tid & 3)]) = a_vec;
+        } else {
+#pragma unroll
+            for (int i = 0; i < 8; ++i) As[(tid >> 5) + 8 * i][kk] = a_next[i];
+        }
+    };
     auto row_at = [&](int p) { return rows[p]; };
     for (int r0 = blockIdx.x * TILE_P; r0 < listed; r0 += gridDim.x * TILE_P) {
         if (tid < TILE_P) {
@@ -620,12 +754,18 @@ __device__ __forceinline__ void conv_gemm_listed_tc(CONV_PARAMS, const int *list
             const Pixel q = pixel_at(on ? list[r0 + tid] : 0, OH, OW);
             rows[tid] = RowCoord{q.n, q.y, q.x};
             active[tid] = on;
+            taps[tid] = 0ull;
         }
         __syncthreads();
-        vr = rows[vp];
-        tc_gemm<T, false>(gb, 0, TcTiles<T>{As, Bs, Cs}, active, fetch, stage, row_at,
-                          wp + (size_t)gb.grp * gb.K * gb.cout_g, CONV_OUT, N, OH, OW, Cout, nullptr);
-        __syncthreads();  // the next tile's rows overwrite rows and active
+        listed_row_taps(rows, active, taps, H, W, KH, KW, sh, sw, pt, pl, dh, dw, m, mN, mH, mW);
+        __syncthreads();
+        vn = rows[vp].n;
+        vy = rows[vp].oy * sh - pt;
+        vx = rows[vp].ox * sw - pl;
+        vt = RowTaps{taps[vp]};
+        tc_gemm<T, SPLIT>(gb, split, smem, active, tc_rows(fetch, stage, source, row_at),
+                          wp + (size_t)gb.grp * gb.K * gb.cout_g, CONV_OUT, N, OH, OW, Cout, ws);
+        __syncthreads();  // the next tile's rows overwrite rows, active and taps
     }
 }
 
@@ -649,12 +789,32 @@ extern "C" __global__ void __launch_bounds__(DC_BLOCK, DC_RESIDENT) conv_gemm_sp
     conv_gemm_any<true>(CONV_ARGS);
 }
 
-// grid (row-tile slots, groups · ceil(Cout_g / 64), 1); fp16 only (the host never
-// launches it for fp32 models, whose GEMM runs on CUDA cores over tiles).
+// grid (row-tile slots, groups · ceil(Cout_g / 64), splits) (conv_gemm_listed: 1 split);
+// fp16 only (the host never launches them for fp32 models, whose GEMM runs on CUDA
+// cores over tiles).
 extern "C" __global__ void __launch_bounds__(DC_BLOCK, DC_RESIDENT) conv_gemm_listed(CONV_PARAMS, const int *list,
                                                                        const int *count) {
     DC_GRID_START();
-    if constexpr (std::is_same<scalar_t, __half>::value) conv_gemm_listed_tc<scalar_t>(CONV_ARGS, list, count);
+    if constexpr (std::is_same<scalar_t, __half>::value) conv_gemm_listed_tc<scalar_t, false>(CONV_ARGS, list, count);
+}
+extern "C" __global__ void __launch_bounds__(DC_BLOCK, DC_RESIDENT) conv_gemm_listed_split(CONV_PARAMS, const int *list,
+                                                                             const int *count) {
+    DC_GRID_START();
+    if constexpr (std::is_same<scalar_t, __half>::value) conv_gemm_listed_tc<scalar_t, true>(CONV_ARGS, list, count);
+}
+
+// The output mask of a conv whose GEMM runs over its output pixels (conv_gemm_listed):
+// each block writes its 8×8 tile's mask bytes (the pixels whose footprint touches an
+// update, as the tiled kernels compute them), counts them (statistics) and appends the
+// set ones to the list out_list. grid (tiles, 1, N); it reads the conv's geometry and
+// input mask only.
+extern "C" __global__ void __launch_bounds__(DC_BLOCK, DC_RESIDENT) conv_output_list(CONV_PARAMS) {
+    DC_GRID_START();
+    __shared__ bool active[TILE_P];
+    __shared__ mask_t foot[FOOT_MAX];
+    const TileMask t = tile_mask<FOOT_MAX>(blockIdx.z, OW, H, W, KH, KW, sh, sw, pt, pl, dh, dw, m, mN, mH, mW, foot);
+    if (tile_output_mask(t, OH, OW, KH, KW, sh, sw, pt, pl, dh, dw, om, counter, active))
+        list_tile(t, OH, OW, active, out_list, out_count);
 }
 
 // The shared memory of a conv_depthwise block (one for all its geometries).

@@ -9,6 +9,10 @@
   list. ``pw_truncate`` over listed candidates matches the reference too.
 * The tiled conv kernels (depthwise, GEMM, split-K; fp16 and fp32) list their output
   pixels, and the activation fused into them truncates over that list in their mask.
+* fp16 GEMM convs of every geometry (k×k, strided, dilated, grouped, asymmetric, split-K,
+  scalar and vector rows) list their own output pixels (``conv_output_list``) and run
+  their GEMM over that list (``conv_gemm_listed``), alone and fused, matching the
+  reference; their list is their mask.
 * In a whole fp16 model, every Delta that carries a list lists its mask, and lists on or
   off give bit-identical outputs (a GEMM row's sum does not depend on which rows share
   its block), eagerly and under CUDA-graph replay.
@@ -30,7 +34,7 @@ from deltaconvert.ops.linear import LinearCall
 from deltaconvert.ops.nonlinear import Nonlinear
 from deltaconvert.synthetic import synthetic_video
 
-from .test_cuda_ops import DEVICE, MASK_KINDS, V, assert_same, prepare, random_delta
+from .test_cuda_ops import CONVS, DEVICE, MASK_KINDS, V, assert_same, prepare, random_delta
 
 pytestmark = pytest.mark.cuda
 
@@ -217,6 +221,68 @@ def test_tiled_conv_lists_its_pixels_for_its_truncation(poisoned, arena, name, d
             assert got.mask is conv_out.mask, "the truncation reuses the mask the conv wrote for it"
             assert_same(got, expected, dtype, f"frame {frame} ({kind}) output")
             assert_same(ops[1]._state, reference[1]._state, dtype, f"frame {frame} ({kind}) state")
+
+
+def launched_kernels_of(call) -> set[str]:
+    """The names of the kernels ``call()`` launches."""
+    from deltaconvert.backends.cuda.kernels import recorded_launches
+    with recorded_launches() as launches:
+        call()
+    return {name for _, name, _ in launches}
+
+
+# fp16 GEMM convs (not depthwise) of CONVS, plus split-K (4 tiles, K = 2304) and many rows.
+OWN_ROWS = {**{name: make_shape for name, make_shape in CONVS.items()
+               if make_shape[0]().weight.shape[1] != 1},
+            "split_k": (lambda: nn.Conv2d(256, 64, 3, padding=1, bias=False), (1, 256, 16, 16)),
+            "many_rows_3x3": (lambda: nn.Conv2d(16, 24, 3, padding=1), (1, 16, 90, 100))}
+
+
+@pytest.mark.parametrize("multiprocessors", [None, 1], ids=["h200", "one_sm"])
+@pytest.mark.parametrize("fuse", [False, True], ids=["alone", "fused"])
+@pytest.mark.parametrize("name", OWN_ROWS)
+def test_conv_runs_over_its_own_output_list(poisoned, arena, name, fuse, multiprocessors):
+    """An fp16 GEMM conv with a list slot lists its output pixels (``conv_output_list``)
+    and runs its GEMM over them (``conv_gemm_listed``, split-K included): its mask and
+    list agree, and its output (or its fused activation's output and state) matches the
+    reference frame after frame, on NCHW and channels_last inputs (scalar and vector
+    rows), also when one multiprocessor's persistent grid loops over many row tiles."""
+    make, shape = OWN_ROWS[name]
+    torch.manual_seed(0)
+    chain = (lambda: [Conv2d(make()), Nonlinear(nn.ReLU6(), Footprint.POINTWISE, (True,), 0.05)]) \
+        if fuse else (lambda: [Conv2d(make())])
+    ops, reference = prepare(poisoned, chain, (V(shape),), HALF, seed=0, fuse=fuse)
+    ops[0].accelerated.list_count = arena.slot(0)
+    if multiprocessors is not None:
+        ops[0].accelerated.runtime = FewMultiprocessors(poisoned, multiprocessors)
+    gen = torch.Generator(device=DEVICE).manual_seed(1)
+    with torch.no_grad():
+        for frame, kind in enumerate(MASK_KINDS * 2):
+            d = random_delta(shape, kind, HALF, gen, layout=frame % 2)
+            expected_conv = reference[0](d)
+            expected = reference[1](expected_conv) if fuse else expected_conv
+            out = {}
+
+            def call():
+                with poisoned.frame():
+                    arena.begin_frame()
+                    out["conv"] = ops[0](d)
+                    out["last"] = ops[1](out["conv"]) if fuse else out["conv"]
+
+            kernels = launched_kernels_of(call)
+            torch.cuda.synchronize()
+            conv_out = out["conv"]
+            assert "conv_output_list" in kernels, kernels  # the input carries no list
+            assert kernels & {"conv_gemm_listed", "conv_gemm_listed_split"}, kernels
+            assert not kernels & {"conv_gemm", "conv_gemm_split"}, kernels
+            # (A fused activation writes its own output mask into the conv's.)
+            assert listed_pixels(conv_out.extras["pixels"]) == mask_pixels(expected_conv.mask), \
+                f"frame {frame} ({kind}): the conv's list is not its output mask"
+            assert_same(out["last"], expected, HALF, f"frame {frame} ({kind}) output")
+            for op, ref_op in zip(ops, reference):
+                assert_same(op._state, ref_op._state, HALF, f"frame {frame} ({kind}) {op.node_name} state")
+    if name == "split_k" and multiprocessors is None:  # one SM's wave: 4 blocks, no split
+        assert "conv_gemm_listed_split" in kernels and "conv_split_sum" in kernels, kernels
 
 
 class Inverted(nn.Module):

@@ -58,3 +58,42 @@ def test_bound_plan_lists_for_list_consumers_and_truncations():
     kernels = sorted(tuple(op.conv.weight.shape[2:]) for op in listing if isinstance(op, Conv2d))
     assert kernels == [(1, 1), (3, 3), (3, 3)]  # expand, depthwise and stem feed activations
     assert sorted(type(op).__name__ for op in listing) == ["Conv2d"] * 3 + ["Nonlinear"] * 2
+
+
+def test_fp16_gemm_convs_list_their_own_rows(monkeypatch):
+    """``lists_rows``: every fp16, zero-padded conv but a depthwise one, with at most
+    LISTED_TAPS kernel taps, runs its GEMM over listed output pixels (and so gets a list
+    slot at bind time, whoever reads its output); fp32, depthwise, reflect-padded and
+    9×9 convs keep the tiled GEMM, as does every conv with the setting off."""
+    from types import SimpleNamespace
+
+    from deltaconvert.backends.cuda import conv as cuda_conv
+    from deltaconvert.backends.cuda.arena import FrameArena
+    from deltaconvert.backends.cuda.binding import accelerate
+
+    def op(module, dtype=torch.float16):
+        return Conv2d(module.to(dtype))
+
+    assert cuda_conv.lists_rows(op(nn.Conv2d(8, 8, 3, padding=1)))
+    assert cuda_conv.lists_rows(op(nn.Conv2d(3, 16, 7, stride=2, padding=3)))   # scalar rows
+    assert cuda_conv.lists_rows(op(nn.Conv2d(8, 16, 1)))                        # 1×1 too
+    assert cuda_conv.lists_rows(op(nn.Conv2d(8, 8, 8)))                         # 64 taps
+    assert not cuda_conv.lists_rows(op(nn.Conv2d(8, 8, 9, padding=4)))          # 81 taps
+    assert not cuda_conv.lists_rows(op(nn.Conv2d(8, 8, 3, padding=1, groups=8)))
+    assert not cuda_conv.lists_rows(op(nn.Conv2d(8, 8, 3, padding=1), torch.float32))
+    assert not cuda_conv.lists_rows(op(nn.Conv2d(8, 8, 3, padding=1, padding_mode="reflect")))
+
+    model = convert(Net().eval(), torch.randn(1, 3, 8, 8), backend="reference").half()
+    runtime = SimpleNamespace(device=torch.device("cpu"), multiprocessors=1)
+    ops = model.delta_ops()
+    wrappers = accelerate(model, runtime, FrameArena(torch.device("cpu"), len(ops)))
+    slotted = {name for name, w in wrappers.items() if w.list_count is not None}
+    gemm_convs = {name for name, op_ in ops.items()
+                  if isinstance(op_, Conv2d) and op_.conv.weight.shape[1] != 1}
+    assert len(gemm_convs) == 5 and gemm_convs <= slotted  # stem, expand, project, strided, padded
+
+    monkeypatch.setattr(cuda_conv, "LISTED_ROWS", False)
+    assert not cuda_conv.lists_rows(op(nn.Conv2d(8, 8, 3, padding=1)))
+    wrappers = accelerate(model, runtime, FrameArena(torch.device("cpu"), len(ops)))
+    slotted = {name for name, w in wrappers.items() if w.list_count is not None}
+    assert {"strided", "padded"} & {n.split(".")[0] for n in slotted} == set()

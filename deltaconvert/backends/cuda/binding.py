@@ -15,7 +15,7 @@ from . import boundary, cat, conv, conv_transpose, pointwise, pooling, resize  #
 from .arena import FrameArena
 from .base import Accelerated, Consumer
 from .boundary import SparsifyKernel
-from .conv import ConvKernel, takes_pixel_list
+from .conv import ConvKernel, lists_rows, takes_pixel_list
 from .device import DeviceRuntime
 from .fusion import fusion_pairs, operand_sources
 from .pointwise import ADD_FNS, SUB_FNS, LinearPointwise, Truncating
@@ -39,7 +39,8 @@ def accelerate(model: DeltaOpGraph, runtime: DeviceRuntime,
     """The wrapper of every op the kernels run, by op name (installed on the ops). With
     ``arena``, every wrapper gets it (:attr:`Accelerated.arena`), and the wrapper of op
     number i lists its output pixels in the arena's slot i (:attr:`Accelerated.list_count`)
-    when a list consumer reads that output."""
+    when a list consumer reads that output, or when it is a conv whose GEMM runs over
+    them (:func:`~.conv.lists_rows`)."""
     ops = model.delta_ops()
     wrappers = {name: wrapper_for(op, runtime) for name, op in ops.items()}
 
@@ -58,7 +59,7 @@ def accelerate(model: DeltaOpGraph, runtime: DeviceRuntime,
     for index, (name, op) in enumerate(ops.items()):
         if wrappers[name] is not None:
             wrappers[name].arena = arena
-            if name in listing:
+            if name in listing or (isinstance(wrappers[name], ConvKernel) and lists_rows(op)):
                 wrappers[name].list_count = arena.slot(index)
         op.accelerated = wrappers[name]
     return {name: w for name, w in wrappers.items() if w is not None}

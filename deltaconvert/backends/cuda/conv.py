@@ -10,19 +10,25 @@ When the conv's only consumer is a truncating activation (the fusion plan), the
 epilogue adds ``round(δy)`` straight into the activation's accumulator and the conv
 returns only its mask; the activation then truncates (no δy values round trip).
 
-A 1×1, stride-1, unpadded conv's output mask is its input mask, so it hands on the pixel
-work list (:mod:`.worklist`) its input carries; in fp16 with 16-byte rows and no split-K
-it also runs over that list (``conv_gemm_listed``): the GEMM rows are the listed pixels,
-64 per row tile, on a persistent grid of one wave, and the output mask is the input's.
+In fp16 every conv but a depthwise one runs its GEMM over a pixel work list
+(:mod:`.worklist`) of its output pixels (``conv_gemm_listed``): the GEMM rows are the
+listed pixels, 64 per row tile, on a persistent grid of one wave, so its cost follows the
+candidates rather than the 8×8 tiles they touch (scattered changes light up most tiles).
+A 1×1, stride-1, unpadded conv's output mask is its input mask, so it runs over, and
+hands on, the list its input carries; any other lists its output pixels first
+(``conv_output_list``, one mask byte per output pixel) and hands that list on.
+``DELTACONVERT_CUDA_LISTED_ROWS=0`` keeps the tiled GEMM (the tiled kernels then list
+their output pixels only for a consumer that reads lists).
 
 A fused conv whose input carries its whole value (``extras["total"]``) may instead be a
 *dense layer* (:mod:`.dense_layers`): cuDNN computes ``conv(total)``, and the consumer
 assigns it, plus the bias, to its accumulator (:meth:`ConvKernel.recompute`).
 
 A ``conv_gemm`` grid with fewer blocks than one wave of resident blocks (ResNet's last
-stages: 120 blocks on 132 SMs at 720p) splits its reduction (:func:`k_splits`): each
-split writes fp32 partial sums to a workspace and ``conv_split_sum`` adds them in a fixed
-order and applies the epilogue.
+stages: 120 blocks on 132 SMs at 720p) splits its reduction (:func:`k_splits`, listed
+or tiled): each split writes fp32 partial sums to a workspace at the output pixel and
+``conv_split_sum`` adds them in a fixed order and applies the epilogue where the output
+mask is set.
 """
 from __future__ import annotations
 
@@ -36,7 +42,7 @@ from ...delta import Delta
 from ...ops.base import DeltaOp
 from ...ops.conv import Conv2d
 from .base import Accelerated, Consumer, Fused
-from .constants import BLOCK, DW_CO, GEMM_CO, RESIDENT_BLOCKS, TILE, ConvMode
+from .constants import BLOCK, DW_CO, GEMM_CO, LISTED_TAPS, RESIDENT_BLOCKS, TILE, ConvMode
 from .dense_layers import DenseLayerPlan, assigned_restoration, conv_kind
 from .device import DeviceRuntime
 from .kernels import Args, kernel
@@ -58,6 +64,8 @@ from .worklist import list_args, list_extras, new_list
 VECTOR_LOADS = os.environ.get("DELTACONVERT_CUDA_VECTOR_LOADS", "1") != "0"
 # Split-K for small conv_gemm grids (DELTACONVERT_CUDA_SPLIT_K=0: off).
 SPLIT_K = os.environ.get("DELTACONVERT_CUDA_SPLIT_K", "1") != "0"
+# GEMM rows = listed output pixels (DELTACONVERT_CUDA_LISTED_ROWS=0: tiles, as before).
+LISTED_ROWS = os.environ.get("DELTACONVERT_CUDA_LISTED_ROWS", "1") != "0"
 SPLIT_MIN_K = 128    # fewest reduction elements per split (PERF_NOTES §19: 512 left the
                      # 23×40 layers of MobileNetV2 at 720p, K = 576–960, unsplit)
 MAX_SPLITS = 8
@@ -109,6 +117,18 @@ def takes_pixel_list(op: DeltaOp) -> bool:
     """Whether ``op`` consumes its input's pixel work list (bind time: see
     :func:`~.worklist.list_producers`)."""
     return isinstance(op, Conv2d) and op.conv.padding_mode == "zeros" and keeps_pixels(op.conv)
+
+
+def lists_rows(op: DeltaOp) -> bool:
+    """Whether ``op`` runs its GEMM over a list of its output pixels (bind time, so that
+    it gets a list-count slot for the list it writes when its input carries none): an
+    fp16, zero-padded conv that is not depthwise, with at most LISTED_TAPS kernel taps."""
+    if not (LISTED_ROWS and isinstance(op, Conv2d)):
+        return False
+    conv = op.conv
+    _, cin_g, kh, kw = conv.weight.shape
+    return (conv.padding_mode == "zeros" and conv.weight.dtype == torch.float16 and cin_g != 1
+            and kh * kw <= LISTED_TAPS)
 
 
 def k_splits(blocks: int, k: int, multiprocessors: int) -> int:
@@ -193,14 +213,16 @@ class ConvKernel(Accelerated):
         channel_blocks = groups * -(-(cout // groups) // GEMM_CO)
         splits = 1 if depthwise else k_splits(tiles * channel_blocks * n, kh * kw * cin_g,
                                               self.runtime.multiprocessors)
-        # The input's list, handed on whenever the output mask is the input mask; the GEMM
-        # runs over it (conv_gemm_listed) for fp16 16-byte rows, unless split-K pays more.
-        listed = d.extras.get("pixels") if keeps_pixels(conv) else None
-        over_list = (listed is not None and splits == 1 and d.dtype == torch.float16
-                     and bool(mode & ConvMode.VECTOR_A))
-        om = d.mask if over_list else new_mask(out_shape, device)
-        # Otherwise the tile kernels list the output pixels when a consumer reads a list.
-        produced = new_list(n * oh * ow, self.list_count) if listed is None else None
+        # The GEMM rows: the input's list where the output mask is the input mask (handed
+        # on), else a list of the output pixels written by conv_output_list (own).
+        listable = d.dtype == torch.float16 and lists_rows(op)
+        handed = d.extras.get("pixels") if keeps_pixels(conv) else None
+        rows = handed if listable else None
+        if listable and handed is None:
+            rows = new_list(n * oh * ow, self.list_count)
+        # Tiled kernels list their output pixels when a consumer reads a list.
+        produced = new_list(n * oh * ow, self.list_count) if rows is None and handed is None else None
+        om = d.mask if handed is not None and rows is handed else new_mask(out_shape, device)
         if fused:
             out = placeholder(out_shape, d.dtype, device)
             acc = nhwc_state(self.consumer[0])[0][0]
@@ -210,26 +232,27 @@ class ConvKernel(Accelerated):
         args_ = Args(layer).ints(n, cin, h, w, cout, oh, ow, kh, kw, sh, sw, top, left, dh, dw,
                                  groups)
         args_.tensor(d.values, strides4(d.values)).mask(d.mask, d.shape).ptr(weight)
-        if over_list:
-            # A persistent grid of one wave: row-tile slots × output-channel blocks.
-            slots = max(1, RESIDENT_BLOCKS * self.runtime.multiprocessors // channel_blocks)
-            grid = (min(slots, -(-(n * oh * ow) // (TILE * TILE))), channel_blocks, 1)
-            name = "conv_gemm_listed"
-        elif depthwise:
-            grid, name = (tiles, -(-cout // DW_CO), n), "conv_depthwise"
-        else:
-            grid = (tiles, channel_blocks, n)
-            name = "conv_gemm_split" if splits > 1 else "conv_gemm"
         ws = new_values((splits, n, oh, ow, cout), torch.float32, device) if splits > 1 else None
         epilogue = Args(layer).ints(mode).tensor(out, strides4(out))
         epilogue.tensor(acc, strides4(acc) if acc is not None else (0, 0, 0, 0))
+        args_.extend(epilogue).ptr(om).ints(splits).ptr(ws)
         counter = op.counter_for_kernel()
-        args_.extend(epilogue).ptr(om).ints(splits).ptr(ws).ptr(counter)
-        args_.extend(list_args(layer, produced))
-        if over_list:
-            args_.extend(list_args(layer, listed))
-        kernel(self.runtime, "conv", name, d.dtype)((grid[0], grid[1], grid[2] * splits), (BLOCK, 1, 1),
-                                                     args_)
+        launch = self.launcher(layer, d.dtype, args_)
+        if rows is not None:
+            gemm_counter = counter  # the GEMM counts a handed list's rows
+            if rows is not handed:  # the output mask, counted, and its list
+                launch("conv_output_list", (tiles, 1, n), counter, rows)
+                gemm_counter = None
+            # A persistent grid of one wave: row-tile slots × output-channel blocks × splits.
+            slots = max(1, RESIDENT_BLOCKS * self.runtime.multiprocessors // (channel_blocks * splits))
+            grid = (min(slots, -(-(n * oh * ow) // (TILE * TILE))), channel_blocks, splits)
+            launch("conv_gemm_listed_split" if splits > 1 else "conv_gemm_listed", grid,
+                   gemm_counter, None, rows)
+        elif depthwise:
+            launch("conv_depthwise", (tiles, -(-cout // DW_CO), n), counter, produced)
+        else:
+            launch("conv_gemm_split" if splits > 1 else "conv_gemm", (tiles, channel_blocks, n * splits),
+                   counter, produced)
         if splits > 1:
             total = n * oh * ow * cout
             finish = Args(layer).ints(n, oh, ow, cout, splits).ptr(ws).ptr(om).extend(epilogue)
@@ -237,13 +260,27 @@ class ConvKernel(Accelerated):
                                                                     (BLOCK, 1, 1), finish)
         if planned and self.dense is None:
             self.plan.sample(self, om, dense_whole(op, whole, d.dtype), kind)
-        pixels = list_extras(listed or produced)
+        pixels = list_extras(rows or handed or produced)
         extras = {**op.counted_extras(counter), **pixels}
         if fused:
             # A mask this conv wrote is read by its consumer alone, which may reuse it.
             extras["fused"] = Fused(self.consumer[0], [Delta(out, om, pixels)], [1.0], lin=False,
-                                    owns_masks=not over_list)
+                                    owns_masks=om is not d.mask)
         return Delta(out, om, extras)
+
+    def launcher(self, layer: str, dtype: torch.dtype, head: Args) -> Callable[..., None]:
+        """``launch(name, grid, counter, out_list, rows=None)``: the conv kernel ``name``
+        on ``grid`` (blocks of BLOCK threads) with the arguments ``head`` (geometry, input,
+        weights, epilogue, output mask, splits, workspace), then the statistics counter,
+        the list the kernel appends its output pixels to and, for the listed GEMM, the
+        list of its rows (None: null pointers)."""
+        def launch(name: str, grid: tuple[int, int, int], counter: torch.Tensor | None,
+                   out_list: Any, rows: Any = None) -> None:
+            args_ = Args(layer).extend(head).ptr(counter).extend(list_args(layer, out_list))
+            if name.startswith("conv_gemm_listed"):
+                args_.extend(list_args(layer, rows))
+            kernel(self.runtime, "conv", name, dtype)(grid, (BLOCK, 1, 1), args_)
+        return launch
 
     def recompute(self, op: DeltaOp, total: torch.Tensor, dtype: torch.dtype,
                   out_shape: Sequence[int]) -> Delta:

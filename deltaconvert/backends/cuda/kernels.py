@@ -61,6 +61,8 @@ SIGNATURES: dict[str, dict[str, str]] = {
         "conv_gemm": _CONV,
         "conv_gemm_split": _CONV,
         "conv_gemm_listed": _CONV + "PP",
+        "conv_gemm_listed_split": _CONV + "PP",
+        "conv_output_list": _CONV,
         "conv_depthwise": _CONV,
         "conv_split_sum": "i" * 5 + "PPi" + _T4 * 2,
     },

@@ -13,11 +13,14 @@ frame inside the frame (and so inside a captured CUDA graph).
 Producers: ``pw_truncate`` (emitted pixels), ``pw_linear`` (the union of its operands)
 and the tiled conv kernels (their output pixels, appended by the block that writes the
 tile's mask), for the ops whose output a list consumer reads (:func:`list_producers`:
-appending costs a producer about a microsecond, so nothing lists for nobody). Consumers:
-1×1 convolutions (``conv_gemm_listed``; their output mask is their input mask, so they
-hand the list on) and truncating ops (``pw_truncate`` over the listed candidates, with
-an output mask that starts clear: a region of the frame arena, or the candidates' own
-mask when a fused conv wrote it for the truncation alone, ``Fused.owns_masks``).
+appending costs a producer about a microsecond, so nothing lists for nobody); and
+``conv_output_list``, the output pixels of an fp16 conv whose GEMM runs over them.
+Consumers: the fp16 GEMM convolutions (``conv_gemm_listed``: a 1×1, stride-1, unpadded
+conv's output mask is its input mask, so it runs over its input's list and hands it on;
+any other runs over its own) and truncating ops (``pw_truncate`` over the listed
+candidates, with an output mask that starts clear: a region of the frame arena, or the
+candidates' own mask when a fused conv wrote it for the truncation alone,
+``Fused.owns_masks``).
 ``DELTACONVERT_CUDA_WORK_LISTS=0`` turns lists off (every kernel scans its masks, as
 before lists existed).
 """
