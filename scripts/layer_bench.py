@@ -120,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
             with runtime.frame():
                 act(op.accelerated.recompute(op, x, dtype, out_shape))
         rows.append({"case": "dense layer", "kernels": kernel_us(dense_layer, args.repeats)})
+        # The delta rows continue the sequence: the accumulator the dense layer left stale
+        # (unless it keeps accumulators) is restored first, as the plan does where the
+        # delta kernels take over (else require_current refuses the next delta call).
+        op.accelerated.plan.restore()
         gen = torch.Generator(device=DEVICE).manual_seed(1)
         for case in args.densities.split(","):
             kind, _, density = case.partition(":")
