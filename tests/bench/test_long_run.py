@@ -2,21 +2,17 @@
 checks, which say NOT RUN rather than pass where the run cannot tell."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "long_run.py"
+from .scripts import load_script
 
 
 @pytest.fixture(scope="module")
 def long_run():
-    spec = importlib.util.spec_from_file_location("long_run", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("long_run")
 
 
 def test_ping_pong_never_jumps(long_run):

@@ -14,7 +14,8 @@ from deltaconvert.bench.data import STATIC_CLIP
 from deltaconvert.video import SAMPLE_CLIP, sample_clip_path
 from deltaconvert.weights import DEEP_SORT_WEIGHTS, deep_sort_weights_path
 
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+from .scripts import SCRIPTS
+
 ENVIRONMENT = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
 
 
@@ -39,6 +40,7 @@ HELP = {  # script → a text its --help prints
     "kernel_probe.py": "--quiet",
     "layer_bench.py": "--densities",
     "long_run.py": "--window",
+    "tile_activity.py": "--skip",
 }
 
 
