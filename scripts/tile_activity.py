@@ -1,7 +1,7 @@
 """How much of what a tiled delta convolution pays for is candidates: per conv of a
 benchmark model on a benchmark clip, the fraction of its output pixels that are
 candidates (their footprint touches an updated input pixel) and the fraction of the 8×8
-output tiles that hold at least one (what a kernel over tiles computes).
+output tiles (``--tile``) that hold at least one (what a kernel over tiles computes).
 
 The masks come from the reference backend (CPU or GPU), so no CUDA kernel is involved:
 the candidate mask of a conv is its input mask dilated by the kernel's footprint, as
@@ -47,10 +47,11 @@ def tile_fraction(mask: torch.Tensor, tile: int = TILE) -> float:
     return F.max_pool2d(mask.float(), tile, tile, ceil_mode=True).mean().item()
 
 
-def tile_activity(model: torch.nn.Module, frames: list[torch.Tensor], skip: int) -> dict[str, dict]:
+def tile_activity(model: torch.nn.Module, frames: list[torch.Tensor], skip: int,
+                  tile: int = TILE) -> dict[str, dict]:
     """Per Conv2d op of the delta model ``model`` (by node name): its weight shape, output
-    size, and the mean candidate and tile fractions over the delta frames after the first
-    ``skip`` of ``frames`` (the first frame is the dense one)."""
+    size, and the mean candidate and ``tile`` × ``tile`` tile fractions over the delta
+    frames after the first ``skip`` of ``frames`` (the first frame is the dense one)."""
     seen: dict[str, list[tuple[float, float]]] = {}
     shapes: dict[str, dict] = {}
 
@@ -58,7 +59,7 @@ def tile_activity(model: torch.nn.Module, frames: list[torch.Tensor], skip: int)
         if not isinstance(args[0], Delta):
             return
         cand = candidates(args[0].mask, op.conv)
-        seen.setdefault(op.node_name, []).append((cand.float().mean().item(), tile_fraction(cand)))
+        seen.setdefault(op.node_name, []).append((cand.float().mean().item(), tile_fraction(cand, tile)))
         shapes[op.node_name] = {"weight": list(op.conv.weight.shape), "out": list(cand.shape[-2:])}
 
     hooks = [op.register_forward_hook(record) for op in model.modules() if isinstance(op, Conv2d)]
@@ -87,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="threshold of every layer and of the input")
     parser.add_argument("--frames", type=int, default=12)
     parser.add_argument("--skip", type=int, default=2, help="delta frames left out of the means")
+    parser.add_argument("--tile", type=int, default=TILE, help="tile side (the kernels': 8)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--data-dir", type=Path, default=None)
     parser.add_argument("--json", type=Path)
@@ -98,10 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     base = build_model(args.model, data_dir, [f.cpu() for f in frames[:4]]).to(device)
     model = convert(base, frames[0], backend="reference",  # τ everywhere, as bench.py's sweep
                     thresholds=ThresholdConfig(default=args.tau, input_threshold=args.tau))
-    rows = tile_activity(model, frames, args.skip)
+    rows = tile_activity(model, frames, args.skip, args.tile)
     print(f"{args.model} · {args.clip} · {height}×{frames[0].shape[-1]} · τ={args.tau} · "
           f"{len(frames) - 1 - args.skip} delta frames")
-    print("\n| conv | weight | output | candidates | 8×8 tiles |\n|---|---|---|---|---|")
+    print(f"\n| conv | weight | output | candidates | {args.tile}×{args.tile} tiles |\n|---|---|---|---|---|")
     for name, row in rows.items():
         print(f"| {name} | {tuple(row['weight'])} | {row['out'][0]}×{row['out'][1]} | "
               f"{row['candidates']:.3f} | {row['tiles']:.3f} |")

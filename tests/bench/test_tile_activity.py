@@ -39,6 +39,7 @@ def test_tile_fraction_counts_partial_tiles(activity):
     assert activity.tile_fraction(mask) == pytest.approx(1 / 6)
     mask[0, 0, 0, 0] = True
     assert activity.tile_fraction(mask) == pytest.approx(2 / 6)
+    assert activity.tile_fraction(mask, 4) == pytest.approx(2 / 15)  # 3 × 5 tiles of 4
 
 
 def test_means_over_the_delta_frames(activity):
