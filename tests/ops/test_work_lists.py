@@ -344,13 +344,6 @@ def test_every_listed_delta_lists_its_mask(runtime):
     assert seen["listed"] > 0, "no op produced a work list"
 
 
-def launched_kernels(model, frame) -> set[str]:
-    from deltaconvert.backends.cuda.kernels import recorded_launches
-    with recorded_launches() as launches:
-        model(frame)
-    return {name for _, name, _ in launches}
-
-
 def converted_outputs(frames, cuda_graph: bool, check=lambda kernels: None) -> list[torch.Tensor]:
     """The outputs of a freshly converted model on ``frames[2:]``, eagerly or replayed
     from a CUDA graph; ``check`` is given the kernels of its eager first delta frame. CUDA
@@ -359,7 +352,7 @@ def converted_outputs(frames, cuda_graph: bool, check=lambda kernels: None) -> l
         pytest.skip("CUDA-graph capture needs torch's caching allocator (off under the sanitizer)")
     model = converted()
     model(frames[0])
-    check(launched_kernels(model, frames[1]))
+    check(launched_kernels_of(lambda: model(frames[1])))
     if cuda_graph:
         model.cuda_graph = True
     return [model(f).clone() for f in frames[2:]]

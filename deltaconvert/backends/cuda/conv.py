@@ -272,12 +272,12 @@ class ConvKernel(Accelerated):
         """``launch(name, grid, counter, out_list, rows=None)``: the conv kernel ``name``
         on ``grid`` (blocks of BLOCK threads) with the arguments ``head`` (geometry, input,
         weights, epilogue, output mask, splits, workspace), then the statistics counter,
-        the list the kernel appends its output pixels to and, for the listed GEMM, the
-        list of its rows (None: null pointers)."""
+        the list the kernel appends its output pixels to (None: null pointers) and, given
+        ``rows`` (the listed GEMM), the list of its rows."""
         def launch(name: str, grid: tuple[int, int, int], counter: torch.Tensor | None,
                    out_list: Any, rows: Any = None) -> None:
             args_ = Args(layer).extend(head).ptr(counter).extend(list_args(layer, out_list))
-            if name.startswith("conv_gemm_listed"):
+            if rows is not None:
                 args_.extend(list_args(layer, rows))
             kernel(self.runtime, "conv", name, dtype)(grid, (BLOCK, 1, 1), args_)
         return launch
