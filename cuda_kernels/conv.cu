@@ -721,12 +721,13 @@ __device__ __forceinline__ int listed_parts(int zmax, int blocks, int listed) {
 // PARTS (conv_gemm_listed_parts, grid z = zmax = `splits`): the frame's count decides
 // how many parts of K the blocks split into (listed_parts): block b = blockIdx.x +
 // gridDim.x · blockIdx.z takes part b % parts of the row tiles b / parts, b / parts +
-// slots, … (slots = gridDim.x · zmax / parts). With more than one part each slot holds
-// at most one row tile, and the parts store fp32 partial sums by list row into
-// ws[part][row][c] (row < slots · 64), which conv_listed_sum adds in part order and
-// stores; with one part the blocks store as the lean kernel does. Without PARTS
-// (conv_gemm_listed) the store has no branch and no workspace: the host runs it where K
-// cannot split (zmax < 2), so that its registers are not those of the split path.
+// slots, … (slots = gridDim.x · zmax / parts; with more than one part each slot holds at
+// most one row tile). Every part stores its fp32 sums by list row into ws[part][row][c]
+// (row < slots · 64 where parts > 1, < the list's capacity where parts = 1), which
+// conv_listed_sum adds in part order and stores: one store path, without a branch on the
+// part count, keeps the kernel's registers near the lean one's. Without PARTS
+// (conv_gemm_listed) the blocks store their outputs themselves: the host runs it where
+// K cannot split (zmax < 2).
 template <typename T, bool PARTS>
 __device__ __forceinline__ void conv_gemm_listed_tc(CONV_PARAMS, const int *list, const int *count) {
     __shared__ bool active[TILE_P];
@@ -793,7 +794,7 @@ __device__ __forceinline__ void conv_gemm_listed_tc(CONV_PARAMS, const int *list
         vx = rows[vp].ox * sw - pl;
         vt = RowTaps{taps[vp]};
         auto store = [&](unsigned on, auto at, const float(&v)[16]) {
-            if (PARTS && parts > 1) {
+            if (PARTS) {
                 float *wr = ws + ((size_t)part * slots * TILE_P + r0 + (tid >> 6)) * Cout;
 #pragma unroll
                 for (int i = 0; i < 16; ++i)
@@ -844,7 +845,7 @@ extern "C" __global__ void __launch_bounds__(DC_BLOCK, DC_RESIDENT) conv_gemm_li
 
 // The parts of a conv_gemm_listed_parts launch over `blocks` = its gridDim.x · zmax blocks
 // added in part order (fixed, so replays are deterministic) and stored (ConvOut) at the
-// listed pixels; nothing when the frame did not split. A persistent grid strides over
+// listed pixels (one part: its sums stored as they are). A persistent grid strides over
 // the listed rows' elements, a thread per (row, channel); blockDim 256.
 extern "C" __global__ void __launch_bounds__(DC_BLOCK) conv_listed_sum(int OH, int OW, int Cout, int zmax, int blocks,
                                                                         const float *ws, const int *list,
@@ -853,7 +854,6 @@ extern "C" __global__ void __launch_bounds__(DC_BLOCK) conv_listed_sum(int OH, i
                                                                         int aN, int aC, int aH, int aW) {
     DC_GRID_START();
     const int listed = *count, parts = listed_parts(zmax, blocks, listed);
-    if (parts == 1) return;
     const size_t rows_per_part = (size_t)(blocks / parts) * TILE_P, total = (size_t)listed * Cout;
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
         const int row = (int)(i / Cout), c = (int)(i - (size_t)row * Cout);

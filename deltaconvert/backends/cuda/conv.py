@@ -28,8 +28,9 @@ Few GEMM rows over a long reduction leave most SMs idle, so the reduction splits
 a listed GEMM whose K allows it (:func:`listed_parts_bound`) runs
 ``conv_gemm_listed_parts``, which decides on the GPU from the frame's list count how
 many parts to split K into (as many as give each row tile and part a block of its
-one-wave grid); the parts write fp32 partial sums by list row and ``conv_listed_sum``
-adds them in part order and applies the epilogue at the listed pixels. Where K cannot
+one-wave grid); the parts write fp32 partial sums by list row (one part too) and
+``conv_listed_sum`` adds them in part order and applies the epilogue at the listed
+pixels. Where K cannot
 split (K < 2·SPLIT_MIN_K: MobileNetV2's expansions) the lean ``conv_gemm_listed`` runs,
 without the split path's registers. A tiled ``conv_gemm`` grid with fewer blocks than
 one wave (fp32, or listed rows off) splits on the host (:func:`k_splits`): each split
@@ -242,7 +243,9 @@ class ConvKernel(Accelerated):
             slots = max(1, wave // (channel_blocks * splits))
             listed_grid = (min(slots, -(-(n * oh * ow) // (TILE * TILE))), channel_blocks, splits)
             blocks = listed_grid[0] * splits
-            ws = (new_values((blocks * TILE * TILE, cout), torch.float32, device)
+            # Partial sums by list row: rows < blocks·64 where the frame splits, < the
+            # list's capacity where it does not.
+            ws = (new_values((max(n * oh * ow, blocks * TILE * TILE), cout), torch.float32, device)
                   if splits > 1 else None)
         else:
             splits = 1 if depthwise else k_splits(tiles * channel_blocks * n, kh * kw * cin_g,
@@ -273,8 +276,8 @@ class ConvKernel(Accelerated):
                 gemm_counter = None
             launch("conv_gemm_listed_parts" if splits > 1 else "conv_gemm_listed", listed_grid,
                    gemm_counter, None, rows)
-            if splits > 1:  # adds the parts where the frame split (at most half a wave of rows)
-                elements = min(n * oh * ow, blocks * TILE * TILE // 2) * cout
+            if splits > 1:  # adds the parts and stores them
+                elements = n * oh * ow * cout
                 finish = Args(layer).ints(oh, ow, cout, splits, blocks).ptr(ws)
                 finish.extend(list_args(layer, rows)).extend(epilogue)
                 kernel(self.runtime, "conv", "conv_listed_sum", d.dtype)(
