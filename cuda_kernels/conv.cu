@@ -846,7 +846,28 @@ extern "C" __global__ void __launch_bounds__(DC_BLOCK, DC_RESIDENT) conv_gemm_li
 // The parts of a conv_gemm_listed_parts launch over `blocks` = its gridDim.x · zmax blocks
 // added in part order (fixed, so replays are deterministic) and stored (ConvOut) at the
 // listed pixels (one part: its sums stored as they are). A persistent grid strides over
-// the listed rows' elements, a thread per (row, channel); blockDim 256.
+// the listed rows' elements, a thread per V channels of a row (V = 4 where Cout is a
+// multiple of 4: 16-byte workspace loads); 32-bit indices (the host splits only outputs
+// of fewer than 2^31 elements). blockDim 256.
+template <int V>
+__device__ __forceinline__ void listed_sum(int OH, int OW, int Cout, int parts, int blocks, const float *ws,
+                                           const int *list, int listed, const ConvOut &sink) {
+    const size_t part_stride = (size_t)(blocks / parts) * TILE_P * Cout;
+    const unsigned vectors = (unsigned)listed * (unsigned)(Cout / V);
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < vectors; i += gridDim.x * blockDim.x) {
+        const unsigned e = i * V, row = e / (unsigned)Cout;
+        const int c = (int)(e - row * (unsigned)Cout);
+        float v[V] = {};
+        for (int s = 0; s < parts; ++s) {
+            float t[V];
+            load_vec<V>(ws + s * part_stride + e, t);
+#pragma unroll
+            for (int j = 0; j < V; ++j) v[j] += t[j];
+        }
+        const Pixel q = pixel_at(list[row], OH, OW);
+        sink.put((1u << V) - 1u, [&](int j) { return OutputAt{q.n, c + j, q.y, q.x}; }, v);
+    }
+}
 extern "C" __global__ void __launch_bounds__(DC_BLOCK) conv_listed_sum(int OH, int OW, int Cout, int zmax, int blocks,
                                                                         const float *ws, const int *list,
                                                                         const int *count, int mode, scalar_t *out,
@@ -854,15 +875,10 @@ extern "C" __global__ void __launch_bounds__(DC_BLOCK) conv_listed_sum(int OH, i
                                                                         int aN, int aC, int aH, int aW) {
     DC_GRID_START();
     const int listed = *count, parts = listed_parts(zmax, blocks, listed);
-    const size_t rows_per_part = (size_t)(blocks / parts) * TILE_P, total = (size_t)listed * Cout;
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
-        const int row = (int)(i / Cout), c = (int)(i - (size_t)row * Cout);
-        float v = 0.f;
-        for (int s = 0; s < parts; ++s) v += ws[s * rows_per_part * Cout + i];
-        const Pixel q = pixel_at(list[row], OH, OW);
-        const float sum[1] = {v};
-        CONV_OUT.put(1u, [&](int) { return OutputAt{q.n, c, q.y, q.x}; }, sum);
-    }
+    if (Cout % 4 == 0)
+        listed_sum<4>(OH, OW, Cout, parts, blocks, ws, list, listed, CONV_OUT);
+    else
+        listed_sum<1>(OH, OW, Cout, parts, blocks, ws, list, listed, CONV_OUT);
 }
 
 // The output mask of a conv whose GEMM runs over its output pixels (conv_gemm_listed):

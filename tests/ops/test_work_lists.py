@@ -236,8 +236,10 @@ OWN_ROWS = {**{name: make_shape for name, make_shape in CONVS.items()
                if make_shape[0]().weight.shape[1] != 1},
             "split_k": (lambda: nn.Conv2d(256, 64, 3, padding=1, bias=False), (1, 256, 16, 16)),
             # K = 288: at most two parts; one SM's grid of 4 blocks splits only frames of
-            # at most two row tiles (sparse ones), and runs the others in one part.
-            "parts_3x3": (lambda: nn.Conv2d(32, 40, 3, padding=1), (1, 32, 90, 100)),
+            # at most two row tiles (sparse ones), and runs the others in one part. 42
+            # channels: scalar weight rows, and conv_listed_sum a channel per thread
+            # (split_k: vector rows, four channels per thread).
+            "parts_3x3": (lambda: nn.Conv2d(32, 42, 3, padding=1), (1, 32, 90, 100)),
             "many_rows_3x3": (lambda: nn.Conv2d(16, 24, 3, padding=1), (1, 16, 90, 100))}
 
 

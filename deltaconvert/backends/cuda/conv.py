@@ -239,7 +239,8 @@ class ConvKernel(Accelerated):
         if rows is not None:
             # A persistent grid of one wave: row-tile slots × output-channel blocks × the
             # most parts K may split into (the GPU chooses how many from the list's count).
-            splits = listed_parts_bound(kh * kw * cin_g)
+            # (conv_listed_sum indexes the output's elements in 32 bits.)
+            splits = listed_parts_bound(kh * kw * cin_g) if n * oh * ow * cout < 2**31 else 1
             slots = max(1, wave // (channel_blocks * splits))
             listed_grid = (min(slots, -(-(n * oh * ow) // (TILE * TILE))), channel_blocks, splits)
             blocks = listed_grid[0] * splits
