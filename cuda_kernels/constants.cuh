@@ -11,6 +11,7 @@
 #define CAT_MAX 32
 #define GLOBAL_PIXELS 64
 #define DC_RESIDENT 4
+#define LIST_TILE 16
 #define LISTED_TAPS 64
 #define TRUNC_WHOLE_ITEMS 2
 #define ACT_IDENTITY 0

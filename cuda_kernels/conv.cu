@@ -7,8 +7,8 @@
 // reading values or weights. Inside an active tile, inactive output pixels read no input
 // values either.
 //
-// Two kernels share that structure (a third, conv_output_list, only writes the mask and
-// lists the tile's active pixels, for the listed GEMM below):
+// Two kernels share that structure (a third, conv_output_list, only writes the mask of a
+// LIST_TILE × LIST_TILE tile and lists its active pixels, for the listed GEMM below):
 //   conv_gemm       implicit GEMM for any group size: output pixels × output channels of
 //                   one group, reduced over K = KH·KW·Cin_g (a 1×1 conv is a plain
 //                   matrix product over the channels). Weights packed [G][KH][KW][Cin_g][Cout_g].
@@ -18,12 +18,14 @@
 //   conv_depthwise  one input channel per group (Cin_g = 1, any channel multiplier);
 //                   weights packed [KH][KW][Cout].
 // conv_gemm_listed is conv_gemm's fp16 GEMM with rows taken from a list of output pixels
-// instead of a tile: its cost follows the candidates, not the tiles they touch.
-// Split K (conv_gemm_split, the same GEMM with SPLIT set): blockIdx.z = split · N + n and
-// split s reduces its own range of K (a multiple of FLUSH_K long) into the fp32 workspace
-// ws[s][n][oy][ox][c]; conv_split_sum then adds the splits in order and applies the
-// epilogue. Splitting gives low-resolution layers with long K (ResNet's last stages) more
-// blocks than SMs; depthwise convs are never split.
+// instead of a tile: its cost follows the candidates, not the tiles they touch;
+// conv_gemm_listed_parts also splits K into as many parts as the frame's count leaves
+// blocks for, and conv_listed_sum adds the parts (see conv_gemm_listed_tc).
+// Split K of the tiled GEMM (conv_gemm_split, the same GEMM with SPLIT set): blockIdx.z =
+// split · N + n and split s reduces its own range of K (a multiple of FLUSH_K long) into
+// the fp32 workspace ws[s][n][oy][ox][c]; conv_split_sum then adds the splits in order
+// and applies the epilogue. Splitting gives low-resolution layers with long K (ResNet's
+// last stages) more blocks than SMs; depthwise convs are never split.
 // `mode` bits: CONV_ACCUMULATE — the epilogue adds round(δy) into an fp32 accumulator
 // (the state of a following activation, which then truncates: see pw_truncate) instead
 // of writing δy in the model dtype; CONV_VECTOR_A / CONV_VECTOR_B — conv_gemm may load
@@ -99,13 +101,13 @@ __device__ __forceinline__ ConvSlice conv_slice(int N) {
     return c;
 }
 
-// This block's tile (blockIdx.x, sample n), its input mask staged in `foot` when it fits
-// its FOOT bytes. All threads of the block must call it.
-template <int FOOT>
-__device__ __forceinline__ TileMask tile_mask(int n, int OW, int H, int W, int KH, int KW, int sh,
-                                              int sw, int pt, int pl, int dh, int dw, const mask_t *m,
-                                              int mN, int mH, int mW, mask_t *foot) {
-    const int tiles_x = (OW + TILE - 1) / TILE;
+// This block's SIDE × SIDE tile (blockIdx.x, sample n), its input mask staged in `foot`
+// when it fits its FOOT bytes. All threads of the block must call it.
+template <int FOOT, int SIDE = TILE>
+__device__ __forceinline__ TileMask tile_mask(int n, int OW, int H, int W, int KH, int KW, int sh, int sw, int pt,
+                                              int pl, int dh, int dw, const mask_t *m, int mN, int mH, int mW,
+                                              mask_t *foot) {
+    const int tiles_x = (OW + SIDE - 1) / SIDE;
     TileMask t;
     t.m = m;
     t.mN = mN;
@@ -114,12 +116,12 @@ __device__ __forceinline__ TileMask tile_mask(int n, int OW, int H, int W, int K
     t.H = H;
     t.W = W;
     t.n = n;
-    t.ty0 = (blockIdx.x / tiles_x) * TILE;
-    t.tx0 = (blockIdx.x % tiles_x) * TILE;
+    t.ty0 = (blockIdx.x / tiles_x) * SIDE;
+    t.tx0 = (blockIdx.x % tiles_x) * SIDE;
     t.y0 = t.ty0 * sh - pt;
     t.x0 = t.tx0 * sw - pl;
-    const int rows = (TILE - 1) * sh + (KH - 1) * dh + 1;
-    t.cols = (TILE - 1) * sw + (KW - 1) * dw + 1;
+    const int rows = (SIDE - 1) * sh + (KH - 1) * dh + 1;
+    t.cols = (SIDE - 1) * sw + (KW - 1) * dw + 1;
     t.staged = rows * t.cols <= FOOT;
     t.foot = foot;
     if (t.staged) {
@@ -132,17 +134,19 @@ __device__ __forceinline__ TileMask tile_mask(int n, int OW, int H, int W, int K
     return t;
 }
 
-// Output mask of the tile into `active` (also written to `om`, and its active pixels
-// added to `counter` if not null, by the blocks of the first output-channel block and
-// split). Returns whether any pixel of the tile is active.
+// Output mask of the SIDE × SIDE tile into `active` (also written to `om`, and its active
+// pixels added to `counter` if not null, by the blocks of the first output-channel block
+// and split). Returns whether any pixel of the tile is active.
 // All threads of the block must call it.
-__device__ __forceinline__ bool tile_output_mask(const TileMask &t, int OH, int OW, int KH, int KW,
-                                                 int sh, int sw, int pt, int pl, int dh, int dw,
-                                                 mask_t *om, int *counter, bool *active) {
+template <int SIDE = TILE>
+__device__ __forceinline__ bool tile_output_mask(const TileMask &t, int OH, int OW, int KH, int KW, int sh, int sw,
+                                                 int pt, int pl, int dh, int dw, mask_t *om, int *counter,
+                                                 bool *active) {
+    static_assert(SIDE * SIDE <= DC_BLOCK, "a thread per pixel of the tile");
     const int p = threadIdx.x;
     bool act = false;
-    if (p < TILE_P) {
-        const int oy = t.ty0 + p / TILE, ox = t.tx0 + p % TILE;
+    if (p < SIDE * SIDE) {
+        const int oy = t.ty0 + p / SIDE, ox = t.tx0 + p % SIDE;
         if (oy < OH && ox < OW) {
             for (int kh = 0; kh < KH && !act; ++kh)
                 for (int kw = 0; kw < KW && !act; ++kw)
@@ -156,17 +160,18 @@ __device__ __forceinline__ bool tile_output_mask(const TileMask &t, int OH, int 
     return count != 0;
 }
 
-// The tile's active pixels appended to the pixel list out_list (if not null; see
-// list_append in common.cuh) by the block that wrote the tile's mask. The GEMM kernels
-// call it after their epilogue, when its registers no longer add to theirs.
+// The SIDE × SIDE tile's active pixels appended to the pixel list out_list (if not null;
+// see list_append in common.cuh) by the block that wrote the tile's mask. The GEMM
+// kernels call it after their epilogue, when its registers no longer add to theirs.
 // All threads of the block must call it.
+template <int SIDE = TILE>
 __device__ __forceinline__ void list_tile(const TileMask &t, int OH, int OW, const bool *active, int *out_list,
                                           int *out_count) {
-    __shared__ int listed[TILE_P];
+    __shared__ int listed[SIDE * SIDE];
     if (out_list == nullptr || blockIdx.y != 0 || blockIdx.z != t.n) return;  // the same for the whole block
     const int p = threadIdx.x;
-    const int pixel = (t.n * OH + t.ty0 + p / TILE) * OW + t.tx0 + p % TILE;
-    list_append(listed, block_list(p < TILE_P && active[p], pixel, listed), 0, 0, out_list, out_count);
+    const int pixel = (t.n * OH + t.ty0 + p / SIDE) * OW + t.tx0 + p % SIDE;
+    list_append(listed, block_list(p < SIDE * SIDE && active[p], pixel, listed), 0, 0, out_list, out_count);
 }
 
 // One output element of a conv: sample n, channel c, pixel (y, x).
@@ -510,12 +515,13 @@ __device__ __forceinline__ void tc_chunk(const T (*As)[TC_LDA], const T (*Bs)[TC
     }
 }
 
-template <typename T, bool SPLIT, typename Rows>
-__device__ __forceinline__ void tc_gemm(const GemmBlock &gb, int split, TcShared<T> &s, const bool *active,
-                                        const Rows &rows, const T *wg, const ConvOut &sink, int N, int OH,
-                                        int OW, int Cout, float *ws) {
+// The block's 64 × 64 outputs go to `store(on, at, v)` (as gemm_store: thread tid holds
+// output i = row (tid / 64) + 4·i, channel co0 + tid % 64, for i < 16; bit i of `on` is
+// set where that output exists, at(i) is its OutputAt).
+template <typename T, typename Rows, typename Store>
+__device__ __forceinline__ void tc_gemm(const GemmBlock &gb, TcShared<T> &s, const bool *active, const Rows &rows,
+                                        const T *wg, int mode, Store store) {
     using namespace nvcuda;
-    const int mode = sink.mode;
     const int tid = threadIdx.x;
     wmma::fragment<wmma::accumulator, 16, 16, 16, float> c[2];
     wmma::fill_fragment(c[0], 0.f);
@@ -569,10 +575,9 @@ __device__ __forceinline__ void tc_gemm(const GemmBlock &gb, int split, TcShared
                                                                      : from_f<T>(0.f);
             }
         };
-        if (!SPLIT || gb.k_begin < gb.k_end) {  // an empty split stores zeros
-            rows.fetch(gb.k_begin);
-            fetch_b(gb.k_begin);
-        }
+        // An empty split (k_begin = K) fetches zeros here, multiplies nothing and stores zeros.
+        rows.fetch(gb.k_begin);
+        fetch_b(gb.k_begin);
         for (int k0 = gb.k_begin; k0 < gb.k_end; k0 += TC_K) {
             rows.stage(s.chunk.As[0]);
             if (vector_b) {
@@ -608,7 +613,7 @@ __device__ __forceinline__ void tc_gemm(const GemmBlock &gb, int split, TcShared
         const RowCoord r = rows.row_at(p0 + 4 * i);
         return OutputAt{r.n, gb.grp * gb.cout_g + gb.co0 + co, r.oy, r.ox};
     };
-    gemm_store<SPLIT>(on, at, v, sink, split, ws, N, OH, OW, Cout);
+    store(on, at, v);
 }
 
 template <typename T, bool SPLIT>
@@ -660,8 +665,11 @@ __device__ __forceinline__ void conv_gemm_tensor_cores(CONV_PARAMS) {
         }
     };
     auto row_at = [&](int p) { return RowCoord{t.n, t.ty0 + p / TILE, t.tx0 + p % TILE}; };
-    tc_gemm<T, SPLIT>(gb, slice.split, smem, active, tc_rows(fetch, stage, source, row_at),
-                      wp + (size_t)gb.grp * gb.K * gb.cout_g, CONV_OUT, N, OH, OW, Cout, ws);
+    auto store = [&](unsigned on, auto at, const float(&v)[16]) {
+        gemm_store<SPLIT>(on, at, v, CONV_OUT, slice.split, ws, N, OH, OW, Cout);
+    };
+    tc_gemm<T>(gb, smem, active, tc_rows(fetch, stage, source, row_at), wp + (size_t)gb.grp * gb.K * gb.cout_g,
+               mode, store);
     list_tile(t, OH, OW, active, out_list, out_count);
 }
 
@@ -692,27 +700,49 @@ __device__ __forceinline__ void listed_row_taps(const RowCoord *rows, const bool
     if (bits) atomicOr(&taps[p], bits);
 }
 
+// How many parts a listed GEMM splits its reduction into this frame: as many as its grid
+// of `blocks` blocks per output-channel block can give each (row tile, part) pair one
+// block, at most `zmax` (the host's bound from K), at least 1. Every block of the GEMM
+// and conv_listed_sum compute it from the same count, so they agree without a launch.
+__device__ __forceinline__ int listed_parts(int zmax, int blocks, int listed) {
+    const int row_tiles = (listed + TILE_P - 1) / TILE_P;
+    return row_tiles ? max(1, min(zmax, blocks / row_tiles)) : 1;
+}
+
 // conv_gemm over a pixel work list (see "Pixel work lists" in common.cuh): the rows of
 // the GEMM are the listed output pixels list[0:*count), 64 per row tile, so a block's
 // rows are all candidates however scattered they are, and no block scans the mask. Any
 // geometry with at most LISTED_TAPS kernel taps, fp16 (tensor cores). The list is the
 // output mask's: a 1×1, stride-1, unpadded conv's is its input's (handed on by the
 // producer), any other's is written by conv_output_list. A persistent grid (gridDim.x
-// row-tile slots × output-channel blocks × splits) loops over the row tiles; an empty
-// list costs each block one load. With SPLIT, blockIdx.z is the split (of K, as in
-// conv_gemm_split: partial sums into ws at the rows' pixels, conv_split_sum adds them
-// where the output mask is set). `counter` (statistics) gets *count once.
-template <typename T, bool SPLIT>
+// row-tile slots × output-channel blocks × gridDim.z) loops over the row tiles; an empty
+// list costs each block one load. `counter` (statistics) gets *count once.
+//
+// PARTS (conv_gemm_listed_parts, grid z = zmax = `splits`): the frame's count decides
+// how many parts of K the blocks split into (listed_parts): block b = blockIdx.x +
+// gridDim.x · blockIdx.z takes part b % parts of the row tiles b / parts, b / parts +
+// slots, … (slots = gridDim.x · zmax / parts; with more than one part each slot holds at
+// most one row tile). Every part stores its fp32 sums by list row into ws[part][row][c]
+// (row < slots · 64 where parts > 1, < the list's capacity where parts = 1), which
+// conv_listed_sum adds in part order and stores: one store path, without a branch on the
+// part count, keeps the kernel's registers near the lean one's. Without PARTS
+// (conv_gemm_listed) the blocks store their outputs themselves: the host runs it where
+// K cannot split (zmax < 2).
+template <typename T, bool PARTS>
 __device__ __forceinline__ void conv_gemm_listed_tc(CONV_PARAMS, const int *list, const int *count) {
     __shared__ bool active[TILE_P];
     __shared__ RowCoord rows[TILE_P];
     __shared__ unsigned long long taps[TILE_P];
     __shared__ __align__(32) TcShared<T> smem;
 
-    const int tid = threadIdx.x, listed = *count, split = SPLIT ? blockIdx.z : 0;
-    if (counter && tid == 0 && blockIdx.x == 0 && blockIdx.y == 0 && split == 0 && listed)
-        atomicAdd(counter, listed);
-    const GemmBlock gb = gemm_block<SPLIT>(Cin, Cout, groups, KH, KW, splits, split);
+    const int tid = threadIdx.x, listed = *count;
+    // (Without PARTS: one part, slots = gridDim.x, so that no register holds them.)
+    const int blocks = gridDim.x * gridDim.z, b = blockIdx.x + gridDim.x * blockIdx.z;
+    const int parts = PARTS ? listed_parts(splits, blocks, listed) : 1;
+    const int part = PARTS ? b % parts : 0, slot = PARTS ? b / parts : blockIdx.x;
+    const int slots = PARTS ? blocks / parts : gridDim.x;
+    if (counter && tid == 0 && b == 0 && blockIdx.y == 0 && listed) atomicAdd(counter, listed);
+    const GemmBlock gb = gemm_block<PARTS>(Cin, Cout, groups, KH, KW, parts, part);
     const T *xg = x + gb.grp * gb.cin_g * xC;
     // Vector loads: row vp = tid/4 takes channels 8·(tid%4)..+7 of the chunk; its input
     // window starts at (vy, vx). Scalar loads: column kk of rows tid/32 + 8·i.
@@ -748,7 +778,7 @@ __device__ __forceinline__ void conv_gemm_listed_tc(CONV_PARAMS, const int *list
         }
     };
     auto row_at = [&](int p) { return rows[p]; };
-    for (int r0 = blockIdx.x * TILE_P; r0 < listed; r0 += gridDim.x * TILE_P) {
+    for (int r0 = slot * TILE_P; (!PARTS || slot < slots) && r0 < listed; r0 += slots * TILE_P) {
         if (tid < TILE_P) {
             const bool on = r0 + tid < listed;
             const Pixel q = pixel_at(on ? list[r0 + tid] : 0, OH, OW);
@@ -763,8 +793,18 @@ __device__ __forceinline__ void conv_gemm_listed_tc(CONV_PARAMS, const int *list
         vy = rows[vp].oy * sh - pt;
         vx = rows[vp].ox * sw - pl;
         vt = RowTaps{taps[vp]};
-        tc_gemm<T, SPLIT>(gb, split, smem, active, tc_rows(fetch, stage, source, row_at),
-                          wp + (size_t)gb.grp * gb.K * gb.cout_g, CONV_OUT, N, OH, OW, Cout, ws);
+        auto store = [&](unsigned on, auto at, const float(&v)[16]) {
+            if (PARTS) {
+                float *wr = ws + ((size_t)part * slots * TILE_P + r0 + (tid >> 6)) * Cout;
+#pragma unroll
+                for (int i = 0; i < 16; ++i)
+                    if ((on >> i) & 1) wr[(size_t)4 * i * Cout + at(i).c] = v[i];
+            } else {
+                CONV_OUT.put(on, at, v);
+            }
+        };
+        tc_gemm<T>(gb, smem, active, tc_rows(fetch, stage, source, row_at), wp + (size_t)gb.grp * gb.K * gb.cout_g,
+                   mode, store);
         __syncthreads();  // the next tile's rows overwrite rows, active and taps
     }
 }
@@ -789,32 +829,71 @@ extern "C" __global__ void __launch_bounds__(DC_BLOCK, DC_RESIDENT) conv_gemm_sp
     conv_gemm_any<true>(CONV_ARGS);
 }
 
-// grid (row-tile slots, groups · ceil(Cout_g / 64), splits) (conv_gemm_listed: 1 split);
-// fp16 only (the host never launches them for fp32 models, whose GEMM runs on CUDA
-// cores over tiles).
+// grid (row-tile slots, groups · ceil(Cout_g / 64), zmax) (conv_gemm_listed: zmax = 1);
+// fp16 only (the host never launches them for fp32 models, whose GEMM runs on CUDA cores
+// over tiles).
 extern "C" __global__ void __launch_bounds__(DC_BLOCK, DC_RESIDENT) conv_gemm_listed(CONV_PARAMS, const int *list,
                                                                        const int *count) {
     DC_GRID_START();
     if constexpr (std::is_same<scalar_t, __half>::value) conv_gemm_listed_tc<scalar_t, false>(CONV_ARGS, list, count);
 }
-extern "C" __global__ void __launch_bounds__(DC_BLOCK, DC_RESIDENT) conv_gemm_listed_split(CONV_PARAMS, const int *list,
+extern "C" __global__ void __launch_bounds__(DC_BLOCK, DC_RESIDENT) conv_gemm_listed_parts(CONV_PARAMS, const int *list,
                                                                              const int *count) {
     DC_GRID_START();
     if constexpr (std::is_same<scalar_t, __half>::value) conv_gemm_listed_tc<scalar_t, true>(CONV_ARGS, list, count);
 }
 
+// The parts of a conv_gemm_listed_parts launch over `blocks` = its gridDim.x · zmax blocks
+// added in part order (fixed, so replays are deterministic) and stored (ConvOut) at the
+// listed pixels (one part: its sums stored as they are). A persistent grid strides over
+// the listed rows' elements, a thread per V channels of a row (V = 4 where Cout is a
+// multiple of 4: 16-byte workspace loads); 32-bit indices (the host splits only outputs
+// of fewer than 2^31 elements). blockDim 256.
+template <int V>
+__device__ __forceinline__ void listed_sum(int OH, int OW, int Cout, int parts, int blocks, const float *ws,
+                                           const int *list, int listed, const ConvOut &sink) {
+    const size_t part_stride = (size_t)(blocks / parts) * TILE_P * Cout;
+    const unsigned vectors = (unsigned)listed * (unsigned)(Cout / V);
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < vectors; i += gridDim.x * blockDim.x) {
+        const unsigned e = i * V, row = e / (unsigned)Cout;
+        const int c = (int)(e - row * (unsigned)Cout);
+        float v[V] = {};
+        for (int s = 0; s < parts; ++s) {
+            float t[V];
+            load_vec<V>(ws + s * part_stride + e, t);
+#pragma unroll
+            for (int j = 0; j < V; ++j) v[j] += t[j];
+        }
+        const Pixel q = pixel_at(list[row], OH, OW);
+        sink.put((1u << V) - 1u, [&](int j) { return OutputAt{q.n, c + j, q.y, q.x}; }, v);
+    }
+}
+extern "C" __global__ void __launch_bounds__(DC_BLOCK) conv_listed_sum(int OH, int OW, int Cout, int zmax, int blocks,
+                                                                        const float *ws, const int *list,
+                                                                        const int *count, int mode, scalar_t *out,
+                                                                        int oN, int oC, int oH, int oW, float *acc,
+                                                                        int aN, int aC, int aH, int aW) {
+    DC_GRID_START();
+    const int listed = *count, parts = listed_parts(zmax, blocks, listed);
+    if (Cout % 4 == 0)
+        listed_sum<4>(OH, OW, Cout, parts, blocks, ws, list, listed, CONV_OUT);
+    else
+        listed_sum<1>(OH, OW, Cout, parts, blocks, ws, list, listed, CONV_OUT);
+}
+
 // The output mask of a conv whose GEMM runs over its output pixels (conv_gemm_listed):
-// each block writes its 8×8 tile's mask bytes (the pixels whose footprint touches an
-// update, as the tiled kernels compute them), counts them (statistics) and appends the
-// set ones to the list out_list. grid (tiles, 1, N); it reads the conv's geometry and
-// input mask only.
+// each block writes the mask bytes of its LIST_TILE × LIST_TILE tile, a thread per pixel
+// (the pixels whose footprint touches an update, as the tiled kernels compute them),
+// counts them (statistics) and appends the set ones to the list out_list. grid (tiles,
+// 1, N); it reads the conv's geometry and input mask only.
 extern "C" __global__ void __launch_bounds__(DC_BLOCK, DC_RESIDENT) conv_output_list(CONV_PARAMS) {
     DC_GRID_START();
-    __shared__ bool active[TILE_P];
+    __shared__ bool active[LIST_TILE * LIST_TILE];
     __shared__ mask_t foot[FOOT_MAX];
-    const TileMask t = tile_mask<FOOT_MAX>(blockIdx.z, OW, H, W, KH, KW, sh, sw, pt, pl, dh, dw, m, mN, mH, mW, foot);
-    if (tile_output_mask(t, OH, OW, KH, KW, sh, sw, pt, pl, dh, dw, om, counter, active))
-        list_tile(t, OH, OW, active, out_list, out_count);
+    const TileMask t = tile_mask<FOOT_MAX, LIST_TILE>(blockIdx.z, OW, H, W, KH, KW, sh, sw, pt, pl, dh, dw, m, mN,
+                                                      mH, mW, foot);
+    if (tile_output_mask<LIST_TILE>(t, OH, OW, KH, KW, sh, sw, pt, pl, dh, dw, om, counter, active))
+        list_tile<LIST_TILE>(t, OH, OW, active, out_list, out_count);
 }
 
 // The shared memory of a conv_depthwise block (one for all its geometries).

@@ -235,6 +235,11 @@ def launched_kernels_of(call) -> set[str]:
 OWN_ROWS = {**{name: make_shape for name, make_shape in CONVS.items()
                if make_shape[0]().weight.shape[1] != 1},
             "split_k": (lambda: nn.Conv2d(256, 64, 3, padding=1, bias=False), (1, 256, 16, 16)),
+            # K = 288: at most two parts; one SM's grid of 4 blocks splits only frames of
+            # at most two row tiles (sparse ones), and runs the others in one part. 42
+            # channels: scalar weight rows, and conv_listed_sum a channel per thread
+            # (split_k: vector rows, four channels per thread).
+            "parts_3x3": (lambda: nn.Conv2d(32, 42, 3, padding=1), (1, 32, 90, 100)),
             "many_rows_3x3": (lambda: nn.Conv2d(16, 24, 3, padding=1), (1, 16, 90, 100))}
 
 
@@ -243,7 +248,8 @@ OWN_ROWS = {**{name: make_shape for name, make_shape in CONVS.items()
 @pytest.mark.parametrize("name", OWN_ROWS)
 def test_conv_runs_over_its_own_output_list(poisoned, arena, name, fuse, multiprocessors):
     """An fp16 GEMM conv with a list slot lists its output pixels (``conv_output_list``)
-    and runs its GEMM over them (``conv_gemm_listed``, split-K included): its mask and
+    and runs its GEMM over them (``conv_gemm_listed``, or ``conv_gemm_listed_parts`` and
+    ``conv_listed_sum`` where K may split, in one part or several): its mask and
     list agree, and its output (or its fused activation's output and state) matches the
     reference frame after frame, on NCHW and channels_last inputs (scalar and vector
     rows), also when one multiprocessor's persistent grid loops over many row tiles."""
@@ -273,7 +279,7 @@ def test_conv_runs_over_its_own_output_list(poisoned, arena, name, fuse, multipr
             torch.cuda.synchronize()
             conv_out = out["conv"]
             assert "conv_output_list" in kernels, kernels  # the input carries no list
-            assert kernels & {"conv_gemm_listed", "conv_gemm_listed_split"}, kernels
+            assert kernels & {"conv_gemm_listed", "conv_gemm_listed_parts"}, kernels
             assert not kernels & {"conv_gemm", "conv_gemm_split"}, kernels
             # (A fused activation writes its own output mask into the conv's.)
             assert listed_pixels(conv_out.extras["pixels"]) == mask_pixels(expected_conv.mask), \
@@ -281,8 +287,8 @@ def test_conv_runs_over_its_own_output_list(poisoned, arena, name, fuse, multipr
             assert_same(out["last"], expected, HALF, f"frame {frame} ({kind}) output")
             for op, ref_op in zip(ops, reference):
                 assert_same(op._state, ref_op._state, HALF, f"frame {frame} ({kind}) {op.node_name} state")
-    if name == "split_k" and multiprocessors is None:  # one SM's wave: 4 blocks, no split
-        assert "conv_gemm_listed_split" in kernels and "conv_split_sum" in kernels, kernels
+            if name in ("split_k", "parts_3x3"):  # K ≥ 256: the GEMM that may split
+                assert {"conv_gemm_listed_parts", "conv_listed_sum"} <= kernels, kernels
 
 
 class Inverted(nn.Module):

@@ -97,3 +97,18 @@ def test_fp16_gemm_convs_list_their_own_rows(monkeypatch):
     wrappers = accelerate(model, runtime, FrameArena(torch.device("cpu"), len(ops)))
     slotted = {name for name, w in wrappers.items() if w.list_count is not None}
     assert {"strided", "padded"} & {n.split(".")[0] for n in slotted} == set()
+
+
+def test_listed_parts_bound(monkeypatch):
+    """A listed GEMM may split its reduction into one part per SPLIT_MIN_K elements, at
+    most MAX_SPLITS (the GPU then chooses how many per frame); below two parts, or with
+    split-K off, it runs the lean kernel that cannot split."""
+    from deltaconvert.backends.cuda import conv as cuda_conv
+
+    minimum, most = cuda_conv.SPLIT_MIN_K, cuda_conv.MAX_SPLITS
+    assert cuda_conv.listed_parts_bound(2 * minimum - 1) == 1   # MobileNetV2's expansions
+    assert cuda_conv.listed_parts_bound(2 * minimum) == 2
+    assert cuda_conv.listed_parts_bound(5 * minimum + 7) == 5
+    assert cuda_conv.listed_parts_bound(9 * 512) == most        # ResNet's layer4
+    monkeypatch.setattr(cuda_conv, "SPLIT_K", False)
+    assert cuda_conv.listed_parts_bound(9 * 512) == 1

@@ -79,6 +79,7 @@ GLOBAL_PIXELS = 64  # input pixels per pool_global_sum block
 RESIDENT_BLOCKS = 4  # blocks per SM that conv_gemm*, conv_depthwise and pw_truncate are
                      # compiled for (their __launch_bounds__): one wave of a persistent
                      # grid is RESIDENT_BLOCKS × SMs (PERF_NOTES §19)
+LIST_TILE = 16    # conv_output_list writes LIST_TILE × LIST_TILE output pixels per block
 LISTED_TAPS = 64  # most kernel taps (KH·KW) of a conv whose GEMM runs over listed output
                   # pixels: conv_gemm_listed keeps a row's taps as the bits of a 64-bit word
 TRUNC_WHOLE_ITEMS = 2  # channel vectors per thread of pw_truncate over a whole map
@@ -88,7 +89,7 @@ _PREFIXES = {Activation: "ACT_", PixelFunction: "FN_", PoolMode: "POOL_",
              ResizeMode: "RESIZE_", ConvMode: "CONV_", TruncateInput: "TRUNC_IN_"}
 _SCALARS = {"DC_BLOCK": BLOCK, "TILE": TILE, "GEMM_CO": GEMM_CO, "DW_CO": DW_CO,
             "CAT_MAX": CAT_MAX, "GLOBAL_PIXELS": GLOBAL_PIXELS,
-            "DC_RESIDENT": RESIDENT_BLOCKS, "LISTED_TAPS": LISTED_TAPS,
+            "DC_RESIDENT": RESIDENT_BLOCKS, "LIST_TILE": LIST_TILE, "LISTED_TAPS": LISTED_TAPS,
             "TRUNC_WHOLE_ITEMS": TRUNC_WHOLE_ITEMS}
 
 

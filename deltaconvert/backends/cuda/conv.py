@@ -24,11 +24,18 @@ A fused conv whose input carries its whole value (``extras["total"]``) may inste
 *dense layer* (:mod:`.dense_layers`): cuDNN computes ``conv(total)``, and the consumer
 assigns it, plus the bias, to its accumulator (:meth:`ConvKernel.recompute`).
 
-A ``conv_gemm`` grid with fewer blocks than one wave of resident blocks (ResNet's last
-stages: 120 blocks on 132 SMs at 720p) splits its reduction (:func:`k_splits`, listed
-or tiled): each split writes fp32 partial sums to a workspace at the output pixel and
-``conv_split_sum`` adds them in a fixed order and applies the epilogue where the output
-mask is set.
+Few GEMM rows over a long reduction leave most SMs idle, so the reduction splits:
+a listed GEMM whose K allows it (:func:`listed_parts_bound`) runs
+``conv_gemm_listed_parts``, which decides on the GPU from the frame's list count how
+many parts to split K into (as many as give each row tile and part a block of its
+one-wave grid); the parts write fp32 partial sums by list row (one part too) and
+``conv_listed_sum`` adds them in part order and applies the epilogue at the listed
+pixels. Where K cannot
+split (K < 2·SPLIT_MIN_K: MobileNetV2's expansions) the lean ``conv_gemm_listed`` runs,
+without the split path's registers. A tiled ``conv_gemm`` grid with fewer blocks than
+one wave (fp32, or listed rows off) splits on the host (:func:`k_splits`): each split
+writes partial sums at the output pixel and ``conv_split_sum`` adds them where the
+output mask is set.
 """
 from __future__ import annotations
 
@@ -42,7 +49,8 @@ from ...delta import Delta
 from ...ops.base import DeltaOp
 from ...ops.conv import Conv2d
 from .base import Accelerated, Consumer, Fused
-from .constants import BLOCK, DW_CO, GEMM_CO, LISTED_TAPS, RESIDENT_BLOCKS, TILE, ConvMode
+from .constants import (BLOCK, DW_CO, GEMM_CO, LIST_TILE, LISTED_TAPS, RESIDENT_BLOCKS, TILE,
+                        ConvMode)
 from .dense_layers import DenseLayerPlan, assigned_restoration, conv_kind
 from .device import DeviceRuntime
 from .kernels import Args, kernel
@@ -131,6 +139,15 @@ def lists_rows(op: DeltaOp) -> bool:
             and kh * kw <= LISTED_TAPS)
 
 
+def listed_parts_bound(k: int) -> int:
+    """The most parts a listed GEMM over a reduction of length ``k`` may split into
+    (``conv_gemm_listed_parts``; 1: the lean ``conv_gemm_listed``, which cannot split):
+    each part at least SPLIT_MIN_K long, at most MAX_SPLITS. How many it does split into
+    is decided on the GPU per frame (``listed_parts`` in conv.cu): as many as give each
+    (row tile, part) pair a block of the grid."""
+    return max(1, min(MAX_SPLITS, k // SPLIT_MIN_K)) if SPLIT_K else 1
+
+
 def k_splits(blocks: int, k: int, multiprocessors: int) -> int:
     """How many parts a conv_gemm launch of ``blocks`` blocks splits its reduction of
     length ``k`` into: as many as keep the grid within one wave of resident blocks, each
@@ -211,8 +228,7 @@ class ConvKernel(Accelerated):
             mode |= gemm_mode(d.values, weight, cin_g, cout // groups)
         tiles = -(-oh // TILE) * -(-ow // TILE)
         channel_blocks = groups * -(-(cout // groups) // GEMM_CO)
-        splits = 1 if depthwise else k_splits(tiles * channel_blocks * n, kh * kw * cin_g,
-                                              self.runtime.multiprocessors)
+        wave = RESIDENT_BLOCKS * self.runtime.multiprocessors
         # The GEMM rows: the input's list where the output mask is the input mask (handed
         # on), else a list of the output pixels written by conv_output_list (own).
         listable = d.dtype == torch.float16 and lists_rows(op)
@@ -220,6 +236,22 @@ class ConvKernel(Accelerated):
         rows = handed if listable else None
         if listable and handed is None:
             rows = new_list(n * oh * ow, self.list_count)
+        if rows is not None:
+            # A persistent grid of one wave: row-tile slots × output-channel blocks × the
+            # most parts K may split into (the GPU chooses how many from the list's count).
+            # (conv_listed_sum indexes the output's elements in 32 bits.)
+            splits = listed_parts_bound(kh * kw * cin_g) if n * oh * ow * cout < 2**31 else 1
+            slots = max(1, wave // (channel_blocks * splits))
+            listed_grid = (min(slots, -(-(n * oh * ow) // (TILE * TILE))), channel_blocks, splits)
+            blocks = listed_grid[0] * splits
+            # Partial sums by list row: rows < blocks·64 where the frame splits, < the
+            # list's capacity where it does not.
+            ws = (new_values((max(n * oh * ow, blocks * TILE * TILE), cout), torch.float32, device)
+                  if splits > 1 else None)
+        else:
+            splits = 1 if depthwise else k_splits(tiles * channel_blocks * n, kh * kw * cin_g,
+                                                  self.runtime.multiprocessors)
+            ws = new_values((splits, n, oh, ow, cout), torch.float32, device) if splits > 1 else None
         # Tiled kernels list their output pixels when a consumer reads a list.
         produced = new_list(n * oh * ow, self.list_count) if rows is None and handed is None else None
         om = d.mask if handed is not None and rows is handed else new_mask(out_shape, device)
@@ -232,7 +264,6 @@ class ConvKernel(Accelerated):
         args_ = Args(layer).ints(n, cin, h, w, cout, oh, ow, kh, kw, sh, sw, top, left, dh, dw,
                                  groups)
         args_.tensor(d.values, strides4(d.values)).mask(d.mask, d.shape).ptr(weight)
-        ws = new_values((splits, n, oh, ow, cout), torch.float32, device) if splits > 1 else None
         epilogue = Args(layer).ints(mode).tensor(out, strides4(out))
         epilogue.tensor(acc, strides4(acc) if acc is not None else (0, 0, 0, 0))
         args_.extend(epilogue).ptr(om).ints(splits).ptr(ws)
@@ -241,19 +272,23 @@ class ConvKernel(Accelerated):
         if rows is not None:
             gemm_counter = counter  # the GEMM counts a handed list's rows
             if rows is not handed:  # the output mask, counted, and its list
-                launch("conv_output_list", (tiles, 1, n), counter, rows)
+                list_tiles = -(-oh // LIST_TILE) * -(-ow // LIST_TILE)
+                launch("conv_output_list", (list_tiles, 1, n), counter, rows)
                 gemm_counter = None
-            # A persistent grid of one wave: row-tile slots × output-channel blocks × splits.
-            slots = max(1, RESIDENT_BLOCKS * self.runtime.multiprocessors // (channel_blocks * splits))
-            grid = (min(slots, -(-(n * oh * ow) // (TILE * TILE))), channel_blocks, splits)
-            launch("conv_gemm_listed_split" if splits > 1 else "conv_gemm_listed", grid,
+            launch("conv_gemm_listed_parts" if splits > 1 else "conv_gemm_listed", listed_grid,
                    gemm_counter, None, rows)
+            if splits > 1:  # adds the parts and stores them
+                elements = n * oh * ow * cout
+                finish = Args(layer).ints(oh, ow, cout, splits, blocks).ptr(ws)
+                finish.extend(list_args(layer, rows)).extend(epilogue)
+                kernel(self.runtime, "conv", "conv_listed_sum", d.dtype)(
+                    (max(1, min(wave, -(-elements // BLOCK))), 1, 1), (BLOCK, 1, 1), finish)
         elif depthwise:
             launch("conv_depthwise", (tiles, -(-cout // DW_CO), n), counter, produced)
         else:
             launch("conv_gemm_split" if splits > 1 else "conv_gemm", (tiles, channel_blocks, n * splits),
                    counter, produced)
-        if splits > 1:
+        if splits > 1 and rows is None:
             total = n * oh * ow * cout
             finish = Args(layer).ints(n, oh, ow, cout, splits).ptr(ws).ptr(om).extend(epilogue)
             kernel(self.runtime, "conv", "conv_split_sum", d.dtype)((-(-total // BLOCK), 1, 1),

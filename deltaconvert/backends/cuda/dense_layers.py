@@ -38,7 +38,7 @@ frame or capture (:meth:`DenseLayerPlan.resolve`: one host read for all of them)
 whose candidates are at least its kind's fraction of its output pixels
 (:func:`dense_from`) becomes dense for the rest of the sequence. cuDNN's first call for
 each dense layer's shape is made then, outside any capture. The fractions, by
-:func:`conv_kind`: :data:`DENSE_FROM` (``DELTACONVERT_CUDA_DENSE_FROM``, default 0.3);
+:func:`conv_kind`: :data:`DENSE_FROM` (``DELTACONVERT_CUDA_DENSE_FROM``, default 0.15);
 :data:`DENSE_NARROW_FROM` for convs over 2 to :data:`NARROW_CHANNELS` − 1 input channels
 per group, RGB stems (``…_NARROW_FROM``, 0.15); :data:`DENSE_DEPTHWISE_FROM` for convs
 over one input channel per group (``…_DEPTHWISE_FROM``, 2). 0: every
@@ -61,7 +61,12 @@ import torch
 from ...ops.boundary import Sparsify
 from .device import DeviceRuntime
 
-DENSE_FROM = float(os.environ.get("DELTACONVERT_CUDA_DENSE_FROM", "0.3"))
+# A GEMM conv turns dense from 15 % candidates: with the listed, split GEMM (PERF_NOTES
+# §40) ResNet's 3×3 convs at 15–30 % candidates, which 0.3 kept delta, still cost more
+# (with their truncation) than cuDNN's whole map and the whole-map truncation: resnet18
+# at τ=0.1 took 0.668 ms at 0.15 against 0.711 at 0.3 (dense fp16 graph 0.69), resnet50
+# −2 to −4 %; lraspp did not move, and no conv of MobileNetV2 qualifies.
+DENSE_FROM = float(os.environ.get("DELTACONVERT_CUDA_DENSE_FROM", "0.15"))
 DENSE_DTYPES = (torch.float16,)  # fp32 convs through cuDNN would use TF32 (not exact)
 # Smaller maps stay delta: a cuDNN call on a few pixels (squeeze-excite convs on 1×1
 # maps) is a launch-bound few µs that the delta kernels match.
