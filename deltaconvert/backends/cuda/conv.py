@@ -24,18 +24,17 @@ A fused conv whose input carries its whole value (``extras["total"]``) may inste
 *dense layer* (:mod:`.dense_layers`): cuDNN computes ``conv(total)``, and the consumer
 assigns it, plus the bias, to its accumulator (:meth:`ConvKernel.recompute`).
 
-Few GEMM rows over a long reduction leave most SMs idle, so the reduction splits:
-a listed GEMM whose K allows it (:func:`listed_parts_bound`) runs
+Few GEMM rows over a long reduction leave most SMs idle, so the reduction splits. A
+listed GEMM whose K allows it (:func:`listed_parts_bound`) runs
 ``conv_gemm_listed_parts``, which decides on the GPU from the frame's list count how
 many parts to split K into (as many as give each row tile and part a block of its
-one-wave grid); the parts write fp32 partial sums by list row (one part too) and
+one-wave grid); the parts write fp32 partial sums by list row (one part too), and
 ``conv_listed_sum`` adds them in part order and applies the epilogue at the listed
-pixels. Where K cannot
-split (K < 2·SPLIT_MIN_K: MobileNetV2's expansions) the lean ``conv_gemm_listed`` runs,
-without the split path's registers. A tiled ``conv_gemm`` grid with fewer blocks than
-one wave (fp32, or listed rows off) splits on the host (:func:`k_splits`): each split
-writes partial sums at the output pixel and ``conv_split_sum`` adds them where the
-output mask is set.
+pixels. Where K cannot split (K < 2·SPLIT_MIN_K: MobileNetV2's expansions) the lean
+``conv_gemm_listed`` runs, without the split path's registers. A tiled ``conv_gemm``
+grid with fewer blocks than one wave (fp32, or listed rows off) splits on the host
+(:func:`k_splits`): each split writes partial sums at the output pixel and
+``conv_split_sum`` adds them where the output mask is set.
 """
 from __future__ import annotations
 
