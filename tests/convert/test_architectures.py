@@ -3,6 +3,7 @@ frame of synthetic videos, at two resolutions (one odd), batch 1 and 2, across r
 
 Random weights with BatchNorm statistics calibrated on the clip, so that every output
 depends on the input (checked: a test that cannot fail is worthless)."""
+import copy
 import warnings
 
 import pytest
@@ -16,17 +17,28 @@ from deltaconvert.testing import ARCHITECTURES, report
 
 FRAMES = 20
 TOLERANCE = 1e-4
+# Models whose own fp32 evaluation is about TOLERANCE off the exact (float64) one, so that
+# two valid fp32 evaluations of them differ by ~TOLERANCE whatever the implementation:
+# they are compared with their float64 evaluation instead. fcn_resnet50 (calibrated
+# random weights amplify half-ulp changes ~1000-fold): measured on this suite's odd
+# video, the original in fp32 is 7.9e-5 off its float64 self, the delta model 7.4–7.8e-5,
+# and the two are 1.08–1.10e-4 apart on an AMD EPYC CPU (below 1e-4 on others; the
+# GPU suite's FOLDING_FLOOR is the same effect).
+EXACT_REFERENCE = {"fcn_resnet50"}
 
 
 def _run_sequence(model, delta, frames, name):
+    """The delta model against ``model`` (in float64 for EXACT_REFERENCE) frame by frame:
+    every frame's relative error at most TOLERANCE, and the reference output changing."""
+    exact = copy.deepcopy(model).double() if name in EXACT_REFERENCE else None
     errors, changes, previous = [], [], None
     for t, frame in enumerate(frames):
         with torch.no_grad():
-            expected = model(frame)
+            expected = model(frame) if exact is None else exact(frame.double())
         actual = delta(frame)
         if isinstance(expected, dict):
             assert set(actual) == set(expected)
-        expected, actual = main_output(expected), main_output(actual)
+        expected, actual = main_output(expected).float(), main_output(actual)
         assert actual.shape == expected.shape
         errors.append(relative_error(actual, expected))
         if previous is not None:
