@@ -240,6 +240,8 @@ OWN_ROWS = {**{name: make_shape for name, make_shape in CONVS.items()
             # channels: scalar weight rows, and conv_listed_sum a channel per thread
             # (split_k: vector rows, four channels per thread).
             "parts_3x3": (lambda: nn.Conv2d(32, 42, 3, padding=1), (1, 32, 90, 100)),
+            # Two samples in one list (rows of either sample in one row tile).
+            "parts_batch2": (lambda: nn.Conv2d(64, 48, 3, stride=2, padding=1), (2, 64, 20, 18)),
             "many_rows_3x3": (lambda: nn.Conv2d(16, 24, 3, padding=1), (1, 16, 90, 100))}
 
 
@@ -287,7 +289,7 @@ def test_conv_runs_over_its_own_output_list(poisoned, arena, name, fuse, multipr
             assert_same(out["last"], expected, HALF, f"frame {frame} ({kind}) output")
             for op, ref_op in zip(ops, reference):
                 assert_same(op._state, ref_op._state, HALF, f"frame {frame} ({kind}) {op.node_name} state")
-            if name in ("split_k", "parts_3x3"):  # K ≥ 256: the GEMM that may split
+            if name in ("split_k", "parts_3x3", "parts_batch2"):  # K ≥ 256: the GEMM that may split
                 assert {"conv_gemm_listed_parts", "conv_listed_sum"} <= kernels, kernels
 
 
