@@ -175,6 +175,77 @@ __device__ __forceinline__ void list_append(const int *entries, int n, int shift
     for (int i = threadIdx.x; i < n; i += blockDim.x) list[base + i] = offset + (entries[i] >> shift);
 }
 
+// Appends `value` of every lane with `has` set to `list` (one atomicAdd per warp, entries
+// in lane order). Every lane of the warp must call it.
+__device__ __forceinline__ void warp_append(bool has, int value, int *list, int *count) {
+    const unsigned ballot = __ballot_sync(DC_FULL_WARP, has);
+    if (!ballot) return;
+    const int lane = threadIdx.x & 31, leader = __ffs(ballot) - 1;
+    int base = 0;
+    if (lane == leader) base = atomicAdd(count, __popc(ballot));
+    base = __shfl_sync(DC_FULL_WARP, base, leader);
+    if (has) list[base + __popc(ballot & ((1u << lane) - 1u))] = value;
+}
+
+// Sets byte `i` of mask `m` with one atomicOr on the 32-bit word that holds it, and
+// returns whether this call turned it on (exactly one call per byte and frame does).
+// The word must lie inside the allocation (torch and FrameArena round masks up to 16
+// bytes or more).
+__device__ __forceinline__ bool set_mask_byte(mask_t *m, int i) {
+    const uintptr_t at = reinterpret_cast<uintptr_t>(m + i);
+    const int shift = (int)(at & 3u) * 8;
+    const unsigned old = atomicOr(reinterpret_cast<unsigned *>(at & ~(uintptr_t)3u), 1u << shift);
+    return ((old >> shift) & 0xffu) == 0;
+}
+
+// Output lists written by the producer (backends/cuda/output_lists.py). A truncation
+// whose output is the input of a conv with listed GEMM rows may write that conv's output
+// mask and list itself, so that the conv needs no conv_output_list launch: for every
+// pixel it emits, each output pixel whose footprint holds it, oy = (y + pt − ky·dh) / sh
+// where that divides exactly and lies inside the map (likewise x), is set in the conv's
+// mask, and the call that turned its byte on appends it to the conv's list. The result
+// is conv_output_list's mask and list (in another order). The mask and count must be
+// zero at the frame's start (the frame arena).
+struct ConvTarget {
+    int OH, OW, KH, KW, sh, sw, pt, pl, dh, dw;  // the conv's output size and geometry
+    mask_t *om;                                  // its output mask, (N, 1, OH, OW) contiguous
+    int *list, *count;                           // its list of output pixels
+};
+struct ConvTargets {  // passed by value; n ≤ CONV_TARGETS
+    ConvTarget t[CONV_TARGETS];
+    int n;
+    int unused;  // pads the struct to a multiple of 8 bytes
+};
+
+// Marks the outputs of every target conv for the block's emitted pixels emits[0:n) (over
+// N × H × W, the convs' input). Every thread of the block calls it, after `emits` is
+// complete; the rounds are block-uniform, so every warp appends whole.
+__device__ __forceinline__ void mark_conv_outputs(const ConvTargets &targets, const int *emits, int n, int H,
+                                                  int W) {
+#pragma unroll  // constant indices: the targets stay in the parameter space
+    for (int k = 0; k < CONV_TARGETS; ++k) {
+        if (k >= targets.n) break;
+        const ConvTarget &c = targets.t[k];
+        const int taps = c.KH * c.KW, items = n * taps;
+        for (int r0 = 0; r0 < items; r0 += DC_BLOCK) {
+            const int i = r0 + (int)threadIdx.x;
+            bool fresh = false;
+            int out = 0;
+            if (i < items) {
+                const int e = i / taps, tap = i - e * taps, ky = tap / c.KW, kx = tap - ky * c.KW;
+                const Pixel q = pixel_at(emits[e], H, W);
+                const int ty = q.y + c.pt - ky * c.dh, tx = q.x + c.pl - kx * c.dw;
+                const int oy = ty / c.sh, ox = tx / c.sw;
+                if (ty >= 0 && tx >= 0 && oy * c.sh == ty && ox * c.sw == tx && oy < c.OH && ox < c.OW) {
+                    out = (q.n * c.OH + oy) * c.OW + ox;
+                    fresh = set_mask_byte(c.om, out);
+                }
+            }
+            warp_append(fresh, out, c.list, c.count);
+        }
+    }
+}
+
 // Update counters (statistics, see deltaconvert/stats.py): a kernel that writes an
 // output mask adds how many of its bytes it set to one int32 counter of the op. One
 // global atomic per block whose share is not zero, none when `counter` is null

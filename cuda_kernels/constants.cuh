@@ -14,6 +14,7 @@
 #define LIST_TILE 16
 #define LISTED_TAPS 64
 #define TRUNC_WHOLE_ITEMS 2
+#define CONV_TARGETS 2
 #define ACT_IDENTITY 0
 #define ACT_RELU 1
 #define ACT_HARDTANH 2

@@ -103,14 +103,16 @@ extern "C" __global__ void pw_accumulate(int N, int C, int H, int W, int lanes, 
 // deltaconvert/backends/cuda/constants.py.) Masks of non-emitted pixels are 0.
 // Update counters (may be null): `counter` += emitted pixels, `cand_counter` += candidate
 // pixels (the mask of a fused linear producer, the OR of the operand masks). Emitted
-// pixels are appended to out_list (may be null: see list_append in common.cuh). With
+// pixels are appended to out_list (may be null: see list_append in common.cuh), and the
+// output pixels of the `targets` convs that read them are marked in those convs' masks
+// and lists (mark_conv_outputs in common.cuh; targets.n = 0: none). With
 // in_list (else null) the candidates are the pixels listed there instead of a mask scan:
 // one operand whose mask that list holds, om zeroed by the host, N·H·W < 2^29 (tags).
 // vec: channel vectors of 4 (the host sets it when C, every channel stride and every
 // pixel's alignment allow; see truncate() in backends/cuda/pointwise.py).
 // pw_truncate_whole takes the same arguments for a whole map (truncate_whole below).
 #define TRUNC_PARAMS                                                                        \
-    int N, int C, int H, int W, int lanes, int span, int n_ops, int in_mode, DC_OPERAND(0),  \
+    const ConvTargets targets, int N, int C, int H, int W, int lanes, int span, int n_ops, int in_mode, DC_OPERAND(0),  \
         DC_OPERAND(1), const float *scale, int scale_stride, const float *shift, int fn,    \
         float p0, float p1, float *a0, int a0N, int a0C, int a0H, int a0W, const float *a1, \
         int a1N, int a1C, int a1H, int a1W, const float *norm_w, const float *norm_b,       \
@@ -119,7 +121,7 @@ extern "C" __global__ void pw_accumulate(int N, int C, int H, int W, int lanes, 
         mask_t *om, int *counter, int *cand_counter, int *out_list, int *out_count,           \
         const int *in_list, const int *in_count
 #define TRUNC_ARGS                                                                          \
-    N, C, H, W, lanes, span, n_ops, in_mode, v0, v0N, v0C, v0H, v0W, m0, m0N, m0H, m0W, k0, \
+    targets, N, C, H, W, lanes, span, n_ops, in_mode, v0, v0N, v0C, v0H, v0W, m0, m0N, m0H, m0W, k0, \
         v1, v1N, v1C, v1H, v1W, m1, m1N, m1H, m1W, k1, scale, scale_stride, shift, fn, p0,  \
         p1, a0, a0N, a0C, a0H, a0W, a1, a1N, a1C, a1H, a1W, norm_w, norm_b, o, sN, sC, sH,  \
         sW, thr, out, oN, oC, oH, oW, om, counter, cand_counter, out_list, out_count,       \
@@ -158,8 +160,10 @@ struct TruncateShared {
 // to out_list. Every thread of the block calls it; it may be called again for another
 // window (the shared memory is reused).
 // FN: the function as a compile-time code (an ACT_* activation), or -1 for the `fn`
-// argument (products, layer norms and the rarer activations).
-template <int V, int FN>
+// argument (products, layer norms and the rarer activations). MARK: mark the `targets`
+// convs' outputs (without it `targets` is not read, and the code is as before targets
+// existed: marking costs registers).
+template <int V, int FN, bool MARK>
 __device__ __forceinline__ void truncate_window(TruncateShared &sm, int base, int listed, TRUNC_PARAMS) {
     if (FN >= 0) fn = FN;  // every branch on fn below folds
     int *list = sm.list, *emits = sm.emits;
@@ -277,7 +281,7 @@ __device__ __forceinline__ void truncate_window(TruncateShared &sm, int base, in
         if (cand && sub == 0) {
             om[p.pixel] = emit;
             emitted += emit;
-            if (emit && out_list) emits[atomicAdd_block(&n_emits, 1)] = p.pixel;
+            if (emit && (out_list || MARK)) emits[atomicAdd_block(&n_emits, 1)] = p.pixel;
         }
         if (!emit) continue;
         for (int c0 = 0; c0 < C; c0 += chunk) {
@@ -298,6 +302,7 @@ __device__ __forceinline__ void truncate_window(TruncateShared &sm, int base, in
     block_count(emitted, counter);
     __syncthreads();  // every emitted pixel is in emits
     list_append(emits, n_emits, 0, 0, out_list, out_count);
+    if constexpr (MARK) mark_conv_outputs(targets, emits, n_emits, H, W);
 }
 
 // Every pixel a candidate (`whole`: in_mode ASSIGN, whose operands are whole values under
@@ -310,7 +315,7 @@ __device__ __forceinline__ void truncate_window(TruncateShared &sm, int base, in
 // Blocks take rounds blockIdx.x, blockIdx.x + gridDim.x, … of `span` pixels. a0 may be
 // null: a dense layer that leaves its accumulator to be restored when the delta kernels
 // take over (DenseLayerPlan in backends/cuda/dense_layers.py), 4 of 8 bytes per element.
-template <int V, int FN>
+template <int V, int FN, bool MARK>
 __device__ __forceinline__ void truncate_whole(TruncateShared &sm, TRUNC_PARAMS) {
     if (FN >= 0) fn = FN;  // every branch on fn below folds
     const int vectors = C / V, pixels = N * H * W;
@@ -379,11 +384,12 @@ __device__ __forceinline__ void truncate_whole(TruncateShared &sm, TRUNC_PARAMS)
             const int emit = peaks[threadIdx.x] != 0, pixel = base + (int)threadIdx.x;
             om[pixel] = emit;
             emitted += emit;
-            if (emit && out_list) sm.emits[atomicAdd_block(&sm.n_emits, 1)] = pixel;
+            if (emit && (out_list || MARK)) sm.emits[atomicAdd_block(&sm.n_emits, 1)] = pixel;
         }
         candidates += round_pixels;
         __syncthreads();  // every emitted pixel is in emits
         list_append(sm.emits, sm.n_emits, 0, 0, out_list, out_count);
+        if constexpr (MARK) mark_conv_outputs(targets, sm.emits, sm.n_emits, H, W);
     }
     block_count(emitted, counter);
     if (cand_counter && threadIdx.x == 0 && candidates) atomicAdd(cand_counter, candidates);
@@ -393,38 +399,38 @@ __device__ __forceinline__ void truncate_whole(TruncateShared &sm, TRUNC_PARAMS)
 // windows blockIdx.x, blockIdx.x + gridDim.x, … of the listed candidates (the host
 // launches at most one wave, see truncate() in backends/cuda/pointwise.py), so an empty
 // list costs one wave of blocks that read the count; else its one window of the frame.
-template <int V, int FN>
+template <int V, int FN, bool MARK>
 __device__ __forceinline__ void truncate_pixels(TruncateShared &sm, TRUNC_PARAMS) {
     const int first = blockIdx.x * span;
     const int end = in_list ? *in_count : first + 1;  // a scanning block: one window
     for (int base = first; base < end; base += gridDim.x * span)
-        truncate_window<V, FN>(sm, base, end, TRUNC_ARGS);
+        truncate_window<V, FN, MARK>(sm, base, end, TRUNC_ARGS);
 }
 
 // In fp16 (the models the engine is tuned for) the activations of common CNNs (ReLU,
 // ReLU6 = hardtanh, hardswish, SiLU) get their own code, where the per-element function
 // is known at compile time; any other function, and fp32, run the general one. PATH:
 // truncate_pixels or truncate_whole.
-#define TRUNC_BY_FUNCTION(PATH, V)                                                          \
+#define TRUNC_BY_FUNCTION(PATH, V, MARK)                                                    \
     do {                                                                                   \
         if constexpr (sizeof(scalar_t) == 2) {                                             \
             switch (fn) {                                                                  \
-            case ACT_RELU: PATH<V, ACT_RELU>(sm, TRUNC_ARGS); return;                      \
-            case ACT_HARDTANH: PATH<V, ACT_HARDTANH>(sm, TRUNC_ARGS); return;              \
-            case ACT_HARDSWISH: PATH<V, ACT_HARDSWISH>(sm, TRUNC_ARGS); return;            \
-            case ACT_SILU: PATH<V, ACT_SILU>(sm, TRUNC_ARGS); return;                      \
+            case ACT_RELU: PATH<V, ACT_RELU, MARK>(sm, TRUNC_ARGS); return;                \
+            case ACT_HARDTANH: PATH<V, ACT_HARDTANH, MARK>(sm, TRUNC_ARGS); return;        \
+            case ACT_HARDSWISH: PATH<V, ACT_HARDSWISH, MARK>(sm, TRUNC_ARGS); return;      \
+            case ACT_SILU: PATH<V, ACT_SILU, MARK>(sm, TRUNC_ARGS); return;                \
             default: break;                                                                \
             }                                                                              \
         }                                                                                  \
-        PATH<V, -1>(sm, TRUNC_ARGS);                                                       \
+        PATH<V, -1, MARK>(sm, TRUNC_ARGS);                                                 \
     } while (0)
 // ... and by channel vectors of 4 (`vec`) or single channels.
 #define TRUNC_BY_VECTOR_AND_FUNCTION(PATH)                                                  \
     do {                                                                                   \
         if (vec)                                                                           \
-            TRUNC_BY_FUNCTION(PATH, 4);                                                    \
+            TRUNC_BY_FUNCTION(PATH, 4, false);                                             \
         else                                                                               \
-            TRUNC_BY_FUNCTION(PATH, 1);                                                    \
+            TRUNC_BY_FUNCTION(PATH, 1, false);                                             \
     } while (0)
 
 extern "C" __global__ void __launch_bounds__(DC_BLOCK, DC_RESIDENT) pw_truncate(TRUNC_PARAMS, int vec) {
@@ -439,6 +445,23 @@ extern "C" __global__ void __launch_bounds__(DC_BLOCK, DC_RESIDENT) pw_truncate_
     DC_GRID_START();
     __shared__ TruncateShared sm;
     TRUNC_BY_VECTOR_AND_FUNCTION(truncate_whole);
+}
+
+// The two paths marking their target convs' outputs (mark_conv_outputs in common.cuh):
+// kernels of their own, so that the others keep their registers, and only over channel
+// vectors of 4 (the host marks where `vec` holds, and passes it set), which halves what
+// they add to this file's compilation.
+extern "C" __global__ void __launch_bounds__(DC_BLOCK, DC_RESIDENT) pw_truncate_marking(TRUNC_PARAMS, int vec) {
+    DC_GRID_START();
+    __shared__ TruncateShared sm;
+    TRUNC_BY_FUNCTION(truncate_pixels, 4, true);
+}
+
+extern "C" __global__ void __launch_bounds__(DC_BLOCK, DC_RESIDENT) pw_truncate_whole_marking(TRUNC_PARAMS,
+                                                                                         int vec) {
+    DC_GRID_START();
+    __shared__ TruncateShared sm;
+    TRUNC_BY_FUNCTION(truncate_whole, 4, true);
 }
 
 // A dense restart's activation (backends/cuda/pointwise.py, Truncating.dense_in_place):

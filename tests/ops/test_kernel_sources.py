@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from deltaconvert.backends.cuda.constants import CAT_MAX, header_text, nvcc_defines, nvcc_flags
-from deltaconvert.backends.cuda.kernels import CAT_OPERAND_BYTES, SIGNATURES, kernel_dir
+from deltaconvert.backends.cuda.kernels import (CAT_OPERAND_BYTES, CONV_TARGETS_BYTES, SIGNATURES,
+                                                kernel_dir)
 
 NVCC = shutil.which("nvcc")
 needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH")
@@ -67,7 +68,7 @@ def _after_parameters(text: str, start: int) -> int:
 def _entry_points(source: Path) -> dict[str, str]:
     pre = subprocess.run([NVCC, "-E", "-std=c++17", f"-I{kernel_dir()}", *nvcc_flags(), str(source)],
                          capture_output=True, text=True, check=True).stdout
-    blob_sizes = {"CatOperands": CAT_MAX * CAT_OPERAND_BYTES}
+    blob_sizes = {"CatOperands": CAT_MAX * CAT_OPERAND_BYTES, "ConvTargets": CONV_TARGETS_BYTES}
     entries = {}
     pattern = re.compile(r'extern\s+"C"\s+__attribute__\(\(global\)\)\s+void\s+'
                          r'(?:__attribute__\(\(launch_bounds\([^)]*\)\)\)\s*)?(\w+)\s*\(')

@@ -15,13 +15,14 @@ from . import boundary, cat, conv, conv_transpose, pointwise, pooling, resize  #
 from .arena import FrameArena
 from .base import Accelerated, Consumer
 from .boundary import SparsifyKernel
-from .conv import ConvKernel, lists_rows, takes_pixel_list
+from .constants import CONV_TARGETS
+from .conv import ConvKernel, lists_own_rows, lists_rows, takes_pixel_list
 from .device import DeviceRuntime
 from .fusion import fusion_pairs, operand_sources
 from .pointwise import ADD_FNS, SUB_FNS, LinearPointwise, Truncating
 from .pooling import MaxPoolKernel
 from .registry import family_for
-from .worklist import list_producers
+from .worklist import first_arg_consumers, list_producers
 
 
 def wrapper_for(op: DeltaOp, runtime: DeviceRuntime,
@@ -40,7 +41,8 @@ def accelerate(model: DeltaOpGraph, runtime: DeviceRuntime,
     ``arena``, every wrapper gets it (:attr:`Accelerated.arena`), and the wrapper of op
     number i lists its output pixels in the arena's slot i (:attr:`Accelerated.list_count`)
     when a list consumer reads that output, or when it is a conv whose GEMM runs over
-    them (:func:`~.conv.lists_rows`)."""
+    them (:func:`~.conv.lists_rows`); a truncating op gets the convs whose output lists it
+    writes (:func:`output_list_targets`)."""
     ops = model.delta_ops()
     wrappers = {name: wrapper_for(op, runtime) for name, op in ops.items()}
 
@@ -62,7 +64,28 @@ def accelerate(model: DeltaOpGraph, runtime: DeviceRuntime,
             if name in listing or (isinstance(wrappers[name], ConvKernel) and lists_rows(op)):
                 wrappers[name].list_count = arena.slot(index)
         op.accelerated = wrappers[name]
+    for name, targets in output_list_targets(model, wrappers).items():
+        wrappers[name].conv_targets = targets
     return {name: w for name, w in wrappers.items() if w is not None}
+
+
+def output_list_targets(model: DeltaOpGraph, wrappers: dict[str, Accelerated | None]
+                        ) -> dict[str, list[tuple[DeltaOp, ConvKernel]]]:
+    """For each truncating op, the convs (op, wrapper; at most CONV_TARGETS, in graph
+    order) whose output masks and lists it writes (:mod:`.output_lists`): those whose
+    first argument is its output, that run their GEMM over their own output pixels
+    (:func:`~.conv.lists_own_rows`) and have a list slot."""
+    ops = model.delta_ops()
+    targets = {}
+    for producer, users in first_arg_consumers(model).items():
+        if not isinstance(wrappers.get(producer), Truncating):
+            continue
+        convs = [(ops[user], wrappers[user]) for user in users
+                 if isinstance(wrappers.get(user), ConvKernel) and lists_own_rows(ops[user])
+                 and wrappers[user].list_count is not None]
+        if convs:
+            targets[producer] = convs[:CONV_TARGETS]
+    return targets
 
 
 def dense_add_sources(model: DeltaOpGraph, wrappers: dict[str, Accelerated]

@@ -84,13 +84,15 @@ LISTED_TAPS = 64  # most kernel taps (KH·KW) of a conv whose GEMM runs over lis
                   # pixels: conv_gemm_listed keeps a row's taps as the bits of a 64-bit word
 TRUNC_WHOLE_ITEMS = 2  # channel vectors per thread of pw_truncate over a whole map
                        # (truncate_whole in pointwise.cu; span · C / V ≤ this × BLOCK)
+CONV_TARGETS = 2  # convs reading one truncation whose output masks and lists it writes
+                  # (ConvTargets in common.cuh; ResNet: a block's conv1 and downsample)
 
 _PREFIXES = {Activation: "ACT_", PixelFunction: "FN_", PoolMode: "POOL_",
              ResizeMode: "RESIZE_", ConvMode: "CONV_", TruncateInput: "TRUNC_IN_"}
 _SCALARS = {"DC_BLOCK": BLOCK, "TILE": TILE, "GEMM_CO": GEMM_CO, "DW_CO": DW_CO,
             "CAT_MAX": CAT_MAX, "GLOBAL_PIXELS": GLOBAL_PIXELS,
             "DC_RESIDENT": RESIDENT_BLOCKS, "LIST_TILE": LIST_TILE, "LISTED_TAPS": LISTED_TAPS,
-            "TRUNC_WHOLE_ITEMS": TRUNC_WHOLE_ITEMS}
+            "TRUNC_WHOLE_ITEMS": TRUNC_WHOLE_ITEMS, "CONV_TARGETS": CONV_TARGETS}
 
 
 def nvcc_defines() -> dict[str, int]:

@@ -53,6 +53,7 @@ from .constants import (BLOCK, DW_CO, GEMM_CO, LIST_TILE, LISTED_TAPS, RESIDENT_
 from .dense_layers import DenseLayerPlan, assigned_restoration, conv_kind
 from .device import DeviceRuntime
 from .kernels import Args, kernel
+from .output_lists import conv_geometry
 from .pointwise import VectorCache, nhwc_state
 from .registry import accelerates
 from .tensors import (
@@ -138,6 +139,13 @@ def lists_rows(op: DeltaOp) -> bool:
             and kh * kw <= LISTED_TAPS)
 
 
+def lists_own_rows(op: DeltaOp) -> bool:
+    """Whether ``op`` runs its GEMM over a list of its own output pixels, which it or its
+    input's producer (:mod:`.output_lists`) writes: it lists rows (:func:`lists_rows`)
+    and cannot run over its input's list (:func:`keeps_pixels`)."""
+    return lists_rows(op) and not keeps_pixels(op.conv)
+
+
 def listed_parts_bound(k: int) -> int:
     """The most parts a listed GEMM over a reduction of length ``k`` may split into
     (``conv_gemm_listed_parts``; 1: the lean ``conv_gemm_listed``, which cannot split):
@@ -196,11 +204,8 @@ class ConvKernel(Accelerated):
         n, cin, h, w = d.shape
         cout, cin_g, kh, kw = conv.weight.shape
         groups = conv.groups
-        sh, sw = conv.stride
-        dh, dw = conv.dilation
-        left, right, top, bottom = conv._reversed_padding_repeated_twice
-        oh = (h + top + bottom - dh * (kh - 1) - 1) // sh + 1
-        ow = (w + left + right - dw * (kw - 1) - 1) // sw + 1
+        g = conv_geometry(conv, h, w)
+        sh, sw, dh, dw, top, left, oh, ow = g.sh, g.sw, g.dh, g.dw, g.top, g.left, g.oh, g.ow
         out_shape = (n, cout, oh, ow)
         depthwise = cin_g == 1
         weight = self.packed(conv.weight, groups, depthwise)
@@ -229,12 +234,18 @@ class ConvKernel(Accelerated):
         channel_blocks = groups * -(-(cout // groups) // GEMM_CO)
         wave = RESIDENT_BLOCKS * self.runtime.multiprocessors
         # The GEMM rows: the input's list where the output mask is the input mask (handed
-        # on), else a list of the output pixels written by conv_output_list (own).
+        # on), else a list of the output pixels: written by the input's producer (marked,
+        # with the mask) or by conv_output_list (own).
         listable = d.dtype == torch.float16 and lists_rows(op)
         handed = d.extras.get("pixels") if keeps_pixels(conv) else None
+        marked = d.extras.get("output_lists", {}).get(op.node_name)
+        if marked is not None and not (listable and handed is None
+                                       and tuple(marked[0].shape) == (n, 1, oh, ow)):
+            raise RuntimeError(f"{op.node_name}: its input's producer listed its output pixels, "
+                               "but this call does not run its GEMM over them")
         rows = handed if listable else None
         if listable and handed is None:
-            rows = new_list(n * oh * ow, self.list_count)
+            rows = marked[1] if marked is not None else new_list(n * oh * ow, self.list_count)
         if rows is not None:
             # A persistent grid of one wave: row-tile slots × output-channel blocks × the
             # most parts K may split into (the GPU chooses how many from the list's count).
@@ -253,7 +264,12 @@ class ConvKernel(Accelerated):
             ws = new_values((splits, n, oh, ow, cout), torch.float32, device) if splits > 1 else None
         # Tiled kernels list their output pixels when a consumer reads a list.
         produced = new_list(n * oh * ow, self.list_count) if rows is None and handed is None else None
-        om = d.mask if handed is not None and rows is handed else new_mask(out_shape, device)
+        if marked is not None:
+            om = marked[0]
+        elif handed is not None and rows is handed:
+            om = d.mask
+        else:
+            om = new_mask(out_shape, device)
         if fused:
             out = placeholder(out_shape, d.dtype, device)
             acc = nhwc_state(self.consumer[0])[0][0]
@@ -269,8 +285,8 @@ class ConvKernel(Accelerated):
         counter = op.counter_for_kernel()
         launch = self.launcher(layer, d.dtype, args_)
         if rows is not None:
-            gemm_counter = counter  # the GEMM counts a handed list's rows
-            if rows is not handed:  # the output mask, counted, and its list
+            gemm_counter = counter  # the GEMM counts a handed or marked list's rows
+            if rows is not handed and marked is None:  # the output mask, counted, and its list
                 list_tiles = -(-oh // LIST_TILE) * -(-ow // LIST_TILE)
                 launch("conv_output_list", (list_tiles, 1, n), counter, rows)
                 gemm_counter = None
@@ -301,6 +317,22 @@ class ConvKernel(Accelerated):
             extras["fused"] = Fused(self.consumer[0], [Delta(out, om, pixels)], [1.0], lin=False,
                                     owns_masks=om is not d.mask)
         return Delta(out, om, extras)
+
+    def wants_output_list(self, op: DeltaOp, dtype: torch.dtype, out_pixels: int) -> bool:
+        """Whether a call on an input of ``dtype`` (``out_pixels`` output pixels per
+        sample) would run the listed GEMM over its own output pixels, which the input's
+        producer may then list for it (:mod:`.output_lists`): fp16, a list slot,
+        :func:`lists_own_rows`, and not decided dense (a dense layer, or the whole source
+        of a dense add). Only speed depends on the answer: a conv whose producer did not
+        list its outputs lists them itself."""
+        if dtype != torch.float16 or self.list_count is None or not lists_own_rows(op):
+            return False
+        plan = self.plan
+        if plan is None:
+            return True
+        if self.feeds is not None and self.feeds.dense and plan.allows(dtype, out_pixels):
+            return False
+        return not (self.dense and plan.allows(dtype, out_pixels, conv_kind(op.conv.weight.shape[1])))
 
     def launcher(self, layer: str, dtype: torch.dtype, head: Args) -> Callable[..., None]:
         """``launch(name, grid, counter, out_list, rows=None)``: the conv kernel ``name``

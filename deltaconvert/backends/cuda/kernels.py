@@ -28,7 +28,7 @@ import torch
 from ...errors import BackendUnavailable
 from ...files import cache_dir, write_bytes_atomic
 from . import dependent_launch
-from .constants import CAT_MAX, nvcc_flags
+from .constants import CAT_MAX, CONV_TARGETS, nvcc_flags
 from .dependent_launch import DependentFunction, DependentModule
 from .device import DeviceRuntime
 from .errors import FIX_NVCC, FIX_REFERENCE
@@ -41,9 +41,12 @@ _OPERAND = "PiiiiPiiif"
 _T4 = "Piiii"  # a tensor pointer and its (N, C, H, W) strides
 _M3 = "Piii"   # a mask pointer and its (N, H, W) strides
 _CONV = "i" * 16 + _T4 + _M3 + "Pi" + _T4 * 2 + "PiPP" + "PP"  # CONV_PARAMS in conv.cu
-_TRUNCATE = ("i" * 8 + _OPERAND * 2 + "PiP" + "iff" + _T4 * 2 + "PP" + _T4 + "f" + _T4
-             + "PPPPPPPi")  # TRUNC_PARAMS in pointwise.cu, and vec
 CAT_OPERAND_BYTES = 56
+# ConvTargets in common.cuh (packed by output_lists.mark_outputs): CONV_TARGETS targets of
+# 64 bytes, then their number and a pad.
+CONV_TARGETS_BYTES = CONV_TARGETS * 64 + 8
+_TRUNCATE = (f"{CONV_TARGETS_BYTES}s" + "i" * 8 + _OPERAND * 2 + "PiP" + "iff" + _T4 * 2 + "PP"
+             + _T4 + "f" + _T4 + "PPPPPPPi")  # TRUNC_PARAMS in pointwise.cu, and vec
 
 SIGNATURES: dict[str, dict[str, str]] = {
     "pointwise": {
@@ -51,6 +54,8 @@ SIGNATURES: dict[str, dict[str, str]] = {
         "pw_accumulate": "i" * 6 + _OPERAND + _T4,
         "pw_truncate": _TRUNCATE,
         "pw_truncate_whole": _TRUNCATE,
+        "pw_truncate_marking": _TRUNCATE,
+        "pw_truncate_whole_marking": _TRUNCATE,
         "pw_restart": "iiffPPPi",
     },
     "sparsify": {

@@ -34,6 +34,7 @@ from .constants import BLOCK, RESIDENT_BLOCKS, TRUNC_WHOLE_ITEMS, Activation, Pi
 from .dense_layers import assigned_restoration
 from .device import DeviceRuntime
 from .kernels import SUPPORTED_DTYPES, Args, kernel
+from .output_lists import NO_TARGETS, mark_outputs
 from .registry import accelerates
 from .tensors import (
     CHANNELS_PER_LANE,
@@ -139,11 +140,15 @@ def accumulate(runtime: DeviceRuntime, layer: str, d: Delta, acc: torch.Tensor) 
 def truncate(runtime: DeviceRuntime, op: DeltaOp, dtype: torch.dtype, out_shape: Sequence[int],
              fn: KernelFunction, work: Fused, acc: Sequence[torch.Tensor], sent: torch.Tensor,
              norm: tuple[torch.Tensor, torch.Tensor] | tuple[None, None],
-             list_count: torch.Tensor | None = None, arena: FrameArena | None = None) -> Delta:
+             list_count: torch.Tensor | None = None, arena: FrameArena | None = None,
+             targets: Sequence[tuple[DeltaOp, Accelerated]] = ()) -> Delta:
     """One launch of ``pw_truncate`` (see pointwise.cu) for ``op``'s pixels of
     ``out_shape``; it counts ``op``'s updates and those of a fused linear producer
-    (``work.counter``), and lists the emitted pixels when ``list_count`` is a list-count
-    slot (:mod:`.worklist`). Over listed candidates it runs a persistent grid of one wave,
+    (``work.counter``), lists the emitted pixels when ``list_count`` is a list-count
+    slot (:mod:`.worklist`), and marks the outputs of the ``targets`` convs
+    (:mod:`.output_lists`: the ``…_marking`` kernels, over channel vectors only), which
+    its output hands on as ``extras["output_lists"]``.
+    Over listed candidates it runs a persistent grid of one wave,
     and its output mask starts clear: the candidates' own when it owns them, else a region
     of ``arena`` (zeroed at the frame's start; without an arena, a memset here)."""
     n, c, h, w = shape4(out_shape)
@@ -168,7 +173,9 @@ def truncate(runtime: DeviceRuntime, op: DeltaOp, dtype: torch.dtype, out_shape:
     elif candidates is not None:
         # A persistent grid of at most one wave loops over the list's windows.
         grid = (min(grid[0], RESIDENT_BLOCKS * runtime.multiprocessors), 1, 1)
-    args = Args(op.node_name).ints(n, c, h, w, lanes, span, len(work.operands), int(work.input_mode))
+    marked = mark_outputs(targets, out_shape, dtype, arena) if vec else NO_TARGETS
+    args = Args(op.node_name).blob(marked.argument)
+    args.ints(n, c, h, w, lanes, span, len(work.operands), int(work.input_mode))
     for i in range(2):
         add_operand(args, work.operands[i] if i < len(work.operands) else None,
                     work.coefs[i] if i < len(work.coefs) else 0.0, out_shape)
@@ -185,10 +192,14 @@ def truncate(runtime: DeviceRuntime, op: DeltaOp, dtype: torch.dtype, out_shape:
     args.tensor(out, strides4(out)).ptr(om).ptr(counter).ptr(work.counter)
     args.extend(list_args(op.node_name, listed)).extend(list_args(op.node_name, candidates))
     args.ints(int(vec))
-    kernel(runtime, "pointwise", "pw_truncate_whole" if whole else "pw_truncate", dtype)(grid, block, args)
+    name = ("pw_truncate_whole" if whole else "pw_truncate") + ("_marking" if marked.outputs else "")
+    kernel(runtime, "pointwise", name, dtype)(grid, block, args)
     # ``total``: the whole tensor this delta updates (the values sent so far), which a
     # dense layer downstream recomputes from (:mod:`.dense_layers`).
-    return Delta(out, om, {**op.counted_extras(counter), **list_extras(listed), "total": sent})
+    extras = {**op.counted_extras(counter), **list_extras(listed), "total": sent}
+    if marked.outputs:
+        extras["output_lists"] = marked.outputs
+    return Delta(out, om, extras)
 
 
 def whole_span(work: Fused, fn: KernelFunction, channels: int, vec: bool) -> int:
@@ -257,7 +268,13 @@ def _pointwise(op: DeltaOp, varying: tuple[bool, ...]) -> bool:
 
 @accelerates(Nonlinear, when=lambda op: _pointwise(op, (True,)) and pixel_function(op.fn) is not None)
 class Truncating(Accelerated):
-    """A Nonlinear op with one varying input and a kernel-supported ``fn``."""
+    """A Nonlinear op with one varying input and a kernel-supported ``fn``.
+
+    ``conv_targets``: the convs (op, wrapper) reading its output whose output masks and
+    lists it writes (:mod:`.output_lists`; set at bind time).
+    """
+
+    conv_targets: Sequence[tuple[DeltaOp, Accelerated]] = ()
 
     def __init__(self, runtime: DeviceRuntime, op: DeltaOp, consumer: Consumer | None = None) -> None:
         super().__init__(runtime, op, consumer)
@@ -286,7 +303,7 @@ class Truncating(Accelerated):
         vectors = ((self.vectors.get(norm.weight), self.vectors.get(norm.bias))
                    if norm is not None else (None, None))
         return truncate(self.runtime, op, d.dtype, d.shape, self.function, work, acc, sent,
-                        vectors, self.list_count, self.arena)
+                        vectors, self.list_count, self.arena, self.conv_targets)
 
     def dense_in_place(self, op: DeltaOp, *args: Any, **kwargs: Any) -> Any:
         """A dense restart of a running sequence: ``a ← x`` and ``o ← f(x)`` from one read

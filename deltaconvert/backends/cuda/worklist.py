@@ -72,15 +72,23 @@ def list_args(layer: str, listed: PixelList | None) -> Args:
     return Args(layer).ptr(listed.index if listed else None).ptr(listed.count if listed else None)
 
 
+def first_arg_consumers(gm: DeltaOpGraph) -> dict[str, list[str]]:
+    """For every op, the ops (names, in graph order) whose first argument is its output
+    (bind time)."""
+    ops = gm.delta_ops()
+    consumers: dict[str, list[str]] = {}
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or node.target not in ops:
+            continue
+        source = node.args[0] if node.args else None
+        if isinstance(source, fx.Node) and source.op == "call_module" and source.target in ops:
+            consumers.setdefault(source.target, []).append(node.target)
+    return consumers
+
+
 def list_producers(gm: DeltaOpGraph, consumes: Callable[[DeltaOp], bool]) -> set[str]:
     """Names of the ops whose output is the first argument of an op that ``consumes`` a
     pixel list (bind time; the kernels still decide per call whether to use it)."""
     ops = gm.delta_ops()
-    producers = set()
-    for node in gm.graph.nodes:
-        if node.op != "call_module" or node.target not in ops or not consumes(ops[node.target]):
-            continue
-        source = node.args[0] if node.args else None
-        if isinstance(source, fx.Node) and source.op == "call_module" and source.target in ops:
-            producers.add(source.target)
-    return producers
+    return {producer for producer, users in first_arg_consumers(gm).items()
+            if any(consumes(ops[user]) for user in users)}
