@@ -308,6 +308,34 @@ def test_sampling_keeps_no_frame_delta_alive(poisoned, monkeypatch):
     assert received and all(ref() is None for ref in received)
 
 
+def test_no_parameter_copy_is_made_inside_a_capture(poisoned, monkeypatch):
+    """The dense paths' fp32 biases and a dense add's sum of biases are cached parameter
+    copies; one first made inside the CUDA-graph capture would be a kernel that every
+    replay runs again (PERF_NOTES §41). They are made on the eager sampling frame."""
+    from deltaconvert.backends.cuda import pointwise
+    from deltaconvert.backends.cuda.pointwise import LinearPointwise
+
+    made = []
+    shipped = pointwise.fp32_vector
+    monkeypatch.setattr(pointwise, "fp32_vector", lambda t, device: made.append(
+        torch.cuda.is_current_stream_capturing()) or shipped(t, device))
+    frames = clip()
+    set_dense_from(monkeypatch, 0.0)
+    model = delta_model(Residual().to(DEVICE).eval(), frames[0], graph=True)
+    with torch.no_grad():
+        for x in frames[:2]:  # dense, sampling
+            model(x)
+        adds = [op.accelerated for op in model.delta_ops().values()
+                if isinstance(op.accelerated, LinearPointwise) and op.accelerated.plan is not None]
+        sums = [w._shifts for w in adds]
+        for x in frames[2:5]:  # the capture, then replays
+            model(x)
+    assert adds and all(w.dense for w in adds)
+    assert made and not any(made), "an fp32 bias was first copied inside the capture"
+    assert all(w._shifts is before for w, before in zip(adds, sums)), \
+        "a dense add's sum of biases was first made inside the capture"
+
+
 def test_a_new_sequence_frees_the_last_ones_wrappers_without_a_collector_pass(poisoned,
                                                                               monkeypatch):
     """Every sequence binds new wrappers; the last sequence's conv and add wrappers, with

@@ -36,8 +36,10 @@ def bind(model: DeltaOpGraph, device: torch.device, dtype: torch.dtype) -> Runti
     from .dense_layers import DenseLayerPlan
     from .device import device_runtime
     from .kernels import SUPPORTED_DTYPES, load_all
+    from .tensors import full_mask
 
     runtime = device_runtime(device)
+    full_mask((1, 1, 1, 1), runtime.device)  # made now: a first fill inside a capture would replay
     arena = FrameArena(runtime.device, len(model.delta_ops()))
     wrappers = accelerate(model, runtime, arena)
     plan = DenseLayerPlan(runtime, [op for op in model.delta_ops().values()

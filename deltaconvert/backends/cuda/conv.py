@@ -213,6 +213,9 @@ class ConvKernel(Accelerated):
             self.consumer[0], out_shape, d.dtype)
         whole = d.extras.get("total")  # the input's whole value, for a dense layer
         eligible = self.plan is not None and conv is getattr(op, "conv", None) and whole is not None
+        # The dense paths' fp32 bias, made here while frames run eagerly: a copy first made
+        # inside a CUDA-graph capture would be a kernel replayed every frame.
+        bias = self.vectors.get(op.conv.bias) if eligible else None
         if eligible and self.feeds is not None and self.plan.allows(d.dtype, oh * ow):
             if self.feeds.dense is None:  # the add samples: it would warm this conv up too
                 self.plan.also_warm(self.feeds, dense_whole(op, whole, d.dtype))
@@ -312,6 +315,8 @@ class ConvKernel(Accelerated):
             self.plan.sample(self, om, dense_whole(op, whole, d.dtype), kind)
         pixels = list_extras(rows or handed or produced)
         extras = {**op.counted_extras(counter), **pixels}
+        if self.feeds is not None and bias is not None:
+            extras["bias"] = bias  # for the add's sum of biases, made eagerly too (its shift)
         if fused:
             # A mask this conv wrote is read by its consumer alone, which may reuse it.
             extras["fused"] = Fused(self.consumer[0], [Delta(out, om, pixels)], [1.0], lin=False,

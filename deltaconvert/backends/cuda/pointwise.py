@@ -438,6 +438,9 @@ class LinearPointwise(Accelerated):
             if (self.plan is not None and self.dense is None and scale is None
                     and self.plan.allows(dtype, h * w)):
                 self.plan.sample(self, mask, lambda: None)  # its conv sources add theirs
+                # The dense add's sum of biases, made in this eager frame rather than in a
+                # capture, which would replay its kernels every frame.
+                self.shift([(d.extras.get("bias"), k) for d, k in zip(operands, coefs)])
             return Delta(placeholder(out_shape, dtype, self.runtime.device), mask, extras)
         return linear(self.runtime, op, operands, coefs, scale, out_shape, self.list_count)
 
