@@ -8,7 +8,8 @@ installs keep working on the reference math.
 Modules: ``errors`` (requirements and fixes), ``device`` (context, stream, frame),
 ``kernels`` (compile cache, launch checks), ``tensors`` (layout), ``arena`` (memory
 zeroed once per frame), ``dense_layers`` (convs recomputed by cuDNN where most of
-their output changes), ``worklist`` (pixel work lists), ``dependent_launch``
+their output changes), ``worklist`` (pixel work lists), ``output_lists`` (a
+truncation listing its consumer convs' outputs), ``dependent_launch``
 (programmatic dependent launches), ``frame_skip`` (replays that skip an unchanged
 frame), one wrapper module
 per kernel family (``boundary``, ``pointwise``, ``conv``, ``pooling``, ``resize``,

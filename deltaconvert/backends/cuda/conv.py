@@ -15,8 +15,10 @@ In fp16 every conv but a depthwise one runs its GEMM over a pixel work list
 listed pixels, 64 per row tile, on a persistent grid of one wave, so its cost follows the
 candidates rather than the 8×8 tiles they touch (scattered changes light up most tiles).
 A 1×1, stride-1, unpadded conv's output mask is its input mask, so it runs over, and
-hands on, the list its input carries; any other lists its output pixels first
-(``conv_output_list``, one mask byte per output pixel) and hands that list on.
+hands on, the list its input carries; any other runs over a list of its own output
+pixels and hands it on: the truncation that produced its input wrote it, with the
+output mask (:mod:`.output_lists`), or else it lists them first (``conv_output_list``,
+one mask byte per output pixel).
 ``DELTACONVERT_CUDA_LISTED_ROWS=0`` keeps the tiled GEMM (the tiled kernels then list
 their output pixels only for a consumer that reads lists).
 

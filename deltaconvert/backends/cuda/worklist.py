@@ -13,8 +13,9 @@ frame inside the frame (and so inside a captured CUDA graph).
 Producers: ``pw_truncate`` (emitted pixels), ``pw_linear`` (the union of its operands)
 and the tiled conv kernels (their output pixels, appended by the block that writes the
 tile's mask), for the ops whose output a list consumer reads (:func:`list_producers`:
-appending costs a producer about a microsecond, so nothing lists for nobody); and
-``conv_output_list``, the output pixels of an fp16 conv whose GEMM runs over them.
+appending costs a producer about a microsecond, so nothing lists for nobody); and the
+output pixels of an fp16 conv whose GEMM runs over them, written by the truncation
+whose output it reads (:mod:`.output_lists`) or else by ``conv_output_list``.
 Consumers: the fp16 GEMM convolutions (``conv_gemm_listed``: a 1×1, stride-1, unpadded
 conv's output mask is its input mask, so it runs over its input's list and hands it on;
 any other runs over its own) and truncating ops (``pw_truncate`` over the listed
