@@ -30,7 +30,7 @@ from deltaconvert.ops.nonlinear import Nonlinear
 from deltaconvert.synthetic import synthetic_video
 
 from .test_cuda_ops import DEVICE, MASK_KINDS, V, assert_same, prepare, random_delta
-from .test_work_lists import OWN_ROWS, listed_pixels, mask_pixels
+from .test_work_lists import OWN_ROWS, listed_pixels, mask_pixels, with_batch_statistics
 
 pytestmark = pytest.mark.cuda
 
@@ -147,13 +147,7 @@ class Stages(nn.Module):
 
 
 def stages_net() -> nn.Module:
-    net = Stages().eval()
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 2.0)
-    return net.to(DEVICE)
+    return with_batch_statistics(Stages().eval()).to(DEVICE)
 
 
 def frames() -> list[torch.Tensor]:

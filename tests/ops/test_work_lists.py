@@ -317,15 +317,20 @@ class Inverted(nn.Module):
         return self.head(y)
 
 
-def inverted_net() -> nn.Module:
-    torch.manual_seed(0)
-    net = Inverted().eval()
+def with_batch_statistics(net: nn.Module) -> nn.Module:
+    """``net`` with random BatchNorm running statistics (so that folding them changes the
+    conv weights), in place."""
     with torch.no_grad():
         for m in net.modules():
             if isinstance(m, nn.BatchNorm2d):
                 m.running_mean.uniform_(-0.2, 0.2)
                 m.running_var.uniform_(0.5, 2.0)
-    return net.to(DEVICE, HALF)
+    return net
+
+
+def inverted_net() -> nn.Module:
+    torch.manual_seed(0)
+    return with_batch_statistics(Inverted().eval()).to(DEVICE, HALF)
 
 
 def clip(frames: int = 8) -> list[torch.Tensor]:
