@@ -111,21 +111,21 @@ extern "C" __global__ void pw_accumulate(int N, int C, int H, int W, int lanes, 
 // vec: channel vectors of 4 (the host sets it when C, every channel stride and every
 // pixel's alignment allow; see truncate() in backends/cuda/pointwise.py).
 // pw_truncate_whole takes the same arguments for a whole map (truncate_whole below).
-#define TRUNC_PARAMS                                                                        \
-    const ConvTargets targets, int N, int C, int H, int W, int lanes, int span, int n_ops, int in_mode, DC_OPERAND(0),  \
-        DC_OPERAND(1), const float *scale, int scale_stride, const float *shift, int fn,    \
-        float p0, float p1, float *a0, int a0N, int a0C, int a0H, int a0W, const float *a1, \
-        int a1N, int a1C, int a1H, int a1W, const float *norm_w, const float *norm_b,       \
-        scalar_t *o, int sN, int sC, int sH, int sW, float thr, scalar_t *out, int oN,      \
-        int oC, int oH, int oW,                                                             \
-        mask_t *om, int *counter, int *cand_counter, int *out_list, int *out_count,           \
-        const int *in_list, const int *in_count
-#define TRUNC_ARGS                                                                          \
-    targets, N, C, H, W, lanes, span, n_ops, in_mode, v0, v0N, v0C, v0H, v0W, m0, m0N, m0H, m0W, k0, \
-        v1, v1N, v1C, v1H, v1W, m1, m1N, m1H, m1W, k1, scale, scale_stride, shift, fn, p0,  \
-        p1, a0, a0N, a0C, a0H, a0W, a1, a1N, a1C, a1H, a1W, norm_w, norm_b, o, sN, sC, sH,  \
-        sW, thr, out, oN, oC, oH, oW, om, counter, cand_counter, out_list, out_count,       \
-        in_list, in_count
+#define TRUNC_PARAMS                                                                    \
+    const ConvTargets targets, int N, int C, int H, int W, int lanes, int span,         \
+        int n_ops, int in_mode, DC_OPERAND(0), DC_OPERAND(1), const float *scale,       \
+        int scale_stride, const float *shift, int fn, float p0, float p1, float *a0,    \
+        int a0N, int a0C, int a0H, int a0W, const float *a1, int a1N, int a1C,          \
+        int a1H, int a1W, const float *norm_w, const float *norm_b, scalar_t *o,        \
+        int sN, int sC, int sH, int sW, float thr, scalar_t *out, int oN, int oC,       \
+        int oH, int oW, mask_t *om, int *counter, int *cand_counter, int *out_list,     \
+        int *out_count, const int *in_list, const int *in_count
+#define TRUNC_ARGS                                                                      \
+    targets, N, C, H, W, lanes, span, n_ops, in_mode, v0, v0N, v0C, v0H, v0W, m0,       \
+        m0N, m0H, m0W, k0, v1, v1N, v1C, v1H, v1W, m1, m1N, m1H, m1W, k1, scale,        \
+        scale_stride, shift, fn, p0, p1, a0, a0N, a0C, a0H, a0W, a1, a1N, a1C, a1H,     \
+        a1W, norm_w, norm_b, o, sN, sC, sH, sW, thr, out, oN, oC, oH, oW, om,           \
+        counter, cand_counter, out_list, out_count, in_list, in_count
 
 // Operand i's δ at V channels from c on at pixel (n, y, x), added to s times k_i.
 #define TRUNC_ADD_OPERAND(i, s)                                                             \
