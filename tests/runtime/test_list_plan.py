@@ -2,6 +2,7 @@
 a 1×1, stride-1, unpadded convolution (``takes_pixel_list``) or by a truncating op."""
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -112,3 +113,66 @@ def test_listed_parts_bound(monkeypatch):
     assert cuda_conv.listed_parts_bound(9 * 512) == most        # ResNet's layer4
     monkeypatch.setattr(cuda_conv, "SPLIT_K", False)
     assert cuda_conv.listed_parts_bound(9 * 512) == 1
+
+
+class Stage(nn.Module):
+    """A stem, a max pool, then ResNet's stage entry (a 3×3 stride-2 conv and a 1×1
+    stride-2 downsample reading one ReLU), a 1×1 conv, a depthwise conv and a 3×3 head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),
+                                  nn.MaxPool2d(3, stride=2, padding=1))
+        self.a = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())        # reads the pool
+        self.b = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+        self.down = nn.Conv2d(8, 16, 1, stride=2)
+        self.pw = nn.Sequential(nn.Conv2d(16, 16, 1), nn.ReLU())                # its input's list
+        self.dw = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.ReLU())
+        self.head = nn.Conv2d(16, 4, 3, padding=1)
+
+    def forward(self, x):
+        y = self.a(self.stem(x))
+        y = torch.relu(self.b(y) + self.down(y))
+        return self.head(self.dw(self.pw(y)))
+
+
+def test_truncations_list_the_outputs_of_the_convs_that_read_them(monkeypatch):
+    """At bind time each truncating op gets the fp16 convs (at most CONV_TARGETS) whose
+    first argument is its output and that list their own output pixels
+    (``output_lists``): the stage's 3×3 stride-2 conv and 1×1 stride-2 downsample, and
+    the head after the depthwise conv's ReLU; not the 1×1 stride-1 conv (it runs over its
+    input's list), the depthwise conv (tiled), nor the conv after the max pool (no
+    truncation). In fp32 no conv lists rows, so no truncation has targets."""
+    from types import SimpleNamespace
+
+    from deltaconvert.backends.cuda.arena import FrameArena
+    from deltaconvert.backends.cuda.binding import accelerate
+    from deltaconvert.backends.cuda.pointwise import Truncating
+
+    def targets(model):
+        runtime = SimpleNamespace(device=torch.device("cpu"), multiprocessors=1)
+        wrappers = accelerate(model, runtime, FrameArena(torch.device("cpu"), len(model.delta_ops())))
+        return sorted(sorted((tuple(op.conv.kernel_size), tuple(op.conv.stride)) for op, _ in w.conv_targets)
+                      for w in wrappers.values() if isinstance(w, Truncating) and w.conv_targets)
+
+    model = convert(Stage().eval(), torch.randn(1, 3, 32, 32), backend="reference")
+    assert targets(model) == []  # fp32
+    assert targets(model.half()) == [[((1, 1), (2, 2)), ((3, 3), (2, 2))], [((3, 3), (1, 1))]]
+
+
+@pytest.mark.parametrize("conv", [
+    nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 3, stride=2, padding=1),
+    nn.Conv2d(4, 4, (3, 1), stride=(2, 1), padding=(1, 0)),
+    nn.Conv2d(4, 4, 3, dilation=2, padding=2, stride=2), nn.Conv2d(4, 4, 4, padding="same"),
+    nn.Conv2d(4, 4, 7, stride=2, padding=3), nn.Conv2d(4, 4, 1, stride=2),
+    nn.Conv2d(4, 4, (1, 5), padding=(0, 2))], ids=str)
+def test_conv_geometry_is_torchs_output_size(conv):
+    """``output_lists.conv_geometry``, which the conv kernels and the truncations that
+    mark their outputs both use, gives torch's output size on odd and even inputs."""
+    from deltaconvert.backends.cuda.output_lists import conv_geometry
+
+    for h, w in ((13, 19), (16, 16), (1, 7)):
+        if h < conv.kernel_size[0] - 2 * (conv.padding[0] if conv.padding != "same" else 0):
+            continue
+        g = conv_geometry(conv, h, w)
+        assert (g.oh, g.ow) == tuple(conv(torch.zeros(1, 4, h, w)).shape[2:]), (h, w)
