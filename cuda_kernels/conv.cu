@@ -714,7 +714,8 @@ __device__ __forceinline__ int listed_parts(int zmax, int blocks, int listed) {
 // rows are all candidates however scattered they are, and no block scans the mask. Any
 // geometry with at most LISTED_TAPS kernel taps, fp16 (tensor cores). The list is the
 // output mask's: a 1×1, stride-1, unpadded conv's is its input's (handed on by the
-// producer), any other's is written by conv_output_list. A persistent grid (gridDim.x
+// producer), any other's by the truncation that produced its input (mark_conv_outputs in
+// common.cuh) or by conv_output_list. A persistent grid (gridDim.x
 // row-tile slots × output-channel blocks × gridDim.z) loops over the row tiles; an empty
 // list costs each block one load. `counter` (statistics) gets *count once.
 //

@@ -105,7 +105,7 @@ extern "C" __global__ void pw_accumulate(int N, int C, int H, int W, int lanes, 
 // pixels (the mask of a fused linear producer, the OR of the operand masks). Emitted
 // pixels are appended to out_list (may be null: see list_append in common.cuh), and the
 // output pixels of the `targets` convs that read them are marked in those convs' masks
-// and lists (mark_conv_outputs in common.cuh; targets.n = 0: none). With
+// and lists (mark_conv_outputs in common.cuh; the …_marking kernels only). With
 // in_list (else null) the candidates are the pixels listed there instead of a mask scan:
 // one operand whose mask that list holds, om zeroed by the host, N·H·W < 2^29 (tags).
 // vec: channel vectors of 4 (the host sets it when C, every channel stride and every

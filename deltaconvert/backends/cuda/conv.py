@@ -215,18 +215,19 @@ class ConvKernel(Accelerated):
             self.consumer[0], out_shape, d.dtype)
         whole = d.extras.get("total")  # the input's whole value, for a dense layer
         eligible = self.plan is not None and conv is getattr(op, "conv", None) and whole is not None
-        # The dense paths' fp32 bias, made here while frames run eagerly: a copy first made
-        # inside a CUDA-graph capture would be a kernel replayed every frame.
+        # The dense paths' fp32 bias, fetched here only and so first made while frames run
+        # eagerly (the sampling frame): a copy first made inside a CUDA-graph capture would
+        # be a kernel replayed every frame.
         bias = self.vectors.get(op.conv.bias) if eligible else None
         if eligible and self.feeds is not None and self.plan.allows(d.dtype, oh * ow):
             if self.feeds.dense is None:  # the add samples: it would warm this conv up too
                 self.plan.also_warm(self.feeds, dense_whole(op, whole, d.dtype))
             if self.feeds.dense:
-                return self.whole_output(op, whole, d.dtype, out_shape)
+                return self.whole_output(op, whole, bias, d.dtype, out_shape)
         kind = conv_kind(cin_g)
         planned = eligible and fused and self.plan.allows(d.dtype, oh * ow, kind)
         if planned and self.dense:
-            return self.recompute(op, whole, d.dtype, out_shape)
+            return self.recompute(op, whole, bias, d.dtype, out_shape)
         if self.plan is not None:
             self.plan.require_current(op.node_name)  # the delta kernels add to its consumer's
         device = self.runtime.device
@@ -355,32 +356,31 @@ class ConvKernel(Accelerated):
             kernel(self.runtime, "conv", name, dtype)(grid, (BLOCK, 1, 1), args_)
         return launch
 
-    def recompute(self, op: DeltaOp, total: torch.Tensor, dtype: torch.dtype,
-                  out_shape: Sequence[int]) -> Delta:
+    def recompute(self, op: DeltaOp, total: torch.Tensor, bias: torch.Tensor | None,
+                  dtype: torch.dtype, out_shape: Sequence[int]) -> Delta:
         """A dense layer (:mod:`.dense_layers`): ``conv(total)`` by cuDNN, handed to the
-        consumer, which assigns it plus the bias (its ``shift``; torch would add the bias
-        in a kernel of its own) to its accumulator; every output pixel is a candidate.
-        Unless the plan keeps accumulators, the consumer does not write it, and the plan
-        holds its restoration."""
+        consumer, which assigns it plus ``bias`` (the conv's fp32 bias, as its ``shift``;
+        torch would add the bias in a kernel of its own) to its accumulator; every output
+        pixel is a candidate. Unless the plan keeps accumulators, the consumer does not
+        write it, and the plan holds its restoration."""
         mask = full_mask(out_shape, self.runtime.device)
         counter = op.counter_for_kernel()  # counted by the consumer's kernel
-        shift = self.vectors.get(op.conv.bias)
         keep = self.plan.keeps_accumulators
         work = Fused(self.consumer[0], [Delta(dense_conv(op, total, dtype), mask)],
-                     [1.0], lin=True, counter=counter, assign=True, shift=shift, keep=keep)
+                     [1.0], lin=True, counter=counter, assign=True, shift=bias, keep=keep)
         if not keep:
             acc = nhwc_state(self.consumer[0])[0][0]
             self.plan.leave_stale(op.node_name, assigned_restoration(
-                acc, [(1.0, dense_whole(op, total, dtype))], shift, dtype))
+                acc, [(1.0, dense_whole(op, total, dtype))], bias, dtype))
         return Delta(placeholder(out_shape, dtype, self.runtime.device), mask,
                      {**op.counted_extras(counter), "fused": work})
 
-    def whole_output(self, op: DeltaOp, total: torch.Tensor, dtype: torch.dtype,
-                     out_shape: Sequence[int]) -> Delta:
+    def whole_output(self, op: DeltaOp, total: torch.Tensor, bias: torch.Tensor | None,
+                     dtype: torch.dtype, out_shape: Sequence[int]) -> Delta:
         """For a dense add (:mod:`.dense_layers`): ``conv(total)`` by cuDNN as the
-        output's ``extras["whole"]``, the fp32 bias as ``extras["bias"]`` (the add hands
-        both to its consumer) and how to compute the whole again from the state as
-        ``extras["recompute"]``; every output pixel counts as updated."""
+        output's ``extras["whole"]``, ``bias`` (the conv's fp32 bias) as ``extras["bias"]``
+        (the add hands both to its consumer) and how to compute the whole again from the
+        state as ``extras["recompute"]``; every output pixel counts as updated."""
         counter = op.counter_for_kernel()
         if counter is not None:
             counter.add_(out_shape[0] * out_shape[2] * out_shape[3])
@@ -388,7 +388,7 @@ class ConvKernel(Accelerated):
                      full_mask(out_shape, self.runtime.device),
                      {**op.counted_extras(counter),
                       "whole": dense_conv(op, total, dtype),
-                      "bias": self.vectors.get(op.conv.bias),
+                      "bias": bias,
                       "recompute": dense_whole(op, total, dtype)})
 
 
