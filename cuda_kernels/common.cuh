@@ -334,16 +334,26 @@ __device__ __forceinline__ void load_vec(const __half *p, float (&v)[V]) {
 }
 template <int V>
 __device__ __forceinline__ void store_vec(float *p, const float (&v)[V]) {
-    static_assert(V == 1 || V == 4, "stores of 1 or 4 channels");
-    if constexpr (V == 4)
-        *reinterpret_cast<float4 *>(p) = make_float4(v[0], v[1], v[2], v[3]);
-    else
+    static_assert(V == 1 || V == 4 || V == 8, "stores of 1, 4 or 8 channels");
+    if constexpr (V == 1) {
         *p = v[0];
+    } else {
+#pragma unroll
+        for (int h = 0; h < V; h += 4)
+            *reinterpret_cast<float4 *>(p + h) = make_float4(v[h], v[h + 1], v[h + 2], v[h + 3]);
+    }
 }
 template <int V>
 __device__ __forceinline__ void store_vec(__half *p, const float (&v)[V]) {
-    static_assert(V == 1 || V == 4, "stores of 1 or 4 channels");
-    if constexpr (V == 4) {
+    static_assert(V == 1 || V == 4 || V == 8, "stores of 1, 4 or 8 channels");
+    if constexpr (V == 8) {
+        uint4 q;
+        *reinterpret_cast<__half2 *>(&q.x) = __floats2half2_rn(v[0], v[1]);
+        *reinterpret_cast<__half2 *>(&q.y) = __floats2half2_rn(v[2], v[3]);
+        *reinterpret_cast<__half2 *>(&q.z) = __floats2half2_rn(v[4], v[5]);
+        *reinterpret_cast<__half2 *>(&q.w) = __floats2half2_rn(v[6], v[7]);
+        *reinterpret_cast<uint4 *>(p) = q;
+    } else if constexpr (V == 4) {
         uint2 q;
         *reinterpret_cast<__half2 *>(&q.x) = __floats2half2_rn(v[0], v[1]);
         *reinterpret_cast<__half2 *>(&q.y) = __floats2half2_rn(v[2], v[3]);
@@ -351,6 +361,48 @@ __device__ __forceinline__ void store_vec(__half *p, const float (&v)[V]) {
     } else {
         *p = __float2half_rn(v[0]);
     }
+}
+
+// V channels of scalar_t kept as stored between a load and a store: fp16 pairs packed in
+// __half2 (one register per two values, half the registers of an fp32 channel vector);
+// fp32, and single fp16 channels, one value per element. V · sizeof(scalar_t) ≤ 16 bytes,
+// aligned to it (the caller's guarantee).
+template <int V, bool PAIRS = sizeof(scalar_t) == 2 && V % 2 == 0>
+struct Packed {
+    scalar_t x[V];
+    __device__ __forceinline__ float get(int j) const { return to_f(x[j]); }
+    __device__ __forceinline__ void set(int j, float a, float b) {  // channels j and j + 1
+        x[j] = from_f<scalar_t>(a);
+        if (j + 1 < V) x[j + 1] = from_f<scalar_t>(b);
+    }
+};
+template <int V>
+struct Packed<V, true> {
+    __half2 h[V / 2];
+    __device__ __forceinline__ float get(int j) const {
+        return j & 1 ? __high2float(h[j >> 1]) : __low2float(h[j >> 1]);
+    }
+    __device__ __forceinline__ void set(int j, float a, float b) { h[j >> 1] = __floats2half2_rn(a, b); }
+};
+template <int V>
+__device__ __forceinline__ void load_packed(const scalar_t *p, Packed<V> &v) {
+    constexpr int BYTES = V * (int)sizeof(scalar_t);
+    if constexpr (BYTES == 16)
+        *reinterpret_cast<uint4 *>(&v) = *reinterpret_cast<const uint4 *>(p);
+    else if constexpr (BYTES == 8)
+        *reinterpret_cast<uint2 *>(&v) = *reinterpret_cast<const uint2 *>(p);
+    else
+        v.x[0] = *p;  // V == 1 (the only other width the kernels use)
+}
+template <int V>
+__device__ __forceinline__ void store_packed(scalar_t *p, const Packed<V> &v) {
+    constexpr int BYTES = V * (int)sizeof(scalar_t);
+    if constexpr (BYTES == 16)
+        *reinterpret_cast<uint4 *>(p) = *reinterpret_cast<const uint4 *>(&v);
+    else if constexpr (BYTES == 8)
+        *reinterpret_cast<uint2 *>(p) = *reinterpret_cast<const uint2 *>(&v);
+    else
+        *p = v.x[0];
 }
 
 // Addressing helpers.

@@ -108,9 +108,10 @@ extern "C" __global__ void pw_accumulate(int N, int C, int H, int W, int lanes, 
 // and lists (mark_conv_outputs in common.cuh; the …_marking kernels only). With
 // in_list (else null) the candidates are the pixels listed there instead of a mask scan:
 // one operand whose mask that list holds, om zeroed by the host, N·H·W < 2^29 (tags).
-// vec: channel vectors of 4 (the host sets it when C, every channel stride and every
-// pixel's alignment allow; see truncate() in backends/cuda/pointwise.py).
-// pw_truncate_whole takes the same arguments for a whole map (truncate_whole below).
+// vec: the channels of one vector load, 4 where C, every channel stride and every
+// pixel's alignment allow, else 1 (see truncate() in backends/cuda/pointwise.py).
+// pw_truncate_whole takes the same arguments for a whole map (truncate_whole below;
+// there vec may also be 8).
 #define TRUNC_PARAMS                                                                    \
     const ConvTargets targets, int N, int C, int H, int W, int lanes, int span,         \
         int n_ops, int in_mode, DC_OPERAND(0), DC_OPERAND(1), const float *scale,       \
@@ -138,13 +139,31 @@ extern "C" __global__ void pw_accumulate(int N, int C, int H, int W, int lanes, 
 // This frame's input to the accumulator a of V channels from c on (in_mode ADD or
 // ASSIGN, see above: a holds its value or 0), from s = Σ_i k_i · δ_i.
 #define TRUNC_SUM_ARGS scale, scale_stride, shift
+// c is a multiple of V, so for V ≥ 4 the per-channel fp32 vectors (torch allocations,
+// 16-byte aligned) load 4 channels at a time.
 template <int V>
 __device__ __forceinline__ void add_input(int c, const float (&s)[V], const float *scale,
                                           int scale_stride, const float *shift, float (&a)[V]) {
+    constexpr int Q = V % 4 ? 1 : 4;
 #pragma unroll
-    for (int j = 0; j < V; ++j)
-        a[j] += round_s((scale ? s[j] * round_s(scale[(c + j) * scale_stride]) : s[j])
-                        + (shift ? shift[c + j] : 0.f));
+    for (int h = 0; h < V; h += Q) {
+        float k[Q], b[Q];
+        if (scale && scale_stride) {
+            load_vec<Q>(scale + c + h, k);
+        } else {
+#pragma unroll
+            for (int j = 0; j < Q; ++j) k[j] = scale ? scale[0] : 1.f;
+        }
+        if (shift) {
+            load_vec<Q>(shift + c + h, b);
+        } else {
+#pragma unroll
+            for (int j = 0; j < Q; ++j) b[j] = 0.f;
+        }
+#pragma unroll
+        for (int j = 0; j < Q; ++j)
+            a[h + j] += round_s((scale ? s[h + j] * round_s(k[j]) : s[h + j]) + b[j]);
+    }
 }
 
 // The shared memory of a pw_truncate block (one for all its instantiations).
@@ -306,79 +325,75 @@ __device__ __forceinline__ void truncate_window(TruncateShared &sm, int base, in
 }
 
 // Every pixel a candidate (`whole`: in_mode ASSIGN, whose operands are whole values under
-// full masks — a dense layer, backends/cuda/dense_layers.py — and an element-wise fn):
-// no mask scan or list, and the block's threads lie flat over the (pixel, channel vector)
-// pairs of `span` pixels at a time, so no lane idles whatever C is (a lane group per
-// pixel keeps C = 144 on 32 lanes × 2 vectors of 4: 36 of 64 slots busy). A thread keeps
-// its TRUNC_WHOLE_ITEMS vectors in registers from the peak pass to the emit pass:
-// span · C / V ≤ TRUNC_WHOLE_ITEMS · DC_BLOCK and span ≤ DC_BLOCK (the host's span).
-// Blocks take rounds blockIdx.x, blockIdx.x + gridDim.x, … of `span` pixels. a0 may be
-// null: a dense layer that leaves its accumulator to be restored when the delta kernels
-// take over (DenseLayerPlan in backends/cuda/dense_layers.py), 4 of 8 bytes per element.
+// full masks — a dense layer, backends/cuda/dense_layers.py — and an element-wise fn),
+// over flat NHWC tensors: the operands, o, out (and a0 where written) hold element
+// (pixel p, channel c) at p·C + c (the host checks; see whole_width in pointwise.py), so
+// a round of `span` pixels is one run of span·C elements. The block's threads lie flat
+// over it in channel vectors of V (C a multiple of V, every tensor V-element aligned):
+// consecutive threads read consecutive vectors, as a copy does, with no mask scan or
+// list and no coordinates. A thread holds TRUNC_WHOLE_ITEMS vectors of each operand and
+// of o, packed as stored, from its loads (all issued before any arithmetic) to its
+// stores, and finds each vector's pixel and channel once: span · C / V ≤ TRUNC_WHOLE_ITEMS · DC_BLOCK and
+// span ≤ DC_BLOCK (the host's span). Blocks take rounds blockIdx.x, blockIdx.x +
+// gridDim.x, … . a0 may be null: a dense layer that leaves its accumulator to be restored
+// when the delta kernels take over (DenseLayerPlan in backends/cuda/dense_layers.py).
 template <int V, int FN, bool MARK>
 __device__ __forceinline__ void truncate_whole(TruncateShared &sm, TRUNC_PARAMS) {
     if (FN >= 0) fn = FN;  // every branch on fn below folds
-    const int vectors = C / V, pixels = N * H * W;
+    const int pixels = N * H * W;
     int *peaks = sm.list;  // the round's pixels: whether one of their vectors exceeds thr
     int emitted = 0, candidates = 0;
     for (int base = blockIdx.x * span; base < pixels; base += gridDim.x * span) {
-        const int round_pixels = min(span, pixels - base), items = round_pixels * vectors;
+        const int round_pixels = min(span, pixels - base), items = round_pixels * C / V;
+        const int first = base * C;  // the round's first element
         __syncthreads();  // the previous round is done with the shared memory
         if ((int)threadIdx.x < round_pixels) peaks[threadIdx.x] = 0;
         if (threadIdx.x == 0) sm.n_emits = 0;
         __syncthreads();
-        // All loads first (no store in between), then the arithmetic: up to
-        // 3 · TRUNC_WHOLE_ITEMS independent loads in flight per thread.
-        float v[TRUNC_WHOLE_ITEMS][V] = {}, sent[TRUNC_WHOLE_ITEMS][V];
-        // This thread's item k: its pixel (index in the round, coordinates) and first
-        // channel; false past the round's items, and with `emitted`, for a pixel that
-        // does not emit.
-        auto item = [&](int k, int &local, int &c, Pixel &at, bool emitted) {
-            const int i = (int)threadIdx.x + k * DC_BLOCK;
-            local = i / vectors;
-            if (i >= items || (emitted && !peaks[local])) return false;
-            c = (i - local * vectors) * V;
-            at = pixel_at(base + local, H, W);
-            return true;
-        };
+        // Item k of this thread: elements e[k] .. e[k] + V − 1 (from the map's start), of
+        // the round's pixel local[k] (−1 past the round's items), from channel
+        // e − first − local·C on. Operands and sent values stay packed as stored until
+        // the arithmetic; then x[k] holds v = f(a), rounded and so stored exactly.
+        int e[TRUNC_WHOLE_ITEMS], local[TRUNC_WHOLE_ITEMS];
+        Packed<V> x[TRUNC_WHOLE_ITEMS], y[TRUNC_WHOLE_ITEMS], sent[TRUNC_WHOLE_ITEMS];
 #pragma unroll
         for (int k = 0; k < TRUNC_WHOLE_ITEMS; ++k) {
-            int local, c;
-            Pixel at;
-            if (!item(k, local, c, at, false)) continue;
-            const int n = at.n, y = at.y, x = at.x;
-            TRUNC_ADD_OPERAND(0, v[k]);
-            if (n_ops > 1) TRUNC_ADD_OPERAND(1, v[k]);
-            load_vec<V>(o + off4(n, c, y, x, sN, sC, sH, sW), sent[k]);
+            const int i = (int)threadIdx.x + k * DC_BLOCK;
+            e[k] = first + i * V;
+            local[k] = i < items ? i * V / C : -1;
+            if (local[k] < 0) continue;
+            load_packed<V>(v0 + e[k], x[k]);
+            if (n_ops > 1) load_packed<V>(v1 + e[k], y[k]);
+            load_packed<V>(o + e[k], sent[k]);
         }
 #pragma unroll
         for (int k = 0; k < TRUNC_WHOLE_ITEMS; ++k) {
-            int local, c;
-            Pixel at;
-            if (!item(k, local, c, at, false)) continue;
-            float t[V] = {};
-            add_input<V>(c, v[k], TRUNC_SUM_ARGS, t);
-            if (a0) store_vec<V>(a0 + off4(at.n, c, at.y, at.x, a0N, a0C, a0H, a0W), t);
+            if (local[k] < 0) continue;
+            float s[V], t[V] = {};
+#pragma unroll
+            for (int j = 0; j < V; ++j) s[j] = k0 * x[k].get(j) + (n_ops > 1 ? k1 * y[k].get(j) : 0.f);
+            add_input<V>(e[k] - first - local[k] * C, s, TRUNC_SUM_ARGS, t);
+            if (a0) store_vec<V>(a0 + e[k], t);
             float peak = 0.f;
 #pragma unroll
-            for (int j = 0; j < V; ++j) {
-                v[k][j] = round_s(activate(fn, round_s(t[j]), p0, p1));
-                peak = fmaxf(peak, fabsf(v[k][j] - sent[k][j]));
+            for (int j = 0; j < V; j += 2) {  // t is rounded already (t = 0 + round_s(…))
+                const float f0 = round_s(activate(fn, t[j], p0, p1));
+                const float f1 = j + 1 < V ? round_s(activate(fn, t[j + 1], p0, p1)) : 0.f;
+                peak = fmaxf(peak, fabsf(f0 - sent[k].get(j)));
+                if (j + 1 < V) peak = fmaxf(peak, fabsf(f1 - sent[k].get(j + 1)));
+                x[k].set(j, f0, f1);
             }
-            if (peak > thr) peaks[local] = 1;
+            if (peak > thr) peaks[local[k]] = 1;
         }
         __syncthreads();  // every vector's peak is in
 #pragma unroll
         for (int k = 0; k < TRUNC_WHOLE_ITEMS; ++k) {
-            int local, c;
-            Pixel at;
-            if (!item(k, local, c, at, true)) continue;
-            const int n = at.n, y = at.y, x = at.x;
+            if (local[k] < 0 || !peaks[local[k]]) continue;
             float dy[V];
 #pragma unroll
-            for (int j = 0; j < V; ++j) dy[j] = v[k][j] - sent[k][j];
-            store_vec<V>(o + off4(n, c, y, x, sN, sC, sH, sW), v[k]);  // exact: v is rounded
-            store_vec<V>(out + off4(n, c, y, x, oN, oC, oH, oW), dy);
+            for (int j = 0; j < V; ++j) dy[j] = x[k].get(j) - sent[k].get(j);
+            store_packed<V>(o + e[k], x[k]);
+            store_vec<V>(out + e[k], dy);
         }
         if ((int)threadIdx.x < round_pixels) {
             const int emit = peaks[threadIdx.x] != 0, pixel = base + (int)threadIdx.x;
@@ -410,7 +425,7 @@ __device__ __forceinline__ void truncate_pixels(TruncateShared &sm, TRUNC_PARAMS
 // In fp16 (the models the engine is tuned for) the activations of common CNNs (ReLU,
 // ReLU6 = hardtanh, hardswish, SiLU) get their own code, where the per-element function
 // is known at compile time; any other function, and fp32, run the general one. PATH:
-// truncate_pixels or truncate_whole.
+// truncate_pixels or truncate_whole. Returns from the kernel.
 #define TRUNC_BY_FUNCTION(PATH, V, MARK)                                                    \
     do {                                                                                   \
         if constexpr (sizeof(scalar_t) == 2) {                                             \
@@ -423,20 +438,23 @@ __device__ __forceinline__ void truncate_pixels(TruncateShared &sm, TRUNC_PARAMS
             }                                                                              \
         }                                                                                  \
         PATH<V, -1, MARK>(sm, TRUNC_ARGS);                                                 \
+        return;                                                                            \
     } while (0)
-// ... and by channel vectors of 4 (`vec`) or single channels.
-#define TRUNC_BY_VECTOR_AND_FUNCTION(PATH)                                                  \
+// ... and by the channels of one vector, `vec`, as the host chose them (truncate() in
+// backends/cuda/pointwise.py): 1 or 4, and 8 where WIDE (truncate_whole: one 16-byte
+// load in fp16); never 1 where MARK (the marking kernels run over vectors only).
+#define TRUNC_BY_VECTOR_AND_FUNCTION(PATH, WIDE, MARK)                                      \
     do {                                                                                   \
-        if (vec)                                                                           \
-            TRUNC_BY_FUNCTION(PATH, 4, false);                                             \
-        else                                                                               \
-            TRUNC_BY_FUNCTION(PATH, 1, false);                                             \
+        if constexpr (WIDE)                                                                \
+            if (vec == 8) TRUNC_BY_FUNCTION(PATH, 8, MARK);                                \
+        if (vec == 4 || MARK) TRUNC_BY_FUNCTION(PATH, 4, MARK);                            \
+        if constexpr (!MARK) TRUNC_BY_FUNCTION(PATH, 1, MARK);                             \
     } while (0)
 
 extern "C" __global__ void __launch_bounds__(DC_BLOCK, DC_RESIDENT) pw_truncate(TRUNC_PARAMS, int vec) {
     DC_GRID_START();
     __shared__ TruncateShared sm;
-    TRUNC_BY_VECTOR_AND_FUNCTION(truncate_pixels);
+    TRUNC_BY_VECTOR_AND_FUNCTION(truncate_pixels, false, false);
 }
 
 // pw_truncate over a whole map (truncate_whole): its own kernel, so that neither path's
@@ -444,24 +462,24 @@ extern "C" __global__ void __launch_bounds__(DC_BLOCK, DC_RESIDENT) pw_truncate(
 extern "C" __global__ void __launch_bounds__(DC_BLOCK, DC_RESIDENT) pw_truncate_whole(TRUNC_PARAMS, int vec) {
     DC_GRID_START();
     __shared__ TruncateShared sm;
-    TRUNC_BY_VECTOR_AND_FUNCTION(truncate_whole);
+    TRUNC_BY_VECTOR_AND_FUNCTION(truncate_whole, true, false);
 }
 
 // The two paths marking their target convs' outputs (mark_conv_outputs in common.cuh):
 // kernels of their own, so that the others keep their registers, and only over channel
-// vectors of 4 (the host marks where `vec` holds, and passes it set), which halves what
-// they add to this file's compilation.
+// vectors (the host marks only where vectors of 4 or more fit), which halves what they
+// add to this file's compilation.
 extern "C" __global__ void __launch_bounds__(DC_BLOCK, DC_RESIDENT) pw_truncate_marking(TRUNC_PARAMS, int vec) {
     DC_GRID_START();
     __shared__ TruncateShared sm;
-    TRUNC_BY_FUNCTION(truncate_pixels, 4, true);
+    TRUNC_BY_VECTOR_AND_FUNCTION(truncate_pixels, false, true);
 }
 
 extern "C" __global__ void __launch_bounds__(DC_BLOCK, DC_RESIDENT) pw_truncate_whole_marking(TRUNC_PARAMS,
                                                                                          int vec) {
     DC_GRID_START();
     __shared__ TruncateShared sm;
-    TRUNC_BY_FUNCTION(truncate_whole, 4, true);
+    TRUNC_BY_VECTOR_AND_FUNCTION(truncate_whole, true, true);
 }
 
 // A dense restart's activation (backends/cuda/pointwise.py, Truncating.dense_in_place):

@@ -252,7 +252,7 @@ def model_state(model) -> list[torch.Tensor]:
 def test_the_whole_map_truncation_computes_what_the_scanning_one_does(poisoned, monkeypatch,
                                                                       make, channels):
     """A dense layer's truncation lays its threads flat over pixels × channel vectors
-    (``pointwise.whole_span``: C = 6 loads single channels, 20 and 144 vectors of 4 over
+    (``pointwise.whole_width``: C = 6 loads single channels, 20 vectors of 4, 144 of 8, over
     spans that split no warp evenly); the scanning kernel it replaces computes the same
     rounded values in the same order, so outputs and every op's state agree bit for bit
     on every frame."""

@@ -16,7 +16,7 @@ import torchvision
 from deltaconvert.backends.cuda import dense_layers
 from deltaconvert.backends.cuda.base import Fused
 from deltaconvert.backends.cuda.constants import BLOCK, TRUNC_WHOLE_ITEMS, Activation, PixelFunction
-from deltaconvert.backends.cuda.pointwise import VECTOR_CHANNELS, KernelFunction, whole_span
+from deltaconvert.backends.cuda.pointwise import KernelFunction, whole_span
 from deltaconvert.backends.cuda.binding import accelerate, dense_add_sources
 from deltaconvert.backends.cuda.dense_layers import DenseLayerPlan, conv_kind
 from deltaconvert.convert import convert
@@ -167,22 +167,56 @@ def test_dense_adds_are_the_residual_adds_whose_operands_have_whole_values():
     assert sources["layer2.0.add"] == ["layer2.0.conv2", "layer2.0.downsample.0"]
 
 
-@pytest.mark.parametrize("channels,vec", [(6, False), (16, True), (144, True), (2048, True),
-                                          (2052, True), (600, False)])
-def test_whole_maps_are_dense_layers_assigning_an_element_wise_function(channels, vec):
-    """``pw_truncate`` lays its threads flat over a whole map only for assigning work
-    (a dense layer's) with an element-wise function; each block round then holds at most
-    ``TRUNC_WHOLE_ITEMS`` channel vectors per thread and ``BLOCK`` pixels, and wider
-    pixels fall back to the scanning kernel."""
-    relu = KernelFunction(Activation.RELU)
-    assign = Fused(None, [], [1.0], lin=True, assign=True)
-    vectors = channels // VECTOR_CHANNELS if vec else channels
-    span = whole_span(assign, relu, channels, vec)
+@pytest.mark.parametrize("channels,width", [(6, 1), (16, 8), (20, 4), (144, 8), (2048, 8),
+                                            (2052, 4), (600, 1)])
+def test_a_whole_map_round_holds_at_most_its_items_per_thread(channels, width):
+    """Each block round of ``pw_truncate_whole`` holds at most ``TRUNC_WHOLE_ITEMS``
+    channel vectors per thread and ``BLOCK`` pixels, as many pixels as fit; wider pixels,
+    and calls without a width, fall back to the scanning kernel (span 0)."""
+    vectors = channels // width
+    span = whole_span(channels, width)
     if vectors > TRUNC_WHOLE_ITEMS * BLOCK:
         assert span == 0
     else:
         assert 1 <= span <= BLOCK and span * vectors <= TRUNC_WHOLE_ITEMS * BLOCK
         assert span == BLOCK or (span + 1) * vectors > TRUNC_WHOLE_ITEMS * BLOCK  # as full as fits
-    assert whole_span(Fused(None, [], [1.0], lin=True), relu, channels, vec) == 0
+    assert whole_span(channels, 0) == 0
+
+
+def nhwc(channels: int, dtype: torch.dtype = torch.float16) -> torch.Tensor:
+    return torch.zeros(2, channels, 5, 7, dtype=dtype).contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("channels,width", [(144, 8), (20, 4), (6, 1)])
+def test_whole_maps_are_dense_layers_over_flat_nhwc_tensors(channels, width):
+    """``pw_truncate_whole`` runs only assigning work (a dense layer's) with an
+    element-wise function over flat NHWC tensors (element (p, c) at p·C + c), in the
+    widest vectors (16 bytes, 4 channels, 1) that divide C and align every tensor; any
+    other call scans (width 0)."""
+    from deltaconvert.backends.cuda.pointwise import whole_width
+    from deltaconvert.delta import Delta
+
+    shape = (2, channels, 5, 7)
+    relu = KernelFunction(Activation.RELU)
+    full = torch.ones(2, 1, 5, 7, dtype=torch.bool)
+
+    def work(values: torch.Tensor, assign: bool = True) -> Fused:
+        return Fused(None, [Delta(values, full)], [1.0], lin=True, assign=assign)
+
+    sent, out, acc = nhwc(channels), nhwc(channels), nhwc(channels, torch.float32)
+    assert whole_width(work(nhwc(channels)), relu, shape, sent, out, acc) == width
+    assert whole_width(work(nhwc(channels)), relu, shape, sent, out, None) == width
+    assert whole_width(work(nhwc(channels), assign=False), relu, shape, sent, out) == 0
     for code in (PixelFunction.PRODUCT, PixelFunction.LAYER_NORM):
-        assert whole_span(assign, KernelFunction(code), channels, vec) == 0
+        assert whole_width(work(nhwc(channels)), KernelFunction(code), shape, sent, out) == 0
+    nchw = torch.zeros(shape, dtype=torch.float16)
+    assert whole_width(work(nchw), relu, shape, sent, out) == 0
+    assert whole_width(work(nhwc(channels)), relu, shape, sent, nchw) == 0
+    broadcast = torch.zeros(2, channels, 1, 1, dtype=torch.float16)
+    assert whole_width(work(broadcast), relu, shape, sent, out) == 0
+    if width > 1:  # 2 bytes off alignment: single channels; 8 bytes off: vectors of 4
+        storage = torch.zeros(2 * channels * 35 + 8, dtype=torch.float16)
+        shifted = storage[1:1 + 2 * channels * 35].view(2, 5, 7, channels).permute(0, 3, 1, 2)
+        assert whole_width(work(shifted), relu, shape, sent, out) == 1
+        storage4 = storage[4:4 + 2 * channels * 35].view(2, 5, 7, channels).permute(0, 3, 1, 2)
+        assert whole_width(work(storage4), relu, shape, sent, out) == 4

@@ -14,6 +14,7 @@
 """
 from __future__ import annotations
 
+import math
 import operator
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -41,6 +42,7 @@ from .tensors import (
     VECTOR_CHANNELS,
     as_nhwc,
     channel_vectors,
+    flat_nhwc,
     fp32_vector,
     full_mask,
     lanes_for,
@@ -167,13 +169,16 @@ def truncate(runtime: DeviceRuntime, op: DeltaOp, dtype: torch.dtype, out_shape:
                           *(d.values for d in work.operands if work.lin))
     lanes = lanes_for(c, 2 * VECTOR_CHANNELS if vec else CHANNELS_PER_LANE)
     grid, block, span = list_grid(n * h * w, lanes)
-    whole = whole_span(work, fn, c, vec)
+    width = whole_width(work, fn, out_shape, sent, out, acc[0] if work.keep else None)
+    whole = whole_span(c, width)
     if whole:
         grid, span = (-(-(n * h * w) // whole), 1, 1), whole
-    elif candidates is not None:
-        # A persistent grid of at most one wave loops over the list's windows.
-        grid = (min(grid[0], RESIDENT_BLOCKS * runtime.multiprocessors), 1, 1)
-    marked = mark_outputs(targets, out_shape, dtype, arena) if vec else NO_TARGETS
+    else:
+        width = VECTOR_CHANNELS if vec else 1
+        if candidates is not None:
+            # A persistent grid of at most one wave loops over the list's windows.
+            grid = (min(grid[0], RESIDENT_BLOCKS * runtime.multiprocessors), 1, 1)
+    marked = mark_outputs(targets, out_shape, dtype, arena) if width >= VECTOR_CHANNELS else NO_TARGETS
     args = Args(op.node_name).blob(marked.argument)
     args.ints(n, c, h, w, lanes, span, len(work.operands), int(work.input_mode))
     for i in range(2):
@@ -191,7 +196,7 @@ def truncate(runtime: DeviceRuntime, op: DeltaOp, dtype: torch.dtype, out_shape:
     listed = new_list(n * h * w, list_count)
     args.tensor(out, strides4(out)).ptr(om).ptr(counter).ptr(work.counter)
     args.extend(list_args(op.node_name, listed)).extend(list_args(op.node_name, candidates))
-    args.ints(int(vec))
+    args.ints(width)
     name = ("pw_truncate_whole" if whole else "pw_truncate") + ("_marking" if marked.outputs else "")
     kernel(runtime, "pointwise", name, dtype)(grid, block, args)
     # ``total``: the whole tensor this delta updates (the values sent so far), which a
@@ -202,15 +207,36 @@ def truncate(runtime: DeviceRuntime, op: DeltaOp, dtype: torch.dtype, out_shape:
     return Delta(out, om, extras)
 
 
-def whole_span(work: Fused, fn: KernelFunction, channels: int, vec: bool) -> int:
-    """Pixels per block round of ``pw_truncate_whole`` (``truncate_whole`` in pointwise.cu:
-    threads flat over pixels × channel vectors, every pixel a candidate), or 0 for
-    ``pw_truncate``, which scans or lists its candidates. Whole maps are the assigning
-    work of dense layers (every operand mask full, :mod:`.dense_layers`) with an
-    element-wise function, up to ``TRUNC_WHOLE_ITEMS · BLOCK`` channel vectors per pixel;
-    each thread then holds about ``TRUNC_WHOLE_ITEMS`` vectors."""
-    vectors = channels // VECTOR_CHANNELS if vec else channels
-    if not work.assign or fn.code >= PixelFunction.PRODUCT or vectors > TRUNC_WHOLE_ITEMS * BLOCK:
+def whole_width(work: Fused, fn: KernelFunction, out_shape: Sequence[int],
+                *tensors: torch.Tensor | None) -> int:
+    """The channels per vector load of ``pw_truncate_whole`` (``truncate_whole`` in
+    pointwise.cu: threads flat over a whole map's elements, every pixel a candidate), or
+    0 where it does not apply. Whole maps are the assigning work of dense layers (every
+    operand mask full, :mod:`.dense_layers`) with an element-wise function, over flat
+    NHWC tensors (:func:`~.tensors.flat_nhwc`: the operands' values and ``tensors``, None
+    for absent ones) of fewer than 2³¹ elements. The width is the widest of one 16-byte
+    vector, 4 channels and 1 that divides C and aligns every tensor."""
+    if not work.assign or fn.code >= PixelFunction.PRODUCT:
+        return 0
+    present = [d.values for d in work.operands] + [t for t in tensors if t is not None]
+    if math.prod(out_shape) >= 2**31 or not all(flat_nhwc(t, out_shape) for t in present):
+        return 0
+    channels = shape4(out_shape)[1]
+    for width in sorted({16 // present[0].element_size(), VECTOR_CHANNELS, 1}, reverse=True):
+        if channels % width == 0 and all(t.data_ptr() % min(16, width * t.element_size()) == 0
+                                         for t in present):
+            return width
+    return 0
+
+
+def whole_span(channels: int, width: int) -> int:
+    """Pixels per block round of ``pw_truncate_whole`` over ``channels`` in vectors of
+    ``width`` (:func:`whole_width`; 0: ``pw_truncate``, which scans or lists its
+    candidates): up to ``TRUNC_WHOLE_ITEMS · BLOCK`` vectors per round and ``BLOCK``
+    pixels, so each thread holds at most ``TRUNC_WHOLE_ITEMS`` vectors; 0 for wider
+    pixels."""
+    vectors = channels // width if width else TRUNC_WHOLE_ITEMS * BLOCK + 1
+    if vectors > TRUNC_WHOLE_ITEMS * BLOCK:
         return 0
     return min(BLOCK, TRUNC_WHOLE_ITEMS * BLOCK // vectors)
 

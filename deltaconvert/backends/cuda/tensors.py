@@ -159,6 +159,17 @@ def vector_layout(t: torch.Tensor, width: int, target: Sequence[int] | None = No
             and t.data_ptr() % (width * t.element_size()) == 0)
 
 
+def flat_nhwc(t: torch.Tensor, shape: Sequence[int]) -> bool:
+    """Whether ``t`` holds element (pixel p, channel c) of ``shape`` (rank 2 or 4, pixels
+    in (N, H, W) order) at offset ``p·C + c``: ``t`` has that shape (no broadcast), and
+    every dimension of more than one element has its NHWC stride."""
+    n, c, h, w = shape4(shape)
+    if tuple(t.shape) != tuple(shape):
+        return False
+    return all(size == 1 or have == want for size, have, want
+               in zip((n, c, h, w), strides4(t), (h * w * c, 1, w * c, c)))
+
+
 def channel_vectors(shape: Sequence[int], *tensors: torch.Tensor | None) -> bool:
     """Whether the per-pixel kernels may load 4 consecutive channels at once from every
     tensor of ``tensors`` (None: absent) addressed as ``shape``: C a multiple of 4 and
@@ -175,5 +186,8 @@ def as_nhwc(t: torch.Tensor) -> torch.Tensor:
 
 
 def fp32_vector(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A contiguous fp32 copy of a parameter vector (exact for fp16/bf16 sources)."""
-    return t.detach().reshape(-1).to(device=device, dtype=torch.float32).contiguous()
+    """A contiguous fp32 copy of a parameter vector (exact for fp16/bf16 sources), 16-byte
+    aligned: the per-pixel kernels load 4 channels of it at a time (``add_input`` in
+    pointwise.cu). An aligned fp32 vector on ``device`` is returned as it is."""
+    v = t.detach().reshape(-1).to(device=device, dtype=torch.float32).contiguous()
+    return v if v.data_ptr() % 16 == 0 else v.clone()
