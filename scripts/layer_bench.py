@@ -2,11 +2,13 @@
 against cuDNN's dense conv of the same shape: GPU µs per frame at several mask
 densities, for reading one kernel's cost without the rest of a model.
 
-Two more rows: ``dense (cuDNN) + activation``, what dense inference pays for the pair,
-and ``dense layer``, the engine's recomputation of the pair (cuDNN's conv of the input's
+More rows: ``dense (cuDNN) + activation``, what dense inference pays for the pair, and
+``dense layer``, the engine's recomputation of the pair (cuDNN's conv of the input's
 whole value, then the truncation kernel over every pixel, which writes the accumulator
 only with ``DELTACONVERT_CUDA_DENSE_KEEP_ACC=1``: ``backends/cuda/dense_layers.py``),
-whatever the plan would decide for this shape.
+whatever the plan would decide for this shape — once on the first frame's input (no
+pixel emits) and once alternating with another (every pixel emits); a second table
+gives the whole-map truncation's bytes per second next to the activation kernel's.
 
 Masks are random pixels (``pixels:D``, each pixel updated with probability D) or random
 8×8 tiles (``tiles:D``). Times come from ``torch.profiler`` over ``--repeats`` calls
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from collections import defaultdict
 from pathlib import Path
 
@@ -58,6 +61,28 @@ def kernel_us(fn, repeats: int) -> dict[str, float]:
         if e.device_type == DeviceType.CUDA:
             times[e.name[:60]].append(e.time_range.elapsed_us())
     return {name: sum(us) / repeats for name, us in times.items()}
+
+
+EVERY_EMITTED = "dense layer, every pixel emitted"
+
+
+def print_bandwidth(rows: list[dict], elements: int, size: int) -> None:
+    """The whole-map truncation's bytes per second next to the activation's own kernel
+    (``dense (cuDNN) + activation`` less the conv's kernels): both read the map and the
+    truncation its sent values (2 · ``size`` bytes per element); the activation writes
+    its output, the truncation its sent values and δ where a pixel emits (2 · ``size``
+    more when every pixel does)."""
+    kernels = {row["case"]: row["kernels"] for row in rows}
+    conv = set(kernels["dense (cuDNN)"])
+    activation = sum(us for name, us in kernels["dense (cuDNN) + activation"].items() if name not in conv)
+    print("\n| kernel | µs | bytes per element | GB/s |\n|---|---|---|---|")
+    lines = [("activation alone", activation, 2 * size)]
+    for case, per_element in (("dense layer", 2 * size), (EVERY_EMITTED, 4 * size)):
+        us = sum(t for name, t in kernels[case].items() if name.startswith("pw_truncate_whole"))
+        lines.append((f"pw_truncate_whole ({case})", us, per_element))
+    for label, us, per_element in lines:
+        rate = f"{per_element * elements / us / 1e3:.0f}" if us else "–"
+        print(f"| {label} | {us:.1f} | {per_element} | {rate} |")
 
 
 def random_mask(kind: str, density: float, height: int, width: int, gen: torch.Generator) -> torch.Tensor:
@@ -118,10 +143,16 @@ def main(argv: list[str] | None = None) -> int:
 
         bias = op.accelerated.vectors.get(conv.bias)  # fetched outside the timed calls
 
-        def dense_layer() -> None:
+        # The dense layer's input: the first frame's (nothing emits) or, alternately, a
+        # second one (every pixel emits).
+        inputs, calls = [x, torch.randn_like(x)], [0]
+
+        def dense_layer(alternate: bool) -> None:
+            calls[0] += alternate
             with runtime.frame():
-                act(op.accelerated.recompute(op, x, bias, dtype, out_shape))
-        rows.append({"case": "dense layer", "kernels": kernel_us(dense_layer, args.repeats)})
+                act(op.accelerated.recompute(op, inputs[calls[0] % 2], bias, dtype, out_shape))
+        rows.append({"case": "dense layer", "kernels": kernel_us(lambda: dense_layer(False), args.repeats)})
+        rows.append({"case": EVERY_EMITTED, "kernels": kernel_us(lambda: dense_layer(True), args.repeats)})
         # The delta rows continue the sequence: the accumulator the dense layer left stale
         # (unless it keeps accumulators) is restored first, as the plan does where the
         # delta kernels take over (else require_current refuses the next delta call).
@@ -142,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, us in row["kernels"].items():
             print(f"| {row['case']} | {name} | {us:.1f} |")
         print(f"| {row['case']} | (sum) | {sum(row['kernels'].values()):.1f} |")
+    print_bandwidth(rows, math.prod(out_shape), torch.finfo(dtype).bits // 8)
     if args.json:
         write_text_atomic(args.json, json.dumps({"args": vars(args) | {"json": str(args.json)},
                                                  "rows": rows}, indent=1))
