@@ -41,6 +41,7 @@ HELP = {  # script → a text its --help prints
     "layer_bench.py": "--densities",
     "long_run.py": "--window",
     "tile_activity.py": "--skip",
+    "precompile_cubins.py": "--jobs",
 }
 
 

@@ -247,6 +247,13 @@ def cubin_path(family: str, dtype: torch.dtype, arch: str, options: list[str],
     return cache_dir("cubins") / f"{family}-{_SCALAR_TYPES[dtype]}-{arch}-{digest.hexdigest()[:24]}.cubin"
 
 
+def compile_options(dtype: torch.dtype) -> list[str]:
+    """nvcc's options for a kernel family in ``dtype``, besides the architecture and the
+    include folder: the language standard, the scalar type and every shared constant
+    (:func:`~.constants.nvcc_flags`). Part of the cubin cache key (:func:`cubin_path`)."""
+    return ["-std=c++17", f"-DDC_SCALAR={_SCALAR_TYPES[dtype]}", *nvcc_flags()]
+
+
 def _compile(runtime: DeviceRuntime, family: str,
              dtype: torch.dtype) -> tuple[Any, DependentModule | None]:
     """The loaded module of ``family`` for ``dtype`` — PyCUDA's, and with dependent
@@ -259,7 +266,7 @@ def _compile(runtime: DeviceRuntime, family: str,
     from .errors import driver_module
 
     directory = kernel_dir()
-    options = ["-std=c++17", f"-DDC_SCALAR={_SCALAR_TYPES[dtype]}", *nvcc_flags()]
+    options = compile_options(dtype)
     try:
         path = cubin_path(family, dtype, runtime.arch, options, get_nvcc_version("nvcc"))
         if path.is_file():
