@@ -324,19 +324,20 @@ __device__ __forceinline__ void truncate_window(TruncateShared &sm, int base, in
     if constexpr (MARK) mark_conv_outputs(targets, emits, n_emits, H, W);
 }
 
-// Every pixel a candidate (`whole`: in_mode ASSIGN, whose operands are whole values under
-// full masks — a dense layer, backends/cuda/dense_layers.py — and an element-wise fn),
-// over flat NHWC tensors: the operands, o, out (and a0 where written) hold element
-// (pixel p, channel c) at p·C + c (the host checks; see whole_width in pointwise.py), so
-// a round of `span` pixels is one run of span·C elements. The block's threads lie flat
-// over it in channel vectors of V (C a multiple of V, every tensor V-element aligned):
-// consecutive threads read consecutive vectors, as a copy does, with no mask scan or
-// list and no coordinates. A thread holds TRUNC_WHOLE_ITEMS vectors of each operand and
-// of o, packed as stored, from its loads (all issued before any arithmetic) to its
-// stores, and finds each vector's pixel and channel once: span · C / V ≤ TRUNC_WHOLE_ITEMS · DC_BLOCK and
-// span ≤ DC_BLOCK (the host's span). Blocks take rounds blockIdx.x, blockIdx.x +
-// gridDim.x, … . a0 may be null: a dense layer that leaves its accumulator to be restored
-// when the delta kernels take over (DenseLayerPlan in backends/cuda/dense_layers.py).
+// Every pixel a candidate (`whole`: in_mode ASSIGN, whose operands are whole values
+// under full masks — a dense layer, backends/cuda/dense_layers.py — and an element-wise
+// fn), over flat NHWC tensors: the operands, o, out (and a0 where written) hold element
+// (pixel p, channel c) at p·C + c (the host checks; see whole_width in pointwise.py),
+// so a round of `span` pixels is one run of span·C elements. The block's threads lie
+// flat over it in channel vectors of V (C a multiple of V, every tensor V-element
+// aligned): consecutive threads read consecutive vectors, as a copy does, with no mask
+// scan or list and no coordinates. A thread holds TRUNC_WHOLE_ITEMS vectors of each
+// operand and of o, packed as stored, from its loads (all issued before any arithmetic)
+// to its stores, and finds each vector's pixel and channel once: span · C / V ≤
+// TRUNC_WHOLE_ITEMS · DC_BLOCK and span ≤ DC_BLOCK (the host's span). Blocks take
+// rounds blockIdx.x, blockIdx.x + gridDim.x, … . a0 may be null: a dense layer that
+// leaves its accumulator to be restored when the delta kernels take over
+// (DenseLayerPlan in backends/cuda/dense_layers.py).
 template <int V, int FN, bool MARK>
 __device__ __forceinline__ void truncate_whole(TruncateShared &sm, TRUNC_PARAMS) {
     if (FN >= 0) fn = FN;  // every branch on fn below folds
@@ -371,7 +372,8 @@ __device__ __forceinline__ void truncate_whole(TruncateShared &sm, TRUNC_PARAMS)
             if (local[k] < 0) continue;
             float s[V], t[V] = {};
 #pragma unroll
-            for (int j = 0; j < V; ++j) s[j] = k0 * x[k].get(j) + (n_ops > 1 ? k1 * y[k].get(j) : 0.f);
+            for (int j = 0; j < V; ++j)
+                s[j] = k0 * x[k].get(j) + (n_ops > 1 ? k1 * y[k].get(j) : 0.f);
             add_input<V>(e[k] - first - local[k] * C, s, TRUNC_SUM_ARGS, t);
             if (a0) store_vec<V>(a0 + e[k], t);
             float peak = 0.f;
