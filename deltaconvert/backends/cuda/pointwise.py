@@ -235,8 +235,8 @@ def whole_span(channels: int, width: int) -> int:
     candidates): up to ``TRUNC_WHOLE_ITEMS · BLOCK`` vectors per round and ``BLOCK``
     pixels, so each thread holds at most ``TRUNC_WHOLE_ITEMS`` vectors; 0 for wider
     pixels."""
-    vectors = channels // width if width else TRUNC_WHOLE_ITEMS * BLOCK + 1
-    if vectors > TRUNC_WHOLE_ITEMS * BLOCK:
+    vectors = channels // width if width else 0
+    if not vectors or vectors > TRUNC_WHOLE_ITEMS * BLOCK:
         return 0
     return min(BLOCK, TRUNC_WHOLE_ITEMS * BLOCK // vectors)
 
