@@ -75,10 +75,11 @@ def clip() -> list[torch.Tensor]:
 
 def set_dense_from(monkeypatch, fraction: float) -> None:
     """The fraction from which convs other than depthwise ones turn dense, narrow stems
-    included."""
+    included; depthwise convs stay delta (see the ``depthwise`` cases)."""
     from deltaconvert.backends.cuda import dense_layers
     monkeypatch.setattr(dense_layers, "DENSE_FROM", fraction)
     monkeypatch.setattr(dense_layers, "DENSE_NARROW_FROM", fraction)
+    monkeypatch.setattr(dense_layers, "DENSE_DEPTHWISE_FROM", 2.0)
 
 
 def assert_matches(got, reference, net: nn.Module, frames) -> None:
@@ -132,22 +133,29 @@ def assert_follows(got: torch.Tensor, x: torch.Tensor, net: nn.Module, where: st
     assert relative_error(got, expected) <= max(5e-3, 5 * e16), where
 
 
-@pytest.mark.parametrize("make,graph,switch_at", [
-    ("chain", True, None), ("chain", False, FRAMES // 2), ("residual", True, None),
-    ("chain-depthwise", True, None)],
-    ids=["graph", "eager-switching-back", "dense-adds", "depthwise"])
+@pytest.mark.parametrize("make,graph,switch_at,copies", [
+    ("chain", True, None, None), ("chain", False, FRAMES // 2, None), ("residual", True, None, None),
+    ("chain-depthwise", True, None, float("inf")), ("chain-depthwise", True, None, 0.0)],
+    ids=["graph", "eager-switching-back", "dense-adds", "depthwise", "depthwise-timed-out"])
 def test_at_threshold_zero_dense_layers_follow_the_original(poisoned, monkeypatch, make, graph,
-                                                            switch_at):
+                                                            switch_at, copies):
     """Every frame within fp16 rounding of the original; with ``switch_at``, the dense
     layers are switched back to the delta kernels at that frame: a dense layer assigns
     its accumulator every frame, so they take over from a valid state. ``depthwise``:
-    depthwise convs turn dense too (``DENSE_DEPTHWISE_FROM``)."""
+    depthwise convs turn dense too (``DENSE_DEPTHWISE_FROM``), after cuDNN's conv was
+    timed against a copy of its input: within any number of copies it turns dense,
+    within none (``DEPTHWISE_COPY_RATIO`` 0) it stays delta."""
+    from deltaconvert.backends.cuda import dense_layers
     frames = clip()
     net = Residual().to(DEVICE).eval() if make == "residual" else chain()
     set_dense_from(monkeypatch, 0.0)
     if make == "chain-depthwise":
-        from deltaconvert.backends.cuda import dense_layers
         monkeypatch.setattr(dense_layers, "DENSE_DEPTHWISE_FROM", 0.0)
+        monkeypatch.setattr(dense_layers, "DEPTHWISE_COPY_RATIO", copies)
+        timed = []
+        memory_bound = dense_layers.memory_bound
+        monkeypatch.setattr(dense_layers, "memory_bound",
+                            lambda *a: timed.append(a) or memory_bound(*a))
     model = exact_model(net, frames[0], graph=graph)
     with torch.no_grad():
         for t, x in enumerate(frames):
@@ -159,7 +167,10 @@ def test_at_threshold_zero_dense_layers_follow_the_original(poisoned, monkeypatc
                     w.dense = False
             assert_follows(model(x), x, net, f"frame {t}")
     if make == "chain-depthwise":
-        assert conv_wrappers(model)["2"].dense, "the depthwise conv did not turn dense"
+        decided = {name: w.dense for name, w in conv_wrappers(model).items()}
+        assert decided["2"] == (copies > 0), "the depthwise conv's timing was not followed"
+        assert decided["0"] and decided["4"]  # timed: the depthwise conv alone
+        assert len(timed) == 1
 
 
 def test_no_conv_is_dense_above_one_and_undecided_convs_stay_delta(poisoned, monkeypatch):

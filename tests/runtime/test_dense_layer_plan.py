@@ -140,6 +140,35 @@ def test_each_kind_of_conv_turns_dense_from_its_own_fraction(monkeypatch, fracti
         kind: 0.55 >= fraction for kind, fraction in zip(kinds, fractions)}
 
 
+@pytest.mark.parametrize("conv_ms,dense", [(0.049, True), (0.050, True), (0.051, False)])
+def test_a_depthwise_conv_turns_dense_only_within_its_copies(monkeypatch, conv_ms, dense):
+    """A depthwise conv that reaches its fraction is timed (its warm-up, the dense conv,
+    against a copy of its input) and turns dense only within ``DEPTHWISE_COPY_RATIO``
+    copies; other kinds are not timed, nor a depthwise conv below its fraction."""
+    monkeypatch.setattr(dense_layers, "DENSE_FROM", 0.3)
+    monkeypatch.setattr(dense_layers, "DENSE_DEPTHWISE_FROM", 0.3)
+    monkeypatch.setattr(dense_layers, "DEPTHWISE_COPY_RATIO", 5.0)
+    source = torch.zeros(1, 4, 8, 8)
+    timed = []
+
+    def device_time(fn, device):
+        timed.append(fn)
+        return conv_ms if fn is conv else 0.01
+
+    def conv():
+        return None
+
+    monkeypatch.setattr(dense_layers, "device_time", device_time)
+    layers = plan()
+    depthwise, below, other = Wrapper(), Wrapper(), Wrapper()
+    layers.sample(depthwise, mask(55), conv, "depthwise", source)
+    layers.sample(below, mask(20), conv, "depthwise", source)
+    layers.sample(other, mask(55), conv, "conv", source)
+    layers.resolve()
+    assert (depthwise.dense, below.dense, other.dense) == (dense, False, True)
+    assert len(timed) == 2 and timed[0] is conv  # the depthwise conv and its copy, once
+
+
 def test_a_conv_kind_follows_its_input_channels_per_group():
     """As the delta kernels choose: one input channel per group runs the depthwise kernel
     (any channel multiplier), a few the GEMM over narrow rows (an RGB stem)."""

@@ -315,7 +315,7 @@ class ConvKernel(Accelerated):
             kernel(self.runtime, "conv", "conv_split_sum", d.dtype)((-(-total // BLOCK), 1, 1),
                                                                     (BLOCK, 1, 1), finish)
         if planned and self.dense is None:
-            self.plan.sample(self, om, dense_whole(op, whole, d.dtype), kind)
+            self.plan.sample(self, om, dense_whole(op, whole, d.dtype), kind, whole)
         pixels = list_extras(rows or handed or produced)
         extras = {**op.counted_extras(counter), **pixels}
         if self.feeds is not None and bias is not None:

@@ -41,8 +41,11 @@ each dense layer's shape is made then, outside any capture. The fractions, by
 :func:`conv_kind`: :data:`DENSE_FROM` (``DELTACONVERT_CUDA_DENSE_FROM``, default 0.15);
 :data:`DENSE_NARROW_FROM` for convs over 2 to :data:`NARROW_CHANNELS` − 1 input channels
 per group, RGB stems (``…_NARROW_FROM``, 0.15); :data:`DENSE_DEPTHWISE_FROM` for convs
-over one input channel per group (``…_DEPTHWISE_FROM``, 2). 0: every
-eligible conv of that kind dense; above 1: none.
+over one input channel per group (``…_DEPTHWISE_FROM``, 0.15). 0: every
+eligible conv of that kind dense; above 1: none. A depthwise conv is memory-bound, and
+cuDNN runs some shapes (dilated ones) many times slower than their bytes allow: one that
+would turn dense is timed then against a copy of its input (:func:`memory_bound`), and
+stays delta where cuDNN takes more than :data:`DEPTHWISE_COPY_RATIO` copies.
 
 **Eligible** calls: fp16 (an fp32 conv through cuDNN would use TF32); fused into a
 truncating consumer; an input that carries its ``total`` (``Delta.extras``); output maps
@@ -59,6 +62,7 @@ from typing import Any, Callable, Literal, Sequence
 import torch
 
 from ...ops.boundary import Sparsify
+from ...timing import device_time
 from .device import DeviceRuntime
 
 # A GEMM conv turns dense from 15 % candidates: with the listed, split GEMM (PERF_NOTES
@@ -71,12 +75,20 @@ DENSE_DTYPES = (torch.float16,)  # fp32 convs through cuDNN would use TF32 (not 
 # Smaller maps stay delta: a cuDNN call on a few pixels (squeeze-excite convs on 1×1
 # maps) is a launch-bound few µs that the delta kernels match.
 DENSE_MIN_PIXELS = 256
-# Depthwise convs stay delta by default: at full density the delta depthwise kernel is
-# within ~2× of cuDNN's, and with the scanning truncation over every pixel after a dense
-# conv lraspp got 25 % slower (PERF_NOTES §35); the delta GEMMs are 3–6× cuDNN's. The
-# whole-map truncation (§37) makes a 144-channel depthwise dense layer 56 µs against the
-# delta kernels' 84 µs at 180×320 (layer_bench): not yet measured on whole models.
-DENSE_DEPTHWISE_FROM = float(os.environ.get("DELTACONVERT_CUDA_DENSE_DEPTHWISE_FROM", "2"))
+# Depthwise convs turn dense from 15 % too, since the whole-map truncation moves its
+# bytes at 2–3.5 TB/s (PERF_NOTES §42): MobileNetV2's block-3 layer (144 channels at
+# 180×320) costs 40–45 µs as a dense layer against the delta kernels' 86 µs at 30–100 %
+# of its pixels, and mobilenet_v2 at τ=0.01 took 1.177 ms against 1.317 (§43). Not
+# where cuDNN is slow for the shape: see DEPTHWISE_COPY_RATIO.
+DENSE_DEPTHWISE_FROM = float(os.environ.get("DELTACONVERT_CUDA_DENSE_DEPTHWISE_FROM", "0.15"))
+# A depthwise conv moves its input and output once and does a few multiply-adds per
+# byte: cuDNN's kernels for it took 1–3 times as long as a copy of the input where they
+# are good (144 channels at 180×320: 25 µs), but lraspp's 5×5 depthwise convs dilated by
+# 2 at 45×80 took 189–285 µs (a layout transform, an implicit GEMM, another transform)
+# where the delta kernels take 35–48 µs; dense, they made lraspp 24 % slower (§43). So a
+# depthwise conv that would turn dense stays delta where cuDNN takes more than this many
+# copies of its input.
+DEPTHWISE_COPY_RATIO = 5.0
 # Convs over a few input channels (an RGB stem) turn dense earlier: the delta GEMM
 # gathers a few channels per tap, so its cost per candidate is far above cuDNN's per
 # pixel. ResNet's 7×7 stem took 114 µs at 24 % candidates where cuDNN takes 31 µs for
@@ -109,6 +121,15 @@ def dense_from(kind: ConvKind = "conv") -> float:
     return {"conv": DENSE_FROM, "narrow": DENSE_NARROW_FROM, "depthwise": DENSE_DEPTHWISE_FROM}[kind]
 
 
+def memory_bound(conv: Callable[[], Any], source: torch.Tensor) -> bool:
+    """Whether the dense conv ``conv()`` takes at most :data:`DEPTHWISE_COPY_RATIO` times
+    the device time of a copy of its input ``source`` (the whole value it reads)."""
+    copy = torch.empty_like(source)
+    conv_ms = device_time(conv, source.device)
+    copy_ms = device_time(lambda: copy.copy_(source), source.device)
+    return conv_ms <= DEPTHWISE_COPY_RATIO * copy_ms
+
+
 def assigned_restoration(acc: torch.Tensor, terms: Sequence[tuple[float, Callable[[], torch.Tensor]]],
                          shift: torch.Tensor | None, dtype: torch.dtype) -> Callable[[], None]:
     """What restores the accumulator ``acc`` of a dense layer or add that does not write
@@ -139,11 +160,13 @@ class DenseLayerPlan:
     def __init__(self, runtime: DeviceRuntime, sparsifiers: Sequence[Sparsify]) -> None:
         self.runtime = runtime
         self.sparsifiers = list(sparsifiers)
-        # (wrapper, its candidate count, the count from which it turns dense, warm-up), and
-        # more warm-ups to run if their wrapper turns dense (a dense add's conv sources).
-        # Both are emptied by resolve(): while they hold wrappers, wrappers and plan form
-        # a cycle, which only a garbage-collector pass would free.
-        self._samples: list[tuple[Any, torch.Tensor, float, Callable[[], Any]]] = []
+        # (wrapper, its candidate count, the count from which it turns dense, warm-up, the
+        # input to time a memory-bound conv against or None), and more warm-ups to run if
+        # their wrapper turns dense (a dense add's conv sources). Both are emptied by
+        # resolve(): while they hold wrappers, wrappers and plan form a cycle, which only a
+        # garbage-collector pass would free.
+        self._samples: list[tuple[Any, torch.Tensor, float, Callable[[], Any],
+                                  torch.Tensor | None]] = []
         self._also: list[tuple[Any, Callable[[], Any]]] = []
         # Op name → how to restore the accumulator a dense layer left stale (closures that
         # hold state tensors and weak references to ops, never wrappers: no cycle).
@@ -190,11 +213,14 @@ class DenseLayerPlan:
                 and out_pixels >= DENSE_MIN_PIXELS and all(op.ready is None for op in self.sparsifiers))
 
     def sample(self, wrapper: Any, mask: torch.Tensor, warm_up: Callable[[], Any],
-               kind: ConvKind = "conv") -> None:
+               kind: ConvKind = "conv", source: torch.Tensor | None = None) -> None:
         """``wrapper``'s conv (of that kind) wrote its candidate output ``mask`` this
-        frame; ``warm_up()`` runs its dense conv once (on the state: it only reads it)."""
+        frame; ``warm_up()`` runs its dense conv once (on the state: it only reads it).
+        A depthwise conv passes ``source``, the state tensor its dense conv reads, to be
+        timed against (:func:`memory_bound`)."""
         count = mask.sum(dtype=torch.int32)
-        self._samples.append((wrapper, count, dense_from(kind) * mask.numel(), warm_up))
+        timed = source if kind == "depthwise" else None
+        self._samples.append((wrapper, count, dense_from(kind) * mask.numel(), warm_up, timed))
 
     def also_warm(self, wrapper: Any, warm_up: Callable[[], Any]) -> None:
         """Run ``warm_up()`` too if the sampled ``wrapper`` turns dense (a conv source of a
@@ -203,7 +229,9 @@ class DenseLayerPlan:
 
     def resolve(self) -> None:
         """Decide every sampled conv (one host read), and make cuDNN's first call of
-        each new dense layer now. Call outside any capture; a no-op when nothing waits.
+        each new dense layer now; a depthwise one stays delta unless
+        :func:`memory_bound` (one more host wait each). Call outside any capture; a no-op
+        when nothing waits.
         Warm-ups for adds that did not sample (an add whose consumer declined its work)
         are dropped, so that none accumulate frame after frame."""
         if not self._samples:
@@ -213,12 +241,14 @@ class DenseLayerPlan:
             return
         samples, self._samples = self._samples, []
         also, self._also = self._also, []
-        counts = torch.stack([count for _, count, _, _ in samples]).tolist()
+        counts = torch.stack([sample[1] for sample in samples]).tolist()
         with self.runtime.frame(), torch.no_grad():
-            for (wrapper, _, needed, warm), count in zip(samples, counts):
+            for (wrapper, _, needed, warm, source), count in zip(samples, counts):
                 wrapper.dense = count >= needed
                 if wrapper.dense:
                     warm()
+                    if source is not None:
+                        wrapper.dense = memory_bound(warm, source)
             for wrapper, warm in also:
                 if wrapper.dense:
                     warm()
