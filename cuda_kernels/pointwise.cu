@@ -110,8 +110,8 @@ extern "C" __global__ void pw_accumulate(int N, int C, int H, int W, int lanes, 
 // one operand whose mask that list holds, om zeroed by the host, N·H·W < 2^29 (tags).
 // vec: the channels of one vector load, 4 where C, every channel stride and every
 // pixel's alignment allow, else 1 (see truncate() in backends/cuda/pointwise.py).
-// pw_truncate_whole takes the same arguments for a whole map (truncate_whole below;
-// there vec may also be 8).
+// pw_truncate_whole and pw_truncate_whole_masked take the same arguments for a whole
+// map (truncate_whole below; there vec may also be 8; in_list is not read).
 #define TRUNC_PARAMS                                                                    \
     const ConvTargets targets, int N, int C, int H, int W, int lanes, int span,         \
         int n_ops, int in_mode, DC_OPERAND(0), DC_OPERAND(1), const float *scale,       \
@@ -324,21 +324,26 @@ __device__ __forceinline__ void truncate_window(TruncateShared &sm, int base, in
     if constexpr (MARK) mark_conv_outputs(targets, emits, n_emits, H, W);
 }
 
-// Every pixel a candidate (`whole`: in_mode ASSIGN, whose operands are whole values
-// under full masks — a dense layer, backends/cuda/dense_layers.py — and an element-wise
-// fn), over flat NHWC tensors: the operands, o, out (and a0 where written) hold element
-// (pixel p, channel c) at p·C + c (the host checks; see whole_width in pointwise.py),
-// so a round of `span` pixels is one run of span·C elements. The block's threads lie
-// flat over it in channel vectors of V (C a multiple of V, every tensor V-element
-// aligned): consecutive threads read consecutive vectors, as a copy does, with no mask
-// scan or list and no coordinates. A thread holds TRUNC_WHOLE_ITEMS vectors of each
-// operand and of o, packed as stored, from its loads (all issued before any arithmetic)
-// to its stores, and finds each vector's pixel and channel once: span · C / V ≤
-// TRUNC_WHOLE_ITEMS · DC_BLOCK and span ≤ DC_BLOCK (the host's span). Blocks take
-// rounds blockIdx.x, blockIdx.x + gridDim.x, … . a0 may be null: a dense layer that
-// leaves its accumulator to be restored when the delta kernels take over
-// (DenseLayerPlan in backends/cuda/dense_layers.py).
-template <int V, int FN, bool MARK>
+// Over a whole map, flat NHWC tensors: the operands, o, out and a0 (where read or
+// written) hold element (pixel p, channel c) at p·C + c (the host checks; see
+// whole_width in pointwise.py), so a round of `span` pixels is one run of span·C
+// elements. The block's threads lie flat over it in channel vectors of V (C a multiple
+// of V, every tensor V-element aligned): consecutive threads read consecutive vectors,
+// as a copy does, with no list, scan loop or coordinates. Two cases:
+//   in_mode ASSIGN, every pixel a candidate (its operands are whole values under full
+//   masks: a dense layer, backends/cuda/dense_layers.py); a0 may be null (a dense layer
+//   that leaves its accumulator to be restored when the delta kernels take over,
+//   DenseLayerPlan);
+//   MASKED: in_mode ACCUMULATED (a conv's epilogue added this frame's input into a0),
+//   the candidates the pixels set in operand 0's mask, (N, 1, H, W) contiguous, so the
+//   mask byte of pixel p is m0[p]; a vector of a pixel that is not one reads nothing.
+// A thread holds TRUNC_WHOLE_ITEMS vectors — of each operand, packed as stored, or of
+// a0 — and of o, from its loads (all issued before any arithmetic) to its stores, and
+// finds each vector's pixel and channel once: span · C / V ≤ TRUNC_WHOLE_ITEMS ·
+// DC_BLOCK and span ≤ DC_BLOCK (the host's span). Blocks take rounds blockIdx.x,
+// blockIdx.x + gridDim.x, … . Every pixel's mask byte is written (0 where it is not
+// emitted), after the round's reads of m0, which may be the same mask.
+template <int V, int FN, bool MARK, bool MASKED>
 __device__ __forceinline__ void truncate_whole(TruncateShared &sm, TRUNC_PARAMS) {
     if (FN >= 0) fn = FN;  // every branch on fn below folds
     const int pixels = N * H * W;
@@ -352,33 +357,46 @@ __device__ __forceinline__ void truncate_whole(TruncateShared &sm, TRUNC_PARAMS)
         if (threadIdx.x == 0) sm.n_emits = 0;
         __syncthreads();
         // Item k of this thread: elements e[k] .. e[k] + V − 1 (from the map's start), of
-        // the round's pixel local[k] (−1 past the round's items), from channel
-        // e − first − local·C on. Operands and sent values stay packed as stored until
-        // the arithmetic; then x[k] holds v = f(a), rounded and so stored exactly.
+        // the round's pixel local[k] (−1 past the round's items, or not a candidate),
+        // from channel e − first − local·C on. Operands and sent values stay packed as
+        // stored until the arithmetic; then x[k] holds v = f(a), rounded and so stored
+        // exactly.
         int e[TRUNC_WHOLE_ITEMS], local[TRUNC_WHOLE_ITEMS];
         Packed<V> x[TRUNC_WHOLE_ITEMS], y[TRUNC_WHOLE_ITEMS], sent[TRUNC_WHOLE_ITEMS];
+        float acc[MASKED ? TRUNC_WHOLE_ITEMS : 1][V];
 #pragma unroll
         for (int k = 0; k < TRUNC_WHOLE_ITEMS; ++k) {
             const int i = (int)threadIdx.x + k * DC_BLOCK;
             e[k] = first + i * V;
             local[k] = i < items ? i * V / C : -1;
+            if (MASKED && local[k] >= 0 && !m0[base + local[k]]) local[k] = -1;
             if (local[k] < 0) continue;
-            load_packed<V>(v0 + e[k], x[k]);
-            if (n_ops > 1) load_packed<V>(v1 + e[k], y[k]);
+            if constexpr (MASKED) {
+                load_vec<V>(a0 + e[k], acc[k]);
+            } else {
+                load_packed<V>(v0 + e[k], x[k]);
+                if (n_ops > 1) load_packed<V>(v1 + e[k], y[k]);
+            }
             load_packed<V>(o + e[k], sent[k]);
         }
 #pragma unroll
         for (int k = 0; k < TRUNC_WHOLE_ITEMS; ++k) {
             if (local[k] < 0) continue;
-            float s[V], t[V] = {};
+            float t[V] = {};  // a, rounded to the model dtype
+            if constexpr (MASKED) {
 #pragma unroll
-            for (int j = 0; j < V; ++j)
-                s[j] = k0 * x[k].get(j) + (n_ops > 1 ? k1 * y[k].get(j) : 0.f);
-            add_input<V>(e[k] - first - local[k] * C, s, TRUNC_SUM_ARGS, t);
-            if (a0) store_vec<V>(a0 + e[k], t);
+                for (int j = 0; j < V; ++j) t[j] = round_s(acc[k][j]);
+            } else {
+                float s[V];
+#pragma unroll
+                for (int j = 0; j < V; ++j)
+                    s[j] = k0 * x[k].get(j) + (n_ops > 1 ? k1 * y[k].get(j) : 0.f);
+                add_input<V>(e[k] - first - local[k] * C, s, TRUNC_SUM_ARGS, t);  // t = 0 + round_s(…)
+                if (a0) store_vec<V>(a0 + e[k], t);
+            }
             float peak = 0.f;
 #pragma unroll
-            for (int j = 0; j < V; j += 2) {  // t is rounded already (t = 0 + round_s(…))
+            for (int j = 0; j < V; j += 2) {
                 const float f0 = round_s(activate(fn, t[j], p0, p1));
                 const float f1 = j + 1 < V ? round_s(activate(fn, t[j + 1], p0, p1)) : 0.f;
                 peak = fmaxf(peak, fabsf(f0 - sent[k].get(j)));
@@ -387,7 +405,10 @@ __device__ __forceinline__ void truncate_whole(TruncateShared &sm, TRUNC_PARAMS)
             }
             if (peak > thr) peaks[local[k]] = 1;
         }
-        __syncthreads();  // every vector's peak is in
+        const bool pixel_here = (int)threadIdx.x < round_pixels;
+        const int pixel = base + (int)threadIdx.x;
+        if (pixel_here) candidates += MASKED ? m0[pixel] != 0 : 1;
+        __syncthreads();  // every vector's peak is in, every read of m0 done
 #pragma unroll
         for (int k = 0; k < TRUNC_WHOLE_ITEMS; ++k) {
             if (local[k] < 0 || !peaks[local[k]]) continue;
@@ -397,19 +418,28 @@ __device__ __forceinline__ void truncate_whole(TruncateShared &sm, TRUNC_PARAMS)
             store_packed<V>(o + e[k], x[k]);
             store_vec<V>(out + e[k], dy);
         }
-        if ((int)threadIdx.x < round_pixels) {
-            const int emit = peaks[threadIdx.x] != 0, pixel = base + (int)threadIdx.x;
+        if (pixel_here) {
+            const int emit = peaks[threadIdx.x] != 0;
             om[pixel] = emit;
             emitted += emit;
             if (emit && (out_list || MARK)) sm.emits[atomicAdd_block(&sm.n_emits, 1)] = pixel;
         }
-        candidates += round_pixels;
         __syncthreads();  // every emitted pixel is in emits
         list_append(sm.emits, sm.n_emits, 0, 0, out_list, out_count);
         if constexpr (MARK) mark_conv_outputs(targets, sm.emits, sm.n_emits, H, W);
     }
     block_count(emitted, counter);
-    if (cand_counter && threadIdx.x == 0 && candidates) atomicAdd(cand_counter, candidates);
+    block_count(candidates, cand_counter);
+}
+
+// The two cases of truncate_whole, as PATHs of TRUNC_BY_FUNCTION below.
+template <int V, int FN, bool MARK>
+__device__ __forceinline__ void truncate_assigned(TruncateShared &sm, TRUNC_PARAMS) {
+    truncate_whole<V, FN, MARK, false>(sm, TRUNC_ARGS);
+}
+template <int V, int FN, bool MARK>
+__device__ __forceinline__ void truncate_masked(TruncateShared &sm, TRUNC_PARAMS) {
+    truncate_whole<V, FN, MARK, true>(sm, TRUNC_ARGS);
 }
 
 // A pw_truncate block: over a list (in_list), a persistent grid whose blocks take
@@ -427,7 +457,7 @@ __device__ __forceinline__ void truncate_pixels(TruncateShared &sm, TRUNC_PARAMS
 // In fp16 (the models the engine is tuned for) the activations of common CNNs (ReLU,
 // ReLU6 = hardtanh, hardswish, SiLU) get their own code, where the per-element function
 // is known at compile time; any other function, and fp32, run the general one. PATH:
-// truncate_pixels or truncate_whole. Returns from the kernel.
+// truncate_pixels, truncate_assigned or truncate_masked. Returns from the kernel.
 #define TRUNC_BY_FUNCTION(PATH, V, MARK)                                                    \
     do {                                                                                   \
         if constexpr (sizeof(scalar_t) == 2) {                                             \
@@ -459,12 +489,19 @@ extern "C" __global__ void __launch_bounds__(DC_BLOCK, DC_RESIDENT) pw_truncate(
     TRUNC_BY_VECTOR_AND_FUNCTION(truncate_pixels, false, false);
 }
 
-// pw_truncate over a whole map (truncate_whole): its own kernel, so that neither path's
-// registers constrain the other's.
+// pw_truncate over a whole map (truncate_whole), assigning or masked: kernels of their
+// own, so that no path's registers constrain another's.
 extern "C" __global__ void __launch_bounds__(DC_BLOCK, DC_RESIDENT) pw_truncate_whole(TRUNC_PARAMS, int vec) {
     DC_GRID_START();
     __shared__ TruncateShared sm;
-    TRUNC_BY_VECTOR_AND_FUNCTION(truncate_whole, true, false);
+    TRUNC_BY_VECTOR_AND_FUNCTION(truncate_assigned, true, false);
+}
+
+extern "C" __global__ void __launch_bounds__(DC_BLOCK, DC_RESIDENT) pw_truncate_whole_masked(TRUNC_PARAMS,
+                                                                                        int vec) {
+    DC_GRID_START();
+    __shared__ TruncateShared sm;
+    TRUNC_BY_VECTOR_AND_FUNCTION(truncate_masked, true, false);
 }
 
 // The two paths marking their target convs' outputs (mark_conv_outputs in common.cuh):
@@ -481,7 +518,7 @@ extern "C" __global__ void __launch_bounds__(DC_BLOCK, DC_RESIDENT) pw_truncate_
                                                                                          int vec) {
     DC_GRID_START();
     __shared__ TruncateShared sm;
-    TRUNC_BY_VECTOR_AND_FUNCTION(truncate_whole, true, true);
+    TRUNC_BY_VECTOR_AND_FUNCTION(truncate_assigned, true, true);
 }
 
 // A dense restart's activation (backends/cuda/pointwise.py, Truncating.dense_in_place):

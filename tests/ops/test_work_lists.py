@@ -16,6 +16,9 @@
 * In a whole fp16 model, every Delta that carries a list lists its mask, and lists on or
   off give bit-identical outputs (a GEMM row's sum does not depend on which rows share
   its block), eagerly and under CUDA-graph replay.
+* The activations fused into convs truncate flat over the whole map, gated by their
+  candidate mask (``pw_truncate_whole_masked``), with outputs bit-identical to the
+  listing kernel's, eagerly and under CUDA-graph replay.
 """
 from __future__ import annotations
 
@@ -386,3 +389,27 @@ def test_lists_change_no_output(runtime, monkeypatch, cuda_graph):
         outputs[lists] = converted_outputs(frames, cuda_graph, check)
     for i, (on, off) in enumerate(zip(outputs[True], outputs[False])):
         assert torch.equal(on, off), f"frame {i + 2}: lists changed the output"
+
+
+@pytest.mark.parametrize("cuda_graph", [False, True], ids=["eager", "graph"])
+def test_the_masked_whole_map_truncation_computes_what_the_listing_one_does(runtime, monkeypatch,
+                                                                          cuda_graph):
+    """The activations fused into the stem, expansion and depthwise convs (accumulated
+    work, flat pixel masks, no conv outputs to mark) run ``pw_truncate_whole_masked``:
+    threads flat over every pixel's channel vectors, skipping pixels that are not
+    candidates. It rounds what the listing kernel rounds, in the same order, so the
+    model's outputs agree bit for bit on every frame."""
+    from deltaconvert.backends.cuda import pointwise
+    frames = clip()
+    outputs = {}
+    for whole in (True, False):
+        if not whole:
+            monkeypatch.setattr(pointwise, "whole_span", lambda *a: 0)
+
+        def check(kernels):
+            assert ("pw_truncate_whole_masked" in kernels) is whole
+            assert ("pw_truncate" in kernels) is not whole
+
+        outputs[whole] = converted_outputs(frames, cuda_graph, check)
+    for i, (flat, listing) in enumerate(zip(outputs[True], outputs[False])):
+        assert torch.equal(flat, listing), f"frame {i + 2}"

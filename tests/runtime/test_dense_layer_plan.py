@@ -249,3 +249,32 @@ def test_whole_maps_are_dense_layers_over_flat_nhwc_tensors(channels, width):
         assert whole_width(work(shifted), relu, shape, sent, out) == 1
         storage4 = storage[4:4 + 2 * channels * 35].view(2, 5, 7, channels).permute(0, 3, 1, 2)
         assert whole_width(work(storage4), relu, shape, sent, out) == 4
+
+
+@pytest.mark.parametrize("channels,width", [(144, 8), (20, 4), (6, 1)])
+def test_accumulated_work_runs_over_the_whole_map_by_its_flat_pixel_mask(channels, width):
+    """``pw_truncate_whole_masked`` takes accumulated work (a conv's epilogue added into
+    the accumulator) of one operand whose mask is a flat (N, 1, H, W) pixel mask, over
+    flat NHWC sent values, output and accumulator, in the widest vectors that fit; a
+    broadcast or strided mask, two operands, added work (``lin``), an NCHW accumulator or
+    a product scan (width 0)."""
+    from deltaconvert.backends.cuda.pointwise import whole_width
+    from deltaconvert.delta import Delta
+
+    shape = (2, channels, 5, 7)
+    relu = KernelFunction(Activation.RELU)
+    values = nhwc(channels)
+    mask = torch.zeros(2, 1, 5, 7, dtype=torch.bool)
+
+    def work(*masks: torch.Tensor, lin: bool = False) -> Fused:
+        return Fused(None, [Delta(values, m) for m in masks], [1.0] * len(masks), lin=lin)
+
+    sent, out, acc = nhwc(channels), nhwc(channels), nhwc(channels, torch.float32)
+    assert whole_width(work(mask), relu, shape, sent, out, acc) == width
+    assert whole_width(work(mask), KernelFunction(PixelFunction.PRODUCT), shape, sent, out, acc) == 0
+    assert whole_width(work(mask, mask), relu, shape, sent, out, acc) == 0
+    assert whole_width(work(mask, lin=True), relu, shape, sent, out, acc) == 0
+    assert whole_width(work(mask.expand(2, 1, 5, 7)[:1].expand(2, 1, 5, 7)), relu, shape, sent, out, acc) == 0
+    assert whole_width(work(torch.zeros(2, 1, 5, 14, dtype=torch.bool)[..., ::2]), relu, shape, sent,
+                       out, acc) == 0
+    assert whole_width(work(mask), relu, shape, sent, out, torch.zeros(shape)) == 0

@@ -54,6 +54,7 @@ SIGNATURES: dict[str, dict[str, str]] = {
         "pw_accumulate": "i" * 6 + _OPERAND + _T4,
         "pw_truncate": _TRUNCATE,
         "pw_truncate_whole": _TRUNCATE,
+        "pw_truncate_whole_masked": _TRUNCATE,
         "pw_truncate_marking": _TRUNCATE,
         "pw_truncate_whole_marking": _TRUNCATE,
         "pw_restart": "iiffPPPi",

@@ -31,7 +31,14 @@ from ...ops.linear import LinearCall
 from ...ops.nonlinear import Nonlinear
 from .arena import FrameArena, zeroed_mask
 from .base import Accelerated, Consumer, Fused
-from .constants import BLOCK, RESIDENT_BLOCKS, TRUNC_WHOLE_ITEMS, Activation, PixelFunction
+from .constants import (
+    BLOCK,
+    RESIDENT_BLOCKS,
+    TRUNC_WHOLE_ITEMS,
+    Activation,
+    PixelFunction,
+    TruncateInput,
+)
 from .dense_layers import assigned_restoration
 from .device import DeviceRuntime
 from .kernels import SUPPORTED_DTYPES, Args, kernel
@@ -170,6 +177,8 @@ def truncate(runtime: DeviceRuntime, op: DeltaOp, dtype: torch.dtype, out_shape:
     lanes = lanes_for(c, 2 * VECTOR_CHANNELS if vec else CHANNELS_PER_LANE)
     grid, block, span = list_grid(n * h * w, lanes)
     width = whole_width(work, fn, out_shape, sent, out, acc[0] if work.keep else None)
+    if targets and not work.assign:
+        width = 0  # no masked whole-map kernel marks its consumers' outputs
     whole = whole_span(c, width)
     if whole:
         grid, span = (-(-(n * h * w) // whole), 1, 1), whole
@@ -197,7 +206,8 @@ def truncate(runtime: DeviceRuntime, op: DeltaOp, dtype: torch.dtype, out_shape:
     args.tensor(out, strides4(out)).ptr(om).ptr(counter).ptr(work.counter)
     args.extend(list_args(op.node_name, listed)).extend(list_args(op.node_name, candidates))
     args.ints(width)
-    name = ("pw_truncate_whole" if whole else "pw_truncate") + ("_marking" if marked.outputs else "")
+    name = (("pw_truncate_whole" + ("" if work.assign else "_masked")) if whole else "pw_truncate"
+            ) + ("_marking" if marked.outputs else "")
     kernel(runtime, "pointwise", name, dtype)(grid, block, args)
     # ``total``: the whole tensor this delta updates (the values sent so far), which a
     # dense layer downstream recomputes from (:mod:`.dense_layers`).
@@ -209,16 +219,27 @@ def truncate(runtime: DeviceRuntime, op: DeltaOp, dtype: torch.dtype, out_shape:
 
 def whole_width(work: Fused, fn: KernelFunction, out_shape: Sequence[int],
                 *tensors: torch.Tensor | None) -> int:
-    """The channels per vector load of ``pw_truncate_whole`` (``truncate_whole`` in
-    pointwise.cu: threads flat over a whole map's elements, every pixel a candidate), or
-    0 where it does not apply. Whole maps are the assigning work of dense layers (every
-    operand mask full, :mod:`.dense_layers`) with an element-wise function, over flat
-    NHWC tensors (:func:`~.tensors.flat_nhwc`: the operands' values and ``tensors``, None
-    for absent ones) of fewer than 2³¹ elements. The width is the widest of one 16-byte
-    vector, 4 channels and 1 that divides C and aligns every tensor."""
-    if not work.assign or fn.code >= PixelFunction.PRODUCT:
+    """The channels per vector load of ``pw_truncate_whole`` or
+    ``pw_truncate_whole_masked`` (``truncate_whole`` in pointwise.cu: threads flat over a
+    whole map's elements), or 0 where neither applies. Whole maps are, with an
+    element-wise function: the assigning work of dense layers (every operand mask full,
+    :mod:`.dense_layers`; ``pw_truncate_whole``), and accumulated work (a conv's epilogue
+    added into the accumulator) whose candidates are the pixels of one operand's mask,
+    itself flat (N, 1, H, W) (``…_masked``); over flat NHWC tensors
+    (:func:`~.tensors.flat_nhwc`: the assigned operands' values and ``tensors``, None for
+    absent ones, the accumulator among them where the kernel reads it) of fewer than 2³¹
+    elements. The width is the widest of one 16-byte vector, 4 channels and 1 that
+    divides C and aligns every tensor."""
+    if fn.code >= PixelFunction.PRODUCT:
         return 0
-    present = [d.values for d in work.operands] + [t for t in tensors if t is not None]
+    given = [t for t in tensors if t is not None]
+    if work.assign:
+        present = [d.values for d in work.operands] + given
+    elif (work.input_mode == TruncateInput.ACCUMULATED and len(work.operands) == 1
+          and flat_nhwc(work.operands[0].mask, mask_shape(tuple(out_shape)))):
+        present = given
+    else:
+        return 0
     if math.prod(out_shape) >= 2**31 or not all(flat_nhwc(t, out_shape) for t in present):
         return 0
     channels = shape4(out_shape)[1]
