@@ -91,6 +91,51 @@ extern "C" __global__ void pw_accumulate(int N, int C, int H, int W, int lanes, 
     }
 }
 
+// pw_accumulate over flat storage (accumulate() in backends/cuda/pointwise.py): a += δ
+// where the mask is set, for `count` elements that a and δ lay out alike without gaps
+// (the element index is the offset), NCHW or, with `nhwc`, NHWC; the mask (N, 1, H, W)
+// contiguous, so element i lies at pixel i / C (NHWC) or (i / (C·HW))·HW + i % HW
+// (NCHW). Threads stride flat over the elements in groups of V (`vec`: 4, where count,
+// C (NHWC) or HW (NCHW) and the alignment of a and δ allow, else 1; a group of 4 is one
+// pixel's channels or one channel's pixels); a group whose pixels are all clear reads
+// nothing.
+template <int V>
+__device__ __forceinline__ void accumulate_elements(int count, int C, int HW, int nhwc,
+                                                    const scalar_t *d, const mask_t *m, float *a) {
+    const int stride = gridDim.x * blockDim.x * V;
+    for (int i = (blockIdx.x * blockDim.x + threadIdx.x) * V; i < count; i += stride) {
+        bool set[V], any = false;
+        if (nhwc) {
+            set[0] = m[i / C] != 0;
+#pragma unroll
+            for (int j = 1; j < V; ++j) set[j] = set[0];
+        } else {
+            const int pixel = (i / (C * HW)) * HW + i % HW;
+#pragma unroll
+            for (int j = 0; j < V; ++j) set[j] = m[pixel + j] != 0;
+        }
+#pragma unroll
+        for (int j = 0; j < V; ++j) any |= set[j];
+        if (!any) continue;
+        float t[V], v[V];
+        load_vec<V>(d + i, t);
+        load_vec<V>(a + i, v);
+#pragma unroll
+        for (int j = 0; j < V; ++j)
+            if (set[j]) v[j] += t[j];  // as pw_accumulate: a clear pixel's δ is not read
+        store_vec<V>(a + i, v);
+    }
+}
+
+extern "C" __global__ void pw_accumulate_flat(int count, int C, int HW, int nhwc, const scalar_t *d,
+                                              const mask_t *m, float *a, int vec) {
+    DC_GRID_START();
+    if (vec == 4)
+        accumulate_elements<4>(count, C, HW, nhwc, d, m, a);
+    else
+        accumulate_elements<1>(count, C, HW, nhwc, d, m, a);
+}
+
 // Accumulate, recompute, truncate, for every output pixel whose candidate flag (the OR
 // of the operand masks) is set:
 //   in_mode ADD:    a0 += round(s[c] · Σ_i k_i · δ_i)  (fused linear producer)

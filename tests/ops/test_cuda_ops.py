@@ -541,3 +541,29 @@ def test_deep_work_lists(poisoned, monkeypatch, name, dtype):
     make, specs, fuse = DEEP_LISTS[name]
     torch.manual_seed(0)
     check(poisoned, make, specs, dtype, fuse=fuse)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=["fp16", "fp32"])
+@pytest.mark.parametrize("shape,layout", [((2, 8, 6, 10), 0), ((2, 8, 6, 10), 1),
+                                          ((2, 5, 3, 7), 0), ((2, 5, 3, 7), 1)],
+                         ids=["nchw-vectors", "nhwc-vectors", "nchw-single", "nhwc-single"])
+def test_accumulate_adds_flat_over_the_elements_where_updated(poisoned, dtype, shape, layout):
+    """``accumulate`` (Densify's ``y += δ``, a product's operands) runs
+    ``pw_accumulate_flat`` where the accumulator and δ share one gap-free layout (NCHW or
+    NHWC, in groups of 4 elements where C or H·W allow): ``a + δ`` exactly where the mask
+    is set, and nothing elsewhere — the NaN values of clear pixels are not read."""
+    from deltaconvert.backends.cuda.kernels import recorded_launches
+    from deltaconvert.backends.cuda.pointwise import accumulate
+
+    gen = torch.Generator(device=DEVICE).manual_seed(3)
+    for kind in MASK_KINDS:
+        d = random_delta(shape, kind, dtype, gen, layout)
+        acc = torch.randn(shape, generator=gen, device=DEVICE)
+        if layout:
+            acc = acc.contiguous(memory_format=torch.channels_last)
+        expected = torch.where(d.mask, acc + d.values.float(), acc)
+        with recorded_launches() as launches, poisoned.frame():
+            accumulate(poisoned, "acc", d, acc)
+        torch.cuda.synchronize()
+        assert {name for _, name, _ in launches} == {"pw_accumulate_flat"}, kind
+        assert torch.equal(acc, expected), kind

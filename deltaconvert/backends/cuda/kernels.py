@@ -52,6 +52,7 @@ SIGNATURES: dict[str, dict[str, str]] = {
     "pointwise": {
         "pw_linear": "i" * 7 + _OPERAND * 2 + "Pi" + _T4 + "PPPP",
         "pw_accumulate": "i" * 6 + _OPERAND + _T4,
+        "pw_accumulate_flat": "iiiiPPPi",
         "pw_truncate": _TRUNCATE,
         "pw_truncate_whole": _TRUNCATE,
         "pw_truncate_whole_masked": _TRUNCATE,

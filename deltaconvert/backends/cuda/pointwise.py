@@ -134,11 +134,26 @@ def linear(runtime: DeviceRuntime, op: DeltaOp, operands: Sequence[Delta], coefs
 
 
 def accumulate(runtime: DeviceRuntime, layer: str, d: Delta, acc: torch.Tensor) -> None:
-    """``acc += δ`` where updated (``acc``: fp32, the shape of ``d``)."""
+    """``acc += δ`` where updated (``acc``: fp32, the shape of ``d``): flat over the
+    elements (``pw_accumulate_flat``) where ``acc`` and the values share one gap-free
+    layout and the mask is the pixels' own, contiguous; else per pixel, scanning the
+    mask (``pw_accumulate``)."""
     if tuple(acc.shape) != tuple(d.shape):
         raise RuntimeError(f"{layer}: state of shape {tuple(acc.shape)} does not match the "
                            f"delta {tuple(d.shape)}")
     n, c, h, w = shape4(d.shape)
+    values, count = d.values, acc.numel()
+    if (acc.stride() == values.stride() and _gap_free(acc) and count < 2**31
+            and flat_nhwc(d.mask, mask_shape(tuple(d.shape)))):
+        nhwc = int(not acc.is_contiguous())  # else NCHW (both where C or H·W is 1)
+        vec = int(count % 4 == 0 and (c if nhwc else h * w) % 4 == 0
+                  and acc.data_ptr() % 16 == 0 and values.data_ptr() % (4 * values.element_size()) == 0)
+        per_thread = 4 if vec else 1
+        blocks = min(-(-count // (BLOCK * per_thread)), RESIDENT_BLOCKS * runtime.multiprocessors)
+        args = Args(layer).ints(count, c, h * w, nhwc).ptr(values).ptr(d.mask).ptr(acc).ints(4 * vec)
+        kernel(runtime, "pointwise", "pw_accumulate_flat", d.dtype)((max(blocks, 1), 1, 1),
+                                                                    (BLOCK, 1, 1), args)
+        return
     lanes = lanes_for(c)
     grid, block, span = list_grid(n * h * w, lanes)
     args = add_operand(Args(layer).ints(n, c, h, w, lanes, span), d, 1.0, d.shape)
