@@ -42,16 +42,23 @@ __device__ __forceinline__ int operand_flags(const ScanPixel &sp, int H, int W, 
 // neg, scaling by a constant (ChannelScale, multiplication by a constant tensor). The
 // output pixels are appended to out_list (may be null: see list_append in common.cuh).
 // `scale` (fp32, may be null) is indexed c * scale_stride and rounded to the model dtype.
+// With `clean`, out is 0 at every other pixel (a clean delta, see truncate_whole).
 extern "C" __global__ void pw_linear(int N, int C, int H, int W, int lanes, int span, int n_ops,
                                      DC_OPERAND(0), DC_OPERAND(1),
                                      const float *scale, int scale_stride,
                                      scalar_t *out, int oN, int oC, int oH, int oW,
-                                     mask_t *om, int *counter, int *out_list, int *out_count) {
+                                     mask_t *om, int *counter, int *out_list, int *out_count,
+                                     int clean) {
     DC_GRID_START();
     __shared__ int list[DC_BLOCK];
     const ScanPixel sp = scan_pixel(N * H * W, span, blockIdx.x * span);
     const int flags = operand_flags(sp, H, W, n_ops, DC_MASK_ARGS(0), DC_MASK_ARGS(1));
     if (sp.valid) om[sp.pixel] = flags != 0;
+    if (clean && sp.valid && !flags) {
+        const Pixel q = pixel_at(sp.pixel, H, W);
+        for (int c = 0; c < C; ++c)
+            out[off4(q.n, c, q.y, q.x, oN, oC, oH, oW)] = from_f<scalar_t>(0.f);
+    }
     const int count = block_list(flags != 0, ((int)threadIdx.x << 2) | flags, list);
     if (counter && threadIdx.x == 0 && count) atomicAdd(counter, count);  // = the mask bytes set
     list_append(list, count, 2, sp.base, out_list, out_count);
@@ -155,8 +162,9 @@ extern "C" __global__ void pw_accumulate_flat(int count, int C, int HW, int nhwc
 // one operand whose mask that list holds, om zeroed by the host, N·H·W < 2^29 (tags).
 // vec: the channels of one vector load, 4 where C, every channel stride and every
 // pixel's alignment allow, else 1 (see truncate() in backends/cuda/pointwise.py).
-// pw_truncate_whole and pw_truncate_whole_masked take the same arguments for a whole
-// map (truncate_whole below; there vec may also be 8; in_list is not read).
+// The whole-map kernels (pw_truncate_whole, …_masked, …_added, …_whole_marking) take the
+// same arguments for a whole map (truncate_whole below; there vec may also be 8; in_list
+// is not read), and `clean` last.
 #define TRUNC_PARAMS                                                                    \
     const ConvTargets targets, int N, int C, int H, int W, int lanes, int span,         \
         int n_ops, int in_mode, DC_OPERAND(0), DC_OPERAND(1), const float *scale,       \
@@ -374,22 +382,28 @@ __device__ __forceinline__ void truncate_window(TruncateShared &sm, int base, in
 // whole_width in pointwise.py), so a round of `span` pixels is one run of span·C
 // elements. The block's threads lie flat over it in channel vectors of V (C a multiple
 // of V, every tensor V-element aligned): consecutive threads read consecutive vectors,
-// as a copy does, with no list, scan loop or coordinates. Two cases:
-//   in_mode ASSIGN, every pixel a candidate (its operands are whole values under full
+// as a copy does, with no list, scan loop or coordinates. By INPUT, the in_mode (a
+// kernel for each, so that no case's registers constrain another's):
+//   ASSIGN, every pixel a candidate (its operands are whole values under full
 //   masks: a dense layer, backends/cuda/dense_layers.py); a0 may be null (a dense layer
 //   that leaves its accumulator to be restored when the delta kernels take over,
 //   DenseLayerPlan);
-//   MASKED: in_mode ACCUMULATED (a conv's epilogue added this frame's input into a0),
-//   the candidates the pixels set in operand 0's mask, (N, 1, H, W) contiguous, so the
-//   mask byte of pixel p is m0[p]; a vector of a pixel that is not one reads nothing.
+//   ACCUMULATED (a conv's epilogue added this frame's input into a0) or ADD of one
+//   operand (a0 += round(s[c] · k0 · δ0), a0 stored; a dense delta's,
+//   backends/cuda/conv.py): masked, the candidates the pixels set in operand 0's mask,
+//   (N, 1, H, W) contiguous, so the mask byte of pixel p is m0[p]; a vector of a pixel
+//   that is not one reads nothing.
 // A thread holds TRUNC_WHOLE_ITEMS vectors — of each operand, packed as stored, or of
 // a0 — and of o, from its loads (all issued before any arithmetic) to its stores, and
 // finds each vector's pixel and channel once: span · C / V ≤ TRUNC_WHOLE_ITEMS ·
 // DC_BLOCK and span ≤ DC_BLOCK (the host's span). Blocks take rounds blockIdx.x,
 // blockIdx.x + gridDim.x, … . Every pixel's mask byte is written (0 where it is not
-// emitted), after the round's reads of m0, which may be the same mask.
-template <int V, int FN, bool MARK, bool MASKED>
-__device__ __forceinline__ void truncate_whole(TruncateShared &sm, TRUNC_PARAMS) {
+// emitted), after the round's reads of m0, which may be the same mask. With `clean`, out
+// is written at every element, 0 where the pixel is not emitted (a *clean* delta: zero
+// outside its mask, which a dense delta downstream reads as it is, backends/cuda/conv.py).
+template <int V, int FN, bool MARK, int INPUT>
+__device__ __forceinline__ void truncate_whole(TruncateShared &sm, TRUNC_PARAMS, int clean) {
+    constexpr bool MASKED = INPUT != TRUNC_IN_ASSIGN;
     if (FN >= 0) fn = FN;  // every branch on fn below folds
     const int pixels = N * H * W;
     int *peaks = sm.list;  // the round's pixels: whether one of their vectors exceeds thr
@@ -418,6 +432,7 @@ __device__ __forceinline__ void truncate_whole(TruncateShared &sm, TRUNC_PARAMS)
             if (local[k] < 0) continue;
             if constexpr (MASKED) {
                 load_vec<V>(a0 + e[k], acc[k]);
+                if (INPUT == TRUNC_IN_ADD) load_packed<V>(v0 + e[k], x[k]);
             } else {
                 load_packed<V>(v0 + e[k], x[k]);
                 if (n_ops > 1) load_packed<V>(v1 + e[k], y[k]);
@@ -429,6 +444,13 @@ __device__ __forceinline__ void truncate_whole(TruncateShared &sm, TRUNC_PARAMS)
             if (local[k] < 0) continue;
             float t[V] = {};  // a, rounded to the model dtype
             if constexpr (MASKED) {
+                if constexpr (INPUT == TRUNC_IN_ADD) {
+                    float s[V];
+#pragma unroll
+                    for (int j = 0; j < V; ++j) s[j] = k0 * x[k].get(j);
+                    add_input<V>(e[k] - first - local[k] * C, s, TRUNC_SUM_ARGS, acc[k]);
+                    store_vec<V>(a0 + e[k], acc[k]);
+                }
 #pragma unroll
                 for (int j = 0; j < V; ++j) t[j] = round_s(acc[k][j]);
             } else {
@@ -456,7 +478,13 @@ __device__ __forceinline__ void truncate_whole(TruncateShared &sm, TRUNC_PARAMS)
         __syncthreads();  // every vector's peak is in, every read of m0 done
 #pragma unroll
         for (int k = 0; k < TRUNC_WHOLE_ITEMS; ++k) {
-            if (local[k] < 0 || !peaks[local[k]]) continue;
+            if (local[k] < 0 || !peaks[local[k]]) {
+                if (clean && e[k] - first < items * V) {
+                    const float zero[V] = {};
+                    store_vec<V>(out + e[k], zero);
+                }
+                continue;
+            }
             float dy[V];
 #pragma unroll
             for (int j = 0; j < V; ++j) dy[j] = x[k].get(j) - sent[k].get(j);
@@ -477,22 +505,27 @@ __device__ __forceinline__ void truncate_whole(TruncateShared &sm, TRUNC_PARAMS)
     block_count(candidates, cand_counter);
 }
 
-// The two cases of truncate_whole, as PATHs of TRUNC_BY_FUNCTION below.
+// The three cases of truncate_whole, as PATHs of TRUNC_BY_FUNCTION below.
 template <int V, int FN, bool MARK>
-__device__ __forceinline__ void truncate_assigned(TruncateShared &sm, TRUNC_PARAMS) {
-    truncate_whole<V, FN, MARK, false>(sm, TRUNC_ARGS);
+__device__ __forceinline__ void truncate_assigned(TruncateShared &sm, TRUNC_PARAMS, int clean) {
+    truncate_whole<V, FN, MARK, TRUNC_IN_ASSIGN>(sm, TRUNC_ARGS, clean);
 }
 template <int V, int FN, bool MARK>
-__device__ __forceinline__ void truncate_masked(TruncateShared &sm, TRUNC_PARAMS) {
-    truncate_whole<V, FN, MARK, true>(sm, TRUNC_ARGS);
+__device__ __forceinline__ void truncate_masked(TruncateShared &sm, TRUNC_PARAMS, int clean) {
+    truncate_whole<V, FN, MARK, TRUNC_IN_ACCUMULATED>(sm, TRUNC_ARGS, clean);
+}
+template <int V, int FN, bool MARK>
+__device__ __forceinline__ void truncate_added(TruncateShared &sm, TRUNC_PARAMS, int clean) {
+    truncate_whole<V, FN, MARK, TRUNC_IN_ADD>(sm, TRUNC_ARGS, clean);
 }
 
 // A pw_truncate block: over a list (in_list), a persistent grid whose blocks take
 // windows blockIdx.x, blockIdx.x + gridDim.x, … of the listed candidates (the host
 // launches at most one wave, see truncate() in backends/cuda/pointwise.py), so an empty
 // list costs one wave of blocks that read the count; else its one window of the frame.
+// Its output is never clean (it visits candidates only): `clean` is 0.
 template <int V, int FN, bool MARK>
-__device__ __forceinline__ void truncate_pixels(TruncateShared &sm, TRUNC_PARAMS) {
+__device__ __forceinline__ void truncate_pixels(TruncateShared &sm, TRUNC_PARAMS, int clean) {
     const int first = blockIdx.x * span;
     const int end = in_list ? *in_count : first + 1;  // a scanning block: one window
     for (int base = first; base < end; base += gridDim.x * span)
@@ -502,19 +535,20 @@ __device__ __forceinline__ void truncate_pixels(TruncateShared &sm, TRUNC_PARAMS
 // In fp16 (the models the engine is tuned for) the activations of common CNNs (ReLU,
 // ReLU6 = hardtanh, hardswish, SiLU) get their own code, where the per-element function
 // is known at compile time; any other function, and fp32, run the general one. PATH:
-// truncate_pixels, truncate_assigned or truncate_masked. Returns from the kernel.
+// truncate_pixels, truncate_assigned, truncate_masked or truncate_added. Returns from the
+// kernel.
 #define TRUNC_BY_FUNCTION(PATH, V, MARK)                                                    \
     do {                                                                                   \
         if constexpr (sizeof(scalar_t) == 2) {                                             \
             switch (fn) {                                                                  \
-            case ACT_RELU: PATH<V, ACT_RELU, MARK>(sm, TRUNC_ARGS); return;                \
-            case ACT_HARDTANH: PATH<V, ACT_HARDTANH, MARK>(sm, TRUNC_ARGS); return;        \
-            case ACT_HARDSWISH: PATH<V, ACT_HARDSWISH, MARK>(sm, TRUNC_ARGS); return;      \
-            case ACT_SILU: PATH<V, ACT_SILU, MARK>(sm, TRUNC_ARGS); return;                \
+            case ACT_RELU: PATH<V, ACT_RELU, MARK>(sm, TRUNC_ARGS, clean); return;         \
+            case ACT_HARDTANH: PATH<V, ACT_HARDTANH, MARK>(sm, TRUNC_ARGS, clean); return; \
+            case ACT_HARDSWISH: PATH<V, ACT_HARDSWISH, MARK>(sm, TRUNC_ARGS, clean); return; \
+            case ACT_SILU: PATH<V, ACT_SILU, MARK>(sm, TRUNC_ARGS, clean); return;         \
             default: break;                                                                \
             }                                                                              \
         }                                                                                  \
-        PATH<V, -1, MARK>(sm, TRUNC_ARGS);                                                 \
+        PATH<V, -1, MARK>(sm, TRUNC_ARGS, clean);                                          \
         return;                                                                            \
     } while (0)
 // ... and by the channels of one vector, `vec`, as the host chose them (truncate() in
@@ -531,22 +565,31 @@ __device__ __forceinline__ void truncate_pixels(TruncateShared &sm, TRUNC_PARAMS
 extern "C" __global__ void __launch_bounds__(DC_BLOCK, DC_RESIDENT) pw_truncate(TRUNC_PARAMS, int vec) {
     DC_GRID_START();
     __shared__ TruncateShared sm;
+    constexpr int clean = 0;
     TRUNC_BY_VECTOR_AND_FUNCTION(truncate_pixels, false, false);
 }
 
-// pw_truncate over a whole map (truncate_whole), assigning or masked: kernels of their
-// own, so that no path's registers constrain another's.
-extern "C" __global__ void __launch_bounds__(DC_BLOCK, DC_RESIDENT) pw_truncate_whole(TRUNC_PARAMS, int vec) {
+// pw_truncate over a whole map (truncate_whole), assigning, accumulated (masked) or adding
+// (added): kernels of their own, so that no path's registers constrain another's.
+extern "C" __global__ void __launch_bounds__(DC_BLOCK, DC_RESIDENT) pw_truncate_whole(TRUNC_PARAMS,
+                                                                                      int vec, int clean) {
     DC_GRID_START();
     __shared__ TruncateShared sm;
     TRUNC_BY_VECTOR_AND_FUNCTION(truncate_assigned, true, false);
 }
 
 extern "C" __global__ void __launch_bounds__(DC_BLOCK, DC_RESIDENT) pw_truncate_whole_masked(TRUNC_PARAMS,
-                                                                                        int vec) {
+                                                                                             int vec, int clean) {
     DC_GRID_START();
     __shared__ TruncateShared sm;
     TRUNC_BY_VECTOR_AND_FUNCTION(truncate_masked, true, false);
+}
+
+extern "C" __global__ void __launch_bounds__(DC_BLOCK, DC_RESIDENT) pw_truncate_whole_added(TRUNC_PARAMS,
+                                                                                            int vec, int clean) {
+    DC_GRID_START();
+    __shared__ TruncateShared sm;
+    TRUNC_BY_VECTOR_AND_FUNCTION(truncate_added, true, false);
 }
 
 // The two paths marking their target convs' outputs (mark_conv_outputs in common.cuh):
@@ -556,11 +599,12 @@ extern "C" __global__ void __launch_bounds__(DC_BLOCK, DC_RESIDENT) pw_truncate_
 extern "C" __global__ void __launch_bounds__(DC_BLOCK, DC_RESIDENT) pw_truncate_marking(TRUNC_PARAMS, int vec) {
     DC_GRID_START();
     __shared__ TruncateShared sm;
+    constexpr int clean = 0;
     TRUNC_BY_VECTOR_AND_FUNCTION(truncate_pixels, false, true);
 }
 
 extern "C" __global__ void __launch_bounds__(DC_BLOCK, DC_RESIDENT) pw_truncate_whole_marking(TRUNC_PARAMS,
-                                                                                         int vec) {
+                                                                                              int vec, int clean) {
     DC_GRID_START();
     __shared__ TruncateShared sm;
     TRUNC_BY_VECTOR_AND_FUNCTION(truncate_assigned, true, true);

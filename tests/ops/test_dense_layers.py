@@ -14,6 +14,10 @@ to its accumulator and truncates as always.
 * Slot mode: with a READY gate no layer runs dense (its candidates would be every row):
   the delta kernels take over from the accumulators the dense frames assigned, and idle
   slots keep their state exactly.
+* Dense deltas: 1×1 convs that cannot be dense layers (inputs without a total, no
+  activation) run cuDNN over their whole delta map zeroed outside its mask; outputs as
+  above, the added work truncated by ``pw_truncate_whole_added``, statistics counted as
+  the delta kernels count them.
 """
 from __future__ import annotations
 
@@ -64,6 +68,17 @@ def conv_wrappers(model) -> dict[str, object]:
             if isinstance(op, Conv2d)}
 
 
+def counting_dense_calls(model) -> dict[str, int]:
+    """Count each conv op's cuDNN calls (``op.dense``) from now on."""
+    calls: dict[str, int] = {}
+    for name, op in model.delta_ops().items():
+        if isinstance(op, Conv2d):
+            dense = op.dense
+            op.dense = (lambda x, bias=True, name=name, dense=dense:
+                        calls.__setitem__(name, calls.get(name, 0) + 1) or dense(x, bias))
+    return calls
+
+
 def run(model, frames) -> list[torch.Tensor]:
     with torch.no_grad():
         return [model(x).clone() for x in frames]
@@ -73,13 +88,15 @@ def clip() -> list[torch.Tensor]:
     return [f.to(DEVICE).half() for f in synthetic_video(FRAMES, 40, 56, batch=2, seed=5)]
 
 
-def set_dense_from(monkeypatch, fraction: float) -> None:
+def set_dense_from(monkeypatch, fraction: float, deltas: float = 2.0) -> None:
     """The fraction from which convs other than depthwise ones turn dense, narrow stems
-    included; depthwise convs stay delta (see the ``depthwise`` cases)."""
+    included; depthwise convs stay delta (see the ``depthwise`` cases); 1×1 convs that
+    cannot be dense layers run dense deltas from ``deltas`` (default: never)."""
     from deltaconvert.backends.cuda import dense_layers
     monkeypatch.setattr(dense_layers, "DENSE_FROM", fraction)
     monkeypatch.setattr(dense_layers, "DENSE_NARROW_FROM", fraction)
     monkeypatch.setattr(dense_layers, "DENSE_DEPTHWISE_FROM", 2.0)
+    monkeypatch.setattr(dense_layers, "DENSE_DELTA_FROM", deltas)
 
 
 def assert_matches(got, reference, net: nn.Module, frames) -> None:
@@ -101,12 +118,7 @@ def test_dense_layers_match_the_delta_kernels_and_the_original(poisoned, monkeyp
     reference = run(delta_model(net, frames[0], graph), frames)
     set_dense_from(monkeypatch, 0.0)
     model = delta_model(net, frames[0], graph)
-    calls = {}
-    for name, op in model.delta_ops().items():
-        if isinstance(op, Conv2d):
-            dense = op.dense
-            op.dense = (lambda x, bias=True, name=name, dense=dense:
-                        calls.__setitem__(name, calls.get(name, 0) + 1) or dense(x, bias))
+    calls = counting_dense_calls(model)
     got = run(model, frames)
     decided = {name: w.dense for name, w in conv_wrappers(model).items()}
     assert [name for name, dense in decided.items() if dense] == ELIGIBLE
@@ -133,6 +145,16 @@ def assert_follows(got: torch.Tensor, x: torch.Tensor, net: nn.Module, where: st
     assert relative_error(got, expected) <= max(5e-3, 5 * e16), where
 
 
+def follow_switching(model, frames, net: nn.Module, switch_at: int | None, switch) -> None:
+    """Every frame's output :func:`assert_follows` the original; before frame
+    ``switch_at`` (None: never), ``switch(conv wrappers by name)``."""
+    with torch.no_grad():
+        for t, x in enumerate(frames):
+            if t == switch_at:
+                switch(conv_wrappers(model))
+            assert_follows(model(x), x, net, f"frame {t}")
+
+
 @pytest.mark.parametrize("make,graph,switch_at,copies", [
     ("chain", True, None, None), ("chain", False, FRAMES // 2, None), ("residual", True, None, None),
     ("chain-depthwise", True, None, float("inf")), ("chain-depthwise", True, None, 0.0)],
@@ -157,15 +179,14 @@ def test_at_threshold_zero_dense_layers_follow_the_original(poisoned, monkeypatc
         monkeypatch.setattr(dense_layers, "memory_bound",
                             lambda *a: timed.append(a) or memory_bound(*a))
     model = exact_model(net, frames[0], graph=graph)
-    with torch.no_grad():
-        for t, x in enumerate(frames):
-            if t == switch_at:
-                wrappers = conv_wrappers(model)
-                assert all(wrappers[name].dense for name in ELIGIBLE)
-                wrappers["0"].plan.restore()  # the accumulators dense layers did not keep
-                for w in wrappers.values():
-                    w.dense = False
-            assert_follows(model(x), x, net, f"frame {t}")
+
+    def switch_back(wrappers):
+        assert all(wrappers[name].dense for name in ELIGIBLE)
+        wrappers["0"].plan.restore()  # the accumulators dense layers did not keep
+        for w in wrappers.values():
+            w.dense = False
+
+    follow_switching(model, frames, net, switch_at, switch_back)
     if make == "chain-depthwise":
         decided = {name: w.dense for name, w in conv_wrappers(model).items()}
         assert decided["2"] == (copies > 0), "the depthwise conv's timing was not followed"
@@ -251,6 +272,110 @@ def test_dense_adds_match_the_delta_kernels_and_the_original(poisoned, monkeypat
     assert adds and all(adds.values()), adds
     assert conv_wrappers(model)["conv1"].dense  # it reads the max pool's total
     assert_matches(got, reference, net, frames)
+
+
+class Inverted(nn.Module):
+    """MobileNetV2's shape: a stem and ReLU6, an inverted residual block (1×1 expansion,
+    depthwise conv, 1×1 projection without activation, skip add), another expansion
+    reading the add (no total) and a 1×1 head without activation. With dense layers off,
+    the four 1×1 convs may run dense deltas: two fused into their ReLU6 (added work), two
+    not (their output is the delta)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem, self.relu0 = nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.ReLU6()
+        self.expand, self.relu1 = nn.Conv2d(16, 48, 1), nn.ReLU6()
+        self.dw, self.relu2 = nn.Conv2d(48, 48, 3, padding=1, groups=48), nn.ReLU6()
+        self.project = nn.Conv2d(48, 16, 1)
+        self.expand2, self.relu3 = nn.Conv2d(16, 32, 1), nn.ReLU6()
+        self.head = nn.Conv2d(32, 8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu0(self.stem(x))
+        y = x + self.project(self.relu2(self.dw(self.relu1(self.expand(x)))))
+        return self.head(self.relu3(self.expand2(y)))
+
+
+DENSE_DELTAS = ["expand", "project", "expand2", "head"]
+
+
+@pytest.mark.parametrize("whole", [True, False], ids=["whole-maps", "scanning"])
+@pytest.mark.parametrize("graph", [False, True], ids=["eager", "graph"])
+def test_dense_deltas_match_the_delta_kernels_and_the_original(poisoned, monkeypatch, graph,
+                                                               whole):
+    """The 1×1 convs without a dense-layer path run cuDNN on their delta every frame from
+    the second delta frame on (new kernel outputs poisoned: the zeroing outside the mask
+    is what keeps NaNs out), and the fused ones hand it to ``pw_truncate_whole_added``.
+    Their inputs come clean from the whole-map truncations and the add's ``pw_linear``;
+    with the whole-map kernels off (``scanning``) torch zeroes the truncations' outputs."""
+    from deltaconvert.backends.cuda import conv as conv_module
+    from deltaconvert.backends.cuda import pointwise
+    from deltaconvert.backends.cuda.kernels import recorded_launches
+    if not whole:
+        monkeypatch.setattr(pointwise, "whole_span", lambda *a: 0)
+    inputs = []
+    clean_values = conv_module.clean_values
+    monkeypatch.setattr(conv_module, "clean_values",
+                        lambda d: inputs.append(bool(d.extras.get("clean"))) or clean_values(d))
+    frames = clip()
+    net = Inverted().to(DEVICE).eval()
+    set_dense_from(monkeypatch, 2.0)
+    reference = run(delta_model(net, frames[0], graph), frames)
+    set_dense_from(monkeypatch, 2.0, deltas=0.0)
+    model = delta_model(net, frames[0], graph)
+    calls = counting_dense_calls(model)
+    with torch.no_grad():
+        got = [model(x).clone() for x in frames[:2]]
+        inputs.clear()
+        with recorded_launches() as launches:
+            got.append(model(frames[2]).clone())
+        frame_inputs = list(inputs)
+        got += [model(x).clone() for x in frames[3:]]
+    decided = {name: w.dense for name, w in conv_wrappers(model).items()}
+    assert [name for name, dense in decided.items() if dense] == DENSE_DELTAS
+    assert decided["stem"] is None and decided["dw"] is None
+    expected_calls = 1 + 1 + (1 if graph else FRAMES - 2)  # as for dense layers, above
+    assert all(calls[name] == expected_calls for name in DENSE_DELTAS), calls
+    assert not [(layer, name) for layer, name, _ in launches
+                if layer in DENSE_DELTAS and name.startswith("conv_")], launches
+    assert ("pw_truncate_whole_added" in {name for _, name, _ in launches}) is whole
+    assert sorted(frame_inputs) == ([True] * 4 if whole else [False] * 3 + [True]), frame_inputs
+    assert_matches(got, reference, net, frames)
+
+
+@pytest.mark.parametrize("graph,switch_at", [(True, None), (False, FRAMES // 2)],
+                         ids=["graph", "eager-switching-back"])
+def test_at_threshold_zero_dense_deltas_follow_the_original(poisoned, monkeypatch, graph, switch_at):
+    """Dense deltas add to the accumulators as the delta kernels do, so the delta kernels
+    may take over at any frame (``switch_at``) without a restoration."""
+    frames = clip()
+    net = Inverted().to(DEVICE).eval()
+    set_dense_from(monkeypatch, 2.0, deltas=0.0)
+    model = exact_model(net, frames[0], graph=graph)
+
+    def switch_back(wrappers):
+        assert all(wrappers[name].dense for name in DENSE_DELTAS)
+        for name in DENSE_DELTAS:
+            wrappers[name].dense = False
+
+    follow_switching(model, frames, net, switch_at, switch_back)
+
+
+def test_dense_deltas_count_what_the_delta_kernels_count(poisoned, monkeypatch):
+    """A dense delta's updated pixels are its input's candidates, as for the delta
+    kernels: the first one (whose input no dense delta touched) counts exactly theirs."""
+    frames = clip()
+    net = Inverted().to(DEVICE).eval()
+    layers = {}
+    for deltas in (2.0, 0.0):
+        set_dense_from(monkeypatch, 2.0, deltas=deltas)
+        model = delta_model(net, frames[0], graph=False)
+        run(model, frames[:5])
+        layers[deltas] = model.stats()["layers"]
+    assert layers[0.0]["expand"]["updated_last"] == layers[2.0]["expand"]["updated_last"]
+    for name in DENSE_DELTAS:
+        assert 0.0 < layers[0.0][name]["updated_last"] <= 1.0, (name, layers[0.0][name])
 
 
 def model_state(model) -> list[torch.Tensor]:

@@ -220,8 +220,9 @@ def nhwc(channels: int, dtype: torch.dtype = torch.float16) -> torch.Tensor:
 def test_whole_maps_are_dense_layers_over_flat_nhwc_tensors(channels, width):
     """``pw_truncate_whole`` runs only assigning work (a dense layer's) with an
     element-wise function over flat NHWC tensors (element (p, c) at p·C + c), in the
-    widest vectors (16 bytes, 4 channels, 1) that divide C and align every tensor; any
-    other call scans (width 0)."""
+    widest vectors (16 bytes, 4 channels, 1) that divide C and align every tensor (added
+    work of one operand with a flat mask runs ``pw_truncate_whole_added``: see the next
+    test); any other call scans (width 0)."""
     from deltaconvert.backends.cuda.pointwise import whole_width
     from deltaconvert.delta import Delta
 
@@ -235,7 +236,9 @@ def test_whole_maps_are_dense_layers_over_flat_nhwc_tensors(channels, width):
     sent, out, acc = nhwc(channels), nhwc(channels), nhwc(channels, torch.float32)
     assert whole_width(work(nhwc(channels)), relu, shape, sent, out, acc) == width
     assert whole_width(work(nhwc(channels)), relu, shape, sent, out, None) == width
-    assert whole_width(work(nhwc(channels), assign=False), relu, shape, sent, out) == 0
+    assert whole_width(work(nhwc(channels), assign=False), relu, shape, sent, out) == width
+    two = Fused(None, [Delta(nhwc(channels), full)] * 2, [1.0, 1.0], lin=True)
+    assert whole_width(two, relu, shape, sent, out) == 0
     for code in (PixelFunction.PRODUCT, PixelFunction.LAYER_NORM):
         assert whole_width(work(nhwc(channels)), KernelFunction(code), shape, sent, out) == 0
     nchw = torch.zeros(shape, dtype=torch.float16)
@@ -254,10 +257,11 @@ def test_whole_maps_are_dense_layers_over_flat_nhwc_tensors(channels, width):
 @pytest.mark.parametrize("channels,width", [(144, 8), (20, 4), (6, 1)])
 def test_accumulated_work_runs_over_the_whole_map_by_its_flat_pixel_mask(channels, width):
     """``pw_truncate_whole_masked`` takes accumulated work (a conv's epilogue added into
-    the accumulator) of one operand whose mask is a flat (N, 1, H, W) pixel mask, over
-    flat NHWC sent values, output and accumulator, in the widest vectors that fit; a
-    broadcast or strided mask, two operands, added work (``lin``), an NCHW accumulator or
-    a product scan (width 0)."""
+    the accumulator), and ``pw_truncate_whole_added`` added work (``lin``: a dense
+    delta's), of one operand whose mask is a flat (N, 1, H, W) pixel mask, over flat NHWC
+    sent values, output and accumulator (and added values), in the widest vectors that
+    fit; a broadcast or strided mask, two operands, added values that are not flat NHWC,
+    an NCHW accumulator or a product scan (width 0)."""
     from deltaconvert.backends.cuda.pointwise import whole_width
     from deltaconvert.delta import Delta
 
@@ -273,7 +277,9 @@ def test_accumulated_work_runs_over_the_whole_map_by_its_flat_pixel_mask(channel
     assert whole_width(work(mask), relu, shape, sent, out, acc) == width
     assert whole_width(work(mask), KernelFunction(PixelFunction.PRODUCT), shape, sent, out, acc) == 0
     assert whole_width(work(mask, mask), relu, shape, sent, out, acc) == 0
-    assert whole_width(work(mask, lin=True), relu, shape, sent, out, acc) == 0
+    assert whole_width(work(mask, lin=True), relu, shape, sent, out, acc) == width
+    nchw = Fused(None, [Delta(torch.zeros(shape, dtype=torch.float16), mask)], [1.0], lin=True)
+    assert whole_width(nchw, relu, shape, sent, out, acc) == 0
     assert whole_width(work(mask.expand(2, 1, 5, 7)[:1].expand(2, 1, 5, 7)), relu, shape, sent, out, acc) == 0
     assert whole_width(work(torch.zeros(2, 1, 5, 14, dtype=torch.bool)[..., ::2]), relu, shape, sent,
                        out, acc) == 0

@@ -66,7 +66,27 @@ def accelerate(model: DeltaOpGraph, runtime: DeviceRuntime,
         op.accelerated = wrappers[name]
     for name, targets in output_list_targets(model, wrappers).items():
         wrappers[name].conv_targets = targets
+    for name, readers in dense_delta_readers(model, wrappers).items():
+        wrappers[name].delta_readers = readers
     return {name: w for name, w in wrappers.items() if w is not None}
+
+
+def dense_delta_readers(model: DeltaOpGraph, wrappers: dict[str, Accelerated | None]
+                        ) -> dict[str, list[ConvKernel]]:
+    """For each truncating or linear op, the wrappers of the convs whose first argument
+    is its output and which may run dense deltas (:mod:`.dense_layers`: 1×1, stride 1,
+    unpadded, :func:`~.conv.takes_pixel_list`), for which it writes clean outputs while
+    one does."""
+    ops = model.delta_ops()
+    readers = {}
+    for producer, users in first_arg_consumers(model).items():
+        if not isinstance(wrappers.get(producer), (Truncating, LinearPointwise)):
+            continue
+        convs = [wrappers[user] for user in users
+                 if isinstance(wrappers.get(user), ConvKernel) and takes_pixel_list(ops[user])]
+        if convs:
+            readers[producer] = convs
+    return readers
 
 
 def output_list_targets(model: DeltaOpGraph, wrappers: dict[str, Accelerated | None]

@@ -24,7 +24,9 @@ their output pixels only for a consumer that reads lists).
 
 A fused conv whose input carries its whole value (``extras["total"]``) may instead be a
 *dense layer* (:mod:`.dense_layers`): cuDNN computes ``conv(total)``, and the consumer
-assigns it, plus the bias, to its accumulator (:meth:`ConvKernel.recompute`).
+assigns it, plus the bias, to its accumulator (:meth:`ConvKernel.recompute`). Any other
+1×1 conv that keeps its pixels may run cuDNN over its whole delta map instead, a *dense
+delta* (:meth:`ConvKernel.convolve_whole_delta`).
 
 Few GEMM rows over a long reduction leave most SMs idle, so the reduction splits. A
 listed GEMM whose K allows it (:func:`listed_parts_bound`) runs
@@ -171,7 +173,8 @@ class ConvKernel(Accelerated):
     """``op.accelerated`` of a Conv2d (optionally fused into its consumer).
 
     ``plan``: the bound model's :class:`~.dense_layers.DenseLayerPlan` (None outside a
-    bound model); ``dense``: this conv's decision (None until the plan made it). A conv
+    bound model); ``dense``: this conv's decision (None until the plan made it): a dense
+    layer where the conv may be one, else a dense delta. A conv
     whose only consumer is an add fused into an activation (``feeds``) hands that add its
     whole output instead of a delta while the add is dense (:meth:`whole_output`).
     """
@@ -228,6 +231,10 @@ class ConvKernel(Accelerated):
         planned = eligible and fused and self.plan.allows(d.dtype, oh * ow, kind)
         if planned and self.dense:
             return self.recompute(op, whole, bias, d.dtype, out_shape)
+        on_delta = (not planned and self.plan is not None and conv is getattr(op, "conv", None)
+                    and keeps_pixels(conv) and self.plan.allows(d.dtype, oh * ow, "delta"))
+        if on_delta and self.dense:
+            return self.convolve_whole_delta(op, d, fused)
         if self.plan is not None:
             self.plan.require_current(op.node_name)  # the delta kernels add to its consumer's
         device = self.runtime.device
@@ -316,6 +323,8 @@ class ConvKernel(Accelerated):
                                                                     (BLOCK, 1, 1), finish)
         if planned and self.dense is None:
             self.plan.sample(self, om, dense_whole(op, whole, d.dtype), kind, whole)
+        elif on_delta and self.dense is None:
+            self.plan.sample(self, om, dense_zeros(op, d.shape, d.dtype, device), "delta")
         pixels = list_extras(rows or handed or produced)
         extras = {**op.counted_extras(counter), **pixels}
         if self.feeds is not None and bias is not None:
@@ -325,6 +334,27 @@ class ConvKernel(Accelerated):
             extras["fused"] = Fused(self.consumer[0], [Delta(out, om, pixels)], [1.0], lin=False,
                                     owns_masks=om is not d.mask)
         return Delta(out, om, extras)
+
+    def convolve_whole_delta(self, op: DeltaOp, d: Delta, fused: bool) -> Delta:
+        """A dense delta (:mod:`.dense_layers`; a 1×1 conv that keeps its pixels):
+        ``δy = conv(δ ⊙ m)`` by cuDNN over the whole map, ``δ`` zeroed outside its mask
+        ``m`` (by torch, unless the input is clean already: ``extras["clean"]``), so
+        ``δy`` is clean too and its mask is ``m``, with the input's pixel list. Fused, the
+        consumer adds ``round(δy)`` at its candidates (statistics: its kernel counts
+        them); else ``δy`` is the output (counted here from the list, or from the mask by
+        the op's statistics)."""
+        values = dense_conv(op, clean_values(d), d.dtype)
+        pixels = {key: d.extras[key] for key in ("pixels",) if key in d.extras}
+        counter = op.counter_for_kernel()
+        if fused:
+            work = Fused(self.consumer[0], [Delta(values, d.mask, pixels)], [1.0], lin=True,
+                         counter=counter)
+            return Delta(placeholder(values.shape, d.dtype, self.runtime.device), d.mask,
+                         {**op.counted_extras(counter), **pixels, "fused": work})
+        if counter is not None and pixels:
+            counter.add_(pixels["pixels"].count)
+            return Delta(values, d.mask, {**op.counted_extras(counter), **pixels, "clean": True})
+        return Delta(values, d.mask, {**pixels, "clean": True})
 
     def wants_output_list(self, op: DeltaOp, dtype: torch.dtype, out_pixels: int) -> bool:
         """Whether a call on an input of ``dtype`` (``out_pixels`` output pixels per
@@ -405,6 +435,21 @@ def dense_whole(op: DeltaOp, total: torch.Tensor, dtype: torch.dtype) -> Callabl
     and a strong reference to ``op`` would close a cycle op → wrapper → plan → op."""
     ref = weakref.ref(op)
     return lambda: dense_conv(ref(), total, dtype)
+
+
+def clean_values(d: Delta) -> torch.Tensor:
+    """``δ ⊙ m``: the values of ``d`` zeroed outside its mask; as they are where ``d`` is
+    clean already (``extras["clean"]``), else by torch."""
+    return d.values if d.extras.get("clean") else torch.where(d.mask, d.values, 0)
+
+
+def dense_zeros(op: DeltaOp, shape: Sequence[int], dtype: torch.dtype,
+                device: torch.device) -> Callable[[], torch.Tensor]:
+    """:func:`dense_conv` of zeros of the input ``shape``, computed when called: the
+    warm-up of a dense delta (cuDNN's first call for the shape, outside a capture). It
+    holds ``op`` weakly (see :func:`dense_whole`)."""
+    ref = weakref.ref(op)
+    return lambda: dense_conv(ref(), torch.zeros(tuple(shape), dtype=dtype, device=device), dtype)
 
 
 def dense_input(total: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

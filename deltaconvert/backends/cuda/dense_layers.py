@@ -28,6 +28,19 @@ may do the same for the sum: each conv source hands on ``conv(total)`` instead o
 decides like a conv, from its candidates on the first delta frame, and its conv sources
 follow its decision (``binding.dense_add_sources`` finds them at bind time).
 
+**Dense deltas.** A 1×1 conv at stride 1 without padding (``conv.keeps_pixels``) that
+cannot be a dense layer — its input is an add's or another conv's output, which carries
+no total, or it feeds no activation (MobileNetV2's expansions and projections) — may
+instead run cuDNN over its whole delta map: ``δy = conv(δ ⊙ m)`` (the input's values
+zeroed outside its mask ``m``; a 1×1 conv of that is zero outside ``m`` too, so the output
+mask is the input's, and its pixel list goes on with it). Fused into an activation, the
+activation adds ``round(δy)`` at its candidates as from a fused linear op
+(:attr:`~.constants.TruncateInput.ADD`); else ``δy`` is the output. The accumulators stay
+current (nothing to restore), and the result is the delta kernels' up to the order of the
+fp32 sums: both add ``round(Σ w·δ)`` in fp32. It decides like a dense layer, from the
+fraction :data:`DENSE_DELTA_FROM` (``DELTACONVERT_CUDA_DENSE_DELTA_FROM``; kind
+``"delta"``), since cuDNN's cost is the whole map's whatever the candidates.
+
 **Why.** At full density a delta conv and its truncation cost 2–6× cuDNN's dense conv
 (PERF_NOTES §27 b, §35): the candidate pixels of a layer decide the delta cost, and
 where most output pixels are candidates the dense conv is cheaper.
@@ -96,7 +109,14 @@ DEPTHWISE_COPY_RATIO = 5.0
 NARROW_CHANNELS = 8
 DENSE_NARROW_FROM = float(os.environ.get("DELTACONVERT_CUDA_DENSE_NARROW_FROM", "0.15"))
 
-ConvKind = Literal["conv", "narrow", "depthwise"]
+# A 1×1 conv with no dense-layer path runs cuDNN over its whole delta map (dense deltas,
+# above) from this candidate fraction: cuDNN's 1×1 conv costs the whole map, the listed
+# GEMM's cost follows the candidates at 2–3× cuDNN's per pixel. mobilenet_v2 τ=0.01 took
+# 0.921 ms at 0.3 and 0.926 at 0.5 against 1.084 without, τ=0.02 0.903 / 0.956 / 0.962;
+# lraspp τ=0.02 2.092 / 2.057 / 2.203 (PERF_NOTES §44).
+DENSE_DELTA_FROM = float(os.environ.get("DELTACONVERT_CUDA_DENSE_DELTA_FROM", "0.3"))
+
+ConvKind = Literal["conv", "narrow", "depthwise", "delta"]
 
 
 # Whether dense layers write their accumulator every frame. They never read it, so by
@@ -117,8 +137,9 @@ def conv_kind(in_per_group: int) -> ConvKind:
 
 def dense_from(kind: ConvKind = "conv") -> float:
     """The candidate fraction from which a conv of this kind turns dense (above 1: never);
-    an add decides as a ``"conv"``."""
-    return {"conv": DENSE_FROM, "narrow": DENSE_NARROW_FROM, "depthwise": DENSE_DEPTHWISE_FROM}[kind]
+    an add decides as a ``"conv"``, a dense delta as ``"delta"``."""
+    return {"conv": DENSE_FROM, "narrow": DENSE_NARROW_FROM, "depthwise": DENSE_DEPTHWISE_FROM,
+            "delta": DENSE_DELTA_FROM}[kind]
 
 
 def memory_bound(conv: Callable[[], Any], source: torch.Tensor) -> bool:

@@ -50,14 +50,15 @@ _TRUNCATE = (f"{CONV_TARGETS_BYTES}s" + "i" * 8 + _OPERAND * 2 + "PiP" + "iff" +
 
 SIGNATURES: dict[str, dict[str, str]] = {
     "pointwise": {
-        "pw_linear": "i" * 7 + _OPERAND * 2 + "Pi" + _T4 + "PPPP",
+        "pw_linear": "i" * 7 + _OPERAND * 2 + "Pi" + _T4 + "PPPPi",
         "pw_accumulate": "i" * 6 + _OPERAND + _T4,
         "pw_accumulate_flat": "iiiiPPPi",
         "pw_truncate": _TRUNCATE,
-        "pw_truncate_whole": _TRUNCATE,
-        "pw_truncate_whole_masked": _TRUNCATE,
+        "pw_truncate_whole": _TRUNCATE + "i",  # and clean
+        "pw_truncate_whole_masked": _TRUNCATE + "i",
+        "pw_truncate_whole_added": _TRUNCATE + "i",
         "pw_truncate_marking": _TRUNCATE,
-        "pw_truncate_whole_marking": _TRUNCATE,
+        "pw_truncate_whole_marking": _TRUNCATE + "i",
         "pw_restart": "iiffPPPi",
     },
     "sparsify": {

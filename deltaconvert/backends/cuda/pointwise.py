@@ -112,10 +112,11 @@ def add_operand(args: Args, d: Delta | None, coef: float, out_shape: Sequence[in
 
 def linear(runtime: DeviceRuntime, op: DeltaOp, operands: Sequence[Delta], coefs: Sequence[float],
            scale: torch.Tensor | None, out_shape: Sequence[int],
-           list_count: torch.Tensor | None = None) -> Delta:
+           list_count: torch.Tensor | None = None, clean: bool = False) -> Delta:
     """``δy = scale[c] · Σ coefs[i] · operands[i]`` on the union of their masks (the
     output of ``op``, whose update counter the kernel adds to), its pixels listed when
-    ``list_count`` is a list-count slot (:mod:`.worklist`)."""
+    ``list_count`` is a list-count slot (:mod:`.worklist`); with ``clean``, zero at
+    every other pixel, and the output says so (``extras["clean"]``)."""
     dtype, device = operands[0].dtype, runtime.device
     n, c, h, w = shape4(out_shape)
     out, om = new_values(out_shape, dtype, device), new_mask(out_shape, device)
@@ -129,8 +130,9 @@ def linear(runtime: DeviceRuntime, op: DeltaOp, operands: Sequence[Delta], coefs
     counter = op.counter_for_kernel()
     listed = new_list(n * h * w, list_count)
     args.tensor(out, strides4(out)).ptr(om).ptr(counter).extend(list_args(op.node_name, listed))
-    kernel(runtime, "pointwise", "pw_linear", dtype)(grid, block, args)
-    return Delta(out, om, {**op.counted_extras(counter), **list_extras(listed)})
+    kernel(runtime, "pointwise", "pw_linear", dtype)(grid, block, args.ints(int(clean)))
+    extras = {**op.counted_extras(counter), **list_extras(listed)}
+    return Delta(out, om, {**extras, "clean": True} if clean else extras)
 
 
 def accumulate(runtime: DeviceRuntime, layer: str, d: Delta, acc: torch.Tensor) -> None:
@@ -165,13 +167,15 @@ def truncate(runtime: DeviceRuntime, op: DeltaOp, dtype: torch.dtype, out_shape:
              fn: KernelFunction, work: Fused, acc: Sequence[torch.Tensor], sent: torch.Tensor,
              norm: tuple[torch.Tensor, torch.Tensor] | tuple[None, None],
              list_count: torch.Tensor | None = None, arena: FrameArena | None = None,
-             targets: Sequence[tuple[DeltaOp, Accelerated]] = ()) -> Delta:
+             targets: Sequence[tuple[DeltaOp, Accelerated]] = (), clean: bool = False) -> Delta:
     """One launch of ``pw_truncate`` (see pointwise.cu) for ``op``'s pixels of
     ``out_shape``; it counts ``op``'s updates and those of a fused linear producer
     (``work.counter``), lists the emitted pixels when ``list_count`` is a list-count
     slot (:mod:`.worklist`), and marks the outputs of the ``targets`` convs
     (:mod:`.output_lists`: the ``…_marking`` kernels, over channel vectors only), which
-    its output hands on as ``extras["output_lists"]``.
+    its output hands on as ``extras["output_lists"]``. With ``clean``, a whole-map
+    kernel writes zeros where it emits nothing, and the output says so
+    (``extras["clean"]``: zero outside its mask, for a dense delta downstream).
     Over listed candidates it runs a persistent grid of one wave,
     and its output mask starts clear: the candidates' own when it owns them, else a region
     of ``arena`` (zeroed at the frame's start; without an arena, a memset here)."""
@@ -221,15 +225,25 @@ def truncate(runtime: DeviceRuntime, op: DeltaOp, dtype: torch.dtype, out_shape:
     args.tensor(out, strides4(out)).ptr(om).ptr(counter).ptr(work.counter)
     args.extend(list_args(op.node_name, listed)).extend(list_args(op.node_name, candidates))
     args.ints(width)
-    name = (("pw_truncate_whole" + ("" if work.assign else "_masked")) if whole else "pw_truncate"
-            ) + ("_marking" if marked.outputs else "")
+    if whole:
+        args.ints(int(clean))
+    name = ((WHOLE_KERNELS[work.input_mode] if whole else "pw_truncate")
+            + ("_marking" if marked.outputs else ""))
     kernel(runtime, "pointwise", name, dtype)(grid, block, args)
     # ``total``: the whole tensor this delta updates (the values sent so far), which a
     # dense layer downstream recomputes from (:mod:`.dense_layers`).
     extras = {**op.counted_extras(counter), **list_extras(listed), "total": sent}
+    if clean and whole:
+        extras["clean"] = True
     if marked.outputs:
         extras["output_lists"] = marked.outputs
     return Delta(out, om, extras)
+
+
+# The whole-map truncation kernel of each input mode (truncate_whole in pointwise.cu).
+WHOLE_KERNELS = {TruncateInput.ASSIGN: "pw_truncate_whole",
+                 TruncateInput.ACCUMULATED: "pw_truncate_whole_masked",
+                 TruncateInput.ADD: "pw_truncate_whole_added"}
 
 
 def whole_width(work: Fused, fn: KernelFunction, out_shape: Sequence[int],
@@ -238,21 +252,20 @@ def whole_width(work: Fused, fn: KernelFunction, out_shape: Sequence[int],
     ``pw_truncate_whole_masked`` (``truncate_whole`` in pointwise.cu: threads flat over a
     whole map's elements), or 0 where neither applies. Whole maps are, with an
     element-wise function: the assigning work of dense layers (every operand mask full,
-    :mod:`.dense_layers`; ``pw_truncate_whole``), and accumulated work (a conv's epilogue
-    added into the accumulator) whose candidates are the pixels of one operand's mask,
-    itself flat (N, 1, H, W) (``…_masked``); over flat NHWC tensors
-    (:func:`~.tensors.flat_nhwc`: the assigned operands' values and ``tensors``, None for
-    absent ones, the accumulator among them where the kernel reads it) of fewer than 2³¹
-    elements. The width is the widest of one 16-byte vector, 4 channels and 1 that
+    :mod:`.dense_layers`; ``pw_truncate_whole``), and accumulated or added work (a conv's
+    epilogue added into the accumulator, or one operand to add: a dense delta's) whose
+    candidates are the pixels of one operand's mask, itself flat (N, 1, H, W)
+    (``…_masked``); over flat NHWC tensors (:func:`~.tensors.flat_nhwc`: the assigned or
+    added operands' values and ``tensors``, None for absent ones, the accumulator among
+    them where the kernel reads it) of fewer than 2³¹ elements. The width is the widest of one 16-byte vector, 4 channels and 1 that
     divides C and aligns every tensor."""
     if fn.code >= PixelFunction.PRODUCT:
         return 0
     given = [t for t in tensors if t is not None]
     if work.assign:
         present = [d.values for d in work.operands] + given
-    elif (work.input_mode == TruncateInput.ACCUMULATED and len(work.operands) == 1
-          and flat_nhwc(work.operands[0].mask, mask_shape(tuple(out_shape)))):
-        present = given
+    elif len(work.operands) == 1 and flat_nhwc(work.operands[0].mask, mask_shape(tuple(out_shape))):
+        present = given + ([work.operands[0].values] if work.lin else [])
     else:
         return 0
     if math.prod(out_shape) >= 2**31 or not all(flat_nhwc(t, out_shape) for t in present):
@@ -333,10 +346,13 @@ class Truncating(Accelerated):
     """A Nonlinear op with one varying input and a kernel-supported ``fn``.
 
     ``conv_targets``: the convs (op, wrapper) reading its output whose output masks and
-    lists it writes (:mod:`.output_lists`; set at bind time).
+    lists it writes (:mod:`.output_lists`; set at bind time). ``delta_readers``: the
+    wrappers of the 1×1 convs reading it that may run dense deltas (set at bind time);
+    while one does, its output is clean where the whole-map kernels run.
     """
 
     conv_targets: Sequence[tuple[DeltaOp, Accelerated]] = ()
+    delta_readers: Sequence[Accelerated] = ()
 
     def __init__(self, runtime: DeviceRuntime, op: DeltaOp, consumer: Consumer | None = None) -> None:
         super().__init__(runtime, op, consumer)
@@ -364,8 +380,9 @@ class Truncating(Accelerated):
         norm = self.function.norm
         vectors = ((self.vectors.get(norm.weight), self.vectors.get(norm.bias))
                    if norm is not None else (None, None))
+        clean = any(reader.dense for reader in self.delta_readers)
         return truncate(self.runtime, op, d.dtype, d.shape, self.function, work, acc, sent,
-                        vectors, self.list_count, self.arena, self.conv_targets)
+                        vectors, self.list_count, self.arena, self.conv_targets, clean)
 
     def dense_in_place(self, op: DeltaOp, *args: Any, **kwargs: Any) -> Any:
         """A dense restart of a running sequence: ``a ← x`` and ``o ← f(x)`` from one read
@@ -436,6 +453,9 @@ class LinearPointwise(Accelerated):
     # decision. Its conv sources know it (``ConvKernel.feeds``); it does not know them.
     plan: Any = None
     dense: bool | None = None
+    # The 1×1 convs reading its output that may run dense deltas (set at bind time):
+    # while one does, its output is clean (zero outside its mask).
+    delta_readers: Sequence[Accelerated] = ()
 
     def __init__(self, runtime: DeviceRuntime, op: DeltaOp, consumer: Consumer | None = None) -> None:
         super().__init__(runtime, op, consumer)
@@ -504,7 +524,8 @@ class LinearPointwise(Accelerated):
                 # capture, which would replay its kernels every frame.
                 self.shift([(d.extras.get("bias"), k) for d, k in zip(operands, coefs)])
             return Delta(placeholder(out_shape, dtype, self.runtime.device), mask, extras)
-        return linear(self.runtime, op, operands, coefs, scale, out_shape, self.list_count)
+        clean = any(reader.dense for reader in self.delta_readers)
+        return linear(self.runtime, op, operands, coefs, scale, out_shape, self.list_count, clean)
 
     def assign_wholes(self, op: DeltaOp, operands: Sequence[Delta], coefs: Sequence[float],
                       out_shape: Sequence[int]) -> Delta:
