@@ -430,9 +430,10 @@ __device__ __forceinline__ void truncate_whole(TruncateShared &sm, TRUNC_PARAMS,
             local[k] = i < items ? i * V / C : -1;
             if (MASKED && local[k] >= 0 && !m0[base + local[k]]) local[k] = -1;
             if (local[k] < 0) continue;
-            if constexpr (MASKED) {
+            if constexpr (INPUT == TRUNC_IN_ADD) {
+                load_packed<V>(v0 + e[k], x[k]);  // a0 is read where it is added to
+            } else if constexpr (MASKED) {
                 load_vec<V>(a0 + e[k], acc[k]);
-                if (INPUT == TRUNC_IN_ADD) load_packed<V>(v0 + e[k], x[k]);
             } else {
                 load_packed<V>(v0 + e[k], x[k]);
                 if (n_ops > 1) load_packed<V>(v1 + e[k], y[k]);
@@ -445,6 +446,7 @@ __device__ __forceinline__ void truncate_whole(TruncateShared &sm, TRUNC_PARAMS,
             float t[V] = {};  // a, rounded to the model dtype
             if constexpr (MASKED) {
                 if constexpr (INPUT == TRUNC_IN_ADD) {
+                    load_vec<V>(a0 + e[k], acc[k]);
                     float s[V];
 #pragma unroll
                     for (int j = 0; j < V; ++j) s[j] = k0 * x[k].get(j);
