@@ -351,10 +351,11 @@ class ConvKernel(Accelerated):
                          counter=counter)
             return Delta(placeholder(values.shape, d.dtype, self.runtime.device), d.mask,
                          {**op.counted_extras(counter), **pixels, "fused": work})
+        extras = {**pixels, "clean": True}
         if counter is not None and pixels:
             counter.add_(pixels["pixels"].count)
-            return Delta(values, d.mask, {**op.counted_extras(counter), **pixels, "clean": True})
-        return Delta(values, d.mask, {**pixels, "clean": True})
+            extras.update(op.counted_extras(counter))
+        return Delta(values, d.mask, extras)
 
     def wants_output_list(self, op: DeltaOp, dtype: torch.dtype, out_pixels: int) -> bool:
         """Whether a call on an input of ``dtype`` (``out_pixels`` output pixels per
