@@ -70,16 +70,25 @@ class Accelerated:
     a fusing producer hands its work to, None otherwise. ``list_count``: the count slot
     of the pixel work list this op's kernel may fill (:mod:`.worklist`), None: no list.
     ``arena``: the bound model's per-frame zeroed memory (:mod:`.arena`), None outside a
-    bound model (the wrapper then zeroes what it needs itself).
+    bound model (the wrapper then zeroes what it needs itself). ``delta_readers``: the
+    wrappers of the 1×1 convs reading this op's output that may run dense deltas
+    (:mod:`.dense_layers`; set at bind time for truncating and linear ops).
     """
 
     list_count: torch.Tensor | None = None
     arena: FrameArena | None = None
+    delta_readers: Sequence[Accelerated] = ()
 
     def __init__(self, runtime: DeviceRuntime, op: DeltaOp,
                  consumer: Consumer | None = None) -> None:
         self.runtime = runtime
         self.consumer = consumer
+
+    @property
+    def writes_clean(self) -> bool:
+        """Whether this op's output should be clean (zero outside its mask): one of its
+        :attr:`delta_readers` runs a dense delta (decided per sequence)."""
+        return any(reader.dense for reader in self.delta_readers)
 
     def __call__(self, op: DeltaOp, *args: Any, **kwargs: Any) -> Any:
         out = self.run(op, *args, **kwargs)

@@ -132,7 +132,9 @@ def linear(runtime: DeviceRuntime, op: DeltaOp, operands: Sequence[Delta], coefs
     args.tensor(out, strides4(out)).ptr(om).ptr(counter).extend(list_args(op.node_name, listed))
     kernel(runtime, "pointwise", "pw_linear", dtype)(grid, block, args.ints(int(clean)))
     extras = {**op.counted_extras(counter), **list_extras(listed)}
-    return Delta(out, om, {**extras, "clean": True} if clean else extras)
+    if clean:
+        extras["clean"] = True
+    return Delta(out, om, extras)
 
 
 def accumulate(runtime: DeviceRuntime, layer: str, d: Delta, acc: torch.Tensor) -> None:
@@ -248,17 +250,17 @@ WHOLE_KERNELS = {TruncateInput.ASSIGN: "pw_truncate_whole",
 
 def whole_width(work: Fused, fn: KernelFunction, out_shape: Sequence[int],
                 *tensors: torch.Tensor | None) -> int:
-    """The channels per vector load of ``pw_truncate_whole`` or
-    ``pw_truncate_whole_masked`` (``truncate_whole`` in pointwise.cu: threads flat over a
-    whole map's elements), or 0 where neither applies. Whole maps are, with an
-    element-wise function: the assigning work of dense layers (every operand mask full,
-    :mod:`.dense_layers`; ``pw_truncate_whole``), and accumulated or added work (a conv's
-    epilogue added into the accumulator, or one operand to add: a dense delta's) whose
-    candidates are the pixels of one operand's mask, itself flat (N, 1, H, W)
-    (``…_masked``); over flat NHWC tensors (:func:`~.tensors.flat_nhwc`: the assigned or
-    added operands' values and ``tensors``, None for absent ones, the accumulator among
-    them where the kernel reads it) of fewer than 2³¹ elements. The width is the widest of one 16-byte vector, 4 channels and 1 that
-    divides C and aligns every tensor."""
+    """The channels per vector load of the whole-map truncations (:data:`WHOLE_KERNELS`,
+    ``truncate_whole`` in pointwise.cu: threads flat over a whole map's elements), or 0
+    where none applies. Whole maps are, with an element-wise function: the assigning work
+    of dense layers (every operand mask full, :mod:`.dense_layers`;
+    ``pw_truncate_whole``), and accumulated or added work (a conv's epilogue added into
+    the accumulator, ``…_masked``; one operand to add, a dense delta's, ``…_added``)
+    whose candidates are the pixels of one operand's mask, itself flat (N, 1, H, W); over
+    flat NHWC tensors (:func:`~.tensors.flat_nhwc`: the assigned or added operands'
+    values and ``tensors``, None for absent ones, the accumulator among them where the
+    kernel reads it) of fewer than 2³¹ elements. The width is the widest of one 16-byte
+    vector, 4 channels and 1 that divides C and aligns every tensor."""
     if fn.code >= PixelFunction.PRODUCT:
         return 0
     given = [t for t in tensors if t is not None]
@@ -346,13 +348,11 @@ class Truncating(Accelerated):
     """A Nonlinear op with one varying input and a kernel-supported ``fn``.
 
     ``conv_targets``: the convs (op, wrapper) reading its output whose output masks and
-    lists it writes (:mod:`.output_lists`; set at bind time). ``delta_readers``: the
-    wrappers of the 1×1 convs reading it that may run dense deltas (set at bind time);
-    while one does, its output is clean where the whole-map kernels run.
+    lists it writes (:mod:`.output_lists`; set at bind time). Its output is clean where
+    :attr:`writes_clean` and the whole-map kernels run.
     """
 
     conv_targets: Sequence[tuple[DeltaOp, Accelerated]] = ()
-    delta_readers: Sequence[Accelerated] = ()
 
     def __init__(self, runtime: DeviceRuntime, op: DeltaOp, consumer: Consumer | None = None) -> None:
         super().__init__(runtime, op, consumer)
@@ -380,9 +380,9 @@ class Truncating(Accelerated):
         norm = self.function.norm
         vectors = ((self.vectors.get(norm.weight), self.vectors.get(norm.bias))
                    if norm is not None else (None, None))
-        clean = any(reader.dense for reader in self.delta_readers)
         return truncate(self.runtime, op, d.dtype, d.shape, self.function, work, acc, sent,
-                        vectors, self.list_count, self.arena, self.conv_targets, clean)
+                        vectors, self.list_count, self.arena, self.conv_targets,
+                        self.writes_clean)
 
     def dense_in_place(self, op: DeltaOp, *args: Any, **kwargs: Any) -> Any:
         """A dense restart of a running sequence: ``a ← x`` and ``o ← f(x)`` from one read
@@ -453,9 +453,6 @@ class LinearPointwise(Accelerated):
     # decision. Its conv sources know it (``ConvKernel.feeds``); it does not know them.
     plan: Any = None
     dense: bool | None = None
-    # The 1×1 convs reading its output that may run dense deltas (set at bind time):
-    # while one does, its output is clean (zero outside its mask).
-    delta_readers: Sequence[Accelerated] = ()
 
     def __init__(self, runtime: DeviceRuntime, op: DeltaOp, consumer: Consumer | None = None) -> None:
         super().__init__(runtime, op, consumer)
@@ -524,8 +521,8 @@ class LinearPointwise(Accelerated):
                 # capture, which would replay its kernels every frame.
                 self.shift([(d.extras.get("bias"), k) for d, k in zip(operands, coefs)])
             return Delta(placeholder(out_shape, dtype, self.runtime.device), mask, extras)
-        clean = any(reader.dense for reader in self.delta_readers)
-        return linear(self.runtime, op, operands, coefs, scale, out_shape, self.list_count, clean)
+        return linear(self.runtime, op, operands, coefs, scale, out_shape, self.list_count,
+                      self.writes_clean)
 
     def assign_wholes(self, op: DeltaOp, operands: Sequence[Delta], coefs: Sequence[float],
                       out_shape: Sequence[int]) -> Delta:
