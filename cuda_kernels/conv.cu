@@ -288,23 +288,59 @@ __device__ __forceinline__ scalar_t gather_a(int kg, int K, int cin_g, int KW, b
     return xg[off4(n, ci, iy, ix, xN, xC, xH, xW)];
 }
 
+// Where one thread's A vector of successive reduction chunks lies: its reduction index
+// k (k0 + the thread's channel offset c) is channel ci of kernel tap r = kh·KW + kw,
+// which reads input pixel (iy, ix) = (y0 + kh·dh, x0 + kw·dw) of the row's window at
+// (y0, x0); r ≥ KH·KW where k ≥ K. start() divides; step() moves on by a chunk (TC_K)
+// without a division — a block visits its chunks in order — so a long reduction (a 3×3
+// conv over 512 channels: 144 chunks) costs no integer division per chunk.
+struct TapCursor {
+    int ci, r, kw, iy, ix;
+    __device__ __forceinline__ void start(int k, int cin_g, int KW, int y0, int x0, int dh, int dw) {
+        r = k / cin_g;
+        ci = k - r * cin_g;
+        const int kh = r / KW;
+        kw = r - kh * KW;
+        iy = y0 + kh * dh;
+        ix = x0 + kw * dw;
+    }
+    __device__ __forceinline__ void step(int cin_g, int KW, int dh, int dw) {
+        ci += TC_K;
+        while (ci >= cin_g) {  // at most ceil(TC_K / cin_g) taps on
+            ci -= cin_g;
+            ++r;
+            ix += dw;
+            if (++kw == KW) {
+                kw = 0;
+                ix -= KW * dw;
+                iy += dh;
+            }
+        }
+    }
+};
+
 // The address of an A-tile row segment: the vector of reduction indices [k, k + width)
-// (k = k0 + c; 4 floats or 8 halves) for the pixel of sample n whose window starts at
-// (y0, x0), or null where it is zero (inactive pixel, k ≥ K, tap not updated). With
+// (4 floats or 8 halves) at cursor `at` for the pixel of sample n, or null where it is
+// zero (inactive pixel, k ≥ K, i.e. tap r ≥ R = KH·KW, or tap not updated). With
 // CONV_VECTOR_A, Cin_g is a multiple of the width, so a vector lies in one kernel tap and
 // its channels are contiguous; vectors at k ≥ K (the end of a short reduction, e.g. a
 // 1×1 conv over 16 or 24 channels) are zero.
 template <typename Taps>
+__device__ __forceinline__ const scalar_t *a_vector_at(const TapCursor &at, int R, bool pixel_active, int n,
+                                                       const Taps &taps, const scalar_t *xg, int xN, int xH,
+                                                       int xW) {
+    if (!pixel_active || at.r >= R || !taps(at.r, at.iy, at.ix)) return nullptr;
+    return xg + n * xN + at.iy * xH + at.ix * xW + at.ci;
+}
+// ... at reduction index k0 + c of the window at (y0, x0) (one chunk, no cursor kept).
+template <typename Taps>
 __device__ __forceinline__ const scalar_t *a_vector_at(int k0, int K, int cin_g, int KW, bool pixel_active, int n,
                                                        int y0, int x0, int dh, int dw, const Taps &taps, int c,
                                                        const scalar_t *xg, int xN, int xH, int xW) {
-    const int k = k0 + c;
-    if (!pixel_active || k >= K) return nullptr;
-    const int r = k / cin_g;
-    const int kh = r / KW;
-    const int iy = y0 + kh * dh, ix = x0 + (r - kh * KW) * dw;
-    if (!taps(r, iy, ix)) return nullptr;
-    return xg + n * xN + iy * xH + ix * xW + (k - r * cin_g);
+    if (!pixel_active || k0 + c >= K) return nullptr;
+    TapCursor at;
+    at.start(k0 + c, cin_g, KW, y0, x0, dh, dw);
+    return a_vector_at(at, K / cin_g, pixel_active, n, taps, xg, xN, xH, xW);
 }
 
 // The vector a_vector_at addresses, loaded (zero where it is null).
@@ -459,7 +495,8 @@ __device__ __forceinline__ void conv_gemm_cuda_cores(CONV_PARAMS) {
 // block's A elements of the reduction chunk starting at k0 into the caller's registers
 // and `stage(As)` writes them to a stage; `source(k0)` is the address of this thread's
 // 16-byte A vector of that chunk (row tid / 4, channels 8·(tid % 4)..+7; null: zero),
-// for rows of 16-byte vectors (CONV_VECTOR_A). `row_at(p)` is row p's output pixel,
+// for rows of 16-byte vectors (CONV_VECTOR_A), called for the chunks k_begin, k_begin +
+// TC_K, … in order (the row sources step a TapCursor). `row_at(p)` is row p's output pixel,
 // computed where active[p].
 //
 // With 16-byte A and B vectors (CONV_VECTOR_A and CONV_VECTOR_B) the chunks flow through
@@ -642,8 +679,13 @@ __device__ __forceinline__ void conv_gemm_tensor_cores(CONV_PARAMS) {
     const int vy = (t.ty0 + vp / TILE) * sh - pt, vx = (t.tx0 + vp % TILE) * sw - pl;
     uint4 a_vec;
     T a_next[8];
-    auto source = [&](int k0) {
-        return a_vector_at(k0, gb.K, gb.cin_g, KW, vok, t.n, vy, vx, dh, dw, t, 8 * (tid & 3), xg, xN, xH, xW);
+    TapCursor at;
+    auto source = [&](int k0) {  // k0: gb.k_begin, then on by TC_K
+        if (k0 == gb.k_begin)
+            at.start(k0 + 8 * (tid & 3), gb.cin_g, KW, vy, vx, dh, dw);
+        else
+            at.step(gb.cin_g, KW, dh, dw);
+        return a_vector_at(at, KH * KW, vok, t.n, t, xg, xN, xH, xW);
     };
     auto fetch = [&](int k0) {
         if (mode & CONV_VECTOR_A) {
@@ -737,6 +779,9 @@ __device__ __forceinline__ void conv_gemm_listed_tc(CONV_PARAMS, const int *list
     __shared__ __align__(32) TcShared<T> smem;
 
     const int tid = threadIdx.x, listed = *count;
+    // A 1×1 conv at stride 1 without padding reads one input pixel per row, its own, and a
+    // listed row is a candidate, so that pixel is updated: its one tap is on, no mask read.
+    const bool pixelwise = KH == 1 && KW == 1 && sh == 1 && sw == 1 && pt == 0 && pl == 0;
     // (Without PARTS: one part, slots = gridDim.x, so that no register holds them.)
     const int blocks = gridDim.x * gridDim.z, b = blockIdx.x + gridDim.x * blockIdx.z;
     const int parts = PARTS ? listed_parts(splits, blocks, listed) : 1;
@@ -752,9 +797,13 @@ __device__ __forceinline__ void conv_gemm_listed_tc(CONV_PARAMS, const int *list
     RowTaps vt{0ull};
     uint4 a_vec;  // the chunk's A elements: one vector, or eight scalars (fewer live registers)
     T *const a_next = reinterpret_cast<T *>(&a_vec);
-    auto source = [&](int k0) {
-        return a_vector_at(k0, gb.K, gb.cin_g, KW, active[vp], vn, vy, vx, dh, dw, vt, 8 * (tid & 3), xg, xN, xH,
-                           xW);
+    TapCursor at;
+    auto source = [&](int k0) {  // k0: gb.k_begin, then on by TC_K (each row tile)
+        if (k0 == gb.k_begin)
+            at.start(k0 + 8 * (tid & 3), gb.cin_g, KW, vy, vx, dh, dw);
+        else
+            at.step(gb.cin_g, KW, dh, dw);
+        return a_vector_at(at, KH * KW, active[vp], vn, vt, xg, xN, xH, xW);
     };
     auto fetch = [&](int k0) {
         if (mode & CONV_VECTOR_A) {
@@ -785,11 +834,13 @@ __device__ __forceinline__ void conv_gemm_listed_tc(CONV_PARAMS, const int *list
             const Pixel q = pixel_at(on ? list[r0 + tid] : 0, OH, OW);
             rows[tid] = RowCoord{q.n, q.y, q.x};
             active[tid] = on;
-            taps[tid] = 0ull;
+            taps[tid] = pixelwise && on;
         }
         __syncthreads();
-        listed_row_taps(rows, active, taps, H, W, KH, KW, sh, sw, pt, pl, dh, dw, m, mN, mH, mW);
-        __syncthreads();
+        if (!pixelwise) {
+            listed_row_taps(rows, active, taps, H, W, KH, KW, sh, sw, pt, pl, dh, dw, m, mN, mH, mW);
+            __syncthreads();
+        }
         vn = rows[vp].n;
         vy = rows[vp].oy * sh - pt;
         vx = rows[vp].ox * sw - pl;
