@@ -2,7 +2,11 @@
 ``cuLaunchKernelEx`` with the programmatic-stream-serialization attribute, so that the
 next kernel on the stream launches, and its blocks become resident, while the kernel
 before it still runs; captured into a CUDA graph, the attribute becomes a programmatic
-edge. ``DELTACONVERT_CUDA_PDL=1`` turns it on (off by default until measured).
+edge. Kernels launch this way while a CUDA graph is captured (``Kernel.__call__`` in
+:mod:`.kernels`), where the edges save each replayed kernel part of its launch: mobilenet_v2
+at τ=0.1 0.754 → 0.718 ms per frame, nothing at work ≥ 0.5 (PERF_NOTES §45 f). Eager
+frames launch through PyCUDA, whose host cost per launch is below the ctypes path's.
+``DELTACONVERT_CUDA_PDL=0`` turns it off.
 
 Every entry point of ``cuda_kernels/`` starts with ``DC_GRID_START()`` (common.cuh): it
 waits until the previous kernel on the stream has completed and its writes are visible
@@ -24,7 +28,7 @@ import os
 import struct
 from typing import Sequence
 
-ENABLED = os.environ.get("DELTACONVERT_CUDA_PDL", "0") == "1"
+ENABLED = os.environ.get("DELTACONVERT_CUDA_PDL", "1") == "1"
 
 _PROGRAMMATIC_STREAM_SERIALIZATION = 6  # CUlaunchAttributeID
 _PARAM_BUFFER_POINTER, _PARAM_BUFFER_SIZE, _PARAM_END = 1, 2, 0

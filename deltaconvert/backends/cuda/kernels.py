@@ -11,8 +11,8 @@
   and block against the device limits, int32 ranges and the stream, raising errors that
   name the layer. ``tests/ops/test_kernel_sources.py`` checks :data:`SIGNATURES`
   against the CUDA sources.
-* With ``DELTACONVERT_CUDA_PDL=1`` kernels launch as programmatic dependent launches
-  (:mod:`.dependent_launch`) instead of through PyCUDA.
+* While a CUDA graph is captured, kernels launch as programmatic dependent launches
+  (:mod:`.dependent_launch`; ``DELTACONVERT_CUDA_PDL=0``: never), else through PyCUDA.
 """
 from __future__ import annotations
 
@@ -206,7 +206,7 @@ class Kernel:
             raise ValueError(f"{layer}: invalid block {block} for {self.name}")
         self.runtime.check_stream(layer)
         stream, handle = self.runtime.launch_stream()
-        if self.dependent is not None:
+        if self.dependent is not None and torch.cuda.is_current_stream_capturing():
             self.dependent.launch(grid, block, handle, args.values)
         else:
             self.function.prepared_async_call(grid, block, stream, *args.values)
