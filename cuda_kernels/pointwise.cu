@@ -153,11 +153,13 @@ extern "C" __global__ void pw_accumulate_flat(int count, int C, int HW, int nhwc
 // With in_mode ACCUMULATED the operands contribute only their masks (inputs already
 // accumulated, e.g. by a convolution epilogue or pw_accumulate). (TruncateInput in
 // deltaconvert/backends/cuda/constants.py.) Masks of non-emitted pixels are 0.
-// Update counters (may be null): `counter` += emitted pixels, `cand_counter` += candidate
-// pixels (the mask of a fused linear producer, the OR of the operand masks). Emitted
-// pixels are appended to out_list (may be null: see list_append in common.cuh), and the
-// output pixels of the `targets` convs that read them are marked in those convs' masks
-// and lists (mark_conv_outputs in common.cuh; the …_marking kernels only). With
+// out may be null: no δy is stored (every reader of the output reads its total, the
+// sent values o). Update counters (may be null): `counter` += emitted pixels,
+// `cand_counter` += candidate pixels (the mask of a fused linear producer, the OR of the
+// operand masks). Emitted pixels are appended to out_list (may be null: see
+// list_append in common.cuh), and the output pixels of the `targets` convs that read
+// them are marked in those convs' masks and lists (mark_conv_outputs in common.cuh; the
+// …_marking kernels only). With
 // in_list (else null) the candidates are the pixels listed there instead of a mask scan:
 // one operand whose mask that list holds, om zeroed by the host, N·H·W < 2^29 (tags).
 // vec: the channels of one vector load, 4 where C, every channel stride and every
@@ -366,7 +368,7 @@ __device__ __forceinline__ void truncate_window(TruncateShared &sm, int base, in
 #pragma unroll
                     for (int j = 0; j < V; ++j) dy[j] = v[i][j] - sent[i][j];
                     store_vec<V>(o + off4(n, c, y, x, sN, sC, sH, sW), v[i]);  // exact: v is rounded
-                    store_vec<V>(out + off4(n, c, y, x, oN, oC, oH, oW), dy);
+                    if (out) store_vec<V>(out + off4(n, c, y, x, oN, oC, oH, oW), dy);
                 }
             }
         }
@@ -481,7 +483,7 @@ __device__ __forceinline__ void truncate_whole(TruncateShared &sm, TRUNC_PARAMS,
 #pragma unroll
         for (int k = 0; k < TRUNC_WHOLE_ITEMS; ++k) {
             if (local[k] < 0 || !peaks[local[k]]) {
-                if (clean && e[k] - first < items * V) {
+                if (clean && out && e[k] - first < items * V) {
                     const float zero[V] = {};
                     store_vec<V>(out + e[k], zero);
                 }
@@ -491,7 +493,7 @@ __device__ __forceinline__ void truncate_whole(TruncateShared &sm, TRUNC_PARAMS,
 #pragma unroll
             for (int j = 0; j < V; ++j) dy[j] = x[k].get(j) - sent[k].get(j);
             store_packed<V>(o + e[k], x[k]);
-            store_vec<V>(out + e[k], dy);
+            if (out) store_vec<V>(out + e[k], dy);
         }
         if (pixel_here) {
             const int emit = peaks[threadIdx.x] != 0;

@@ -127,6 +127,10 @@ def test_dense_layers_match_the_delta_kernels_and_the_original(poisoned, monkeyp
     # warm-up call, the capture, then replays that call no Python)
     expected_calls = 1 + 1 + (1 if graph else FRAMES - 2)
     assert all(calls[name] == expected_calls for name in ELIGIBLE), calls
+    # The ReLU before conv 4 feeds that dense layer alone: it stores no delta (conv 4
+    # reads its total); the SiLU after conv 4 feeds conv 6, which reads its delta.
+    relu, silu = (model.delta_ops()[name].accelerated for name in ("3", "5"))
+    assert not relu.writes_delta and silu.writes_delta
     assert_matches(got, reference, net, frames)
 
 

@@ -68,7 +68,26 @@ def accelerate(model: DeltaOpGraph, runtime: DeviceRuntime,
         wrappers[name].conv_targets = targets
     for name, readers in dense_delta_readers(model, wrappers).items():
         wrappers[name].delta_readers = readers
+    for name, convs in total_readers(model, wrappers).items():
+        wrappers[name].total_readers = convs
     return {name: w for name, w in wrappers.items() if w is not None}
+
+
+def total_readers(model: DeltaOpGraph, wrappers: dict[str, Accelerated | None]
+                  ) -> dict[str, list[ConvKernel]]:
+    """For each truncating op whose output is read by convs alone — each taking it as
+    its one argument; no other op and no model output reads it — those convs' wrappers:
+    while every one of them reads only the total (a dense layer,
+    :attr:`~.conv.ConvKernel.reads_total_only`), the op stores no delta."""
+    readers = {}
+    for node in model.graph.nodes:
+        if node.op != "call_module" or not isinstance(wrappers.get(node.target), Truncating):
+            continue
+        users = list(node.users)
+        if users and all(user.op == "call_module" and isinstance(wrappers.get(user.target), ConvKernel)
+                         and user.args == (node,) and not user.kwargs for user in users):
+            readers[node.target] = [wrappers[user.target] for user in users]
+    return readers
 
 
 def dense_delta_readers(model: DeltaOpGraph, wrappers: dict[str, Accelerated | None]

@@ -54,7 +54,7 @@ from ...ops.conv import Conv2d
 from .base import Accelerated, Consumer, Fused
 from .constants import (BLOCK, DW_CO, GEMM_CO, LIST_TILE, LISTED_TAPS, RESIDENT_BLOCKS, TILE,
                         ConvMode)
-from .dense_layers import DenseLayerPlan, assigned_restoration, conv_kind
+from .dense_layers import ConvKind, DenseLayerPlan, assigned_restoration, conv_kind
 from .device import DeviceRuntime
 from .kernels import Args, kernel
 from .output_lists import conv_geometry
@@ -174,7 +174,10 @@ class ConvKernel(Accelerated):
 
     ``plan``: the bound model's :class:`~.dense_layers.DenseLayerPlan` (None outside a
     bound model); ``dense``: this conv's decision (None until the plan made it): a dense
-    layer where the conv may be one, else a dense delta. A conv
+    layer where the conv may be one, else a dense delta; ``layer_call``: the (dtype,
+    output pixels, kind) of the call that sampled it as a dense layer (None: it sampled
+    as a dense delta, or not yet), so :attr:`reads_total_only` can be known before the
+    conv's next call. A conv
     whose only consumer is an add fused into an activation (``feeds``) hands that add its
     whole output instead of a delta while the add is dense (:meth:`whole_output`).
     """
@@ -186,7 +189,16 @@ class ConvKernel(Accelerated):
         super().__init__(runtime, op, consumer)
         self._packed: tuple[tuple, torch.Tensor] | None = None
         self.dense: bool | None = None
+        self.layer_call: tuple[torch.dtype, int, ConvKind] | None = None
         self.vectors = VectorCache(runtime.device)  # the fp32 bias of a dense layer
+
+    @property
+    def reads_total_only(self) -> bool:
+        """Whether this conv's calls now read their input's total and not its delta or
+        mask: a dense layer (sampled as one, decided dense, and still allowed — a READY
+        gate rules dense layers out). Its producer may then store no delta
+        (:attr:`.pointwise.Truncating.writes_delta`)."""
+        return bool(self.dense) and self.layer_call is not None and self.plan.allows(*self.layer_call)
 
     def packed(self, weight: torch.Tensor, groups: int, depthwise: bool) -> torch.Tensor:
         key = (weight.data_ptr(), weight._version, weight.dtype, groups, depthwise)
@@ -231,6 +243,10 @@ class ConvKernel(Accelerated):
         planned = eligible and fused and self.plan.allows(d.dtype, oh * ow, kind)
         if planned and self.dense:
             return self.recompute(op, whole, bias, d.dtype, out_shape)
+        if self.reads_total_only:  # its producer stored no delta for this call to read
+            raise RuntimeError(f"{op.node_name}: this dense layer's call cannot run dense "
+                               f"(input {tuple(d.shape)}, {d.dtype}), and its input holds no "
+                               "delta; change shapes or dtypes between sequences (model.reset())")
         on_delta = (not planned and self.plan is not None and conv is getattr(op, "conv", None)
                     and keeps_pixels(conv) and self.plan.allows(d.dtype, oh * ow, "delta"))
         if on_delta and self.dense:
@@ -323,6 +339,7 @@ class ConvKernel(Accelerated):
                                                                     (BLOCK, 1, 1), finish)
         if planned and self.dense is None:
             self.plan.sample(self, om, dense_whole(op, whole, d.dtype), kind, whole)
+            self.layer_call = (d.dtype, oh * ow, kind)
         elif on_delta and self.dense is None:
             self.plan.sample(self, om, dense_zeros(op, d.shape, d.dtype, device), "delta")
         pixels = list_extras(rows or handed or produced)

@@ -169,7 +169,8 @@ def truncate(runtime: DeviceRuntime, op: DeltaOp, dtype: torch.dtype, out_shape:
              fn: KernelFunction, work: Fused, acc: Sequence[torch.Tensor], sent: torch.Tensor,
              norm: tuple[torch.Tensor, torch.Tensor] | tuple[None, None],
              list_count: torch.Tensor | None = None, arena: FrameArena | None = None,
-             targets: Sequence[tuple[DeltaOp, Accelerated]] = (), clean: bool = False) -> Delta:
+             targets: Sequence[tuple[DeltaOp, Accelerated]] = (), clean: bool = False,
+             delta: bool = True) -> Delta:
     """One launch of ``pw_truncate`` (see pointwise.cu) for ``op``'s pixels of
     ``out_shape``; it counts ``op``'s updates and those of a fused linear producer
     (``work.counter``), lists the emitted pixels when ``list_count`` is a list-count
@@ -177,12 +178,14 @@ def truncate(runtime: DeviceRuntime, op: DeltaOp, dtype: torch.dtype, out_shape:
     (:mod:`.output_lists`: the ``…_marking`` kernels, over channel vectors only), which
     its output hands on as ``extras["output_lists"]``. With ``clean``, a whole-map
     kernel writes zeros where it emits nothing, and the output says so
-    (``extras["clean"]``: zero outside its mask, for a dense delta downstream).
+    (``extras["clean"]``: zero outside its mask, for a dense delta downstream). Without
+    ``delta`` (and ``clean``) the kernel stores no δ: the output's values are a
+    placeholder, its mask, list and total as always (every reader reads the total).
     Over listed candidates it runs a persistent grid of one wave,
     and its output mask starts clear: the candidates' own when it owns them, else a region
     of ``arena`` (zeroed at the frame's start; without an arena, a memset here)."""
     n, c, h, w = shape4(out_shape)
-    out = new_values(out_shape, dtype, runtime.device)
+    out = new_values(out_shape, dtype, runtime.device) if delta or clean else None
     candidates = listed_candidates(work, out_shape)
     if candidates is None:
         om = new_mask(out_shape, runtime.device)
@@ -224,7 +227,8 @@ def truncate(runtime: DeviceRuntime, op: DeltaOp, dtype: torch.dtype, out_shape:
     args.tensor(sent, strides4(sent)).floats(op.threshold)
     counter = op.counter_for_kernel()
     listed = new_list(n * h * w, list_count)
-    args.tensor(out, strides4(out)).ptr(om).ptr(counter).ptr(work.counter)
+    args.tensor(out, strides4(out) if out is not None else (0, 0, 0, 0))
+    args.ptr(om).ptr(counter).ptr(work.counter)
     args.extend(list_args(op.node_name, listed)).extend(list_args(op.node_name, candidates))
     args.ints(width)
     if whole:
@@ -239,7 +243,7 @@ def truncate(runtime: DeviceRuntime, op: DeltaOp, dtype: torch.dtype, out_shape:
         extras["clean"] = True
     if marked.outputs:
         extras["output_lists"] = marked.outputs
-    return Delta(out, om, extras)
+    return Delta(out if out is not None else placeholder(out_shape, dtype, runtime.device), om, extras)
 
 
 # The whole-map truncation kernel of each input mode (truncate_whole in pointwise.cu).
@@ -349,15 +353,25 @@ class Truncating(Accelerated):
 
     ``conv_targets``: the convs (op, wrapper) reading its output whose output masks and
     lists it writes (:mod:`.output_lists`; set at bind time). Its output is clean where
-    :attr:`writes_clean` and the whole-map kernels run.
+    :attr:`writes_clean` and the whole-map kernels run. ``total_readers``: the conv
+    wrappers reading its output, where nothing else does (set at bind time); it stores
+    no delta while each reads only the total (:attr:`writes_delta`).
     """
 
     conv_targets: Sequence[tuple[DeltaOp, Accelerated]] = ()
+    total_readers: Sequence[Any] = ()
 
     def __init__(self, runtime: DeviceRuntime, op: DeltaOp, consumer: Consumer | None = None) -> None:
         super().__init__(runtime, op, consumer)
         self.function = pixel_function(op.fn)
         self.vectors = VectorCache(runtime.device)
+
+    @property
+    def writes_delta(self) -> bool:
+        """Whether this op's output delta is read this sequence: unless every reader is a
+        conv that reads only the total (a dense layer, decided per sequence, so the
+        choice is fixed in a capture)."""
+        return not (self.total_readers and all(r.reads_total_only for r in self.total_readers))
 
     def accepts(self, op: DeltaOp, shape: Sequence[int], dtype: torch.dtype) -> bool:
         """Whether a producer may hand this op its work (:class:`Fused`) for an output of
@@ -382,7 +396,7 @@ class Truncating(Accelerated):
                    if norm is not None else (None, None))
         return truncate(self.runtime, op, d.dtype, d.shape, self.function, work, acc, sent,
                         vectors, self.list_count, self.arena, self.conv_targets,
-                        self.writes_clean)
+                        self.writes_clean, self.writes_delta)
 
     def dense_in_place(self, op: DeltaOp, *args: Any, **kwargs: Any) -> Any:
         """A dense restart of a running sequence: ``a ← x`` and ``o ← f(x)`` from one read
