@@ -43,12 +43,16 @@ __device__ __forceinline__ int operand_flags(const ScanPixel &sp, int H, int W, 
 // output pixels are appended to out_list (may be null: see list_append in common.cuh).
 // `scale` (fp32, may be null) is indexed c * scale_stride and rounded to the model dtype.
 // With `clean`, out is 0 at every other pixel (a clean delta, see truncate_whole).
+// With `sum` (fp32, else null) the op keeps its output's running total: where out is
+// written, sum += out (the rounded value sent) and total = round(sum) (model dtype, the
+// strides of sum), the whole value a dense layer downstream reads.
 extern "C" __global__ void pw_linear(int N, int C, int H, int W, int lanes, int span, int n_ops,
                                      DC_OPERAND(0), DC_OPERAND(1),
                                      const float *scale, int scale_stride,
                                      scalar_t *out, int oN, int oC, int oH, int oW,
                                      mask_t *om, int *counter, int *out_list, int *out_count,
-                                     int clean) {
+                                     int clean, float *sum, int tN, int tC, int tH, int tW,
+                                     scalar_t *total) {
     DC_GRID_START();
     __shared__ int list[DC_BLOCK];
     const ScanPixel sp = scan_pixel(N * H * W, span, blockIdx.x * span);
@@ -72,7 +76,14 @@ extern "C" __global__ void pw_linear(int N, int C, int H, int W, int lanes, int 
             if (p.flags & 1) s += k0 * DC_VALUE(0, n, c, y, x);
             if (p.flags & 2) s += k1 * DC_VALUE(1, n, c, y, x);
             if (scale) s *= round_s(scale[c * scale_stride]);
-            out[off4(n, c, y, x, oN, oC, oH, oW)] = from_f<scalar_t>(s);
+            const scalar_t sent = from_f<scalar_t>(s);
+            out[off4(n, c, y, x, oN, oC, oH, oW)] = sent;
+            if (sum) {
+                const int t = off4(n, c, y, x, tN, tC, tH, tW);
+                const float running = sum[t] + to_f(sent);
+                sum[t] = running;
+                total[t] = from_f<scalar_t>(running);
+            }
         }
     }
 }

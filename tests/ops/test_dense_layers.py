@@ -281,9 +281,9 @@ def test_dense_adds_match_the_delta_kernels_and_the_original(poisoned, monkeypat
 class Inverted(nn.Module):
     """MobileNetV2's shape: a stem and ReLU6, an inverted residual block (1×1 expansion,
     depthwise conv, 1×1 projection without activation, skip add), another expansion
-    reading the add (no total) and a 1×1 head without activation. With dense layers off,
-    the four 1×1 convs may run dense deltas: two fused into their ReLU6 (added work), two
-    not (their output is the delta)."""
+    reading the add (which keeps its running total for it) and a 1×1 head without
+    activation. With dense layers off, the four 1×1 convs may run dense deltas: two fused
+    into their ReLU6 (added work), two not (their output is the delta)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -362,6 +362,63 @@ def test_at_threshold_zero_dense_deltas_follow_the_original(poisoned, monkeypatc
         assert all(wrappers[name].dense for name in DENSE_DELTAS)
         for name in DENSE_DELTAS:
             wrappers[name].dense = False
+
+    follow_switching(model, frames, net, switch_at, switch_back)
+
+
+DENSE_AFTER_ADD = ["stem", "expand", "expand2"]  # the convs fused into an activation, not depthwise
+
+
+def the_add(model):
+    """The wrapper of ``Inverted``'s skip add."""
+    (add,) = [op.accelerated for op in model.delta_ops().values()
+              if type(op.accelerated).__name__ == "LinearPointwise"]
+    return add
+
+
+@pytest.mark.parametrize("graph", [False, True], ids=["eager", "graph"])
+def test_an_expansion_after_a_skip_add_is_a_dense_layer_over_the_adds_total(poisoned, monkeypatch,
+                                                                           graph):
+    """The skip add keeps its output's running total (``pw_linear`` adds each δ it sends
+    to an fp32 sum and stores its rounding), so the expansion reading it may be a dense
+    layer: cuDNN on that total every frame from the second delta frame on, within fp16
+    rounding of the delta kernels and of the original; the add's output need not be
+    clean (no dense delta reads it)."""
+    frames = clip()
+    net = Inverted().to(DEVICE).eval()
+    set_dense_from(monkeypatch, 2.0)
+    reference = run(delta_model(net, frames[0], graph), frames)
+    set_dense_from(monkeypatch, 0.0)
+    model = delta_model(net, frames[0], graph)
+    calls = counting_dense_calls(model)
+    got = run(model, frames)
+    wrappers = conv_wrappers(model)
+    assert [name for name, w in wrappers.items() if w.dense] == DENSE_AFTER_ADD
+    assert wrappers["expand2"].layer_call is not None and not wrappers["expand2"].runs_dense_delta
+    add = the_add(model)
+    assert add.keeps_total and not add.writes_clean
+    expected_calls = 1 + 1 + (1 if graph else FRAMES - 2)  # as for dense layers, above
+    assert calls["expand2"] == expected_calls, calls
+    assert_matches(got, reference, net, frames)
+
+
+@pytest.mark.parametrize("graph,switch_at", [(True, None), (False, FRAMES // 2)],
+                         ids=["graph", "eager-switching-back"])
+def test_at_threshold_zero_a_dense_layer_over_an_adds_total_follows_the_original(
+        poisoned, monkeypatch, graph, switch_at):
+    """The add's total is the sum of every δ it sent: at threshold 0 the dense layer over
+    it follows the original on every frame, and switched back to the delta kernels
+    (``switch_at``) the expansion's accumulator is restored from that total."""
+    frames = clip()
+    net = Inverted().to(DEVICE).eval()
+    set_dense_from(monkeypatch, 0.0)
+    model = exact_model(net, frames[0], graph=graph)
+
+    def switch_back(wrappers):
+        assert all(wrappers[name].dense for name in DENSE_AFTER_ADD)
+        wrappers["expand2"].plan.restore()
+        for w in wrappers.values():
+            w.dense = False
 
     follow_switching(model, frames, net, switch_at, switch_back)
 

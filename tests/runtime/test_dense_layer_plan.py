@@ -196,6 +196,36 @@ def test_dense_adds_are_the_residual_adds_whose_operands_have_whole_values():
     assert sources["layer2.0.add"] == ["layer2.0.conv2", "layer2.0.downsample.0"]
 
 
+def test_the_adds_that_keep_their_total_are_those_before_a_fused_conv():
+    """MobileNetV2: every skip add keeps its running total (the next block's expansion,
+    fused into its ReLU6, reads it); ResNet's adds are fused into their ReLU and keep
+    none."""
+    from deltaconvert.backends.cuda.binding import whole_readers
+    runtime = SimpleNamespace(device=torch.device("cpu"), multiprocessors=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mobilenet = convert(torchvision.models.mobilenet_v2().eval(), torch.randn(1, 3, 64, 64),
+                            backend="reference")
+        resnet = convert(torchvision.models.resnet18().eval(), torch.randn(1, 3, 64, 64),
+                         backend="reference")
+    adds = sorted(n for n in mobilenet.delta_ops() if n.endswith("add"))
+    wrappers = accelerate(mobilenet, runtime)
+    readers = whole_readers(mobilenet, wrappers)
+    assert len(adds) == 10 and sorted(readers) == adds
+    for name, convs in readers.items():
+        block = int(name.split(".")[1])
+        assert convs == [wrappers[f"features.{block + 1}.conv.0.0"]], name  # the next expansion
+        add = wrappers[name]
+        assert add.whole_readers == convs and add.keeps_total  # undecided: kept
+        convs[0].dense, convs[0].layer_call = False, (torch.float16, 64, "conv")
+        assert not add.keeps_total  # decided delta: no longer kept
+        convs[0].dense = True
+        assert add.keeps_total  # a dense layer
+        convs[0].layer_call = None
+        assert not add.keeps_total  # a dense delta reads no total
+    assert whole_readers(resnet, accelerate(resnet, runtime)) == {}
+
+
 @pytest.mark.parametrize("channels,width", [(6, 1), (16, 8), (20, 4), (144, 8), (2048, 8),
                                             (2052, 4), (600, 1)])
 def test_a_whole_map_round_holds_at_most_its_items_per_thread(channels, width):

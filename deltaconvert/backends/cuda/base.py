@@ -88,7 +88,7 @@ class Accelerated:
     def writes_clean(self) -> bool:
         """Whether this op's output should be clean (zero outside its mask): one of its
         :attr:`delta_readers` runs a dense delta (decided per sequence)."""
-        return any(reader.dense for reader in self.delta_readers)
+        return any(reader.runs_dense_delta for reader in self.delta_readers)
 
     def __call__(self, op: DeltaOp, *args: Any, **kwargs: Any) -> Any:
         out = self.run(op, *args, **kwargs)

@@ -70,7 +70,30 @@ def accelerate(model: DeltaOpGraph, runtime: DeviceRuntime,
         wrappers[name].delta_readers = readers
     for name, convs in total_readers(model, wrappers).items():
         wrappers[name].total_readers = convs
+    for name, convs in whole_readers(model, wrappers).items():
+        wrappers[name].whole_readers = convs
     return {name: w for name, w in wrappers.items() if w is not None}
+
+
+def whole_readers(model: DeltaOpGraph, wrappers: dict[str, Accelerated | None]
+                  ) -> dict[str, list[ConvKernel]]:
+    """For each unfused linear op (:class:`~.pointwise.LinearPointwise` without a
+    consumer), the wrappers of the convs fused into a truncating activation that take
+    its output as their one argument: each may run as a dense layer
+    (:mod:`.dense_layers`) if its input carries its whole value, which the op then keeps
+    (:attr:`~.pointwise.LinearPointwise.keeps_total`)."""
+    readers = {}
+    for node in model.graph.nodes:
+        wrapper = wrappers.get(node.target) if node.op == "call_module" else None
+        if not isinstance(wrapper, LinearPointwise) or wrapper.consumer is not None:
+            continue
+        convs = [wrappers[user.target] for user in node.users
+                 if user.op == "call_module" and isinstance(wrappers.get(user.target), ConvKernel)
+                 and wrappers[user.target].consumer is not None and user.args == (node,)
+                 and not user.kwargs]
+        if convs:
+            readers[node.target] = convs
+    return readers
 
 
 def total_readers(model: DeltaOpGraph, wrappers: dict[str, Accelerated | None]

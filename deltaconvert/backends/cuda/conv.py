@@ -193,6 +193,12 @@ class ConvKernel(Accelerated):
         self.vectors = VectorCache(runtime.device)  # the fp32 bias of a dense layer
 
     @property
+    def runs_dense_delta(self) -> bool:
+        """Whether this conv's calls run dense deltas (decided dense, and sampled as a
+        dense delta rather than as a dense layer): its input must then be clean."""
+        return bool(self.dense) and self.layer_call is None
+
+    @property
     def reads_total_only(self) -> bool:
         """Whether this conv's calls now read their input's total and not its delta or
         mask: a dense layer (sampled as one, decided dense, and still allowed — a READY

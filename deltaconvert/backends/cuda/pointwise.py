@@ -112,11 +112,15 @@ def add_operand(args: Args, d: Delta | None, coef: float, out_shape: Sequence[in
 
 def linear(runtime: DeviceRuntime, op: DeltaOp, operands: Sequence[Delta], coefs: Sequence[float],
            scale: torch.Tensor | None, out_shape: Sequence[int],
-           list_count: torch.Tensor | None = None, clean: bool = False) -> Delta:
+           list_count: torch.Tensor | None = None, clean: bool = False,
+           totals: tuple[torch.Tensor, torch.Tensor] | None = None) -> Delta:
     """``δy = scale[c] · Σ coefs[i] · operands[i]`` on the union of their masks (the
     output of ``op``, whose update counter the kernel adds to), its pixels listed when
     ``list_count`` is a list-count slot (:mod:`.worklist`); with ``clean``, zero at
-    every other pixel, and the output says so (``extras["clean"]``)."""
+    every other pixel, and the output says so (``extras["clean"]``). With ``totals``
+    (``sum``: fp32, ``total``: the model dtype, one layout, the output's shape) the kernel
+    adds the sent ``δy`` to ``sum`` and stores ``total = round(sum)``, which the output
+    hands on as ``extras["total"]`` (for a dense layer downstream, :mod:`.dense_layers`)."""
     dtype, device = operands[0].dtype, runtime.device
     n, c, h, w = shape4(out_shape)
     out, om = new_values(out_shape, dtype, device), new_mask(out_shape, device)
@@ -130,10 +134,17 @@ def linear(runtime: DeviceRuntime, op: DeltaOp, operands: Sequence[Delta], coefs
     counter = op.counter_for_kernel()
     listed = new_list(n * h * w, list_count)
     args.tensor(out, strides4(out)).ptr(om).ptr(counter).extend(list_args(op.node_name, listed))
-    kernel(runtime, "pointwise", "pw_linear", dtype)(grid, block, args.ints(int(clean)))
+    args.ints(int(clean))
+    if totals is None:
+        args.tensor(None).ptr(None)
+    else:
+        args.tensor(totals[0], strides4(totals[0])).ptr(totals[1])
+    kernel(runtime, "pointwise", "pw_linear", dtype)(grid, block, args)
     extras = {**op.counted_extras(counter), **list_extras(listed)}
     if clean:
         extras["clean"] = True
+    if totals is not None:
+        extras["total"] = totals[1]
     return Delta(out, om, extras)
 
 
@@ -460,13 +471,29 @@ class LinearPointwise(Accelerated):
     """add / sub / neg, multiplication by a constant, and ChannelScale.
 
     ``consumer``: the op (and its wrapper) this one hands its work to, if the fusion
-    plan found one.
+    plan found one. ``whole_readers`` (set at bind time, unfused ops only): the convs
+    fused into an activation that read the output, each of which may run as a dense
+    layer (:mod:`.dense_layers`) over the output's whole value; while one may
+    (:attr:`keeps_total`) the op keeps its output's running total as state — ``sum``
+    (fp32) and ``total`` (its model-dtype rounding), set from the dense frame's output
+    and updated by ``pw_linear`` with every ``δy`` sent — and hands ``total`` on as
+    ``extras["total"]``. MobileNetV2's residual adds: the expansion after one reads the
+    residual stream, whose whole value no other op keeps.
     """
 
     # Dense adds (:mod:`.dense_layers`): the plan (None: never dense) and this add's
     # decision. Its conv sources know it (``ConvKernel.feeds``); it does not know them.
     plan: Any = None
     dense: bool | None = None
+    whole_readers: Sequence[Any] = ()
+
+    @property
+    def keeps_total(self) -> bool:
+        """Whether the op keeps its output's total: one of its :attr:`whole_readers` is
+        undecided or a dense layer (decided per sequence, so fixed in a capture; the
+        first delta frame, which samples, keeps it)."""
+        return any(r.dense is None or (r.dense and r.layer_call is not None)
+                   for r in self.whole_readers)
 
     def __init__(self, runtime: DeviceRuntime, op: DeltaOp, consumer: Consumer | None = None) -> None:
         super().__init__(runtime, op, consumer)
@@ -536,7 +563,34 @@ class LinearPointwise(Accelerated):
                 self.shift([(d.extras.get("bias"), k) for d, k in zip(operands, coefs)])
             return Delta(placeholder(out_shape, dtype, self.runtime.device), mask, extras)
         return linear(self.runtime, op, operands, coefs, scale, out_shape, self.list_count,
-                      self.writes_clean)
+                      self.writes_clean, self.totals(op, out_shape, dtype))
+
+    def dense_in_place(self, op: DeltaOp, *args: Any, **kwargs: Any) -> Any:
+        """A dense frame: the op's own output; where the op keeps its total, that output
+        also becomes the state ``sum`` (fp32) and ``total`` (in place where they exist:
+        a restart of a running sequence, whose buffers a captured graph reads)."""
+        if not self.keeps_total:
+            return NotImplemented
+        out = op.dense(*args, **kwargs)
+        if isinstance(out, torch.Tensor) and out.dim() == 4 and out.dtype in SUPPORTED_DTYPES:
+            op._keep("sum", out, torch.float32)
+            op._keep("total", out, out.dtype)
+        return out
+
+    def totals(self, op: DeltaOp, shape: Sequence[int], dtype: torch.dtype
+               ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The state ``(sum, total)`` ``pw_linear`` updates (moved to channels_last
+        once), or None: the op keeps no total, or its dense frame left none of this
+        output's shape, dtype and device."""
+        state = op.state
+        if not self.keeps_total or "sum" not in state:
+            return None
+        total = state["total"]
+        if (tuple(total.shape) != tuple(shape) or total.dtype != dtype
+                or total.device != self.runtime.device):
+            return None
+        state["sum"], state["total"] = as_nhwc(state["sum"]), as_nhwc(total)
+        return state["sum"], state["total"]
 
     def assign_wholes(self, op: DeltaOp, operands: Sequence[Delta], coefs: Sequence[float],
                       out_shape: Sequence[int]) -> Delta:
