@@ -2,9 +2,11 @@
 cuDNN instead of running the delta kernels.
 
 **Math.** A conv fused into a truncating activation (``conv → f``, see :mod:`.fusion`)
-whose input is the output of a truncating op (an activation, a max pool) or of an input
-Sparsify has that input's whole value at hand: the producer's sent values ``o_in`` (or
-the Sparsify's ``ref``), which is exactly the sum of every delta the conv has received.
+whose input is the output of a truncating op (an activation, a max pool), of an input
+Sparsify or of a linear op that keeps its total (``LinearPointwise.keeps_total``) has
+that input's whole value at hand: the producer's sent values ``o_in`` (the Sparsify's
+``ref``; the linear op's running sum of the deltas it sent, rounded to the model dtype),
+which is the sum of every delta the conv has received.
 The activation's accumulator is therefore ``a = conv(o_in) + b`` (exact in real
 arithmetic: the conv is linear, DESIGN.md §1). A *dense layer* computes that with cuDNN
 every frame and hands it to the activation, whose kernel assigns ``a ← round(conv(o_in) + b)`` instead of adding a
@@ -29,8 +31,8 @@ decides like a conv, from its candidates on the first delta frame, and its conv 
 follow its decision (``binding.dense_add_sources`` finds them at bind time).
 
 **Dense deltas.** A 1×1 conv at stride 1 without padding (``conv.keeps_pixels``) that
-cannot be a dense layer — its input is an add's or another conv's output, which carries
-no total, or it feeds no activation (MobileNetV2's expansions and projections) — may
+cannot be a dense layer — its input is another conv's output or an add's that keeps no
+total, or it feeds no activation (MobileNetV2's projections) — may
 instead run cuDNN over its whole delta map: ``δy = conv(δ ⊙ m)`` (the input's values
 zeroed outside its mask ``m``; a 1×1 conv of that is zero outside ``m`` too, so the output
 mask is the input's, and its pixel list goes on with it). Fused into an activation, the
