@@ -99,6 +99,17 @@ def set_dense_from(monkeypatch, fraction: float, deltas: float = 2.0) -> None:
     monkeypatch.setattr(dense_layers, "DENSE_DELTA_FROM", deltas)
 
 
+def reference_and_model(monkeypatch, net: nn.Module, frames, graph: bool, fraction: float = 0.0,
+                        deltas: float = 2.0):
+    """The outputs on ``frames`` of ``net``'s delta model running the delta kernels
+    alone, and a fresh delta model (not run yet) whose convs turn dense from
+    ``fraction`` and run dense deltas from ``deltas`` (:func:`set_dense_from`)."""
+    set_dense_from(monkeypatch, 2.0)
+    reference = run(delta_model(net, frames[0], graph), frames)
+    set_dense_from(monkeypatch, fraction, deltas)
+    return reference, delta_model(net, frames[0], graph)
+
+
 def assert_matches(got, reference, net: nn.Module, frames) -> None:
     """Every frame finite, within fp16 rounding of the delta kernels' outputs
     ``reference`` and of the original model ``net``."""
@@ -114,10 +125,7 @@ def assert_matches(got, reference, net: nn.Module, frames) -> None:
 def test_dense_layers_match_the_delta_kernels_and_the_original(poisoned, monkeypatch, graph):
     frames = clip()
     net = chain()
-    set_dense_from(monkeypatch, 2.0)
-    reference = run(delta_model(net, frames[0], graph), frames)
-    set_dense_from(monkeypatch, 0.0)
-    model = delta_model(net, frames[0], graph)
+    reference, model = reference_and_model(monkeypatch, net, frames, graph)
     calls = counting_dense_calls(model)
     got = run(model, frames)
     decided = {name: w.dense for name, w in conv_wrappers(model).items()}
@@ -266,10 +274,7 @@ class Residual(nn.Module):
 def test_dense_adds_match_the_delta_kernels_and_the_original(poisoned, monkeypatch, graph):
     frames = clip()
     net = Residual().to(DEVICE).eval()
-    set_dense_from(monkeypatch, 2.0)
-    reference = run(delta_model(net, frames[0], graph), frames)
-    set_dense_from(monkeypatch, 0.0)
-    model = delta_model(net, frames[0], graph)
+    reference, model = reference_and_model(monkeypatch, net, frames, graph)
     got = run(model, frames)
     adds = {name: op.accelerated.dense for name, op in model.delta_ops().items()
             if name.startswith("add")}
@@ -324,10 +329,7 @@ def test_dense_deltas_match_the_delta_kernels_and_the_original(poisoned, monkeyp
                         lambda d: inputs.append(bool(d.extras.get("clean"))) or clean_values(d))
     frames = clip()
     net = Inverted().to(DEVICE).eval()
-    set_dense_from(monkeypatch, 2.0)
-    reference = run(delta_model(net, frames[0], graph), frames)
-    set_dense_from(monkeypatch, 2.0, deltas=0.0)
-    model = delta_model(net, frames[0], graph)
+    reference, model = reference_and_model(monkeypatch, net, frames, graph, 2.0, deltas=0.0)
     calls = counting_dense_calls(model)
     with torch.no_grad():
         got = [model(x).clone() for x in frames[:2]]
@@ -386,10 +388,7 @@ def test_an_expansion_after_a_skip_add_is_a_dense_layer_over_the_adds_total(pois
     clean (no dense delta reads it)."""
     frames = clip()
     net = Inverted().to(DEVICE).eval()
-    set_dense_from(monkeypatch, 2.0)
-    reference = run(delta_model(net, frames[0], graph), frames)
-    set_dense_from(monkeypatch, 0.0)
-    model = delta_model(net, frames[0], graph)
+    reference, model = reference_and_model(monkeypatch, net, frames, graph)
     calls = counting_dense_calls(model)
     got = run(model, frames)
     wrappers = conv_wrappers(model)
