@@ -226,6 +226,24 @@ def test_the_adds_that_keep_their_total_are_those_before_a_fused_conv():
     assert whole_readers(resnet, accelerate(resnet, runtime)) == {}
 
 
+def test_the_truncations_read_by_convs_alone_are_mobilenets_relu6s():
+    """``binding.total_readers``: every ReLU6 of MobileNetV2 is read by one conv alone
+    (an expansion's by its depthwise conv, a depthwise conv's by its projection, the
+    stem's by block 1's depthwise conv), except the last one, which the pooling reads."""
+    from deltaconvert.backends.cuda.binding import total_readers
+    runtime = SimpleNamespace(device=torch.device("cpu"), multiprocessors=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mobilenet = convert(torchvision.models.mobilenet_v2().eval(), torch.randn(1, 3, 64, 64),
+                            backend="reference")
+    wrappers = accelerate(mobilenet, runtime)
+    readers = total_readers(mobilenet, wrappers)
+    assert readers["features.0.2"] == [wrappers["features.1.conv.0.0"]]
+    assert readers["features.2.conv.0.2"] == [wrappers["features.2.conv.1.0"]]
+    assert readers["features.2.conv.1.2"] == [wrappers["features.2.conv.2"]]
+    assert len(readers) == 34 and "features.18.2" not in readers
+
+
 @pytest.mark.parametrize("channels,width", [(6, 1), (16, 8), (20, 4), (144, 8), (2048, 8),
                                             (2052, 4), (600, 1)])
 def test_a_whole_map_round_holds_at_most_its_items_per_thread(channels, width):

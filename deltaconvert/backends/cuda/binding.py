@@ -8,6 +8,8 @@ backend stream.
 """
 from __future__ import annotations
 
+from torch.fx import Node
+
 from ...ops.base import DeltaOp
 from ...ops.conv import Conv2d
 from ..runtime import DeltaOpGraph
@@ -75,6 +77,14 @@ def accelerate(model: DeltaOpGraph, runtime: DeviceRuntime,
     return {name: w for name, w in wrappers.items() if w is not None}
 
 
+def sole_argument_convs(node: Node, wrappers: dict[str, Accelerated | None]) -> list[ConvKernel]:
+    """The wrappers of the convs among ``node``'s users that take its output as their
+    one argument."""
+    return [wrappers[user.target] for user in node.users
+            if user.op == "call_module" and isinstance(wrappers.get(user.target), ConvKernel)
+            and user.args == (node,) and not user.kwargs]
+
+
 def whole_readers(model: DeltaOpGraph, wrappers: dict[str, Accelerated | None]
                   ) -> dict[str, list[ConvKernel]]:
     """For each unfused linear op (:class:`~.pointwise.LinearPointwise` without a
@@ -85,14 +95,10 @@ def whole_readers(model: DeltaOpGraph, wrappers: dict[str, Accelerated | None]
     readers = {}
     for node in model.graph.nodes:
         wrapper = wrappers.get(node.target) if node.op == "call_module" else None
-        if not isinstance(wrapper, LinearPointwise) or wrapper.consumer is not None:
-            continue
-        convs = [wrappers[user.target] for user in node.users
-                 if user.op == "call_module" and isinstance(wrappers.get(user.target), ConvKernel)
-                 and wrappers[user.target].consumer is not None and user.args == (node,)
-                 and not user.kwargs]
-        if convs:
-            readers[node.target] = convs
+        if isinstance(wrapper, LinearPointwise) and wrapper.consumer is None:
+            convs = [conv for conv in sole_argument_convs(node, wrappers) if conv.consumer is not None]
+            if convs:
+                readers[node.target] = convs
     return readers
 
 
@@ -104,12 +110,10 @@ def total_readers(model: DeltaOpGraph, wrappers: dict[str, Accelerated | None]
     :attr:`~.conv.ConvKernel.reads_total_only`), the op stores no delta."""
     readers = {}
     for node in model.graph.nodes:
-        if node.op != "call_module" or not isinstance(wrappers.get(node.target), Truncating):
-            continue
-        users = list(node.users)
-        if users and all(user.op == "call_module" and isinstance(wrappers.get(user.target), ConvKernel)
-                         and user.args == (node,) and not user.kwargs for user in users):
-            readers[node.target] = [wrappers[user.target] for user in users]
+        if node.op == "call_module" and isinstance(wrappers.get(node.target), Truncating):
+            convs = sole_argument_convs(node, wrappers)
+            if convs and len(convs) == len(node.users):
+                readers[node.target] = convs
     return readers
 
 
