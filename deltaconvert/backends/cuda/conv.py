@@ -193,6 +193,11 @@ class ConvKernel(Accelerated):
         self.vectors = VectorCache(runtime.device)  # the fp32 bias of a dense layer
 
     @property
+    def dense_layer(self) -> bool:
+        """Whether this conv was decided a dense layer (sampled as one, decided dense)."""
+        return bool(self.dense) and self.layer_call is not None
+
+    @property
     def runs_dense_delta(self) -> bool:
         """Whether this conv's calls run dense deltas (decided dense, and sampled as a
         dense delta rather than as a dense layer): its input must then be clean."""
@@ -201,10 +206,9 @@ class ConvKernel(Accelerated):
     @property
     def reads_total_only(self) -> bool:
         """Whether this conv's calls now read their input's total and not its delta or
-        mask: a dense layer (sampled as one, decided dense, and still allowed — a READY
-        gate rules dense layers out). Its producer may then store no delta
-        (:attr:`.pointwise.Truncating.writes_delta`)."""
-        return bool(self.dense) and self.layer_call is not None and self.plan.allows(*self.layer_call)
+        mask: a :attr:`dense_layer` still allowed (a READY gate rules dense layers out).
+        Its producer may then store no delta (:attr:`.pointwise.Truncating.writes_delta`)."""
+        return self.dense_layer and self.plan.allows(*self.layer_call)
 
     def packed(self, weight: torch.Tensor, groups: int, depthwise: bool) -> torch.Tensor:
         key = (weight.data_ptr(), weight._version, weight.dtype, groups, depthwise)

@@ -490,10 +490,9 @@ class LinearPointwise(Accelerated):
     @property
     def keeps_total(self) -> bool:
         """Whether the op keeps its output's total: one of its :attr:`whole_readers` is
-        undecided or a dense layer (decided per sequence, so fixed in a capture; the
-        first delta frame, which samples, keeps it)."""
-        return any(r.dense is None or (r.dense and r.layer_call is not None)
-                   for r in self.whole_readers)
+        undecided or a dense layer, allowed now or not (decided per sequence, so fixed in
+        a capture; the first delta frame, which samples, keeps it)."""
+        return any(r.dense is None or r.dense_layer for r in self.whole_readers)
 
     def __init__(self, runtime: DeviceRuntime, op: DeltaOp, consumer: Consumer | None = None) -> None:
         super().__init__(runtime, op, consumer)
