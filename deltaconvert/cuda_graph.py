@@ -7,7 +7,9 @@ returning its ops' settings, and a sequence runs:
 1. the dense first frame, eagerly (it creates every state buffer; the model does this
    before it builds the replay);
 2. one eager delta frame (it creates the scratch buffers, compiled
-   kernels and channels_last state, none of which may be allocated during capture);
+   kernels and channels_last state, none of which may be allocated during capture),
+   and one more wherever ``prepare_capture()`` then settles something (the CUDA
+   backend's plan turns layers dense or delta: their buffers are laid out eagerly);
 3. the next frame is captured into one CUDA graph — after the runtime's
    ``prepare_capture()`` (outside the capture: the CUDA backend settles its per-layer
    plan there, see ``backends/cuda/dense_layers.py``), on the runtime's capture stream
@@ -133,7 +135,7 @@ class CudaGraphReplay:
             self.captured.body.invalidate()
 
     def __call__(self, args: tuple, kwargs: dict) -> Any:
-        if self.eager_delta_frames < 1:
+        if self.eager_delta_frames < 1 or (self.captured is None and not self._runtime.prepare_capture()):
             self.eager_delta_frames += 1
             return self._run_frame(*args, **kwargs)
         if self.captured is None or not self._current():

@@ -62,7 +62,9 @@ class Runtime:
     CUDA backend zeroes its work-list counts there (and, in eager frames, settles what its
     previous frame measured). ``prepare_capture()`` is called before a CUDA graph of the
     model is captured, outside the capture (the CUDA backend settles the same there:
-    its per-layer plan, :mod:`deltaconvert.backends.cuda.dense_layers`).
+    its per-layer plan, :mod:`deltaconvert.backends.cuda.dense_layers`); it returns
+    whether the capture may follow now, False where it has just settled something, so
+    that one eager frame first runs what the capture will (and lays out its buffers).
     ``restore_state()`` is called where every op's state must be complete before the
     next frame (the READY gate's installation: gated frames run the delta kernels on
     it); the CUDA backend restores there the accumulators its dense layers leave stale.
@@ -75,7 +77,7 @@ class Runtime:
     frame: Callable[[], ContextManager] = contextlib.nullcontext
     capture_stream: torch.cuda.Stream | None = None
     begin_frame: Callable[[], None] = lambda: None
-    prepare_capture: Callable[[], None] = lambda: None
+    prepare_capture: Callable[[], bool] = lambda: True
     restore_state: Callable[[], None] = lambda: None
     capture_body: Callable[[torch.cuda.CUDAGraph, tuple[int, int]], Any] = (
         lambda graph, pool: WholeFrame())

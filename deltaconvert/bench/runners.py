@@ -267,9 +267,10 @@ def timed_pass(runner: Runner, frames: list[torch.Tensor], harness: Memory) -> T
 
 
 # Frames before a runner's steady state: a delta model's dense first frame, its eager
-# first delta frame and the frame its CUDA graph is captured on (a dense graph captures on
-# the first, torch.compile records over its first calls).
-SETTLE_FRAMES = 3
+# first delta frame, the eager frame on its settled dense-layer plan and the frame its
+# CUDA graph is captured on (a dense graph captures on the first, torch.compile records
+# over its first calls).
+SETTLE_FRAMES = 4
 
 LAUNCH_CALL = re.compile(r"^cu(da)?(Graph)?Launch|^cuLaunch")
 

@@ -1,5 +1,5 @@
 """count_launches counts a steady state: it profiles only frames after the first
-SETTLE_FRAMES (a delta model's dense, eager and capture frames), and answers None where
+SETTLE_FRAMES (a delta model's dense, eager, settled-plan and capture frames), and answers None where
 there is nothing to count (a CPU, or no frame after those)."""
 from __future__ import annotations
 

@@ -10,6 +10,10 @@ to its accumulator and truncates as always.
   kernel outputs poisoned; the dense path really runs (cuDNN called each frame).
 * The accumulator stays valid: a sequence whose dense layers are switched back to the
   delta kernels mid-way goes on matching the original model (threshold 0).
+* Accumulators are not allocated while no delta kernel needs them: a conv that will run
+  as a dense layer defers its activation's from the first frame; one that then turns out
+  delta, or meets a READY gate (even right after the first frame), has it restored from
+  its input producer's state.
 * Statistics count every output pixel of a dense layer as updated.
 * Slot mode: with a READY gate no layer runs dense (its candidates would be every row):
   the delta kernels take over from the accumulators the dense frames assigned, and idle
@@ -131,9 +135,10 @@ def test_dense_layers_match_the_delta_kernels_and_the_original(poisoned, monkeyp
     decided = {name: w.dense for name, w in conv_wrappers(model).items()}
     assert [name for name, dense in decided.items() if dense] == ELIGIBLE
     assert decided["2"] is None and decided["6"] is None  # depthwise; no activation
-    # frame 0 dense; frame 1 samples; frame 2 on runs dense layers (in graph mode: the
-    # warm-up call, the capture, then replays that call no Python)
-    expected_calls = 1 + 1 + (1 if graph else FRAMES - 2)
+    # frame 0 dense; frame 1 runs dense layers and samples, then the plan warms the dense
+    # ones up; frame 2 on runs dense layers (in graph mode: frame 2 eagerly on the settled
+    # plan, the capture, then replays that call no Python)
+    expected_calls = 1 + 2 + (2 if graph else FRAMES - 2)
     assert all(calls[name] == expected_calls for name in ELIGIBLE), calls
     # The ReLU before conv 4 feeds that dense layer alone: it stores no delta (conv 4
     # reads its total); the SiLU after conv 4 feeds conv 6, which reads its delta.
@@ -224,20 +229,26 @@ def test_a_dense_layer_counts_every_pixel_as_updated(poisoned, monkeypatch):
         assert layers[name]["updated_last"] == 1.0, layers[name]
 
 
-def test_gated_frames_run_the_delta_kernels_and_idle_slots_keep_their_state(poisoned, monkeypatch):
-    """Dense layers planned on whole-batch frames; a slot restart then installs the READY
-    gate: the convs run the delta kernels on the accumulators the dense frames assigned
-    (the busy slot follows the original model) and the idle slot's state stays as it was."""
+@pytest.mark.parametrize("whole_frames", [4, 1], ids=["planned", "first-frame-only"])
+def test_gated_frames_run_the_delta_kernels_and_idle_slots_keep_their_state(poisoned, monkeypatch,
+                                                                            whole_frames):
+    """Dense layers planned on whole-batch frames (or only the first, dense frame run,
+    whose deferred accumulators were never allocated); a slot restart then installs the
+    READY gate: the convs run the delta kernels on the accumulators the dense frames
+    assigned or the gate's installation restored (the busy slot follows the original
+    model) and the idle slot's state stays as it was."""
     frames = clip()
     net = chain()
     set_dense_from(monkeypatch, 0.0)
     model = exact_model(net, frames[0], graph=True)
     with torch.no_grad():
-        for x in frames[:4]:
+        for x in frames[:whole_frames]:
             model(x)
-        assert all(conv_wrappers(model)[name].dense for name in ELIGIBLE)
+        wrappers = conv_wrappers(model)
+        assert all(wrappers[name].dense is (True if whole_frames > 1 else None) for name in ELIGIBLE)
         model.reset(slots=[1])
         model(frames[4])  # slot 1 restarts densely, slot 0 runs a gated delta frame
+        assert not any(deferred_accumulators(model))
 
         def idle_rows():
             return [t[1].clone() for op in model.delta_ops().values()
@@ -247,6 +258,44 @@ def test_gated_frames_run_the_delta_kernels_and_idle_slots_keep_their_state(pois
         for t, x in enumerate(frames[5:], start=5):
             assert_follows(model.run_slots([0], x[:1]), x[:1], net, f"frame {t}")
     assert all(torch.equal(a, b) for a, b in zip(held, idle_rows()))
+
+
+def deferred_accumulators(model) -> list[str]:
+    """The ops whose accumulator is deferred (not allocated)."""
+    from deltaconvert.backends.cuda.dense_layers import deferred
+    return [name for name, op in model.delta_ops().items()
+            if any(deferred(a) for a in op.state.get("acc") or [])]
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.0], ids=["dense", "decided-delta"])
+def test_accumulators_are_allocated_only_where_the_delta_kernels_add_to_them(poisoned, monkeypatch,
+                                                                           fraction):
+    """From the first frame, the activations of the convs that will run as dense layers
+    hold a deferred accumulator (less state than with kept accumulators). Decided dense
+    (fraction 0), they keep it deferred; decided delta (fraction 1: no conv has every
+    output pixel a candidate), the plan restores them before the delta kernels add to
+    them. Either way every frame follows the original model at threshold 0 (on a clip
+    without noise, so that moving sprites leave most pixels unchanged)."""
+    from deltaconvert.backends.cuda import dense_layers
+    frames = [f.to(DEVICE).half() for f in synthetic_video(FRAMES, 40, 56, batch=2, seed=5, noise=0.0)]
+    net = chain()
+    set_dense_from(monkeypatch, 0.0)
+    monkeypatch.setattr(dense_layers, "KEEP_ACCUMULATORS", True)
+    kept = exact_model(net, frames[0], graph=False)
+    run(kept, frames[:1])
+    set_dense_from(monkeypatch, fraction)
+    monkeypatch.setattr(dense_layers, "KEEP_ACCUMULATORS", False)
+    model = exact_model(net, frames[0], graph=False)
+    with torch.no_grad():
+        for t, x in enumerate(frames):
+            got = model(x)
+            if t == 0:
+                assert deferred_accumulators(model) == ["1", "5"]  # after convs 0 and 4
+                assert model.state_bytes() < kept.state_bytes()
+            assert_follows(got, x, net, f"frame {t}")
+    decided = [conv_wrappers(model)[name].dense for name in ELIGIBLE]
+    assert decided == [fraction == 0.0] * 2, decided
+    assert deferred_accumulators(model) == (["1", "5"] if fraction == 0.0 else [])
 
 
 class Residual(nn.Module):
@@ -341,7 +390,8 @@ def test_dense_deltas_match_the_delta_kernels_and_the_original(poisoned, monkeyp
     decided = {name: w.dense for name, w in conv_wrappers(model).items()}
     assert [name for name, dense in decided.items() if dense] == DENSE_DELTAS
     assert decided["stem"] is None and decided["dw"] is None
-    expected_calls = 1 + 1 + (1 if graph else FRAMES - 2)  # as for dense layers, above
+    # as for dense layers, above, but the sampling frame runs the delta kernels
+    expected_calls = 1 + 1 + (2 if graph else FRAMES - 2)
     assert all(calls[name] == expected_calls for name in DENSE_DELTAS), calls
     assert not [(layer, name) for layer, name, _ in launches
                 if layer in DENSE_DELTAS and name.startswith("conv_")], launches
@@ -396,7 +446,7 @@ def test_an_expansion_after_a_skip_add_is_a_dense_layer_over_the_adds_total(pois
     assert wrappers["expand2"].layer_call is not None and not wrappers["expand2"].runs_dense_delta
     add = the_add(model)
     assert add.keeps_total and not add.writes_clean
-    expected_calls = 1 + 1 + (1 if graph else FRAMES - 2)  # as for dense layers, above
+    expected_calls = 1 + 2 + (2 if graph else FRAMES - 2)  # as for dense layers, above
     assert calls["expand2"] == expected_calls, calls
     assert_matches(got, reference, net, frames)
 

@@ -101,10 +101,64 @@ def test_a_restoration_assigns_what_the_whole_map_kernel_would():
     conv_out = torch.randn(1, 3, 2, 2).half()
     skip = torch.randn(1, 3, 2, 2)  # an fp32 total (a Sparsify's ref): rounded to fp16 first
     shift = torch.randn(3)
-    dense_layers.assigned_restoration(acc, [(1.0, lambda: conv_out), (-0.5, lambda: skip)],
+    dense_layers.assigned_restoration(lambda: acc, [(1.0, lambda: conv_out), (-0.5, lambda: skip)],
                                       shift, torch.float16)()
     expected = (conv_out.float() - 0.5 * skip.half().float() + shift.view(1, -1, 1, 1)).half().float()
     assert torch.equal(acc, expected)
+
+
+class DeferringActivation:
+    """A stand-in for the Nonlinear op whose accumulator a conv deferred."""
+
+    def __init__(self, shape) -> None:
+        self.state = {"acc": [dense_layers.DeferredAccumulator(shape, torch.device("cpu"))]}
+
+
+def test_a_restoration_allocates_a_deferred_accumulator():
+    """A conv that starts as a dense layer leaves its activation a deferred accumulator:
+    shape, fp32 and device as the tensor would have, and no memory. Its restoration
+    allocates it (channels_last, in the op's state) and assigns ``round(conv(total) + b)``;
+    the restoration holds the op weakly."""
+    import gc
+    import weakref
+
+    torch.manual_seed(1)
+    op = DeferringActivation((1, 3, 2, 2))
+    placeholder = op.state["acc"][0]
+    assert dense_layers.deferred(placeholder) and placeholder.dtype == torch.float32
+    assert tuple(placeholder.shape) == (1, 3, 2, 2)
+    whole, shift = torch.randn(1, 3, 2, 2).half(), torch.randn(3)
+    restore = dense_layers.assigned_restoration(dense_layers.accumulator_of(op), [(1.0, lambda: whole)],
+                                                shift, torch.float16)
+    restore()
+    acc = op.state["acc"][0]
+    assert isinstance(acc, torch.Tensor) and acc.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(acc, (whole.float() + shift.view(1, -1, 1, 1)).half().float())
+    restore()  # allocated once: the second restoration writes the same tensor
+    assert op.state["acc"][0] is acc
+    held = weakref.ref(op)
+    del op
+    gc.collect()
+    assert held() is None, "a restoration kept its op alive"
+
+
+def test_a_conv_decided_delta_gets_its_stale_accumulator_restored_when_decided(monkeypatch):
+    """A conv that ran as a dense layer on its sampling frame without keeping its
+    accumulator (perhaps never allocated) has it restored by ``resolve`` if it is decided
+    delta, before the delta kernels add to it; one decided dense keeps it stale."""
+    monkeypatch.setattr(dense_layers, "DENSE_FROM", 0.5)
+    layers = plan()
+    restored = []
+    convs = {"busy": Wrapper(), "quiet": Wrapper()}
+    for name, updated in (("busy", 80), ("quiet", 20)):
+        layers.leave_stale(name, lambda name=name: restored.append(name))
+        layers.sample(convs[name], mask(updated), lambda: None, name=name)
+    layers.resolve()
+    assert (convs["busy"].dense, convs["quiet"].dense) == (True, False)
+    assert restored == ["quiet"]
+    layers.require_current("quiet")
+    with pytest.raises(RuntimeError, match="busy: this dense layer stopped"):
+        layers.require_current("busy")
 
 
 def test_allowed_calls(monkeypatch):
@@ -242,6 +296,38 @@ def test_the_truncations_read_by_convs_alone_are_mobilenets_relu6s():
     assert readers["features.2.conv.0.2"] == [wrappers["features.2.conv.1.0"]]
     assert readers["features.2.conv.1.2"] == [wrappers["features.2.conv.2"]]
     assert len(readers) == 34 and "features.18.2" not in readers
+
+
+def test_the_convs_that_may_start_dense_read_their_inputs_total_from_its_producer():
+    """``binding.total_sources``: MobileNetV2's stem (the input Sparsify's reference), its
+    17 depthwise convs (their expansion's or the stem's ReLU6, sent values) and the 10
+    expansions after a skip add (the add's running total); not the expansions after a
+    projection (a conv keeps no total), nor the projections (no activation). Each source
+    reads its producer's state when called."""
+    from deltaconvert.backends.cuda.binding import total_sources
+    runtime = SimpleNamespace(device=torch.device("cpu"), multiprocessors=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mobilenet = convert(torchvision.models.mobilenet_v2().eval(), torch.randn(1, 3, 64, 64),
+                            backend="reference")
+    wrappers = accelerate(mobilenet, runtime)
+    sources = total_sources(mobilenet, wrappers)
+    ops = mobilenet.delta_ops()
+    depthwise = [n for n, op in ops.items() if getattr(op, "conv", None) is not None
+                 and op.conv.groups > 1]
+    after_adds = [f"features.{int(n.split('.')[1]) + 1}.conv.0.0" for n in ops if n.endswith("add")]
+    assert len(depthwise) == 17 and len(after_adds) == 10
+    assert sorted(sources) == sorted(["features.0.0", *depthwise, *after_adds])
+    installed = {name for name, w in wrappers.items() if getattr(w, "total_source", None)}
+    assert installed == set(sources)
+    for name, producer, key in (("features.1.conv.0.0", "features.0.2", "sent"),
+                                ("features.4.conv.0.0", "features.3.add", "total")):
+        value = torch.zeros(1)
+        ops[producer].state[key] = value
+        assert wrappers[name].total_source() is value
+    stem = next(op for op in ops.values() if isinstance(op, Sparsify))
+    stem.state["ref"] = value = torch.ones(1)
+    assert wrappers["features.0.0"].total_source() is value
 
 
 @pytest.mark.parametrize("channels,width", [(6, 1), (16, 8), (20, 4), (144, 8), (2048, 8),

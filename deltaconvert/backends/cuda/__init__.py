@@ -64,5 +64,5 @@ def bind(model: DeltaOpGraph, device: torch.device, dtype: torch.dtype) -> Runti
         if skip is not None and frame_skip.install(model, wrappers, skip):
             extra["capture_body"] = skip.capture
     return Runtime("cuda", frame=runtime.frame, capture_stream=runtime.torch_stream,
-                   begin_frame=begin_frame, prepare_capture=plan.resolve,
+                   begin_frame=begin_frame, prepare_capture=lambda: not plan.resolve(),
                    restore_state=plan.restore, **extra)

@@ -73,11 +73,14 @@ class Accelerated:
     bound model (the wrapper then zeroes what it needs itself). ``delta_readers``: the
     wrappers of the 1×1 convs reading this op's output that may run dense deltas
     (:mod:`.dense_layers`; set at bind time for truncating and linear ops).
+    ``total_state``: the key of the op's state entry that its output hands on as
+    ``extras["total"]`` (its whole value, for a dense layer downstream), None if none.
     """
 
     list_count: torch.Tensor | None = None
     arena: FrameArena | None = None
     delta_readers: Sequence[Accelerated] = ()
+    total_state: str | None = None
 
     def __init__(self, runtime: DeviceRuntime, op: DeltaOp,
                  consumer: Consumer | None = None) -> None:

@@ -8,6 +8,10 @@ backend stream.
 """
 from __future__ import annotations
 
+import weakref
+from typing import Callable
+
+import torch
 from torch.fx import Node
 
 from ...ops.base import DeltaOp
@@ -74,6 +78,8 @@ def accelerate(model: DeltaOpGraph, runtime: DeviceRuntime,
         wrappers[name].total_readers = convs
     for name, convs in whole_readers(model, wrappers).items():
         wrappers[name].whole_readers = convs
+    for name, source in total_sources(model, wrappers).items():
+        wrappers[name].total_source = source
     return {name: w for name, w in wrappers.items() if w is not None}
 
 
@@ -100,6 +106,34 @@ def whole_readers(model: DeltaOpGraph, wrappers: dict[str, Accelerated | None]
             if convs:
                 readers[node.target] = convs
     return readers
+
+
+def total_sources(model: DeltaOpGraph, wrappers: dict[str, Accelerated | None]
+                  ) -> dict[str, Callable[[], torch.Tensor | None]]:
+    """For each conv fused into a truncating activation whose one argument is the output
+    of an unfused op that keeps its whole value as state (:attr:`Accelerated.total_state`:
+    a truncation's or max pool's sent values, a Sparsify's reference, a linear op's
+    running total), a callable that reads that state entry when called (holding the op
+    weakly: the conv's wrapper must not keep its producer's op alive)."""
+    ops = model.delta_ops()
+    sources = {}
+    for node in model.graph.nodes:
+        reader = wrappers.get(node.target) if node.op == "call_module" else None
+        if (not isinstance(reader, ConvKernel) or reader.consumer is None or node.kwargs
+                or len(node.args) != 1):
+            continue
+        arg = node.args[0]
+        producer = (wrappers.get(arg.target) if isinstance(arg, Node) and arg.op == "call_module"
+                    else None)
+        if producer is not None and producer.total_state is not None and producer.consumer is None:
+            sources[node.target] = state_entry(ops[arg.target], producer.total_state)
+    return sources
+
+
+def state_entry(op: DeltaOp, key: str) -> Callable[[], torch.Tensor | None]:
+    """``op.state.get(key)`` when called; ``op`` held weakly."""
+    ref = weakref.ref(op)
+    return lambda: ref().state.get(key)
 
 
 def total_readers(model: DeltaOpGraph, wrappers: dict[str, Accelerated | None]

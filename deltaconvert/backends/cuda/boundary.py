@@ -44,6 +44,7 @@ class SparsifyKernel(Accelerated):
 
     changed: torch.Tensor | None = None
     frame_skip: Any = None  # a frame_skip.FrameSkip
+    total_state = "ref"
 
     def __init__(self, runtime: DeviceRuntime, op: DeltaOp, consumer: Consumer | None = None) -> None:
         super().__init__(runtime, op, consumer)

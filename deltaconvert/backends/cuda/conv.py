@@ -24,7 +24,10 @@ their output pixels only for a consumer that reads lists).
 
 A fused conv whose input carries its whole value (``extras["total"]``) may instead be a
 *dense layer* (:mod:`.dense_layers`): cuDNN computes ``conv(total)``, and the consumer
-assigns it, plus the bias, to its accumulator (:meth:`ConvKernel.recompute`). Any other
+assigns it, plus the bias, to its accumulator (:meth:`ConvKernel.recompute`). It runs as
+one on its sequence's first delta frame, where the plan samples the candidates the delta
+kernels would have (:meth:`ConvKernel.candidates`), and its consumer's accumulator is
+not allocated until the delta kernels need it (:meth:`ConvKernel.dense_in_place`). Any other
 1×1 conv that keeps its pixels may run cuDNN over its whole delta map instead, a *dense
 delta* (:meth:`ConvKernel.convolve_whole_delta`).
 
@@ -54,7 +57,14 @@ from ...ops.conv import Conv2d
 from .base import Accelerated, Consumer, Fused
 from .constants import (BLOCK, DW_CO, GEMM_CO, LIST_TILE, LISTED_TAPS, RESIDENT_BLOCKS, TILE,
                         ConvMode)
-from .dense_layers import ConvKind, DenseLayerPlan, assigned_restoration, conv_kind
+from .dense_layers import (
+    ConvKind,
+    DeferredAccumulator,
+    DenseLayerPlan,
+    accumulator_of,
+    assigned_restoration,
+    conv_kind,
+)
 from .device import DeviceRuntime
 from .kernels import Args, kernel
 from .output_lists import conv_geometry
@@ -180,10 +190,14 @@ class ConvKernel(Accelerated):
     conv's next call. A conv
     whose only consumer is an add fused into an activation (``feeds``) hands that add its
     whole output instead of a delta while the add is dense (:meth:`whole_output`).
+    ``total_source`` (bind time): where its input's producer keeps the whole value it
+    hands on as ``extras["total"]`` (a callable reading that state entry), for a
+    restoration made before the conv's first delta frame (:meth:`dense_in_place`).
     """
 
     plan: DenseLayerPlan | None = None
     feeds: Any = None  # the LinearPointwise wrapper of a dense-add candidate it feeds
+    total_source: Callable[[], torch.Tensor | None] | None = None
 
     def __init__(self, runtime: DeviceRuntime, op: DeltaOp, consumer: Consumer | None = None) -> None:
         super().__init__(runtime, op, consumer)
@@ -232,7 +246,7 @@ class ConvKernel(Accelerated):
         cout, cin_g, kh, kw = conv.weight.shape
         groups = conv.groups
         g = conv_geometry(conv, h, w)
-        sh, sw, dh, dw, top, left, oh, ow = g.sh, g.sw, g.dh, g.dw, g.top, g.left, g.oh, g.ow
+        oh, ow = g.oh, g.ow
         out_shape = (n, cout, oh, ow)
         depthwise = cin_g == 1
         weight = self.packed(conv.weight, groups, depthwise)
@@ -251,7 +265,11 @@ class ConvKernel(Accelerated):
                 return self.whole_output(op, whole, bias, d.dtype, out_shape)
         kind = conv_kind(cin_g)
         planned = eligible and fused and self.plan.allows(d.dtype, oh * ow, kind)
-        if planned and self.dense:
+        if planned and self.dense is None:  # the sampling frame: a dense layer that samples
+            self.plan.sample(self, self.candidates(op, d, out_shape), dense_whole(op, whole, d.dtype),
+                             kind, whole, op.node_name)
+            self.layer_call = (d.dtype, oh * ow, kind)
+        if planned and self.dense is not False:
             return self.recompute(op, whole, bias, d.dtype, out_shape)
         if self.reads_total_only:  # its producer stored no delta for this call to read
             raise RuntimeError(f"{op.node_name}: this dense layer's call cannot run dense "
@@ -315,9 +333,7 @@ class ConvKernel(Accelerated):
         else:
             out, acc = new_values(out_shape, d.dtype, device), None
         layer = op.node_name
-        args_ = Args(layer).ints(n, cin, h, w, cout, oh, ow, kh, kw, sh, sw, top, left, dh, dw,
-                                 groups)
-        args_.tensor(d.values, strides4(d.values)).mask(d.mask, d.shape).ptr(weight)
+        args_ = geometry_args(layer, conv, d, g).ptr(weight)
         epilogue = Args(layer).ints(mode).tensor(out, strides4(out))
         epilogue.tensor(acc, strides4(acc) if acc is not None else (0, 0, 0, 0))
         args_.extend(epilogue).ptr(om).ints(splits).ptr(ws)
@@ -347,10 +363,7 @@ class ConvKernel(Accelerated):
             finish = Args(layer).ints(n, oh, ow, cout, splits).ptr(ws).ptr(om).extend(epilogue)
             kernel(self.runtime, "conv", "conv_split_sum", d.dtype)((-(-total // BLOCK), 1, 1),
                                                                     (BLOCK, 1, 1), finish)
-        if planned and self.dense is None:
-            self.plan.sample(self, om, dense_whole(op, whole, d.dtype), kind, whole)
-            self.layer_call = (d.dtype, oh * ow, kind)
-        elif on_delta and self.dense is None:
+        if on_delta and self.dense is None:
             self.plan.sample(self, om, dense_zeros(op, d.shape, d.dtype, device), "delta")
         pixels = list_extras(rows or handed or produced)
         extras = {**op.counted_extras(counter), **pixels}
@@ -383,6 +396,62 @@ class ConvKernel(Accelerated):
             counter.add_(pixels["pixels"].count)
             extras.update(op.counted_extras(counter))
         return Delta(values, d.mask, extras)
+
+    def candidates(self, op: DeltaOp, d: Delta, out_shape: Sequence[int]) -> torch.Tensor:
+        """The output mask the delta kernels would write for ``d`` (the pixels whose
+        footprint touches an update), for the plan's sample on a frame that runs the conv
+        as a dense layer: the input's own where the conv keeps pixels, the one the input's
+        producer marked (:mod:`.output_lists`), else ``conv_output_list``'s (the mask
+        alone: no list, no statistics)."""
+        conv = op.conv
+        if keeps_pixels(conv):
+            return d.mask
+        marked = d.extras.get("output_lists", {}).get(op.node_name)
+        if marked is not None:
+            return marked[0]
+        n, _, oh, ow = out_shape
+        om = new_mask(out_shape, self.runtime.device)
+        layer = op.node_name
+        g = conv_geometry(conv, d.shape[2], d.shape[3])
+        # Weights, epilogue, splits and workspace: not read by conv_output_list.
+        args_ = geometry_args(layer, conv, d, g).ptr(None)
+        args_.ints(0).tensor(None).tensor(None).ptr(om).ints(1).ptr(None)
+        list_tiles = -(-oh // LIST_TILE) * -(-ow // LIST_TILE)
+        self.launcher(layer, d.dtype, args_)("conv_output_list", (list_tiles, 1, n), None, None)
+        return om
+
+    def starts_dense(self, op: DeltaOp, x: Any) -> bool:
+        """Whether this conv, on the dense first frame of a sequence with input ``x``,
+        will run as a dense layer on its sampling frame: the plan allows it and keeps no
+        accumulators, the conv is fused into a truncation that takes a deferred
+        accumulator and has no state yet, and its input's producer keeps its total
+        (:attr:`total_source`). The sampling frame checks again (``eligible`` in
+        :meth:`convolve`); a conv that then cannot run dense is refused by the plan
+        (:meth:`~.dense_layers.DenseLayerPlan.require_current`)."""
+        plan, conv = self.plan, getattr(op, "conv", None)
+        if (plan is None or plan.keeps_accumulators or self.total_source is None
+                or self.consumer is None or not self.consumer[1].takes_deferred
+                or "acc" in self.consumer[0].state or conv is None or not isinstance(x, torch.Tensor)
+                or x.dim() != 4 or x.device != self.runtime.device or conv.weight.dtype != x.dtype
+                or conv.padding_mode != "zeros" or self.total_source() is None):
+            return False
+        g = conv_geometry(conv, x.shape[2], x.shape[3])
+        return plan.allows(x.dtype, g.oh * g.ow, conv_kind(conv.weight.shape[1]))
+
+    def dense_in_place(self, op: DeltaOp, *args: Any, **kwargs: Any) -> Any:
+        """A dense frame runs the op's own conv (NotImplemented). On a sequence's first,
+        where the conv :meth:`starts_dense`, its consumer's accumulator is deferred
+        (:class:`~.dense_layers.DeferredAccumulator`: no memory) and the plan holds its
+        restoration, ``round(conv(total) + b)`` from the input producer's state."""
+        if len(args) == 1 and not kwargs and self.starts_dense(op, args[0]):
+            x, conv, consumer = args[0], op.conv, self.consumer[0]
+            g = conv_geometry(conv, x.shape[2], x.shape[3])
+            consumer.state["acc"] = [DeferredAccumulator((x.shape[0], conv.out_channels, g.oh, g.ow),
+                                                         x.device)]
+            self.plan.leave_stale(op.node_name, assigned_restoration(
+                accumulator_of(consumer), [(1.0, dense_whole(op, self.total_source, x.dtype))],
+                self.vectors.get(conv.bias), x.dtype))
+        return NotImplemented
 
     def wants_output_list(self, op: DeltaOp, dtype: torch.dtype, out_pixels: int) -> bool:
         """Whether a call on an input of ``dtype`` (``out_pixels`` output pixels per
@@ -427,9 +496,8 @@ class ConvKernel(Accelerated):
         work = Fused(self.consumer[0], [Delta(dense_conv(op, total, dtype), mask)],
                      [1.0], lin=True, counter=counter, assign=True, shift=bias, keep=keep)
         if not keep:
-            acc = nhwc_state(self.consumer[0])[0][0]
             self.plan.leave_stale(op.node_name, assigned_restoration(
-                acc, [(1.0, dense_whole(op, total, dtype))], bias, dtype))
+                accumulator_of(self.consumer[0]), [(1.0, dense_whole(op, total, dtype))], bias, dtype))
         return Delta(placeholder(out_shape, dtype, self.runtime.device), mask,
                      {**op.counted_extras(counter), "fused": work})
 
@@ -455,14 +523,27 @@ def dense_conv(op: DeltaOp, total: torch.Tensor, dtype: torch.dtype) -> torch.Te
     return op.dense(dense_input(total, dtype), bias=False)
 
 
-def dense_whole(op: DeltaOp, total: torch.Tensor, dtype: torch.dtype) -> Callable[[], torch.Tensor]:
+def dense_whole(op: DeltaOp, total: torch.Tensor | Callable[[], torch.Tensor],
+                dtype: torch.dtype) -> Callable[[], torch.Tensor]:
     """:func:`dense_conv`, computed when called, from ``total`` (a state tensor: the
-    input's sent values): the plan's restorations, and its warm-ups (cuDNN's first call
-    for the shape, made outside a capture). It holds ``total``, ``dtype`` and ``op``
-    weakly only: a closure over the frame's delta would keep that frame's tensors alive,
-    and a strong reference to ``op`` would close a cycle op → wrapper → plan → op."""
+    input's sent values; or a callable that reads it from the state then): the plan's
+    restorations, and its warm-ups (cuDNN's first call for the shape, made outside a
+    capture). It holds ``total``, ``dtype`` and ``op`` weakly only: a closure over the
+    frame's delta would keep that frame's tensors alive, and a strong reference to ``op``
+    would close a cycle op → wrapper → plan → op."""
     ref = weakref.ref(op)
-    return lambda: dense_conv(ref(), total, dtype)
+    fetch = total if callable(total) else (lambda: total)
+    return lambda: dense_conv(ref(), fetch(), dtype)
+
+
+def geometry_args(layer: str, conv: Any, d: Delta, g: Any) -> Args:
+    """The conv kernels' first arguments: sizes and geometry (``g``: :func:`conv_geometry`
+    of ``conv`` on ``d``), then the input's values and mask."""
+    n, cin, h, w = d.shape
+    cout, _, kh, kw = conv.weight.shape
+    args_ = Args(layer).ints(n, cin, h, w, cout, g.oh, g.ow, kh, kw, g.sh, g.sw, g.top, g.left, g.dh,
+                             g.dw, conv.groups)
+    return args_.tensor(d.values, strides4(d.values)).mask(d.mask, d.shape)
 
 
 def clean_values(d: Delta) -> torch.Tensor:

@@ -20,6 +20,14 @@ moves 4 bytes per element instead of 8); it leaves the plan a restoration instea
 recomputes ``a`` from the state (:meth:`DenseLayerPlan.restore`, run where the delta
 kernels take over between frames: the READY gate's installation). A dense layer that
 stops within a sequence without it is refused (:meth:`DenseLayerPlan.require_current`).
+Nor is ``a`` allocated while no delta kernel needs it: a conv that may be a dense layer
+(``ConvKernel.starts_dense``: its input hands on a total that its producer keeps as
+state, fp16, and the plan allows it) leaves its activation a
+:class:`DeferredAccumulator` on the sequence's first, dense frame, with a restoration
+that computes ``a`` from the producer's state; the restoration allocates it where the
+conv turns out delta (:meth:`DenseLayerPlan.resolve`) or the READY gate is installed.
+MobileNetV2 at 720p, fp16, threshold 0.01 (its stem, depthwise convs and the expansions
+after skip adds dense): 757 → 469 MiB allocated at batch 1 (PERF_NOTES §47).
 
 **Dense adds.** An add (or sub) fused into a truncating activation whose operands are
 truncation, max-pool or Sparsify outputs (which hand on their totals) and convs used by
@@ -48,7 +56,8 @@ fraction :data:`DENSE_DELTA_FROM` (``DELTACONVERT_CUDA_DENSE_DELTA_FROM``; kind
 where most output pixels are candidates the dense conv is cheaper.
 
 **Plan.** Each sequence decides once, on its first delta frame (always eager): every
-eligible conv counts its candidate output pixels (a device sum), and before the next
+eligible conv runs as a dense layer and counts the candidate output pixels the delta
+kernels would have (its output mask, a device sum), and before the next
 frame or capture (:meth:`DenseLayerPlan.resolve`: one host read for all of them) a conv
 whose candidates are at least its kind's fraction of its output pixels
 (:func:`dense_from`) becomes dense for the rest of the sequence. cuDNN's first call for
@@ -72,6 +81,7 @@ on the accumulators restored when the gate was installed).
 from __future__ import annotations
 
 import os
+import weakref
 from typing import Any, Callable, Literal, Sequence
 
 import torch
@@ -153,10 +163,51 @@ def memory_bound(conv: Callable[[], Any], source: torch.Tensor) -> bool:
     return conv_ms <= DEPTHWISE_COPY_RATIO * copy_ms
 
 
-def assigned_restoration(acc: torch.Tensor, terms: Sequence[tuple[float, Callable[[], torch.Tensor]]],
+class DeferredAccumulator:
+    """Stands in, in a Nonlinear op's state (``state["acc"][0]``), for the fp32
+    accumulator of a conv that starts as a dense layer (see the module docstring): the
+    tensor's shape, dtype and device, and no memory. Only the dense layer's assigning
+    truncation accepts it; :func:`allocated_accumulator` replaces it by the tensor."""
+
+    dtype = torch.float32
+
+    def __init__(self, shape: Sequence[int], device: torch.device) -> None:
+        self.shape = torch.Size(shape)
+        self.device = device
+
+    def __repr__(self) -> str:
+        return f"DeferredAccumulator({tuple(self.shape)}, {self.device})"
+
+
+def deferred(acc: Any) -> bool:
+    """Whether the accumulator ``acc`` (a state entry) is a :class:`DeferredAccumulator`."""
+    return isinstance(acc, DeferredAccumulator)
+
+
+def allocated_accumulator(op: Any) -> torch.Tensor:
+    """The accumulator of the Nonlinear op ``op``, allocated (channels_last, contents
+    undefined) into its state where it was deferred: for a restoration, or a truncation
+    that assigns every element of it."""
+    accs = op.state["acc"]
+    if deferred(accs[0]):
+        accs[0] = torch.empty(tuple(accs[0].shape), dtype=torch.float32, device=accs[0].device,
+                              memory_format=torch.channels_last)
+    return accs[0]
+
+
+def accumulator_of(op: Any) -> Callable[[], torch.Tensor]:
+    """:func:`allocated_accumulator` of ``op`` when called; holds ``op`` weakly (a
+    restoration the plan keeps must not close a cycle op → wrapper → plan → op)."""
+    ref = weakref.ref(op)
+    return lambda: allocated_accumulator(ref())
+
+
+def assigned_restoration(acc: Callable[[], torch.Tensor],
+                         terms: Sequence[tuple[float, Callable[[], torch.Tensor]]],
                          shift: torch.Tensor | None, dtype: torch.dtype) -> Callable[[], None]:
-    """What restores the accumulator ``acc`` of a dense layer or add that does not write
-    it: ``a = round(Σ kᵢ·wholeᵢ + shift)``, as ``pw_truncate_whole`` assigns it (the
+    """What restores the accumulator ``acc()`` (:func:`accumulator_of`: allocated if it
+    was deferred) of a dense layer or add that does not write it:
+    ``a = round(Σ kᵢ·wholeᵢ + shift)``, as ``pw_truncate_whole`` assigns it (the
     wholes in the model dtype ``dtype``, the sum and the fp32 per-channel ``shift`` in
     fp32, rounded to ``dtype``). ``terms``: ``(kᵢ, wholeᵢ)``, each whole a callable that
     computes it from the state (which the dense frames have kept up to date)."""
@@ -167,7 +218,7 @@ def assigned_restoration(acc: torch.Tensor, terms: Sequence[tuple[float, Callabl
             total = term if total is None else total + term
         if shift is not None:
             total = total + shift.view(1, -1, 1, 1)
-        acc.copy_(total.to(dtype).float())
+        acc().copy_(total.to(dtype).float())
     return restore
 
 
@@ -184,12 +235,13 @@ class DenseLayerPlan:
         self.runtime = runtime
         self.sparsifiers = list(sparsifiers)
         # (wrapper, its candidate count, the count from which it turns dense, warm-up, the
-        # input to time a memory-bound conv against or None), and more warm-ups to run if
-        # their wrapper turns dense (a dense add's conv sources). Both are emptied by
-        # resolve(): while they hold wrappers, wrappers and plan form a cycle, which only a
+        # input to time a memory-bound conv against or None, the op whose accumulator its
+        # sampling frame may have left stale or None), and more warm-ups to run if their
+        # wrapper turns dense (a dense add's conv sources). Both are emptied by resolve():
+        # while they hold wrappers, wrappers and plan form a cycle, which only a
         # garbage-collector pass would free.
         self._samples: list[tuple[Any, torch.Tensor, float, Callable[[], Any],
-                                  torch.Tensor | None]] = []
+                                  torch.Tensor | None, str | None]] = []
         self._also: list[tuple[Any, Callable[[], Any]]] = []
         # Op name → how to restore the accumulator a dense layer left stale (closures that
         # hold state tensors and weak references to ops, never wrappers: no cycle).
@@ -236,37 +288,43 @@ class DenseLayerPlan:
                 and out_pixels >= DENSE_MIN_PIXELS and all(op.ready is None for op in self.sparsifiers))
 
     def sample(self, wrapper: Any, mask: torch.Tensor, warm_up: Callable[[], Any],
-               kind: ConvKind = "conv", source: torch.Tensor | None = None) -> None:
-        """``wrapper``'s conv (of that kind) wrote its candidate output ``mask`` this
+               kind: ConvKind = "conv", source: torch.Tensor | None = None,
+               name: str | None = None) -> None:
+        """``wrapper``'s conv (of that kind) has the candidate output ``mask`` this
         frame; ``warm_up()`` runs its dense conv once (on the state: it only reads it).
         A depthwise conv passes ``source``, the state tensor its dense conv reads, to be
-        timed against (:func:`memory_bound`)."""
+        timed against (:func:`memory_bound`). ``name``: the op under which the conv,
+        running as a dense layer this frame, left its accumulator stale: restored when
+        the conv is decided delta."""
         count = mask.sum(dtype=torch.int32)
         timed = source if kind == "depthwise" else None
-        self._samples.append((wrapper, count, dense_from(kind) * mask.numel(), warm_up, timed))
+        self._samples.append((wrapper, count, dense_from(kind) * mask.numel(), warm_up, timed, name))
 
     def also_warm(self, wrapper: Any, warm_up: Callable[[], Any]) -> None:
         """Run ``warm_up()`` too if the sampled ``wrapper`` turns dense (a conv source of a
         dense add: its dense conv's first call)."""
         self._also.append((wrapper, warm_up))
 
-    def resolve(self) -> None:
+    def resolve(self) -> bool:
         """Decide every sampled conv (one host read), and make cuDNN's first call of
         each new dense layer now; a depthwise one stays delta unless
-        :func:`memory_bound` (one more host wait each). Call outside any capture; a no-op
-        when nothing waits.
+        :func:`memory_bound` (one more host wait each). A conv decided delta gets the
+        accumulator its sampling frame left stale (and perhaps unallocated) restored
+        now, between frames, before the delta kernels add to it. Call outside any
+        capture; a no-op when nothing waits. Returns whether it decided anything: no
+        frame has run on those decisions yet.
         Warm-ups for adds that did not sample (an add whose consumer declined its work)
         are dropped, so that none accumulate frame after frame."""
         if not self._samples:
             self._also = []
-            return
+            return False
         if self._samples[0][1].is_cuda and torch.cuda.is_current_stream_capturing():
-            return
+            return False
         samples, self._samples = self._samples, []
         also, self._also = self._also, []
         counts = torch.stack([sample[1] for sample in samples]).tolist()
         with self.runtime.frame(), torch.no_grad():
-            for (wrapper, _, needed, warm, source), count in zip(samples, counts):
+            for (wrapper, _, needed, warm, source, _), count in zip(samples, counts):
                 wrapper.dense = count >= needed
                 if wrapper.dense:
                     warm()
@@ -275,3 +333,7 @@ class DenseLayerPlan:
             for wrapper, warm in also:
                 if wrapper.dense:
                     warm()
+            for wrapper, *_, name in samples:
+                if not wrapper.dense and name in self._stale:
+                    self._stale.pop(name)()
+        return True

@@ -24,6 +24,7 @@ from torch import nn
 
 from ...delta import Delta, mask_shape, tensor_leaves
 from ...layers import ChannelLayerNorm
+from ...ops import reference as ref
 from ...ops.base import DeltaOp
 from ...ops.conv import ChannelScale
 from ...ops.footprint import Footprint
@@ -39,7 +40,7 @@ from .constants import (
     PixelFunction,
     TruncateInput,
 )
-from .dense_layers import assigned_restoration
+from .dense_layers import accumulator_of, allocated_accumulator, assigned_restoration, deferred
 from .device import DeviceRuntime
 from .kernels import SUPPORTED_DTYPES, Args, kernel
 from .output_lists import NO_TARGETS, mark_outputs
@@ -194,8 +195,19 @@ def truncate(runtime: DeviceRuntime, op: DeltaOp, dtype: torch.dtype, out_shape:
     placeholder, its mask, list and total as always (every reader reads the total).
     Over listed candidates it runs a persistent grid of one wave,
     and its output mask starts clear: the candidates' own when it owns them, else a region
-    of ``arena`` (zeroed at the frame's start; without an arena, a memset here)."""
+    of ``arena`` (zeroed at the frame's start; without an arena, a memset here). A
+    deferred accumulator (:class:`~.dense_layers.DeferredAccumulator`) takes only a dense
+    layer's work that does not keep it; the whole-map kernel leaves it unallocated, the
+    scanning one allocates it and assigns every element."""
     n, c, h, w = shape4(out_shape)
+    a = acc[0]
+    if deferred(a):
+        if not work.assign or work.keep:
+            raise RuntimeError(f"{op.node_name}: its accumulator was never allocated (its conv "
+                               "was to run as a dense layer), but this frame would add to it; "
+                               "keep shapes, dtypes and dense-layer settings within a sequence "
+                               "(model.reset() between), or set DELTACONVERT_CUDA_DENSE_KEEP_ACC=1")
+        a = None
     out = new_values(out_shape, dtype, runtime.device) if delta or clean else None
     candidates = listed_candidates(work, out_shape)
     if candidates is None:
@@ -206,15 +218,17 @@ def truncate(runtime: DeviceRuntime, op: DeltaOp, dtype: torch.dtype, out_shape:
         om = work.operands[0].mask
     else:
         om = zeroed_mask(arena, op.node_name, out_shape, runtime.device)
-    product = fn.code == PixelFunction.PRODUCT
-    vec = channel_vectors(out_shape, out, sent, acc[0], acc[1] if product else None,
-                          *(d.values for d in work.operands if work.lin))
-    lanes = lanes_for(c, 2 * VECTOR_CHANNELS if vec else CHANNELS_PER_LANE)
-    grid, block, span = list_grid(n * h * w, lanes)
-    width = whole_width(work, fn, out_shape, sent, out, acc[0] if work.keep else None)
+    width = whole_width(work, fn, out_shape, sent, out, a if work.keep else None)
     if targets and not work.assign:
         width = 0  # no masked whole-map kernel marks its consumers' outputs
     whole = whole_span(c, width)
+    if a is None and not whole:
+        a = allocated_accumulator(op)
+    product = fn.code == PixelFunction.PRODUCT
+    vec = channel_vectors(out_shape, out, sent, a, acc[1] if product else None,
+                          *(d.values for d in work.operands if work.lin))
+    lanes = lanes_for(c, 2 * VECTOR_CHANNELS if vec else CHANNELS_PER_LANE)
+    grid, block, span = list_grid(n * h * w, lanes)
     if whole:
         grid, span = (-(-(n * h * w) // whole), 1, 1), whole
     else:
@@ -231,7 +245,8 @@ def truncate(runtime: DeviceRuntime, op: DeltaOp, dtype: torch.dtype, out_shape:
     args.ptr(work.scale).ints(int(work.scale is not None and work.scale.numel() > 1))
     args.ptr(work.shift).ints(fn.code).floats(fn.p0, fn.p1)
     # Only the whole-map kernel may leave the accumulator unwritten (Fused.keep).
-    args.tensor(acc[0] if work.keep or not whole else None, strides4(acc[0], out_shape))
+    args.tensor(a if work.keep or not whole else None, strides4(a, out_shape) if a is not None
+                else (0, 0, 0, 0))
     args.tensor(acc[1] if len(acc) > 1 else None,
                 strides4(acc[1], out_shape) if len(acc) > 1 else (0, 0, 0, 0))
     args.ptr(norm[0]).ptr(norm[1])
@@ -325,9 +340,10 @@ def listed_candidates(work: Fused, out_shape: Sequence[int]) -> PixelList | None
 
 
 def nhwc_state(op: DeltaOp) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """A Nonlinear op's accumulators and sent values, moved to channels_last once."""
+    """A Nonlinear op's accumulators and sent values, moved to channels_last once (a
+    deferred accumulator stays as it is)."""
     state = op.state
-    state["acc"] = [as_nhwc(a) for a in state["acc"]]
+    state["acc"] = [a if deferred(a) else as_nhwc(a) for a in state["acc"]]
     state["sent"] = as_nhwc(state["sent"])
     return state["acc"], state["sent"]
 
@@ -371,11 +387,19 @@ class Truncating(Accelerated):
 
     conv_targets: Sequence[tuple[DeltaOp, Accelerated]] = ()
     total_readers: Sequence[Any] = ()
+    total_state = "sent"
 
     def __init__(self, runtime: DeviceRuntime, op: DeltaOp, consumer: Consumer | None = None) -> None:
         super().__init__(runtime, op, consumer)
         self.function = pixel_function(op.fn)
         self.vectors = VectorCache(runtime.device)
+
+    @property
+    def takes_deferred(self) -> bool:
+        """Whether a fused conv may defer this op's accumulator
+        (:meth:`~.conv.ConvKernel.dense_in_place`): its dense frame then keeps ``o``
+        alone (:meth:`dense_in_place`); not for a layer norm."""
+        return self.function.norm is None
 
     @property
     def writes_delta(self) -> bool:
@@ -409,14 +433,30 @@ class Truncating(Accelerated):
                         vectors, self.list_count, self.arena, self.conv_targets,
                         self.writes_clean, self.writes_delta)
 
+    def fallback(self, op: DeltaOp, *args: Any, **kwargs: Any) -> Any:
+        """The reference math, which cannot add to a deferred accumulator: refused."""
+        if deferred((op.state.get("acc") or [None])[0]):
+            raise RuntimeError(f"{op.node_name}: the kernels declined this call, and the "
+                               "reference math would add to an accumulator never allocated "
+                               "(its conv was to run as a dense layer); set "
+                               "DELTACONVERT_CUDA_DENSE_KEEP_ACC=1 to keep accumulators")
+        return super().fallback(op, *args, **kwargs)
+
     def dense_in_place(self, op: DeltaOp, *args: Any, **kwargs: Any) -> Any:
         """A dense restart of a running sequence: ``a ← x`` and ``o ← f(x)`` from one read
         of ``x``, and ``o`` (the state buffer, read-only downstream) as the output;
         NotImplemented (the op's own dense path) for a first frame, a layer norm, or
-        tensors that do not share one gap-free layout."""
+        tensors that do not share one gap-free layout. Where the accumulator is deferred
+        (:attr:`takes_deferred`), first frame or restart, ``o ← f(x)`` alone (torch)."""
         if len(args) != 1 or kwargs or self.function.norm is not None:
             return NotImplemented
         x, acc, sent = args[0], op.state.get("acc"), op.state.get("sent")
+        if acc is not None and deferred(acc[0]):
+            if tuple(acc[0].shape) != tuple(x.shape):
+                raise RuntimeError(f"{op.node_name}: input {tuple(x.shape)} does not match the "
+                                   f"deferred accumulator {tuple(acc[0].shape)}")
+            out = op.fn(x)
+            return op._keep("sent", out, ref.sent_dtype(out.dtype, out.device))
         if acc is None or not isinstance(x, torch.Tensor) or not self.usable(x):
             return NotImplemented
         a = acc[0]
@@ -486,6 +526,7 @@ class LinearPointwise(Accelerated):
     plan: Any = None
     dense: bool | None = None
     whole_readers: Sequence[Any] = ()
+    total_state = "total"
 
     @property
     def keeps_total(self) -> bool:
@@ -615,7 +656,7 @@ class LinearPointwise(Accelerated):
             terms = [(k, d.extras.get("recompute") or (lambda w=w: w))
                      for d, k, w in zip(operands, coefs, wholes)]
             self.plan.leave_stale(op.node_name, assigned_restoration(
-                nhwc_state(self.consumer[0])[0][0], terms, shift, dtype))
+                accumulator_of(self.consumer[0]), terms, shift, dtype))
         return Delta(placeholder(out_shape, dtype, self.runtime.device), mask,
                      {**op.counted_extras(counter), "fused": work})
 

@@ -58,6 +58,8 @@ def pool_window(runtime: DeviceRuntime, op: DeltaOp, mode: int, d: Delta,
 class MaxPoolKernel(Accelerated):
     """``op.accelerated`` of a Nonlinear op wrapping ``nn.MaxPool2d``."""
 
+    total_state = "sent"
+
     def run(self, op: DeltaOp, *args: Any, **kwargs: Any) -> Any:
         fn = op.fn
         if len(args) != 1 or kwargs or not isinstance(args[0], Delta):
