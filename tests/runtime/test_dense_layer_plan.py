@@ -230,16 +230,21 @@ def test_a_conv_kind_follows_its_input_channels_per_group():
         "depthwise", "narrow", "narrow", "narrow", "conv", "conv"]
 
 
+def bound(arch: str):
+    """The torchvision model ``arch`` converted at 64×64 (reference backend), and the CUDA
+    backend's wrappers of its ops, built without a GPU (no kernel runs here)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = convert(getattr(torchvision.models, arch)().eval(), torch.randn(1, 3, 64, 64),
+                        backend="reference")
+    return model, accelerate(model, SimpleNamespace(device=torch.device("cpu"), multiprocessors=1))
+
+
 def test_dense_adds_are_the_residual_adds_whose_operands_have_whole_values():
     """ResNet's add → ReLU: every block (layer1.0's skip is the max pool's output, whose
     sent values hand on as its total), each with its conv sources (the downsample conv
     too)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = convert(torchvision.models.resnet18().eval(), torch.randn(1, 3, 64, 64),
-                        backend="reference")
-    runtime = SimpleNamespace(device=torch.device("cpu"), multiprocessors=1)
-    wrappers = accelerate(model, runtime)  # the wrappers alone: no kernel runs here
+    model, wrappers = bound("resnet18")
     adds = dense_add_sources(model, wrappers)
     ops = model.delta_ops()
     assert sorted(adds) == sorted(n for n in ops if n.endswith("add"))
@@ -255,15 +260,9 @@ def test_the_adds_that_keep_their_total_are_those_before_a_fused_conv():
     fused into its ReLU6, reads it); ResNet's adds are fused into their ReLU and keep
     none."""
     from deltaconvert.backends.cuda.binding import whole_readers
-    runtime = SimpleNamespace(device=torch.device("cpu"), multiprocessors=1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        mobilenet = convert(torchvision.models.mobilenet_v2().eval(), torch.randn(1, 3, 64, 64),
-                            backend="reference")
-        resnet = convert(torchvision.models.resnet18().eval(), torch.randn(1, 3, 64, 64),
-                         backend="reference")
+    mobilenet, wrappers = bound("mobilenet_v2")
+    resnet, resnet_wrappers = bound("resnet18")
     adds = sorted(n for n in mobilenet.delta_ops() if n.endswith("add"))
-    wrappers = accelerate(mobilenet, runtime)
     readers = whole_readers(mobilenet, wrappers)
     assert len(adds) == 10 and sorted(readers) == adds
     for name, convs in readers.items():
@@ -277,7 +276,7 @@ def test_the_adds_that_keep_their_total_are_those_before_a_fused_conv():
         assert add.keeps_total  # a dense layer
         convs[0].layer_call = None
         assert not add.keeps_total  # a dense delta reads no total
-    assert whole_readers(resnet, accelerate(resnet, runtime)) == {}
+    assert whole_readers(resnet, resnet_wrappers) == {}
 
 
 def test_the_truncations_read_by_convs_alone_are_mobilenets_relu6s():
@@ -285,12 +284,7 @@ def test_the_truncations_read_by_convs_alone_are_mobilenets_relu6s():
     (an expansion's by its depthwise conv, a depthwise conv's by its projection, the
     stem's by block 1's depthwise conv), except the last one, which the pooling reads."""
     from deltaconvert.backends.cuda.binding import total_readers
-    runtime = SimpleNamespace(device=torch.device("cpu"), multiprocessors=1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        mobilenet = convert(torchvision.models.mobilenet_v2().eval(), torch.randn(1, 3, 64, 64),
-                            backend="reference")
-    wrappers = accelerate(mobilenet, runtime)
+    mobilenet, wrappers = bound("mobilenet_v2")
     readers = total_readers(mobilenet, wrappers)
     assert readers["features.0.2"] == [wrappers["features.1.conv.0.0"]]
     assert readers["features.2.conv.0.2"] == [wrappers["features.2.conv.1.0"]]
@@ -305,12 +299,7 @@ def test_the_convs_that_may_start_dense_read_their_inputs_total_from_its_produce
     projection (a conv keeps no total), nor the projections (no activation). Each source
     reads its producer's state when called."""
     from deltaconvert.backends.cuda.binding import total_sources
-    runtime = SimpleNamespace(device=torch.device("cpu"), multiprocessors=1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        mobilenet = convert(torchvision.models.mobilenet_v2().eval(), torch.randn(1, 3, 64, 64),
-                            backend="reference")
-    wrappers = accelerate(mobilenet, runtime)
+    mobilenet, wrappers = bound("mobilenet_v2")
     sources = total_sources(mobilenet, wrappers)
     ops = mobilenet.delta_ops()
     depthwise = [n for n, op in ops.items() if getattr(op, "conv", None) is not None
