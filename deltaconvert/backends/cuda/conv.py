@@ -266,7 +266,7 @@ class ConvKernel(Accelerated):
         kind = conv_kind(cin_g)
         planned = eligible and fused and self.plan.allows(d.dtype, oh * ow, kind)
         if planned and self.dense is None:  # the sampling frame: a dense layer that samples
-            self.plan.sample(self, self.candidates(op, d, out_shape), dense_whole(op, whole, d.dtype),
+            self.plan.sample(self, self.candidates(op, d, g), dense_whole(op, whole, d.dtype),
                              kind, whole, op.node_name)
             self.layer_call = (d.dtype, oh * ow, kind)
         if planned and self.dense is not False:
@@ -397,36 +397,37 @@ class ConvKernel(Accelerated):
             extras.update(op.counted_extras(counter))
         return Delta(values, d.mask, extras)
 
-    def candidates(self, op: DeltaOp, d: Delta, out_shape: Sequence[int]) -> torch.Tensor:
+    def candidates(self, op: DeltaOp, d: Delta, g: Any) -> torch.Tensor:
         """The output mask the delta kernels would write for ``d`` (the pixels whose
-        footprint touches an update), for the plan's sample on a frame that runs the conv
-        as a dense layer: the input's own where the conv keeps pixels, the one the input's
-        producer marked (:mod:`.output_lists`), else ``conv_output_list``'s (the mask
-        alone: no list, no statistics)."""
+        footprint touches an update; ``g``: the conv's :func:`conv_geometry` on ``d``),
+        for the plan's sample on a frame that runs the conv as a dense layer: the input's
+        own where the conv keeps pixels, the one the input's producer marked
+        (:mod:`.output_lists`), else ``conv_output_list``'s (the mask alone: no list, no
+        statistics)."""
         conv = op.conv
         if keeps_pixels(conv):
             return d.mask
         marked = d.extras.get("output_lists", {}).get(op.node_name)
         if marked is not None:
             return marked[0]
-        n, _, oh, ow = out_shape
-        om = new_mask(out_shape, self.runtime.device)
+        n = d.shape[0]
+        om = new_mask((n, conv.out_channels, g.oh, g.ow), self.runtime.device)
         layer = op.node_name
-        g = conv_geometry(conv, d.shape[2], d.shape[3])
         # Weights, epilogue, splits and workspace: not read by conv_output_list.
         args_ = geometry_args(layer, conv, d, g).ptr(None)
         args_.ints(0).tensor(None).tensor(None).ptr(om).ints(1).ptr(None)
-        list_tiles = -(-oh // LIST_TILE) * -(-ow // LIST_TILE)
+        list_tiles = -(-g.oh // LIST_TILE) * -(-g.ow // LIST_TILE)
         self.launcher(layer, d.dtype, args_)("conv_output_list", (list_tiles, 1, n), None, None)
         return om
 
-    def starts_dense(self, op: DeltaOp, x: Any) -> bool:
-        """Whether this conv, on the dense first frame of a sequence with input ``x``,
-        will run as a dense layer on its sampling frame: the plan allows it and keeps no
-        accumulators, the conv is fused into a truncation that takes a deferred
-        accumulator and has no state yet, and its input's producer keeps its total
-        (:attr:`total_source`). The sampling frame checks again (``eligible`` in
-        :meth:`convolve`); a conv that then cannot run dense is refused by the plan
+    def deferred_shape(self, op: DeltaOp, x: Any) -> tuple[int, int, int, int] | None:
+        """The shape of the accumulator to defer (the conv's output on input ``x``) where,
+        on the dense first frame of a sequence, the conv will run as a dense layer on its
+        sampling frame, else None: the plan allows it and keeps no accumulators, the conv
+        is fused into a truncation that takes a deferred accumulator and has no state
+        yet, and its input's producer keeps its total (:attr:`total_source`). The
+        sampling frame checks again (``eligible`` in :meth:`convolve`); a conv that then
+        cannot run dense is refused by the plan
         (:meth:`~.dense_layers.DenseLayerPlan.require_current`)."""
         plan, conv = self.plan, getattr(op, "conv", None)
         if (plan is None or plan.keeps_accumulators or self.total_source is None
@@ -434,20 +435,21 @@ class ConvKernel(Accelerated):
                 or "acc" in self.consumer[0].state or conv is None or not isinstance(x, torch.Tensor)
                 or x.dim() != 4 or x.device != self.runtime.device or conv.weight.dtype != x.dtype
                 or conv.padding_mode != "zeros" or self.total_source() is None):
-            return False
+            return None
         g = conv_geometry(conv, x.shape[2], x.shape[3])
-        return plan.allows(x.dtype, g.oh * g.ow, conv_kind(conv.weight.shape[1]))
+        if not plan.allows(x.dtype, g.oh * g.ow, conv_kind(conv.weight.shape[1])):
+            return None
+        return x.shape[0], conv.out_channels, g.oh, g.ow
 
     def dense_in_place(self, op: DeltaOp, *args: Any, **kwargs: Any) -> Any:
         """A dense frame runs the op's own conv (NotImplemented). On a sequence's first,
-        where the conv :meth:`starts_dense`, its consumer's accumulator is deferred
-        (:class:`~.dense_layers.DeferredAccumulator`: no memory) and the plan holds its
-        restoration, ``round(conv(total) + b)`` from the input producer's state."""
-        if len(args) == 1 and not kwargs and self.starts_dense(op, args[0]):
+        where the conv starts dense (:meth:`deferred_shape`), its consumer's accumulator
+        is deferred (:class:`~.dense_layers.DeferredAccumulator`: no memory) and the plan
+        holds its restoration, ``round(conv(total) + b)`` from the input producer's state."""
+        shape = self.deferred_shape(op, args[0]) if len(args) == 1 and not kwargs else None
+        if shape is not None:
             x, conv, consumer = args[0], op.conv, self.consumer[0]
-            g = conv_geometry(conv, x.shape[2], x.shape[3])
-            consumer.state["acc"] = [DeferredAccumulator((x.shape[0], conv.out_channels, g.oh, g.ow),
-                                                         x.device)]
+            consumer.state["acc"] = [DeferredAccumulator(shape, x.device)]
             self.plan.leave_stale(op.node_name, assigned_restoration(
                 accumulator_of(consumer), [(1.0, dense_whole(op, self.total_source, x.dtype))],
                 self.vectors.get(conv.bias), x.dtype))

@@ -21,7 +21,7 @@ recomputes ``a`` from the state (:meth:`DenseLayerPlan.restore`, run where the d
 kernels take over between frames: the READY gate's installation). A dense layer that
 stops within a sequence without it is refused (:meth:`DenseLayerPlan.require_current`).
 Nor is ``a`` allocated while no delta kernel needs it: a conv that may be a dense layer
-(``ConvKernel.starts_dense``: its input hands on a total that its producer keeps as
+(``ConvKernel.deferred_shape``: its input hands on a total that its producer keeps as
 state, fp16, and the plan allows it) leaves its activation a
 :class:`DeferredAccumulator` on the sequence's first, dense frame, with a restoration
 that computes ``a`` from the producer's state; the restoration allocates it where the
