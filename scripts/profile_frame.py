@@ -8,7 +8,8 @@ with CUDA-graph replay and statistics off, as the benchmark's timed pass runs it
 measured). Per
 dtype:
 
-* ms per frame (CUDA events, median) of *clip* frames at a uniform threshold τ, and of
+* ms per frame (CUDA events, median) of *clip* frames at a uniform threshold τ (the
+  input Sparsify's ``--input-tau``, by default τ too), and of
   an *empty* frame (the last frame fed again: the input delta is 0, every mask is
   empty, so whatever an empty frame costs does not scale with the updated area);
 * GPU time per kernel launch of both, from ``torch.profiler`` over graph replays,
@@ -28,7 +29,7 @@ dtype:
   launch are measured as they are).
 
     python3 scripts/profile_frame.py [--model mobilenet_v2] [--clip static] \
-        [--resolution 720x1280] [--tau 0.05] [--dtypes fp32,fp16] [--json PATH]
+        [--resolution 720x1280] [--tau 0.05] [--input-tau T] [--dtypes fp32,fp16] [--json PATH]
 """
 from __future__ import annotations
 
@@ -140,12 +141,13 @@ def profile_dense(base, frames, label: str, repeats: int) -> dict:
     return {"ms": ms, "kernels": [{"kernel": name[:60], "us": us} for name, us in kernels]}
 
 
-def profile_delta(base, frames, label: str, tau: float, repeats: int, statistics_on: bool) -> dict:
+def profile_delta(base, frames, label: str, tau: float, input_tau: float, repeats: int,
+                  statistics_on: bool) -> dict:
     dtype = PRECISIONS[label].dtype
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = convert(base, torch.randn(1, 3, 64, 64), backend="cuda", cuda_graph=True,
-                        thresholds=ThresholdConfig(default=tau, input_threshold=tau))
+                        thresholds=ThresholdConfig(default=tau, input_threshold=input_tau))
     model = model.to(device=DEVICE, dtype=dtype, memory_format=torch.channels_last)
     xs = [f.to(DEVICE, dtype).contiguous(memory_format=torch.channels_last) for f in frames]
     with torch.no_grad():
@@ -172,7 +174,7 @@ def profile_delta(base, frames, label: str, tau: float, repeats: int, statistics
         host = host_profile(model, empty * 4)
     model.to("cpu")
     layers = {name: entry.get("updated_last") for name, entry in stats["layers"].items()}
-    return {"dtype": label, "tau": tau, "clip_ms": clip_ms, "empty_ms": empty_ms,
+    return {"dtype": label, "tau": tau, "input_tau": input_tau, "clip_ms": clip_ms, "empty_ms": empty_ms,
             "work_fraction": stats["work_fraction_last"], "layers_updated": layers,
             "clip_kernels": clip_kernels, "empty_kernels": empty_kernels, "empty_host": host}
 
@@ -195,7 +197,7 @@ def print_report(result: dict, dense: dict, top: int) -> None:
     label, clip, empty = result["dtype"], result["clip_kernels"], result["empty_kernels"]
     clip_sum, empty_sum = sum(r["us"] for r in clip), sum(r["us"] for r in empty)
     dense_sum = sum(r["us"] for r in dense["kernels"])
-    print(f"\n## {label}, τ={result['tau']}: clip frame {result['clip_ms']:.3f} ms "
+    print(f"\n## {label}, τ={result['tau']} (input {result['input_tau']}): clip frame {result['clip_ms']:.3f} ms "
           f"(work fraction {result['work_fraction']:.3f}), empty frame {result['empty_ms']:.3f} ms, "
           f"dense graph {dense['ms']:.3f} ms; kernels {len(clip)} (dense {len(dense['kernels'])}), "
           f"GPU kernel time clip {clip_sum / 1e3:.3f} ms, empty {empty_sum / 1e3:.3f} ms, "
@@ -241,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=14)
     parser.add_argument("--repeats", type=int, default=5, help="profiled replays")
     parser.add_argument("--tau", type=float, default=0.05)
+    parser.add_argument("--input-tau", type=float,
+                        help="the input Sparsify's threshold (default: --tau)")
     parser.add_argument("--dtypes", default="fp32,fp16")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--statistics", action="store_true",
@@ -257,7 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     base = build_model(args.model, args.data_dir, [f.cpu() for f in frames[:4]])
     results = []
     for label in args.dtypes.split(","):
-        results.append((profile_delta(base, frames, label, args.tau, args.repeats, args.statistics),
+        results.append((profile_delta(base, frames, label, args.tau,
+                                      args.tau if args.input_tau is None else args.input_tau,
+                                      args.repeats, args.statistics),
                         profile_dense(base, frames, label, args.repeats)))
     print(f"\n{torch.cuda.get_device_name()} | {args.model} | {args.clip} {tuple(frames[0].shape)} | "
           f"graph replay, statistics {'on' if args.statistics else 'off'}")

@@ -245,7 +245,9 @@ OWN_ROWS = {**{name: make_shape for name, make_shape in CONVS.items()
             "parts_3x3": (lambda: nn.Conv2d(32, 42, 3, padding=1), (1, 32, 90, 100)),
             # Two samples in one list (rows of either sample in one row tile).
             "parts_batch2": (lambda: nn.Conv2d(64, 48, 3, stride=2, padding=1), (2, 64, 20, 18)),
-            "many_rows_3x3": (lambda: nn.Conv2d(16, 24, 3, padding=1), (1, 16, 90, 100))}
+            "many_rows_3x3": (lambda: nn.Conv2d(16, 24, 3, padding=1), (1, 16, 90, 100)),
+            # K = 72, one part (conv_gemm_listed); 42 channels: scalar weight rows.
+            "scalar_rows_3x3": (lambda: nn.Conv2d(8, 42, 3, padding=1), (1, 8, 40, 50))}
 
 
 @pytest.mark.parametrize("multiprocessors", [None, 1], ids=["h200", "one_sm"])
