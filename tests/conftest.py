@@ -59,7 +59,8 @@ _DENSE_LAYERS = "deltaconvert.backends.cuda.dense_layers"
 OFF_UNLESS_MARKED = {
     "dense_restart": [("deltaconvert.backends.cuda.frame_skip", "RESTART_FRACTION", 0.0)],
     "dense_layers": [(_DENSE_LAYERS, name, 2.0)
-                     for name in ("DENSE_FROM", "DENSE_NARROW_FROM", "DENSE_DEPTHWISE_FROM")],
+                     for name in ("DENSE_FROM", "DENSE_SPATIAL_FROM", "DENSE_NARROW_FROM",
+                                  "DENSE_DEPTHWISE_FROM")],
 }
 
 

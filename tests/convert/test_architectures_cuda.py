@@ -196,6 +196,7 @@ def test_dense_layers_follow_the_original(runtime, video, name, monkeypatch):
     frame, and at least one conv of every model runs dense (its stem)."""
     from deltaconvert.backends.cuda import dense_layers
     monkeypatch.setattr(dense_layers, "DENSE_FROM", 0.0)
+    monkeypatch.setattr(dense_layers, "DENSE_SPATIAL_FROM", 0.0)
     monkeypatch.setattr(dense_layers, "DENSE_NARROW_FROM", 0.0)
     model = calibrated(name, video)
     delta = delta_model(model, video[0], "cuda", torch.float16, graph=True)

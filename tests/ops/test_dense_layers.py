@@ -98,6 +98,7 @@ def set_dense_from(monkeypatch, fraction: float, deltas: float = 2.0) -> None:
     cannot be dense layers run dense deltas from ``deltas`` (default: never)."""
     from deltaconvert.backends.cuda import dense_layers
     monkeypatch.setattr(dense_layers, "DENSE_FROM", fraction)
+    monkeypatch.setattr(dense_layers, "DENSE_SPATIAL_FROM", fraction)
     monkeypatch.setattr(dense_layers, "DENSE_NARROW_FROM", fraction)
     monkeypatch.setattr(dense_layers, "DENSE_DEPTHWISE_FROM", 2.0)
     monkeypatch.setattr(dense_layers, "DENSE_DELTA_FROM", deltas)
@@ -545,6 +546,8 @@ def test_sampling_keeps_no_frame_delta_alive(poisoned, monkeypatch):
     sources = [op for op in model.delta_ops().values()
                if isinstance(op, Conv2d) and op.accelerated.feeds is not None]
     assert sources
+    # Both adds have a 3×3 conv source: bound to decide as spatial convs.
+    assert {op.accelerated.feeds.kind for op in sources} == {"spatial"}
     for op in sources:
         op.register_forward_pre_hook(lambda module, args: received.extend(
             weakref.ref(a.values) for a in args if isinstance(a, Delta)))

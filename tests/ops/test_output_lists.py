@@ -185,6 +185,7 @@ def test_output_lists_change_no_output(runtime, monkeypatch, graph, dense):
         pytest.skip("CUDA-graph capture needs torch's caching allocator (off under the sanitizer)")
     from deltaconvert.backends.cuda import dense_layers, output_lists
     monkeypatch.setattr(dense_layers, "DENSE_FROM", 2.0)
+    monkeypatch.setattr(dense_layers, "DENSE_SPATIAL_FROM", 2.0)
     monkeypatch.setattr(dense_layers, "DENSE_NARROW_FROM", 0.0 if dense == "narrow" else 2.0)
     net, clip = stages_net(), frames()
     results = {}

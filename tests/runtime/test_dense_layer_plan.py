@@ -18,7 +18,7 @@ from deltaconvert.backends.cuda.base import Fused
 from deltaconvert.backends.cuda.constants import BLOCK, TRUNC_WHOLE_ITEMS, Activation, PixelFunction
 from deltaconvert.backends.cuda.pointwise import KernelFunction, whole_span
 from deltaconvert.backends.cuda.binding import accelerate, dense_add_sources
-from deltaconvert.backends.cuda.dense_layers import DenseLayerPlan, conv_kind
+from deltaconvert.backends.cuda.dense_layers import DenseLayerPlan, add_kind, conv_kind, conv_kind_of
 from deltaconvert.convert import convert
 from deltaconvert.ops.boundary import Sparsify
 
@@ -175,13 +175,15 @@ def test_allowed_calls(monkeypatch):
     assert not layers.allows(torch.float16, 256)
 
 
-@pytest.mark.parametrize("fractions", [(0.3, 0.15, 2.0), (2.0, 0.3, 0.5), (0.2, 0.9, 0.6)])
+@pytest.mark.parametrize("fractions", [(0.3, 0.5, 0.15, 2.0), (2.0, 0.04, 0.3, 0.5),
+                                       (0.2, 0.6, 0.9, 0.6)])
 def test_each_kind_of_conv_turns_dense_from_its_own_fraction(monkeypatch, fractions):
-    """Convs, narrow convs (an RGB stem) and depthwise convs turn dense from their own
-    fractions; an add decides as a conv."""
-    kinds = ("conv", "narrow", "depthwise")
+    """1×1 convs, spatial convs, narrow convs (an RGB stem) and depthwise convs turn
+    dense from their own fractions; an add decides as a 1×1 conv by default."""
+    kinds = ("conv", "spatial", "narrow", "depthwise")
     for kind, fraction in zip(kinds, fractions):
-        monkeypatch.setattr(dense_layers, {"conv": "DENSE_FROM", "narrow": "DENSE_NARROW_FROM",
+        monkeypatch.setattr(dense_layers, {"conv": "DENSE_FROM", "spatial": "DENSE_SPATIAL_FROM",
+                                           "narrow": "DENSE_NARROW_FROM",
                                            "depthwise": "DENSE_DEPTHWISE_FROM"}[kind], fraction)
     layers = plan()
     assert layers.allows(torch.float16, 256) == (fractions[0] <= 1)
@@ -223,11 +225,18 @@ def test_a_depthwise_conv_turns_dense_only_within_its_copies(monkeypatch, conv_m
     assert len(timed) == 2 and timed[0] is conv  # the depthwise conv and its copy, once
 
 
-def test_a_conv_kind_follows_its_input_channels_per_group():
+def test_a_conv_kind_follows_its_input_channels_per_group_and_taps():
     """As the delta kernels choose: one input channel per group runs the depthwise kernel
-    (any channel multiplier), a few the GEMM over narrow rows (an RGB stem)."""
+    (any channel multiplier, any taps), a few the GEMM over narrow rows (an RGB stem),
+    more a GEMM over one tap (1×1) or over gathered taps (spatial)."""
     assert [conv_kind(c) for c in (1, 2, 3, 7, 8, 64)] == [
         "depthwise", "narrow", "narrow", "narrow", "conv", "conv"]
+    assert [conv_kind(c, 9) for c in (1, 3, 8, 64)] == ["depthwise", "narrow", "spatial", "spatial"]
+    assert conv_kind_of(torch.nn.Conv2d(64, 64, (1, 3))) == "spatial"
+    assert conv_kind_of(torch.nn.Conv2d(3, 64, 7)) == "narrow"
+    assert conv_kind_of(torch.nn.Conv2d(32, 32, 3, groups=32)) == "depthwise"
+    assert add_kind(["conv", "spatial"]) == add_kind(["spatial"]) == "spatial"
+    assert add_kind(["conv", "conv"]) == add_kind([]) == "conv"
 
 
 def bound(arch: str):
@@ -253,6 +262,19 @@ def test_dense_adds_are_the_residual_adds_whose_operands_have_whole_values():
     assert sources["layer1.0.add"] == ["layer1.0.conv2"]
     assert sources["layer1.1.add"] == ["layer1.1.conv2"]
     assert sources["layer2.0.add"] == ["layer2.0.conv2", "layer2.0.downsample.0"]
+
+
+@pytest.mark.parametrize("arch,kind", [("resnet18", "spatial"), ("resnet50", "conv")])
+def test_a_dense_add_decides_as_its_spatial_conv_sources(arch, kind):
+    """Each conv wrapper knows its kind from its conv; a residual add decides as a spatial
+    conv where one of its sources is (the basic block's 3×3 conv2), else as a 1×1 conv
+    (the bottleneck's conv3 and downsample)."""
+    model, wrappers = bound(arch)
+    assert (wrappers["conv1"].kind, wrappers["layer1.0.conv1"].kind) == (
+        "narrow", "spatial" if arch == "resnet18" else "conv")
+    assert wrappers["layer2.0.downsample.0"].kind == "conv"
+    adds = dense_add_sources(model, wrappers)
+    assert {add_kind([conv.kind for conv in convs]) for convs in adds.values()} == {kind}
 
 
 def test_the_adds_that_keep_their_total_are_those_before_a_fused_conv():

@@ -34,7 +34,7 @@ def bind(model: DeltaOpGraph, device: torch.device, dtype: torch.dtype) -> Runti
     from .arena import FrameArena
     from .binding import accelerate, dense_add_sources
     from .conv import ConvKernel
-    from .dense_layers import DenseLayerPlan
+    from .dense_layers import DenseLayerPlan, add_kind
     from .device import device_runtime
     from .kernels import SUPPORTED_DTYPES, load_all
     from .tensors import full_mask
@@ -50,6 +50,7 @@ def bind(model: DeltaOpGraph, device: torch.device, dtype: torch.dtype) -> Runti
             wrapper.plan = plan
     for name, convs in dense_add_sources(model, wrappers).items():
         wrappers[name].plan = plan
+        wrappers[name].kind = add_kind([conv.kind for conv in convs])
         for conv in convs:  # a link one way only: no cycle outlives the sequence
             conv.feeds = wrappers[name]
 

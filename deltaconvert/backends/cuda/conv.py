@@ -63,7 +63,7 @@ from .dense_layers import (
     DenseLayerPlan,
     accumulator_of,
     assigned_restoration,
-    conv_kind,
+    conv_kind_of,
 )
 from .device import DeviceRuntime
 from .kernels import Args, kernel
@@ -190,9 +190,11 @@ class ConvKernel(Accelerated):
     conv's next call. A conv
     whose only consumer is an add fused into an activation (``feeds``) hands that add its
     whole output instead of a delta while the add is dense (:meth:`whole_output`).
-    ``total_source`` (bind time): where its input's producer keeps the whole value it
-    hands on as ``extras["total"]`` (a callable reading that state entry), for a
-    restoration made before the conv's first delta frame (:meth:`dense_in_place`).
+    ``kind`` (bind time): its conv's :func:`~.dense_layers.conv_kind`, which decides the
+    fraction of candidates that turns it dense. ``total_source`` (bind time): where its
+    input's producer keeps the whole value it hands on as ``extras["total"]`` (a callable
+    reading that state entry), for a restoration made before the conv's first delta
+    frame (:meth:`dense_in_place`).
     """
 
     plan: DenseLayerPlan | None = None
@@ -204,6 +206,8 @@ class ConvKernel(Accelerated):
         self._packed: tuple[tuple, torch.Tensor] | None = None
         self.dense: bool | None = None
         self.layer_call: tuple[torch.dtype, int, ConvKind] | None = None
+        conv = getattr(op, "conv", None)  # the op's own (a dense layer's) kind
+        self.kind: ConvKind = conv_kind_of(conv) if conv is not None else "conv"
         self.vectors = VectorCache(runtime.device)  # the fp32 bias of a dense layer
 
     @property
@@ -258,12 +262,12 @@ class ConvKernel(Accelerated):
         # eagerly (the sampling frame): a copy first made inside a CUDA-graph capture would
         # be a kernel replayed every frame.
         bias = self.vectors.get(op.conv.bias) if eligible else None
-        if eligible and self.feeds is not None and self.plan.allows(d.dtype, oh * ow):
+        if eligible and self.feeds is not None and self.plan.allows(d.dtype, oh * ow, self.feeds.kind):
             if self.feeds.dense is None:  # the add samples: it would warm this conv up too
                 self.plan.also_warm(self.feeds, dense_whole(op, whole, d.dtype))
             if self.feeds.dense:
                 return self.whole_output(op, whole, bias, d.dtype, out_shape)
-        kind = conv_kind(cin_g)
+        kind = self.kind
         planned = eligible and fused and self.plan.allows(d.dtype, oh * ow, kind)
         if planned and self.dense is None:  # the sampling frame: a dense layer that samples
             self.plan.sample(self, self.candidates(op, d, g), dense_whole(op, whole, d.dtype),
@@ -437,7 +441,7 @@ class ConvKernel(Accelerated):
                 or conv.padding_mode != "zeros" or self.total_source() is None):
             return None
         g = conv_geometry(conv, x.shape[2], x.shape[3])
-        if not plan.allows(x.dtype, g.oh * g.ow, conv_kind(conv.weight.shape[1])):
+        if not plan.allows(x.dtype, g.oh * g.ow, self.kind):
             return None
         return x.shape[0], conv.out_channels, g.oh, g.ow
 
@@ -467,9 +471,9 @@ class ConvKernel(Accelerated):
         plan = self.plan
         if plan is None:
             return True
-        if self.feeds is not None and self.feeds.dense and plan.allows(dtype, out_pixels):
+        if self.feeds is not None and self.feeds.dense and plan.allows(dtype, out_pixels, self.feeds.kind):
             return False
-        return not (self.dense and plan.allows(dtype, out_pixels, conv_kind(op.conv.weight.shape[1])))
+        return not (self.dense and plan.allows(dtype, out_pixels, self.kind))
 
     def launcher(self, layer: str, dtype: torch.dtype, head: Args) -> Callable[..., None]:
         """``launch(name, grid, counter, out_list, rows=None)``: the conv kernel ``name``

@@ -62,7 +62,9 @@ frame or capture (:meth:`DenseLayerPlan.resolve`: one host read for all of them)
 whose candidates are at least its kind's fraction of its output pixels
 (:func:`dense_from`) becomes dense for the rest of the sequence. cuDNN's first call for
 each dense layer's shape is made then, outside any capture. The fractions, by
-:func:`conv_kind`: :data:`DENSE_FROM` (``DELTACONVERT_CUDA_DENSE_FROM``, default 0.15);
+:func:`conv_kind`: :data:`DENSE_FROM` for 1×1 convs (``DELTACONVERT_CUDA_DENSE_FROM``,
+default 0.15); :data:`DENSE_SPATIAL_FROM` for convs with more taps
+(``…_SPATIAL_FROM``, 0.04), and adds with such a conv source (:func:`add_kind`);
 :data:`DENSE_NARROW_FROM` for convs over 2 to :data:`NARROW_CHANNELS` − 1 input channels
 per group, RGB stems (``…_NARROW_FROM``, 0.15); :data:`DENSE_DEPTHWISE_FROM` for convs
 over one input channel per group (``…_DEPTHWISE_FROM``, 0.15). 0: every
@@ -82,7 +84,7 @@ from __future__ import annotations
 
 import os
 import weakref
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Iterable, Literal, Sequence
 
 import torch
 
@@ -90,11 +92,10 @@ from ...ops.boundary import Sparsify
 from ...timing import device_time
 from .device import DeviceRuntime
 
-# A GEMM conv turns dense from 15 % candidates: with the listed, split GEMM (PERF_NOTES
-# §40) ResNet's 3×3 convs at 15–30 % candidates, which 0.3 kept delta, still cost more
-# (with their truncation) than cuDNN's whole map and the whole-map truncation: resnet18
-# at τ=0.1 took 0.668 ms at 0.15 against 0.711 at 0.3 (dense fp16 graph 0.69), resnet50
-# −2 to −4 %; lraspp did not move, and no conv of MobileNetV2 qualifies.
+# A 1×1 conv turns dense from 15 % candidates (PERF_NOTES §40: then for every GEMM conv;
+# resnet18 at τ=0.1 took 0.668 ms at 0.15 against 0.711 at 0.3, resnet50 −2 to −4 %;
+# MobileNetV2's expansions after skip adds at 0.15, 0.3 and 0.5 within ±0.5 %, §47 a).
+# Spatial convs have their own fraction, DENSE_SPATIAL_FROM.
 DENSE_FROM = float(os.environ.get("DELTACONVERT_CUDA_DENSE_FROM", "0.15"))
 DENSE_DTYPES = (torch.float16,)  # fp32 convs through cuDNN would use TF32 (not exact)
 # Smaller maps stay delta: a cuDNN call on a few pixels (squeeze-excite convs on 1×1
@@ -114,6 +115,14 @@ DENSE_DEPTHWISE_FROM = float(os.environ.get("DELTACONVERT_CUDA_DENSE_DEPTHWISE_F
 # depthwise conv that would turn dense stays delta where cuDNN takes more than this many
 # copies of its input.
 DEPTHWISE_COPY_RATIO = 5.0
+# Convs with a spatial kernel (3×3 and larger, over NARROW_CHANNELS or more input channels
+# per group: ResNet's) turn dense from 4 % of their output pixels, as does an add whose
+# conv sources include one: the listed GEMM over gathered taps costs per candidate about
+# four times what cuDNN costs per pixel, and the marking truncation after it costs what
+# the whole-map one does (PERF_NOTES §48: resnet18's 13 listed 3×3 GEMMs at 28 % work took
+# 219 µs against cuDNN's 172 µs for the whole maps). resnet18 at τ=0.1 took 0.630 ms
+# from 0.15, 0.555 from 0.08 and 0.559 from 0.04; at τ=0.2 0.666 / 0.603 / 0.556.
+DENSE_SPATIAL_FROM = float(os.environ.get("DELTACONVERT_CUDA_DENSE_SPATIAL_FROM", "0.04"))
 # Convs over a few input channels (an RGB stem) turn dense earlier: the delta GEMM
 # gathers a few channels per tap, so its cost per candidate is far above cuDNN's per
 # pixel. ResNet's 7×7 stem took 114 µs at 24 % candidates where cuDNN takes 31 µs for
@@ -128,7 +137,7 @@ DENSE_NARROW_FROM = float(os.environ.get("DELTACONVERT_CUDA_DENSE_NARROW_FROM", 
 # lraspp τ=0.02 2.092 / 2.057 / 2.203 (PERF_NOTES §44).
 DENSE_DELTA_FROM = float(os.environ.get("DELTACONVERT_CUDA_DENSE_DELTA_FROM", "0.3"))
 
-ConvKind = Literal["conv", "narrow", "depthwise", "delta"]
+ConvKind = Literal["conv", "spatial", "narrow", "depthwise", "delta"]
 
 
 # Whether dense layers write their accumulator every frame. They never read it, so by
@@ -138,20 +147,36 @@ ConvKind = Literal["conv", "narrow", "depthwise", "delta"]
 KEEP_ACCUMULATORS = os.environ.get("DELTACONVERT_CUDA_DENSE_KEEP_ACC", "0") == "1"
 
 
-def conv_kind(in_per_group: int) -> ConvKind:
-    """A conv's kind for :func:`dense_from`, from its input channels per group, as the
-    delta kernels choose (``conv.py``): depthwise (one, any channel multiplier: the
-    depthwise kernel), narrow (fewer than :data:`NARROW_CHANNELS`), or any other conv."""
+def conv_kind(in_per_group: int, taps: int = 1) -> ConvKind:
+    """A conv's kind for :func:`dense_from`, from its input channels per group and its
+    kernel taps (KH·KW), as the delta kernels choose (``conv.py``): depthwise (one input
+    channel per group, any channel multiplier: the depthwise kernel), narrow (fewer than
+    :data:`NARROW_CHANNELS`: an RGB stem), spatial (more than one tap: the GEMM gathers
+    each tap's pixels), or a 1×1 conv."""
     if in_per_group == 1:
         return "depthwise"
-    return "narrow" if in_per_group < NARROW_CHANNELS else "conv"
+    if in_per_group < NARROW_CHANNELS:
+        return "narrow"
+    return "spatial" if taps > 1 else "conv"
+
+
+def conv_kind_of(conv: Any) -> ConvKind:
+    """:func:`conv_kind` of ``conv`` (an ``nn.Conv2d``: weight ``(Cout, Cin_g, KH, KW)``)."""
+    _, in_per_group, kh, kw = conv.weight.shape
+    return conv_kind(in_per_group, kh * kw)
+
+
+def add_kind(source_kinds: Iterable[ConvKind]) -> ConvKind:
+    """The kind a dense add decides as: that of its spatial conv sources if it has one
+    (its decision is theirs: ResNet's basic block), else a 1×1 conv's."""
+    return "spatial" if "spatial" in source_kinds else "conv"
 
 
 def dense_from(kind: ConvKind = "conv") -> float:
     """The candidate fraction from which a conv of this kind turns dense (above 1: never);
-    an add decides as a ``"conv"``, a dense delta as ``"delta"``."""
-    return {"conv": DENSE_FROM, "narrow": DENSE_NARROW_FROM, "depthwise": DENSE_DEPTHWISE_FROM,
-            "delta": DENSE_DELTA_FROM}[kind]
+    an add decides as :func:`add_kind` says, a dense delta as ``"delta"``."""
+    return {"conv": DENSE_FROM, "spatial": DENSE_SPATIAL_FROM, "narrow": DENSE_NARROW_FROM,
+            "depthwise": DENSE_DEPTHWISE_FROM, "delta": DENSE_DELTA_FROM}[kind]
 
 
 def memory_bound(conv: Callable[[], Any], source: torch.Tensor) -> bool:

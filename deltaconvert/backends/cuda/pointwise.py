@@ -40,7 +40,8 @@ from .constants import (
     PixelFunction,
     TruncateInput,
 )
-from .dense_layers import accumulator_of, allocated_accumulator, assigned_restoration, deferred
+from .dense_layers import (ConvKind, accumulator_of, allocated_accumulator, assigned_restoration,
+                           deferred)
 from .device import DeviceRuntime
 from .kernels import SUPPORTED_DTYPES, Args, kernel
 from .output_lists import NO_TARGETS, mark_outputs
@@ -521,10 +522,12 @@ class LinearPointwise(Accelerated):
     residual stream, whose whole value no other op keeps.
     """
 
-    # Dense adds (:mod:`.dense_layers`): the plan (None: never dense) and this add's
-    # decision. Its conv sources know it (``ConvKernel.feeds``); it does not know them.
+    # Dense adds (:mod:`.dense_layers`): the plan (None: never dense), this add's decision,
+    # and the kind it decides as (``add_kind`` of its conv sources, set at bind time). Its
+    # conv sources know it (``ConvKernel.feeds``); it does not know them.
     plan: Any = None
     dense: bool | None = None
+    kind: ConvKind = "conv"
     whole_readers: Sequence[Any] = ()
     total_state = "total"
 
@@ -583,7 +586,7 @@ class LinearPointwise(Accelerated):
         fused = self.consumer is not None and self.consumer[1].accepts(self.consumer[0], out_shape,
                                                                         dtype)
         _, _, h, w = shape4(out_shape)
-        if fused and self.dense and scale is None and self.plan.allows(dtype, h * w):
+        if fused and self.dense and scale is None and self.plan.allows(dtype, h * w, self.kind):
             return self.assign_wholes(op, operands, coefs, out_shape)
         if self.plan is not None:
             self.plan.require_current(op.node_name)  # deltas go to its consumer's accumulator
@@ -596,8 +599,8 @@ class LinearPointwise(Accelerated):
             extras = {"fused": Fused(self.consumer[0], operands, coefs, True, scale, counter),
                       **op.counted_extras(counter)}
             if (self.plan is not None and self.dense is None and scale is None
-                    and self.plan.allows(dtype, h * w)):
-                self.plan.sample(self, mask, lambda: None)  # its conv sources add theirs
+                    and self.plan.allows(dtype, h * w, self.kind)):
+                self.plan.sample(self, mask, lambda: None, self.kind)  # its conv sources add theirs
                 # The dense add's sum of biases, made in this eager frame rather than in a
                 # capture, which would replay its kernels every frame.
                 self.shift([(d.extras.get("bias"), k) for d, k in zip(operands, coefs)])
