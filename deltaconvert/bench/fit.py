@@ -7,7 +7,9 @@ the dense ones) at every threshold setting measured on one case (threshold 0, th
 files and the uniform sweep). ``a`` and ``b`` are the ordinary least-squares line
 through them; :attr:`CostFit.ratio` is the fitted time at work 0.1 over the fitted time
 at work 0.9 (the issue-11 target: ≤ 0.3 for mobilenet_v2, i.e. cost that follows the
-change).
+change), undefined (None) where the line gives no positive time at either: its points
+do not describe that range (e.g. a runner whose rows all run dense layers, time flat
+or falling with the work, extrapolated to a negative fixed cost).
 
 The unchanged frame (the same input every frame, work exactly 0) is not a point: a
 CUDA-graph replay skips the whole frame when no input pixel changed, so its few µs of
@@ -36,9 +38,11 @@ class CostFit:
         return self.a_ms + self.b_ms * work
 
     @property
-    def ratio(self) -> float:
-        """Fitted ms at work 0.1 over fitted ms at work 0.9."""
-        return self.ms(LOW_WORK) / self.ms(HIGH_WORK)
+    def ratio(self) -> float | None:
+        """Fitted ms at work 0.1 over fitted ms at work 0.9; None where either is not
+        positive (see the module docstring)."""
+        low, high = self.ms(LOW_WORK), self.ms(HIGH_WORK)
+        return low / high if low > 0 and high > 0 else None
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "ratio_low_high": self.ratio}

@@ -163,8 +163,13 @@ def fit_table(results: dict[str, Any]) -> str | None:
              "| case | runner | points | a: fixed ms | b: ms per unit of work | time(0.1) / time(0.9) |",
              "|---|---|---|---|---|---|"]
     lines += [f"| {_case_title(case)} | {name} | {fit['points']} | {fit['a_ms']:.3f} | {fit['b_ms']:.3f} | "
-              f"{fit['ratio_low_high']:.2f} |" for case, name, fit in rows]
+              f"{_ratio(fit['ratio_low_high'])} |" for case, name, fit in rows]
     return "\n".join(lines)
+
+
+def _ratio(ratio: float | None) -> str:
+    """A fit's time ratio, or "–" where the fitted line gives no positive time."""
+    return "–" if ratio is None else f"{ratio:.2f}"
 
 
 def verdict_table(rows: list[dict[str, str]]) -> str:

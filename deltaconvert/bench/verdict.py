@@ -115,11 +115,15 @@ def unchanged_ms(limit: float) -> Callable[[dict[str, Any]], tuple[str, bool]]:
 
 def cost_ratio(limit: float) -> Callable[[dict[str, Any]], tuple[str, bool]]:
     """The fitted time at work 0.1 over that at work 0.9 (:mod:`deltaconvert.bench.fit`)
-    is ≤ ``limit``."""
+    is ≤ ``limit``; a fit without that ratio (no positive fitted time at one of them)
+    shows nothing, so it fails."""
     def check(case: dict[str, Any]) -> tuple[str, bool]:
         name, fit = _variant_entry(case.get("fits", {}), "cost fit")
-        return (f"{fit['ratio_low_high']:.2f} ({name}: ms ≈ {fit['a_ms']:.3f} + "
-                f"{fit['b_ms']:.3f}·work over {fit['points']} points)", fit["ratio_low_high"] <= limit)
+        ratio = fit["ratio_low_high"]
+        line = f"{name}: ms ≈ {fit['a_ms']:.3f} + {fit['b_ms']:.3f}·work over {fit['points']} points"
+        if ratio is None:
+            return f"no ratio: the fitted time is not positive at work {LOW_WORK} or {HIGH_WORK} ({line})", False
+        return f"{ratio:.2f} ({line})", ratio <= limit
     return check
 
 

@@ -15,6 +15,14 @@ def test_fit_recovers_a_line_and_the_ratio():
     assert fit.as_dict()["ratio_low_high"] == pytest.approx(fit.ratio)
 
 
+def test_a_line_without_positive_times_has_no_ratio():
+    """Time falling with the work (rows that all run dense layers) extrapolates to a
+    negative fixed cost: no ratio, rather than a negative one."""
+    falling = fit_cost([(0.94, 0.56), (1.0, 0.62)])  # −0.38 + 1.0·work: −0.28 ms at 0.1
+    assert falling.ms(0.1) < 0 and falling.ratio is None
+    assert falling.as_dict()["ratio_low_high"] is None
+
+
 def test_fit_is_least_squares_and_needs_two_distinct_works():
     points = [(0.1, 1.0), (0.2, 1.5), (0.4, 1.9), (0.8, 3.1)]
     b, a = np.polyfit(*np.array(points).T, 1)
@@ -43,3 +51,12 @@ def test_case_fits_group_by_variant_and_leave_out_the_unchanged_frame():
     assert fits["delta fp16 graph"]["a_ms"] == pytest.approx(1.0)
     assert fits["delta fp16 graph"]["b_ms"] == pytest.approx(2.0)
     assert variant({"precision": "fp16", "mode": "eager"}) == "delta fp16"
+
+
+def test_the_fit_table_shows_a_missing_ratio_as_a_dash():
+    from deltaconvert.bench.report import fit_table
+    case = {"model": "resnet18", "clip": "static", "resolution": (720, 1280), "frames": 40,
+            "fits": {"delta fp16 graph": fit_cost([(0.94, 0.56), (1.0, 0.62)]).as_dict(),
+                     "delta fp32 graph": fit_cost([(0.1, 0.5), (0.9, 1.3)]).as_dict()}}
+    rows = fit_table({"cases": [case]}).splitlines()[-2:]
+    assert rows[0].endswith("| -0.380 | 1.000 | – |") and rows[1].endswith("| 0.38 |")  # 0.5 / 1.3

@@ -92,6 +92,15 @@ def test_targets_fail_on_slow_inaccurate_or_large_runs():
     assert batch1["measured"].startswith("no delta fp16 run within pooled error 3.30%")
 
 
+def test_a_cost_fit_without_a_ratio_fails_and_says_why():
+    results = passing_results()
+    fit = results["cases"][0]["fits"]["delta fp16 graph"]
+    fit.update(a_ms=-0.2, b_ms=0.8, ratio_low_high=None)
+    row = next(r for r in verdict(results) if "time at work 0.1" in r["target"])
+    assert row["verdict"] == FAIL
+    assert row["measured"].startswith("no ratio: the fitted time is not positive at work 0.1 or 0.9")
+
+
 def test_what_did_not_run_is_never_a_pass():
     assert {r["verdict"] for r in verdict({"cases": []})} == {NOT_RUN}
     results = passing_results()
