@@ -11,7 +11,11 @@ pixel emits) and once alternating with another (every pixel emits); a second tab
 gives the whole-map truncation's bytes per second next to the activation kernel's.
 
 Masks are random pixels (``pixels:D``, each pixel updated with probability D) or random
-8×8 tiles (``tiles:D``). Times come from ``torch.profiler`` over ``--repeats`` calls
+8×8 tiles (``tiles:D``). A GEMM conv in fp16 runs as in a converted model, over a list of
+its output pixels (``--rows listed``: ``conv_output_list``, then ``conv_gemm_listed``, or
+its parts and their sum where K splits; the conv gets a work-list slot of a frame arena,
+zeroed before each frame), or over the 8×8 tiles of its output
+(``--rows tiled``: ``conv_gemm``, which a model runs only without list slots). Times come from ``torch.profiler`` over ``--repeats`` calls
 after a warm-up, per kernel name; the dense row is ``F.conv2d`` in the same dtype on
 channels_last input. Prints a table and writes JSON (``--json``). Example (the depthwise
 conv of MobileNetV2's block 3 at 720p), and the same layer under Nsight Compute::
@@ -108,9 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default="fp16", choices=("fp16", "fp32"))
     parser.add_argument("--densities", default="pixels:0,pixels:0.05,pixels:0.2,pixels:0.44,tiles:0.44,pixels:1",
                         help="comma-separated KIND:DENSITY, KIND pixels or tiles")
+    parser.add_argument("--rows", default="listed", choices=("listed", "tiled"),
+                        help="a GEMM conv's rows: a list of its output pixels (as in a model) or 8×8 tiles")
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
+    from deltaconvert.backends.cuda.arena import FrameArena
     from deltaconvert.backends.cuda.binding import wrapper_for
     from deltaconvert.backends.cuda.dense_layers import DenseLayerPlan
     from deltaconvert.backends.cuda.device import device_runtime
@@ -135,6 +142,10 @@ def main(argv: list[str] | None = None) -> int:
         op.accelerated = wrapper_for(op, runtime, (act, act.accelerated))
         # A plan that decides nothing: recompute() asks it whether to keep the accumulator.
         op.accelerated.plan = DenseLayerPlan(runtime, [])
+        arena = FrameArena(runtime.device, 1)
+        if args.rows == "listed":  # as bound in a model (backends/cuda/binding.py)
+            op.accelerated.list_count = arena.slot(0)
+            op.accelerated.arena = act.accelerated.arena = arena
         dense = kernel_us(lambda: conv(x), args.repeats)
         rows = [{"case": "dense (cuDNN)", "kernels": dense},
                 {"case": "dense (cuDNN) + activation",
@@ -164,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
 
             def frame() -> None:
                 with runtime.frame():
+                    arena.begin_frame()
                     act(op(d))
             rows.append({"case": case, "kernels": kernel_us(frame, args.repeats)})
     print(f"conv {args.channels}→{cout} k{args.kernel} s{args.stride} groups {groups} at "
