@@ -15,9 +15,9 @@ Masks are random pixels (``pixels:D``, each pixel updated with probability D) or
 its output pixels (``--rows listed``: ``conv_output_list``, then ``conv_gemm_listed``, or
 its parts and their sum where K splits; the conv gets a work-list slot of a frame arena,
 zeroed before each frame), or over the 8×8 tiles of its output
-(``--rows tiled``: ``conv_gemm``, which a model runs only without list slots). Times come from ``torch.profiler`` over ``--repeats`` calls
-after a warm-up, per kernel name; the dense row is ``F.conv2d`` in the same dtype on
-channels_last input. Prints a table and writes JSON (``--json``). Example (the depthwise
+(``--rows tiled``: ``conv_gemm``, which a model runs only without list slots). Times
+come from ``torch.profiler`` over ``--repeats`` calls after a warm-up, per kernel name;
+the dense row is ``F.conv2d`` in the same dtype on channels_last input. Prints a table and writes JSON (``--json``). Example (the depthwise
 conv of MobileNetV2's block 3 at 720p), and the same layer under Nsight Compute::
 
     python3 scripts/layer_bench.py --channels 144 --size 180x320

@@ -174,7 +174,8 @@ def profile_delta(base, frames, label: str, tau: float, input_tau: float, repeat
         host = host_profile(model, empty * 4)
     model.to("cpu")
     layers = {name: entry.get("updated_last") for name, entry in stats["layers"].items()}
-    return {"dtype": label, "tau": tau, "input_tau": input_tau, "clip_ms": clip_ms, "empty_ms": empty_ms,
+    return {"dtype": label, "tau": tau, "input_tau": input_tau, "clip_ms": clip_ms,
+            "empty_ms": empty_ms,
             "work_fraction": stats["work_fraction_last"], "layers_updated": layers,
             "clip_kernels": clip_kernels, "empty_kernels": empty_kernels, "empty_host": host}
 
@@ -197,7 +198,8 @@ def print_report(result: dict, dense: dict, top: int) -> None:
     label, clip, empty = result["dtype"], result["clip_kernels"], result["empty_kernels"]
     clip_sum, empty_sum = sum(r["us"] for r in clip), sum(r["us"] for r in empty)
     dense_sum = sum(r["us"] for r in dense["kernels"])
-    print(f"\n## {label}, τ={result['tau']} (input {result['input_tau']}): clip frame {result['clip_ms']:.3f} ms "
+    print(f"\n## {label}, τ={result['tau']} (input {result['input_tau']}): "
+          f"clip frame {result['clip_ms']:.3f} ms "
           f"(work fraction {result['work_fraction']:.3f}), empty frame {result['empty_ms']:.3f} ms, "
           f"dense graph {dense['ms']:.3f} ms; kernels {len(clip)} (dense {len(dense['kernels'])}), "
           f"GPU kernel time clip {clip_sum / 1e3:.3f} ms, empty {empty_sum / 1e3:.3f} ms, "

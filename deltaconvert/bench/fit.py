@@ -8,8 +8,8 @@ files and the uniform sweep). ``a`` and ``b`` are the ordinary least-squares lin
 through them; :attr:`CostFit.ratio` is the fitted time at work 0.1 over the fitted time
 at work 0.9 (the issue-11 target: ≤ 0.3 for mobilenet_v2, i.e. cost that follows the
 change), undefined (None) where the line gives no positive time at either: its points
-do not describe that range (e.g. a runner whose rows all run dense layers, time flat
-or falling with the work, extrapolated to a negative fixed cost).
+do not describe that range (e.g. a runner whose rows all run dense layers, all at work
+near 1, where a steep line through them extrapolates to a negative fixed cost).
 
 The unchanged frame (the same input every frame, work exactly 0) is not a point: a
 CUDA-graph replay skips the whole frame when no input pixel changed, so its few µs of

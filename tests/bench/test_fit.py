@@ -16,8 +16,8 @@ def test_fit_recovers_a_line_and_the_ratio():
 
 
 def test_a_line_without_positive_times_has_no_ratio():
-    """Time falling with the work (rows that all run dense layers) extrapolates to a
-    negative fixed cost: no ratio, rather than a negative one."""
+    """A steep line through points near work 1 (rows that all run dense layers)
+    extrapolates to a negative fixed cost: no ratio, rather than a negative one."""
     falling = fit_cost([(0.94, 0.56), (1.0, 0.62)])  # −0.38 + 1.0·work: −0.28 ms at 0.1
     assert falling.ms(0.1) < 0 and falling.ratio is None
     assert falling.as_dict()["ratio_low_high"] is None
