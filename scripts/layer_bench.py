@@ -17,8 +17,9 @@ its parts and their sum where K splits; the conv gets a work-list slot of a fram
 zeroed before each frame), or over the 8×8 tiles of its output
 (``--rows tiled``: ``conv_gemm``, which a model runs only without list slots). Times
 come from ``torch.profiler`` over ``--repeats`` calls after a warm-up, per kernel name;
-the dense row is ``F.conv2d`` in the same dtype on channels_last input. Prints a table and writes JSON (``--json``). Example (the depthwise
-conv of MobileNetV2's block 3 at 720p), and the same layer under Nsight Compute::
+the dense row is ``F.conv2d`` in the same dtype on channels_last input. Prints a table
+and writes JSON (``--json``). Example (the depthwise conv of MobileNetV2's block 3 at
+720p), and the same layer under Nsight Compute::
 
     python3 scripts/layer_bench.py --channels 144 --size 180x320
     ncu -k regex:'^conv_depthwise$' --launch-skip 10 --launch-count 1 --section SpeedOfLight \\
