@@ -13,6 +13,10 @@
 #define DC_RESIDENT 4
 #define LIST_TILE 16
 #define LISTED_TAPS 64
+#define GATHER_ROWS 128
+#define GATHER_K 32
+#define GATHER_STAGES 3
+#define GATHER_RESIDENT 2
 #define TRUNC_WHOLE_ITEMS 2
 #define CONV_TARGETS 2
 #define ACT_IDENTITY 0

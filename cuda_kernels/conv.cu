@@ -723,31 +723,35 @@ struct RowTaps {
     __device__ __forceinline__ bool operator()(int r, int, int) const { return (bits >> r) & 1ull; }
 };
 
-// taps[p] |= the RowTaps bits of listed row p (its output pixel rows[p], active[p]): the
-// 256 threads take row tid % 64 and every fourth tap from tid / 64, so a 3×3 kernel costs
-// each thread at most three mask loads. taps[] must be zero; all threads must call it,
-// and synchronise before reading taps[].
+// taps[p] |= the RowTaps bits of listed row p (its output pixel rows[p], active[p]) for
+// the ROWS rows of a row tile: the 256 threads take row tid % ROWS and every
+// (256 / ROWS)-th tap from tid / ROWS, so a 3×3 kernel costs each thread at most three
+// (ROWS = 64) or five (ROWS = 128) mask loads. taps[] must be zero; all threads must
+// call it, and synchronise before reading taps[].
+template <int ROWS>
 __device__ __forceinline__ void listed_row_taps(const RowCoord *rows, const bool *active, unsigned long long *taps,
                                                 int H, int W, int KH, int KW, int sh, int sw, int pt, int pl,
                                                 int dh, int dw, const mask_t *m, int mN, int mH, int mW) {
-    const int p = threadIdx.x & (TILE_P - 1);
+    static_assert(DC_BLOCK % ROWS == 0, "whole threads per row");
+    const int p = threadIdx.x % ROWS;
     if (!active[p]) return;
     const RowCoord q = rows[p];
     const int y0 = q.oy * sh - pt, x0 = q.ox * sw - pl;
     unsigned long long bits = 0ull;
-    for (int r = threadIdx.x / TILE_P; r < KH * KW; r += DC_BLOCK / TILE_P) {
+    for (int r = threadIdx.x / ROWS; r < KH * KW; r += DC_BLOCK / ROWS) {
         const int kh = r / KW, iy = y0 + kh * dh, ix = x0 + (r - kh * KW) * dw;
         if (iy >= 0 && iy < H && ix >= 0 && ix < W && m[off3(q.n, iy, ix, mN, mH, mW)]) bits |= 1ull << r;
     }
     if (bits) atomicOr(&taps[p], bits);
 }
 
-// How many parts a listed GEMM splits its reduction into this frame: as many as its grid
-// of `blocks` blocks per output-channel block can give each (row tile, part) pair one
-// block, at most `zmax` (the host's bound from K), at least 1. Every block of the GEMM
-// and conv_listed_sum compute it from the same count, so they agree without a launch.
-__device__ __forceinline__ int listed_parts(int zmax, int blocks, int listed) {
-    const int row_tiles = (listed + TILE_P - 1) / TILE_P;
+// How many parts a listed GEMM with row tiles of `tile_rows` rows splits its reduction
+// into this frame: as many as its grid of `blocks` blocks per output-channel block can
+// give each (row tile, part) pair one block, at most `zmax` (the host's bound from K), at
+// least 1. Every block of the GEMM and conv_listed_sum compute it from the same count,
+// so they agree without a launch.
+__device__ __forceinline__ int listed_parts(int zmax, int blocks, int listed, int tile_rows) {
+    const int row_tiles = (listed + tile_rows - 1) / tile_rows;
     return row_tiles ? max(1, min(zmax, blocks / row_tiles)) : 1;
 }
 
@@ -784,7 +788,7 @@ __device__ __forceinline__ void conv_gemm_listed_tc(CONV_PARAMS, const int *list
     const bool pixelwise = KH == 1 && KW == 1 && sh == 1 && sw == 1 && pt == 0 && pl == 0;
     // (Without PARTS: one part, slots = gridDim.x, so that no register holds them.)
     const int blocks = gridDim.x * gridDim.z, b = blockIdx.x + gridDim.x * blockIdx.z;
-    const int parts = PARTS ? listed_parts(splits, blocks, listed) : 1;
+    const int parts = PARTS ? listed_parts(splits, blocks, listed, TILE_P) : 1;
     const int part = PARTS ? b % parts : 0, slot = PARTS ? b / parts : blockIdx.x;
     const int slots = PARTS ? blocks / parts : gridDim.x;
     if (counter && tid == 0 && b == 0 && blockIdx.y == 0 && listed) atomicAdd(counter, listed);
@@ -838,7 +842,7 @@ __device__ __forceinline__ void conv_gemm_listed_tc(CONV_PARAMS, const int *list
         }
         __syncthreads();
         if (!pixelwise) {
-            listed_row_taps(rows, active, taps, H, W, KH, KW, sh, sw, pt, pl, dh, dw, m, mN, mH, mW);
+            listed_row_taps<TILE_P>(rows, active, taps, H, W, KH, KW, sh, sw, pt, pl, dh, dw, m, mN, mH, mW);
             __syncthreads();
         }
         vn = rows[vp].n;
@@ -895,16 +899,253 @@ extern "C" __global__ void __launch_bounds__(DC_BLOCK, DC_RESIDENT) conv_gemm_li
     if constexpr (std::is_same<scalar_t, __half>::value) conv_gemm_listed_tc<scalar_t, true>(CONV_ARGS, list, count);
 }
 
-// The parts of a conv_gemm_listed_parts launch over `blocks` = its gridDim.x · zmax blocks
+// Gathered implicit GEMM: conv_gemm_listed's GEMM at tensor-core efficiency, for the
+// convs whose reduction chunks each lie in one kernel tap — a single tap (1×1, any
+// stride), or Cin_g a multiple of GATHER_K — with 16-byte A and B vectors (CONV_VECTOR_A
+// and CONV_VECTOR_B), fp16. Rows: GATHER_ROWS listed output pixels per row tile; columns:
+// GEMM_CO output channels; 8 warps as 4 × 2, each 32 rows × 32 channels (2 × 4 tiles of
+// mma.sync m16n8k16, fp16 products, fp32 sums), fed by ldmatrix from a GATHER_STAGES-deep
+// cp.async pipeline of GATHER_K-long chunks.
+//
+// What makes it cheap per chunk: chunk k0 is channels [c0, c0 + GATHER_K) of tap t (both
+// the same for every row, advanced by a block-uniform cursor without division), so a
+// row's A vector is at x + base[row] + tap offset + 8·v, valid iff bit t of the row's
+// taps (in the frame and updated, listed_row_taps) and c0 + 8·v < Cin_g (a 1×1 conv's
+// last chunk may run past K: zero-filled). Each row's base offset and taps are computed
+// once per row tile. Where it is applicable, the host runs it in place of
+// conv_gemm_listed (the lists, parts, counter and outputs are the same; see
+// conv_gemm_listed_tc), with GATHER_ROWS-row tiles.
+//
+// Invariants: a listed row is an output pixel of the list; every chunk of [k_begin,
+// k_end) is multiplied exactly once, in order, so a row's sum is the same whatever the
+// number of rows listed beside it; rows past the count, and channels past Cout_g, are
+// computed as zeros and never stored.
+#define GATHER_LDA (GATHER_K + 8)  // padded rows: ldmatrix reads 8 rows without bank conflicts
+#define GATHER_LDB (GEMM_CO + 8)
+#define GATHER_LDC (GEMM_CO + 4)
+static_assert(GATHER_ROWS == 128 && GEMM_CO == 64 && GATHER_K == 32 && DC_BLOCK == 256,
+              "8 warps of 32 × 32 outputs; 2 A vectors and 1 B vector per thread per chunk");
+
+union GatherShared {
+    struct {
+        __half A[GATHER_STAGES][GATHER_ROWS][GATHER_LDA];
+        __half B[GATHER_STAGES][GATHER_K][GATHER_LDB];
+    } chunk;
+    float C[GATHER_ROWS][GATHER_LDC];  // the epilogue's sums, after the last chunk
+};
+
+__device__ __forceinline__ void cp_async16(void *dst, const void *src, bool on) {
+    const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(on ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+__device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], const __half *p, bool trans) {
+    const unsigned a = (unsigned)__cvta_generic_to_shared(p);
+    if (trans)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+    else
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+}
+
+// c += a × b for one m16n8k16 tile (a: 4 registers of the row-major A fragment, b: 2 of
+// the column-major B fragment).
+__device__ __forceinline__ void mma_16816(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// The block-uniform place of reduction chunk k0: channel c0 of tap t = (kh, kw), whose
+// input pixel lies `offset` elements from a row's window origin. step() moves on by
+// GATHER_K (into the next tap where the chunk ends one: Cin_g is then a multiple of
+// GATHER_K, or there is one tap and the chunks end with K).
+struct ChunkCursor {
+    int t, c0, kh, kw, offset;
+    __device__ __forceinline__ void start(int k, int cin_g, int KW, int dh, int dw, int xH, int xW) {
+        t = k / cin_g;
+        c0 = k - t * cin_g;
+        kh = t / KW;
+        kw = t - kh * KW;
+        offset = kh * dh * xH + kw * dw * xW + c0;
+    }
+    __device__ __forceinline__ void step(int cin_g, int KW, int dh, int dw, int xH, int xW) {
+        c0 += GATHER_K;
+        if (c0 >= cin_g) {  // reached exactly where there is a next tap
+            c0 = 0;
+            ++t;
+            if (++kw == KW) {
+                kw = 0;
+                ++kh;
+            }
+        }
+        offset = kh * dh * xH + kw * dw * xW + c0;
+    }
+};
+
+template <bool PARTS>
+__device__ __forceinline__ void conv_gemm_gathered_tc(CONV_PARAMS, const int *list, const int *count) {
+    __shared__ bool active[GATHER_ROWS];
+    __shared__ RowCoord rows[GATHER_ROWS];
+    __shared__ unsigned long long taps[GATHER_ROWS];
+    __shared__ int base[GATHER_ROWS];  // a row's window origin, as an element offset into x
+    __shared__ __align__(128) GatherShared s;
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int warp_m = warp & 3, warp_n = warp >> 2;
+    const int listed = *count;
+    const bool pixelwise = KH == 1 && KW == 1 && sh == 1 && sw == 1 && pt == 0 && pl == 0;
+    const int blocks = gridDim.x * gridDim.z, b = blockIdx.x + gridDim.x * blockIdx.z;
+    const int parts = PARTS ? listed_parts(splits, blocks, listed, GATHER_ROWS) : 1;
+    const int part = PARTS ? b % parts : 0, slot = PARTS ? b / parts : blockIdx.x;
+    const int slots = PARTS ? blocks / parts : gridDim.x;
+    if (counter && tid == 0 && b == 0 && blockIdx.y == 0 && listed) atomicAdd(counter, listed);
+    const GemmBlock gb = gemm_block<PARTS>(Cin, Cout, groups, KH, KW, parts, part);
+    const __half *xg = x + gb.grp * gb.cin_g * xC;
+    const __half *wg = wp + (size_t)gb.grp * gb.K * gb.cout_g;
+    // This thread's copies: A vector v = tid % 4 of rows tid / 4 and tid / 4 + 64; B vector
+    // tid % 8 of chunk row tid / 8.
+    const int av = tid & 3, ar = tid >> 2, bk = tid >> 3, bc = gb.co0 + 8 * (tid & 7);
+    const bool b_cols = bc + 8 <= gb.cout_g;
+
+    for (int r0 = slot * GATHER_ROWS; (!PARTS || slot < slots) && r0 < listed; r0 += slots * GATHER_ROWS) {
+        if (tid < GATHER_ROWS) {
+            const bool on = r0 + tid < listed;
+            const Pixel q = pixel_at(on ? list[r0 + tid] : 0, OH, OW);
+            rows[tid] = RowCoord{q.n, q.y, q.x};
+            active[tid] = on;
+            taps[tid] = pixelwise && on;
+            base[tid] = q.n * xN + (q.y * sh - pt) * xH + (q.x * sw - pl) * xW;
+        }
+        __syncthreads();
+        if (!pixelwise) {
+            listed_row_taps<GATHER_ROWS>(rows, active, taps, H, W, KH, KW, sh, sw, pt, pl, dh, dw, m, mN, mH, mW);
+            __syncthreads();
+        }
+        const unsigned long long taps0 = taps[ar], taps1 = taps[ar + 64];
+        const int base0 = base[ar] + 8 * av, base1 = base[ar + 64] + 8 * av;
+        ChunkCursor cur;
+        cur.start(gb.k_begin, gb.cin_g, KW, dh, dw, xH, xW);
+        auto issue = [&](int stage, int k0) {  // chunk k0 (the cursor's) into `stage`
+            const bool c_on = cur.c0 + 8 * av < gb.cin_g;
+            const bool on0 = c_on && ((taps0 >> cur.t) & 1ull), on1 = c_on && ((taps1 >> cur.t) & 1ull);
+            cp_async16(&s.chunk.A[stage][ar][8 * av], on0 ? xg + base0 + cur.offset : xg, on0);
+            cp_async16(&s.chunk.A[stage][ar + 64][8 * av], on1 ? xg + base1 + cur.offset : xg, on1);
+            const bool b_on = b_cols && k0 + bk < gb.K;
+            cp_async16(&s.chunk.B[stage][bk][8 * (tid & 7)], b_on ? wg + (size_t)(k0 + bk) * gb.cout_g + bc : wg,
+                       b_on);
+            cur.step(gb.cin_g, KW, dh, dw, xH, xW);
+        };
+        float c[2][4][4] = {};
+#pragma unroll
+        for (int st = 0; st < GATHER_STAGES - 1; ++st) {
+            const int k0 = gb.k_begin + st * GATHER_K;
+            if (k0 < gb.k_end) issue(st, k0);
+            cp_async_commit();  // possibly empty: one group per chunk keeps the count uniform
+        }
+        int stage = 0;
+        for (int k0 = gb.k_begin; k0 < gb.k_end; k0 += GATHER_K) {
+            cp_async_wait<GATHER_STAGES - 2>();  // this chunk's copies are done (this thread's)
+            __syncthreads();                     // ... every thread's; the oldest stage is free
+            const int next = k0 + (GATHER_STAGES - 1) * GATHER_K;
+            if (next < gb.k_end) issue((stage + GATHER_STAGES - 1) % GATHER_STAGES, next);
+            cp_async_commit();
+#pragma unroll
+            for (int ks = 0; ks < GATHER_K; ks += 16) {
+                unsigned a[2][4], bq[2][4];
+#pragma unroll
+                for (int mi = 0; mi < 2; ++mi)
+                    ldmatrix_x4(a[mi], &s.chunk.A[stage][warp_m * 32 + mi * 16 + (lane & 15)][ks + 8 * (lane >> 4)],
+                                false);
+#pragma unroll
+                for (int nj = 0; nj < 2; ++nj)
+                    ldmatrix_x4(bq[nj], &s.chunk.B[stage][ks + (lane & 15)][warp_n * 32 + nj * 16 + 8 * (lane >> 4)],
+                                true);
+#pragma unroll
+                for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+                    for (int ni = 0; ni < 4; ++ni)
+                        mma_16816(c[mi][ni], a[mi], bq[ni >> 1][(ni & 1) * 2], bq[ni >> 1][(ni & 1) * 2 + 1]);
+            }
+            stage = (stage + 1) % GATHER_STAGES;
+        }
+        cp_async_wait<0>();
+        __syncthreads();  // every chunk is multiplied before C overwrites them
+        // Fragment (mi, ni): rows warp_m·32 + mi·16 + lane/4 (+8), channels warp_n·32 + ni·8
+        // + 2·(lane % 4) (+1).
+#pragma unroll
+        for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+            for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                    const int row = warp_m * 32 + mi * 16 + (lane >> 2) + 8 * h;
+                    const int col = warp_n * 32 + ni * 8 + 2 * (lane & 3);
+                    *reinterpret_cast<float2 *>(&s.C[row][col]) = make_float2(c[mi][ni][2 * h], c[mi][ni][2 * h + 1]);
+                }
+        __syncthreads();
+        // Output i: row (tid / 16) + 16·(i / 4), channel co0 + 4·(tid % 16) + i % 4.
+        const int q0 = 4 * (tid & 15), p0 = tid >> 4;
+        unsigned on = 0;
+        float v[32];
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            const int p = p0 + 16 * j;
+            const float4 t4 = *reinterpret_cast<const float4 *>(&s.C[p][q0]);
+            v[4 * j] = t4.x;
+            v[4 * j + 1] = t4.y;
+            v[4 * j + 2] = t4.z;
+            v[4 * j + 3] = t4.w;
+#pragma unroll
+            for (int e = 0; e < 4; ++e) on |= (unsigned)(active[p] && gb.co0 + q0 + e < gb.cout_g) << (4 * j + e);
+        }
+        if (PARTS) {
+            float *wr = ws + ((size_t)part * slots * GATHER_ROWS + r0 + p0) * Cout + gb.grp * gb.cout_g + gb.co0 + q0;
+#pragma unroll
+            for (int i = 0; i < 32; ++i)
+                if ((on >> i) & 1) wr[(size_t)16 * (i >> 2) * Cout + (i & 3)] = v[i];
+        } else {
+            auto at = [&](int i) {
+                const RowCoord r = rows[p0 + 16 * (i >> 2)];
+                return OutputAt{r.n, gb.grp * gb.cout_g + gb.co0 + q0 + (i & 3), r.oy, r.ox};
+            };
+            CONV_OUT.put(on, at, v);
+        }
+        __syncthreads();  // the next tile's rows overwrite rows, active, taps and base
+    }
+}
+
+// grid (row-tile slots, groups · ceil(Cout_g / 64), zmax) (conv_gemm_gathered: zmax = 1),
+// GATHER_RESIDENT blocks per SM; fp16 only.
+extern "C" __global__ void __launch_bounds__(DC_BLOCK, GATHER_RESIDENT) conv_gemm_gathered(CONV_PARAMS,
+                                                                                           const int *list,
+                                                                                           const int *count) {
+    DC_GRID_START();
+    if constexpr (std::is_same<scalar_t, __half>::value) conv_gemm_gathered_tc<false>(CONV_ARGS, list, count);
+}
+extern "C" __global__ void __launch_bounds__(DC_BLOCK, GATHER_RESIDENT) conv_gemm_gathered_parts(CONV_PARAMS,
+                                                                                                 const int *list,
+                                                                                                 const int *count) {
+    DC_GRID_START();
+    if constexpr (std::is_same<scalar_t, __half>::value) conv_gemm_gathered_tc<true>(CONV_ARGS, list, count);
+}
+
+// The parts of a listed GEMM launch (conv_gemm_listed_parts: row tiles of TILE_P rows;
+// conv_gemm_gathered_parts: GATHER_ROWS) over `blocks` = its gridDim.x · zmax blocks
 // added in part order (fixed, so replays are deterministic) and stored (ConvOut) at the
 // listed pixels (one part: its sums stored as they are). A persistent grid strides over
 // the listed rows' elements, a thread per V channels of a row (V = 4 where Cout is a
 // multiple of 4: 16-byte workspace loads); 32-bit indices (the host splits only outputs
 // of fewer than 2^31 elements). blockDim 256.
 template <int V>
-__device__ __forceinline__ void listed_sum(int OH, int OW, int Cout, int parts, int blocks, const float *ws,
-                                           const int *list, int listed, const ConvOut &sink) {
-    const size_t part_stride = (size_t)(blocks / parts) * TILE_P * Cout;
+__device__ __forceinline__ void listed_sum(int OH, int OW, int Cout, int parts, int blocks, int tile_rows,
+                                           const float *ws, const int *list, int listed, const ConvOut &sink) {
+    const size_t part_stride = (size_t)(blocks / parts) * tile_rows * Cout;
     const unsigned vectors = (unsigned)listed * (unsigned)(Cout / V);
     for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < vectors; i += gridDim.x * blockDim.x) {
         const unsigned e = i * V, row = e / (unsigned)Cout;
@@ -921,16 +1162,16 @@ __device__ __forceinline__ void listed_sum(int OH, int OW, int Cout, int parts, 
     }
 }
 extern "C" __global__ void __launch_bounds__(DC_BLOCK) conv_listed_sum(int OH, int OW, int Cout, int zmax, int blocks,
-                                                                        const float *ws, const int *list,
-                                                                        const int *count, int mode, scalar_t *out,
-                                                                        int oN, int oC, int oH, int oW, float *acc,
-                                                                        int aN, int aC, int aH, int aW) {
+                                                                        int tile_rows, const float *ws,
+                                                                        const int *list, const int *count, int mode,
+                                                                        scalar_t *out, int oN, int oC, int oH, int oW,
+                                                                        float *acc, int aN, int aC, int aH, int aW) {
     DC_GRID_START();
-    const int listed = *count, parts = listed_parts(zmax, blocks, listed);
+    const int listed = *count, parts = listed_parts(zmax, blocks, listed, tile_rows);
     if (Cout % 4 == 0)
-        listed_sum<4>(OH, OW, Cout, parts, blocks, ws, list, listed, CONV_OUT);
+        listed_sum<4>(OH, OW, Cout, parts, blocks, tile_rows, ws, list, listed, CONV_OUT);
     else
-        listed_sum<1>(OH, OW, Cout, parts, blocks, ws, list, listed, CONV_OUT);
+        listed_sum<1>(OH, OW, Cout, parts, blocks, tile_rows, ws, list, listed, CONV_OUT);
 }
 
 // The output mask of a conv whose GEMM runs over its output pixels (conv_gemm_listed):

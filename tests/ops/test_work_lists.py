@@ -55,6 +55,14 @@ def listed_pixels(listed) -> list[int]:
     return sorted(listed.index[:count].tolist())
 
 
+def launched_kernels_of(call) -> set[str]:
+    """The names of the kernels ``call()`` launches."""
+    from deltaconvert.backends.cuda.kernels import recorded_launches
+    with recorded_launches() as launches:
+        call()
+    return {name for _, name, _ in launches}
+
+
 def list_of(mask: torch.Tensor, gen: torch.Generator):
     """A PixelList of ``mask`` in shuffled order, as a producing kernel would leave it."""
     from deltaconvert.backends.cuda.worklist import PixelList
@@ -140,13 +148,20 @@ def run_listed(runtime, ops, reference, shape, seed, kinds=MASK_KINDS):
             assert_same(op._state, ref_op._state, HALF, f"frame {frame} ({kind}) {op.node_name} state")
 
 
+@pytest.mark.parametrize("gathered", [True, False], ids=["gathered", "listed"])
 @pytest.mark.parametrize("name", LISTED_CONVS)
-def test_listed_conv_matches_reference(poisoned, name):
+def test_listed_conv_matches_reference(poisoned, monkeypatch, name, gathered):
+    """Each of these convs runs ``conv_gemm_gathered`` (or, with it off,
+    ``conv_gemm_listed``) over its input's list."""
+    from deltaconvert.backends.cuda import conv as cuda_conv
+    monkeypatch.setattr(cuda_conv, "GATHERED", gathered)
     make, shape = LISTED_CONVS[name]
     torch.manual_seed(0)
     ops, reference = prepare(poisoned, lambda: [Conv2d(make())], (V(shape),), HALF, seed=0)
+    gemm = "conv_gemm_gathered" if gathered else "conv_gemm_listed"
     with torch.no_grad():
-        run_listed(poisoned, ops, reference, shape, seed=1)
+        kernels = launched_kernels_of(lambda: run_listed(poisoned, ops, reference, shape, seed=1))
+    assert gemm in kernels, kernels
 
 
 def test_listed_conv_fused_into_its_activation(poisoned):
@@ -226,14 +241,6 @@ def test_tiled_conv_lists_its_pixels_for_its_truncation(poisoned, arena, name, d
             assert_same(ops[1]._state, reference[1]._state, dtype, f"frame {frame} ({kind}) state")
 
 
-def launched_kernels_of(call) -> set[str]:
-    """The names of the kernels ``call()`` launches."""
-    from deltaconvert.backends.cuda.kernels import recorded_launches
-    with recorded_launches() as launches:
-        call()
-    return {name for _, name, _ in launches}
-
-
 # fp16 GEMM convs (not depthwise) of CONVS, plus split-K (4 tiles, K = 2304) and many rows.
 OWN_ROWS = {**{name: make_shape for name, make_shape in CONVS.items()
                if make_shape[0]().weight.shape[1] != 1},
@@ -247,7 +254,24 @@ OWN_ROWS = {**{name: make_shape for name, make_shape in CONVS.items()
             "parts_batch2": (lambda: nn.Conv2d(64, 48, 3, stride=2, padding=1), (2, 64, 20, 18)),
             "many_rows_3x3": (lambda: nn.Conv2d(16, 24, 3, padding=1), (1, 16, 90, 100)),
             # K = 72, one part (conv_gemm_listed); 42 channels: scalar weight rows.
-            "scalar_rows_3x3": (lambda: nn.Conv2d(8, 42, 3, padding=1), (1, 8, 40, 50))}
+            "scalar_rows_3x3": (lambda: nn.Conv2d(8, 42, 3, padding=1), (1, 8, 40, 50)),
+            # conv_gemm_gathered (channels_last frames): 3×3 over 64 channels, 14 400
+            # rows, one part or two by the frame's count; and a strided 1×1 whose K = 24
+            # ends inside its one chunk.
+            "gathered_3x3": (lambda: nn.Conv2d(64, 64, 3, padding=1), (1, 64, 90, 160)),
+            "gathered_1x1_s2": (lambda: nn.Conv2d(24, 40, 1, stride=2), (2, 24, 17, 23))}
+
+
+def listed_gemm_of(conv: nn.Module, values: torch.Tensor, splits: bool) -> set[str]:
+    """The kernels a listed GEMM over ``values`` runs: ``conv_gemm_gathered`` where its
+    vectors and taps allow (:func:`~deltaconvert.backends.cuda.conv.gathers`), else
+    ``conv_gemm_listed``; ``_parts`` and ``conv_listed_sum`` where K may split."""
+    from deltaconvert.backends.cuda.conv import gathers, gemm_mode
+    cout, cin_g, kh, kw = conv.weight.shape
+    weight = torch.empty(8, device=DEVICE, dtype=HALF)  # 16-byte aligned, as packed weights are
+    mode = gemm_mode(values, weight, cin_g, cout // conv.groups)
+    gemm = "conv_gemm_gathered" if gathers(mode, kh * kw, cin_g) else "conv_gemm_listed"
+    return {gemm + "_parts", "conv_listed_sum"} if splits else {gemm}
 
 
 @pytest.mark.parametrize("multiprocessors", [None, 1], ids=["h200", "one_sm"])
@@ -271,6 +295,7 @@ def test_conv_runs_over_its_own_output_list(poisoned, arena, name, fuse, multipr
     if multiprocessors is not None:
         ops[0].accelerated.runtime = FewMultiprocessors(poisoned, multiprocessors)
     gen = torch.Generator(device=DEVICE).manual_seed(1)
+    gathered_frames = 0
     with torch.no_grad():
         for frame, kind in enumerate(MASK_KINDS * 2):
             d = random_delta(shape, kind, HALF, gen, layout=frame % 2)
@@ -295,8 +320,10 @@ def test_conv_runs_over_its_own_output_list(poisoned, arena, name, fuse, multipr
             assert_same(out["last"], expected, HALF, f"frame {frame} ({kind}) output")
             for op, ref_op in zip(ops, reference):
                 assert_same(op._state, ref_op._state, HALF, f"frame {frame} ({kind}) {op.node_name} state")
-            listed_gemm = {"conv_gemm_listed_parts", "conv_listed_sum"} if splits else {"conv_gemm_listed"}
-            assert listed_gemm <= kernels, kernels
+            assert listed_gemm_of(ops[0].conv, d.values, splits) <= kernels, kernels
+            gathered_frames += "conv_gemm_gathered" in " ".join(kernels)
+    if name.startswith("gathered"):
+        assert gathered_frames == len(MASK_KINDS), "every channels_last frame runs conv_gemm_gathered"
 
 
 class Inverted(nn.Module):
@@ -386,7 +413,7 @@ def test_lists_change_no_output(runtime, monkeypatch, cuda_graph):
         monkeypatch.setattr(worklist, "WORK_LISTS", lists)
 
         def check(kernels):
-            assert ("conv_gemm_listed" in kernels) is lists
+            assert bool(kernels & {"conv_gemm_listed", "conv_gemm_gathered"}) is lists
 
         outputs[lists] = converted_outputs(frames, cuda_graph, check)
     for i, (on, off) in enumerate(zip(outputs[True], outputs[False])):

@@ -82,6 +82,11 @@ RESIDENT_BLOCKS = 4  # blocks per SM that conv_gemm*, conv_depthwise and pw_trun
 LIST_TILE = 16    # conv_output_list writes LIST_TILE × LIST_TILE output pixels per block
 LISTED_TAPS = 64  # most kernel taps (KH·KW) of a conv whose GEMM runs over listed output
                   # pixels: conv_gemm_listed keeps a row's taps as the bits of a 64-bit word
+GATHER_ROWS = 128  # listed output pixels per row tile of conv_gemm_gathered
+GATHER_K = 32      # its reduction chunk: a chunk lies in one kernel tap where Cin_g is a
+                   # multiple of it (or the conv has one tap)
+GATHER_STAGES = 3  # its cp.async pipeline depth (what fits 48 KB of static shared memory)
+GATHER_RESIDENT = 2  # its blocks per SM (__launch_bounds__): one wave is this × SMs
 TRUNC_WHOLE_ITEMS = 2  # channel vectors per thread of pw_truncate over a whole map
                        # (truncate_whole in pointwise.cu; span · C / V ≤ this × BLOCK)
 CONV_TARGETS = 2  # convs reading one truncation whose output masks and lists it writes
@@ -92,6 +97,8 @@ _PREFIXES = {Activation: "ACT_", PixelFunction: "FN_", PoolMode: "POOL_",
 _SCALARS = {"DC_BLOCK": BLOCK, "TILE": TILE, "GEMM_CO": GEMM_CO, "DW_CO": DW_CO,
             "CAT_MAX": CAT_MAX, "GLOBAL_PIXELS": GLOBAL_PIXELS,
             "DC_RESIDENT": RESIDENT_BLOCKS, "LIST_TILE": LIST_TILE, "LISTED_TAPS": LISTED_TAPS,
+            "GATHER_ROWS": GATHER_ROWS, "GATHER_K": GATHER_K, "GATHER_STAGES": GATHER_STAGES,
+            "GATHER_RESIDENT": GATHER_RESIDENT,
             "TRUNC_WHOLE_ITEMS": TRUNC_WHOLE_ITEMS, "CONV_TARGETS": CONV_TARGETS}
 
 

@@ -55,8 +55,8 @@ from ...delta import Delta
 from ...ops.base import DeltaOp
 from ...ops.conv import Conv2d
 from .base import Accelerated, Consumer, Fused
-from .constants import (BLOCK, DW_CO, GEMM_CO, LIST_TILE, LISTED_TAPS, RESIDENT_BLOCKS, TILE,
-                        ConvMode)
+from .constants import (BLOCK, DW_CO, GATHER_K, GATHER_RESIDENT, GATHER_ROWS, GEMM_CO, LIST_TILE,
+                        LISTED_TAPS, RESIDENT_BLOCKS, TILE, ConvMode)
 from .dense_layers import (
     ConvKind,
     DeferredAccumulator,
@@ -88,6 +88,8 @@ VECTOR_LOADS = os.environ.get("DELTACONVERT_CUDA_VECTOR_LOADS", "1") != "0"
 SPLIT_K = os.environ.get("DELTACONVERT_CUDA_SPLIT_K", "1") != "0"
 # GEMM rows = listed output pixels (DELTACONVERT_CUDA_LISTED_ROWS=0: tiles, as before).
 LISTED_ROWS = os.environ.get("DELTACONVERT_CUDA_LISTED_ROWS", "1") != "0"
+# Listed rows through conv_gemm_gathered where it applies (DELTACONVERT_CUDA_GATHERED=0: never).
+GATHERED = os.environ.get("DELTACONVERT_CUDA_GATHERED", "1") != "0"
 SPLIT_MIN_K = 128    # fewest reduction elements per split (PERF_NOTES §19: 512 left the
                      # 23×40 layers of MobileNetV2 at 720p, K = 576–960, unsplit)
 MAX_SPLITS = 8
@@ -158,6 +160,14 @@ def lists_own_rows(op: DeltaOp) -> bool:
     input's producer (:mod:`.output_lists`) writes: it lists rows (:func:`lists_rows`)
     and cannot run over its input's list (:func:`keeps_pixels`)."""
     return lists_rows(op) and not keeps_pixels(op.conv)
+
+
+def gathers(mode: int, taps: int, cin_g: int) -> bool:
+    """Whether a listed GEMM runs as ``conv_gemm_gathered`` (else ``conv_gemm_listed``):
+    16-byte A and B vectors (``mode``), and each reduction chunk of GATHER_K in one kernel
+    tap — one tap, or Cin_g a multiple of GATHER_K."""
+    vectors = ConvMode.VECTOR_A | ConvMode.VECTOR_B
+    return GATHERED and mode & vectors == vectors and (taps == 1 or cin_g % GATHER_K == 0)
 
 
 def listed_parts_bound(k: int) -> int:
@@ -311,13 +321,16 @@ class ConvKernel(Accelerated):
             # A persistent grid of one wave: row-tile slots × output-channel blocks × the
             # most parts K may split into (the GPU chooses how many from the list's count).
             # (conv_listed_sum indexes the output's elements in 32 bits.)
+            gathered = gathers(mode, kh * kw, cin_g)
+            tile_rows = GATHER_ROWS if gathered else TILE * TILE
+            gemm_wave = (GATHER_RESIDENT if gathered else RESIDENT_BLOCKS) * self.runtime.multiprocessors
             splits = listed_parts_bound(kh * kw * cin_g) if n * oh * ow * cout < 2**31 else 1
-            slots = max(1, wave // (channel_blocks * splits))
-            listed_grid = (min(slots, -(-(n * oh * ow) // (TILE * TILE))), channel_blocks, splits)
+            slots = max(1, gemm_wave // (channel_blocks * splits))
+            listed_grid = (min(slots, -(-(n * oh * ow) // tile_rows)), channel_blocks, splits)
             blocks = listed_grid[0] * splits
-            # Partial sums by list row: rows < blocks·64 where the frame splits, < the
-            # list's capacity where it does not.
-            ws = (new_values((max(n * oh * ow, blocks * TILE * TILE), cout), torch.float32, device)
+            # Partial sums by list row: rows < blocks·tile_rows where the frame splits, <
+            # the list's capacity where it does not.
+            ws = (new_values((max(n * oh * ow, blocks * tile_rows), cout), torch.float32, device)
                   if splits > 1 else None)
         else:
             splits = 1 if depthwise else k_splits(tiles * channel_blocks * n, kh * kw * cin_g,
@@ -349,11 +362,11 @@ class ConvKernel(Accelerated):
                 list_tiles = -(-oh // LIST_TILE) * -(-ow // LIST_TILE)
                 launch("conv_output_list", (list_tiles, 1, n), counter, rows)
                 gemm_counter = None
-            launch("conv_gemm_listed_parts" if splits > 1 else "conv_gemm_listed", listed_grid,
-                   gemm_counter, None, rows)
+            gemm = "conv_gemm_gathered" if gathered else "conv_gemm_listed"
+            launch(gemm + "_parts" if splits > 1 else gemm, listed_grid, gemm_counter, None, rows)
             if splits > 1:  # adds the parts and stores them
                 elements = n * oh * ow * cout
-                finish = Args(layer).ints(oh, ow, cout, splits, blocks).ptr(ws)
+                finish = Args(layer).ints(oh, ow, cout, splits, blocks, tile_rows).ptr(ws)
                 finish.extend(list_args(layer, rows)).extend(epilogue)
                 kernel(self.runtime, "conv", "conv_listed_sum", d.dtype)(
                     (max(1, min(wave, -(-elements // BLOCK))), 1, 1), (BLOCK, 1, 1), finish)
