@@ -1089,30 +1089,50 @@ __device__ __forceinline__ void conv_gemm_gathered_tc(CONV_PARAMS, const int *li
                     *reinterpret_cast<float2 *>(&s.C[row][col]) = make_float2(c[mi][ni][2 * h], c[mi][ni][2 * h + 1]);
                 }
         __syncthreads();
-        // Output i: row (tid / 16) + 16·(i / 4), channel co0 + 4·(tid % 16) + i % 4.
-        const int q0 = 4 * (tid & 15), p0 = tid >> 4;
-        unsigned on = 0;
-        float v[32];
+        // Output i: row (tid / 16) + 16·(i / 4), channel co0 + 4·(tid % 16) + i % 4: each
+        // thread stores runs of 4 channels (read from C as it stores them), as 16-byte
+        // vectors where the layout allows.
+        const int q0 = 4 * (tid & 15), p0 = tid >> 4, ch = gb.grp * gb.cout_g + gb.co0 + q0;
+        const bool cols = gb.co0 + q0 < gb.cout_g;  // all 4 or none (Cout_g is a multiple of 8)
+        auto sums = [&](int j) { return *reinterpret_cast<const float4 *>(&s.C[p0 + 16 * j][q0]); };
+        if (PARTS) {  // ws[part][row][c]: Cout and ch are multiples of 4
+            float *wr = ws + ((size_t)part * slots * GATHER_ROWS + r0 + p0) * Cout + ch;
 #pragma unroll
-        for (int j = 0; j < 8; ++j) {
-            const int p = p0 + 16 * j;
-            const float4 t4 = *reinterpret_cast<const float4 *>(&s.C[p][q0]);
-            v[4 * j] = t4.x;
-            v[4 * j + 1] = t4.y;
-            v[4 * j + 2] = t4.z;
-            v[4 * j + 3] = t4.w;
+            for (int j = 0; j < 8; ++j)
+                if (cols && active[p0 + 16 * j]) *reinterpret_cast<float4 *>(wr + (size_t)16 * j * Cout) = sums(j);
+        } else if ((mode & CONV_ACCUMULATE) && aC == 1 && (aN | aH | aW) % 4 == 0 &&
+                   reinterpret_cast<size_t>(acc) % 16 == 0) {
+            // a += round(δy) by 16-byte vectors: every load before the first store (ConvOut).
+            auto at = [&](int j) {
+                const RowCoord r = rows[p0 + 16 * j];
+                return reinterpret_cast<float4 *>(acc + r.n * aN + r.oy * aH + r.ox * aW + ch);
+            };
+            float4 prev[8];
 #pragma unroll
-            for (int e = 0; e < 4; ++e) on |= (unsigned)(active[p] && gb.co0 + q0 + e < gb.cout_g) << (4 * j + e);
-        }
-        if (PARTS) {
-            float *wr = ws + ((size_t)part * slots * GATHER_ROWS + r0 + p0) * Cout + gb.grp * gb.cout_g + gb.co0 + q0;
+            for (int j = 0; j < 8; ++j)
+                if (cols && active[p0 + 16 * j]) prev[j] = *at(j);
 #pragma unroll
-            for (int i = 0; i < 32; ++i)
-                if ((on >> i) & 1) wr[(size_t)16 * (i >> 2) * Cout + (i & 3)] = v[i];
+            for (int j = 0; j < 8; ++j) {
+                if (!(cols && active[p0 + 16 * j])) continue;
+                const float4 d = sums(j);
+                *at(j) = make_float4(prev[j].x + round_s(d.x), prev[j].y + round_s(d.y), prev[j].z + round_s(d.z),
+                                     prev[j].w + round_s(d.w));
+            }
         } else {
+            unsigned on = 0;
+            float v[32];
+#pragma unroll
+            for (int j = 0; j < 8; ++j) {
+                const float4 d = sums(j);
+                v[4 * j] = d.x;
+                v[4 * j + 1] = d.y;
+                v[4 * j + 2] = d.z;
+                v[4 * j + 3] = d.w;
+                on |= (cols && active[p0 + 16 * j] ? 15u : 0u) << (4 * j);
+            }
             auto at = [&](int i) {
                 const RowCoord r = rows[p0 + 16 * (i >> 2)];
-                return OutputAt{r.n, gb.grp * gb.cout_g + gb.co0 + q0 + (i & 3), r.oy, r.ox};
+                return OutputAt{r.n, ch + (i & 3), r.oy, r.ox};
             };
             CONV_OUT.put(on, at, v);
         }
