@@ -11,9 +11,14 @@ epilogue adds ``round(δy)`` straight into the activation's accumulator and the 
 returns only its mask; the activation then truncates (no δy values round trip).
 
 In fp16 every conv but a depthwise one runs its GEMM over a pixel work list
-(:mod:`.worklist`) of its output pixels (``conv_gemm_listed``): the GEMM rows are the
-listed pixels, 64 per row tile, on a persistent grid of one wave, so its cost follows the
-candidates rather than the 8×8 tiles they touch (scattered changes light up most tiles).
+(:mod:`.worklist`) of its output pixels: the GEMM rows are the listed pixels, on a
+persistent grid of one wave, so its cost follows the candidates rather than the 8×8
+tiles they touch (scattered changes light up most tiles). Where each reduction chunk
+lies in one kernel tap and rows and weights load as 16-byte vectors (:func:`gathers`:
+1×1 convs, and k×k convs over multiples of GATHER_K channels per group, channels_last)
+``conv_gemm_gathered`` runs it, 128 rows per tile with ``mma.sync`` and a ``cp.async``
+pipeline; any other conv runs ``conv_gemm_listed`` (64 rows per tile, wmma).
+``DELTACONVERT_CUDA_GATHERED=0`` runs ``conv_gemm_listed`` everywhere.
 A 1×1, stride-1, unpadded conv's output mask is its input mask, so it runs over, and
 hands on, the list its input carries; any other runs over a list of its own output
 pixels and hands it on: the truncation that produced its input wrote it, with the
@@ -33,7 +38,7 @@ delta* (:meth:`ConvKernel.convolve_whole_delta`).
 
 Few GEMM rows over a long reduction leave most SMs idle, so the reduction splits. A
 listed GEMM whose K allows it (:func:`listed_parts_bound`) runs
-``conv_gemm_listed_parts``, which decides on the GPU from the frame's list count how
+``conv_gemm_listed_parts`` (or ``conv_gemm_gathered_parts``), which decides on the GPU from the frame's list count how
 many parts to split K into (as many as give each row tile and part a block of its
 one-wave grid); the parts write fp32 partial sums by list row (one part too), and
 ``conv_listed_sum`` adds them in part order and applies the epilogue at the listed
