@@ -506,6 +506,44 @@ __device__ __forceinline__ void conv_gemm_cuda_cores(CONV_PARAMS) {
 // bounds a block over few rows and a long K (a listed 3×3 conv at 10 % candidates runs
 // ~100 blocks of 18 chunks). Otherwise one chunk is loaded into registers while the
 // previous is multiplied.
+// cp.async copies of 16 bytes (zero-filled where `on` is false: src is then not read), and
+// their groups: one group per chunk of a pipeline.
+__device__ __forceinline__ void cp_async16(void *dst, const void *src, bool on) {
+    const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(on ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+// A STAGES-deep cp.async pipeline over the reduction chunks k0 = k_begin, k_begin + CHUNK,
+// … < k_end, in order: issue(stage, k0) starts chunk k0's copies into `stage` (they may be
+// none), multiply(stage) consumes a stage whose copies every thread has completed. While
+// one chunk is multiplied the next STAGES - 1 are in flight; a stage is reissued only
+// after every thread has multiplied it. On return every copy has landed and every thread
+// is past its last multiply, so the stages' memory may be reused.
+template <int STAGES, int CHUNK, typename Issue, typename Multiply>
+__device__ __forceinline__ void cp_async_pipeline(int k_begin, int k_end, Issue issue, Multiply multiply) {
+#pragma unroll
+    for (int st = 0; st < STAGES - 1; ++st) {
+        const int k0 = k_begin + st * CHUNK;
+        if (k0 < k_end) issue(st, k0);
+        cp_async_commit();  // possibly empty: one group per chunk keeps the count uniform
+    }
+    int stage = 0;
+    for (int k0 = k_begin; k0 < k_end; k0 += CHUNK) {
+        cp_async_wait<STAGES - 2>();  // this chunk's copies are done (this thread's)
+        __syncthreads();              // ... every thread's; the oldest stage is free
+        const int next = k0 + (STAGES - 1) * CHUNK;
+        if (next < k_end) issue((stage + STAGES - 1) % STAGES, next);
+        cp_async_commit();
+        multiply(stage);
+        stage = (stage + 1) % STAGES;
+    }
+    cp_async_wait<0>();
+    __syncthreads();
+}
+
 #define TC_STAGES 3
 struct RowCoord {
     int n, oy, ox;
@@ -579,24 +617,9 @@ __device__ __forceinline__ void tc_gemm(const GemmBlock &gb, TcShared<T> &s, con
             __pipeline_memcpy_async(&s.chunk.Bs[stage][vb][8 * (tid & 7)],
                                     b_on ? wg + (size_t)kgb * gb.cout_g + vco : wg, 16, b_on ? 0 : 16);
         };
-#pragma unroll
-        for (int st = 0; st < TC_STAGES - 1; ++st) {
-            const int k0 = gb.k_begin + st * TC_K;
-            if (k0 < gb.k_end) issue(st, k0);
-            __pipeline_commit();  // possibly empty: one group per chunk keeps the count uniform
-        }
-        int stage = 0;
-        for (int k0 = gb.k_begin; k0 < gb.k_end; k0 += TC_K) {
-            __pipeline_wait_prior(TC_STAGES - 2);  // this chunk's copies are done (this thread's)
-            __syncthreads();                        // ... every thread's; the oldest stage is free
-            const int next = k0 + (TC_STAGES - 1) * TC_K;
-            if (next < gb.k_end) issue((stage + TC_STAGES - 1) % TC_STAGES, next);
-            __pipeline_commit();
-            tc_chunk(s.chunk.As[stage], s.chunk.Bs[stage], c);
-            stage = (stage + 1) % TC_STAGES;
-        }
-        __pipeline_wait_prior(0);
-        __syncthreads();  // every chunk is multiplied before Cs overwrites them
+        // (On return every chunk is multiplied, so Cs may overwrite them.)
+        cp_async_pipeline<TC_STAGES, TC_K>(gb.k_begin, gb.k_end, issue,
+                                           [&](int stage) { tc_chunk(s.chunk.As[stage], s.chunk.Bs[stage], c); });
     } else {
         uint4 b_vec;
         T b_next[8];
@@ -755,6 +778,57 @@ __device__ __forceinline__ int listed_parts(int zmax, int blocks, int listed, in
     return row_tiles ? max(1, min(zmax, blocks / row_tiles)) : 1;
 }
 
+// A listed GEMM block's place in its persistent grid (see conv_gemm_listed_tc), for row
+// tiles of `tile_rows` rows: the frame's number of parts, this block's part and row-tile
+// slot, the number of slots, and its GemmBlock; `pixelwise`: a 1×1 conv at stride 1
+// without padding, whose row reads one input pixel, its own, which is updated (a listed
+// row is a candidate), so its one tap is on without a mask read. Counts the list into
+// `counter` (statistics) once per launch.
+struct ListedBlock {
+    bool pixelwise;
+    int parts, part, slot, slots;
+    GemmBlock gb;
+};
+template <bool PARTS>
+__device__ __forceinline__ ListedBlock listed_block(int Cin, int Cout, int groups, int KH, int KW, int sh, int sw,
+                                                    int pt, int pl, int splits, int *counter, int listed,
+                                                    int tile_rows) {
+    ListedBlock lb;
+    lb.pixelwise = KH == 1 && KW == 1 && sh == 1 && sw == 1 && pt == 0 && pl == 0;
+    // (Without PARTS: one part, slots = gridDim.x, so that no register holds them.)
+    const int blocks = gridDim.x * gridDim.z, b = blockIdx.x + gridDim.x * blockIdx.z;
+    lb.parts = PARTS ? listed_parts(splits, blocks, listed, tile_rows) : 1;
+    lb.part = PARTS ? b % lb.parts : 0;
+    lb.slot = PARTS ? b / lb.parts : blockIdx.x;
+    lb.slots = PARTS ? blocks / lb.parts : gridDim.x;
+    if (counter && threadIdx.x == 0 && b == 0 && blockIdx.y == 0 && listed) atomicAdd(counter, listed);
+    lb.gb = gemm_block<PARTS>(Cin, Cout, groups, KH, KW, lb.parts, lb.part);
+    return lb;
+}
+
+// The ROWS rows of the row tile at list entry r0 into shared memory: row p's output pixel
+// rows[p], whether it exists (active[p]: r0 + p < listed) and its taps (RowTaps bits; see
+// listed_row_taps). All threads must call it; it synchronises before it returns.
+template <int ROWS>
+__device__ __forceinline__ void listed_tile_rows(const int *list, int listed, int r0, bool pixelwise,
+                                                 RowCoord *rows, bool *active, unsigned long long *taps, int OH,
+                                                 int OW, int H, int W, int KH, int KW, int sh, int sw, int pt,
+                                                 int pl, int dh, int dw, const mask_t *m, int mN, int mH, int mW) {
+    const int tid = threadIdx.x;
+    if (tid < ROWS) {
+        const bool on = r0 + tid < listed;
+        const Pixel q = pixel_at(on ? list[r0 + tid] : 0, OH, OW);
+        rows[tid] = RowCoord{q.n, q.y, q.x};
+        active[tid] = on;
+        taps[tid] = pixelwise && on;
+    }
+    __syncthreads();
+    if (!pixelwise) {
+        listed_row_taps<ROWS>(rows, active, taps, H, W, KH, KW, sh, sw, pt, pl, dh, dw, m, mN, mH, mW);
+        __syncthreads();
+    }
+}
+
 // conv_gemm over a pixel work list (see "Pixel work lists" in common.cuh): the rows of
 // the GEMM are the listed output pixels list[0:*count), 64 per row tile, so a block's
 // rows are all candidates however scattered they are, and no block scans the mask. Any
@@ -783,16 +857,10 @@ __device__ __forceinline__ void conv_gemm_listed_tc(CONV_PARAMS, const int *list
     __shared__ __align__(32) TcShared<T> smem;
 
     const int tid = threadIdx.x, listed = *count;
-    // A 1×1 conv at stride 1 without padding reads one input pixel per row, its own, and a
-    // listed row is a candidate, so that pixel is updated: its one tap is on, no mask read.
-    const bool pixelwise = KH == 1 && KW == 1 && sh == 1 && sw == 1 && pt == 0 && pl == 0;
-    // (Without PARTS: one part, slots = gridDim.x, so that no register holds them.)
-    const int blocks = gridDim.x * gridDim.z, b = blockIdx.x + gridDim.x * blockIdx.z;
-    const int parts = PARTS ? listed_parts(splits, blocks, listed, TILE_P) : 1;
-    const int part = PARTS ? b % parts : 0, slot = PARTS ? b / parts : blockIdx.x;
-    const int slots = PARTS ? blocks / parts : gridDim.x;
-    if (counter && tid == 0 && b == 0 && blockIdx.y == 0 && listed) atomicAdd(counter, listed);
-    const GemmBlock gb = gemm_block<PARTS>(Cin, Cout, groups, KH, KW, parts, part);
+    const ListedBlock lb = listed_block<PARTS>(Cin, Cout, groups, KH, KW, sh, sw, pt, pl, splits, counter, listed,
+                                               TILE_P);
+    const GemmBlock &gb = lb.gb;
+    const int part = lb.part, slot = lb.slot, slots = lb.slots;
     const T *xg = x + gb.grp * gb.cin_g * xC;
     // Vector loads: row vp = tid/4 takes channels 8·(tid%4)..+7 of the chunk; its input
     // window starts at (vy, vx). Scalar loads: column kk of rows tid/32 + 8·i.
@@ -833,18 +901,8 @@ __device__ __forceinline__ void conv_gemm_listed_tc(CONV_PARAMS, const int *list
     };
     auto row_at = [&](int p) { return rows[p]; };
     for (int r0 = slot * TILE_P; (!PARTS || slot < slots) && r0 < listed; r0 += slots * TILE_P) {
-        if (tid < TILE_P) {
-            const bool on = r0 + tid < listed;
-            const Pixel q = pixel_at(on ? list[r0 + tid] : 0, OH, OW);
-            rows[tid] = RowCoord{q.n, q.y, q.x};
-            active[tid] = on;
-            taps[tid] = pixelwise && on;
-        }
-        __syncthreads();
-        if (!pixelwise) {
-            listed_row_taps<TILE_P>(rows, active, taps, H, W, KH, KW, sh, sw, pt, pl, dh, dw, m, mN, mH, mW);
-            __syncthreads();
-        }
+        listed_tile_rows<TILE_P>(list, listed, r0, lb.pixelwise, rows, active, taps, OH, OW, H, W, KH, KW, sh, sw,
+                                 pt, pl, dh, dw, m, mN, mH, mW);
         vn = rows[vp].n;
         vy = rows[vp].oy * sh - pt;
         vx = rows[vp].ox * sw - pl;
@@ -934,14 +992,6 @@ union GatherShared {
     float C[GATHER_ROWS][GATHER_LDC];  // the epilogue's sums, after the last chunk
 };
 
-__device__ __forceinline__ void cp_async16(void *dst, const void *src, bool on) {
-    const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(on ? 16 : 0));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
-
 __device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], const __half *p, bool trans) {
     const unsigned a = (unsigned)__cvta_generic_to_shared(p);
     if (trans)
@@ -976,7 +1026,9 @@ struct ChunkCursor {
     }
     __device__ __forceinline__ void step(int cin_g, int KW, int dh, int dw, int xH, int xW) {
         c0 += GATHER_K;
-        if (c0 >= cin_g) {  // reached exactly where there is a next tap
+        // c0 = Cin_g exactly where Cin_g is a multiple of GATHER_K; past it only after a
+        // one-tap conv's last chunk, which no chunk follows.
+        if (c0 >= cin_g) {
             c0 = 0;
             ++t;
             if (++kw == KW) {
@@ -993,19 +1045,15 @@ __device__ __forceinline__ void conv_gemm_gathered_tc(CONV_PARAMS, const int *li
     __shared__ bool active[GATHER_ROWS];
     __shared__ RowCoord rows[GATHER_ROWS];
     __shared__ unsigned long long taps[GATHER_ROWS];
-    __shared__ int base[GATHER_ROWS];  // a row's window origin, as an element offset into x
     __shared__ __align__(128) GatherShared s;
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int warp_m = warp & 3, warp_n = warp >> 2;
     const int listed = *count;
-    const bool pixelwise = KH == 1 && KW == 1 && sh == 1 && sw == 1 && pt == 0 && pl == 0;
-    const int blocks = gridDim.x * gridDim.z, b = blockIdx.x + gridDim.x * blockIdx.z;
-    const int parts = PARTS ? listed_parts(splits, blocks, listed, GATHER_ROWS) : 1;
-    const int part = PARTS ? b % parts : 0, slot = PARTS ? b / parts : blockIdx.x;
-    const int slots = PARTS ? blocks / parts : gridDim.x;
-    if (counter && tid == 0 && b == 0 && blockIdx.y == 0 && listed) atomicAdd(counter, listed);
-    const GemmBlock gb = gemm_block<PARTS>(Cin, Cout, groups, KH, KW, parts, part);
+    const ListedBlock lb = listed_block<PARTS>(Cin, Cout, groups, KH, KW, sh, sw, pt, pl, splits, counter, listed,
+                                               GATHER_ROWS);
+    const GemmBlock &gb = lb.gb;
+    const int part = lb.part, slot = lb.slot, slots = lb.slots;
     const __half *xg = x + gb.grp * gb.cin_g * xC;
     const __half *wg = wp + (size_t)gb.grp * gb.K * gb.cout_g;
     // This thread's copies: A vector v = tid % 4 of rows tid / 4 and tid / 4 + 64; B vector
@@ -1014,21 +1062,15 @@ __device__ __forceinline__ void conv_gemm_gathered_tc(CONV_PARAMS, const int *li
     const bool b_cols = bc + 8 <= gb.cout_g;
 
     for (int r0 = slot * GATHER_ROWS; (!PARTS || slot < slots) && r0 < listed; r0 += slots * GATHER_ROWS) {
-        if (tid < GATHER_ROWS) {
-            const bool on = r0 + tid < listed;
-            const Pixel q = pixel_at(on ? list[r0 + tid] : 0, OH, OW);
-            rows[tid] = RowCoord{q.n, q.y, q.x};
-            active[tid] = on;
-            taps[tid] = pixelwise && on;
-            base[tid] = q.n * xN + (q.y * sh - pt) * xH + (q.x * sw - pl) * xW;
-        }
-        __syncthreads();
-        if (!pixelwise) {
-            listed_row_taps<GATHER_ROWS>(rows, active, taps, H, W, KH, KW, sh, sw, pt, pl, dh, dw, m, mN, mH, mW);
-            __syncthreads();
-        }
+        listed_tile_rows<GATHER_ROWS>(list, listed, r0, lb.pixelwise, rows, active, taps, OH, OW, H, W, KH, KW, sh,
+                                      sw, pt, pl, dh, dw, m, mN, mH, mW);
+        // This thread's two rows: their taps, and their window origins as element offsets
+        // into x (plus its vector's channels).
         const unsigned long long taps0 = taps[ar], taps1 = taps[ar + 64];
-        const int base0 = base[ar] + 8 * av, base1 = base[ar + 64] + 8 * av;
+        auto origin = [&](const RowCoord &q) {
+            return q.n * xN + (q.oy * sh - pt) * xH + (q.ox * sw - pl) * xW + 8 * av;
+        };
+        const int base0 = origin(rows[ar]), base1 = origin(rows[ar + 64]);
         ChunkCursor cur;
         cur.start(gb.k_begin, gb.cin_g, KW, dh, dw, xH, xW);
         auto issue = [&](int stage, int k0) {  // chunk k0 (the cursor's) into `stage`
@@ -1042,19 +1084,7 @@ __device__ __forceinline__ void conv_gemm_gathered_tc(CONV_PARAMS, const int *li
             cur.step(gb.cin_g, KW, dh, dw, xH, xW);
         };
         float c[2][4][4] = {};
-#pragma unroll
-        for (int st = 0; st < GATHER_STAGES - 1; ++st) {
-            const int k0 = gb.k_begin + st * GATHER_K;
-            if (k0 < gb.k_end) issue(st, k0);
-            cp_async_commit();  // possibly empty: one group per chunk keeps the count uniform
-        }
-        int stage = 0;
-        for (int k0 = gb.k_begin; k0 < gb.k_end; k0 += GATHER_K) {
-            cp_async_wait<GATHER_STAGES - 2>();  // this chunk's copies are done (this thread's)
-            __syncthreads();                     // ... every thread's; the oldest stage is free
-            const int next = k0 + (GATHER_STAGES - 1) * GATHER_K;
-            if (next < gb.k_end) issue((stage + GATHER_STAGES - 1) % GATHER_STAGES, next);
-            cp_async_commit();
+        auto multiply = [&](int stage) {
 #pragma unroll
             for (int ks = 0; ks < GATHER_K; ks += 16) {
                 unsigned a[2][4], bq[2][4];
@@ -1072,10 +1102,9 @@ __device__ __forceinline__ void conv_gemm_gathered_tc(CONV_PARAMS, const int *li
                     for (int ni = 0; ni < 4; ++ni)
                         mma_16816(c[mi][ni], a[mi], bq[ni >> 1][(ni & 1) * 2], bq[ni >> 1][(ni & 1) * 2 + 1]);
             }
-            stage = (stage + 1) % GATHER_STAGES;
-        }
-        cp_async_wait<0>();
-        __syncthreads();  // every chunk is multiplied before C overwrites them
+        };
+        // (On return every chunk is multiplied, so C may overwrite them.)
+        cp_async_pipeline<GATHER_STAGES, GATHER_K>(gb.k_begin, gb.k_end, issue, multiply);
         // Fragment (mi, ni): rows warp_m·32 + mi·16 + lane/4 (+8), channels warp_n·32 + ni·8
         // + 2·(lane % 4) (+1).
 #pragma unroll
@@ -1136,7 +1165,7 @@ __device__ __forceinline__ void conv_gemm_gathered_tc(CONV_PARAMS, const int *li
             };
             CONV_OUT.put(on, at, v);
         }
-        __syncthreads();  // the next tile's rows overwrite rows, active, taps and base
+        __syncthreads();  // the next tile's rows overwrite rows, active and taps
     }
 }
 
