@@ -21,6 +21,8 @@
 // instead of a tile: its cost follows the candidates, not the tiles they touch;
 // conv_gemm_listed_parts also splits K into as many parts as the frame's count leaves
 // blocks for, and conv_listed_sum adds the parts (see conv_gemm_listed_tc).
+// conv_gemm_gathered[_parts] is the same listed GEMM on 128-row tiles with mma.sync, for
+// the convs whose reduction chunks each lie in one kernel tap (see conv_gemm_gathered_tc).
 // Split K of the tiled GEMM (conv_gemm_split, the same GEMM with SPLIT set): blockIdx.z =
 // split · N + n and split s reduces its own range of K (a multiple of FLUSH_K long) into
 // the fp32 workspace ws[s][n][oy][ox][c]; conv_split_sum then adds the splits in order

@@ -3,16 +3,17 @@
 * A list holds exactly the set pixels of its mask, each once: for ``pw_truncate``
   (emitted pixels) and ``pw_linear`` (the union of its operands), frame after frame with
   the counts zeroed by ``FrameArena.begin_frame``.
-* ``conv_gemm_listed`` (1×1 convolutions over a listed input, rows = listed pixels)
-  matches the reference on poisoned outputs, alone and fused into its activation, with
-  more row tiles than its persistent grid has slots; it returns the input's mask and
-  list. ``pw_truncate`` over listed candidates matches the reference too.
+* ``conv_gemm_gathered`` and ``conv_gemm_listed`` (1×1 convolutions over a listed input,
+  rows = listed pixels) match the reference on poisoned outputs, alone and fused into
+  their activation, with more row tiles than their persistent grid has slots; they
+  return the input's mask and list. ``pw_truncate`` over listed candidates matches the reference too.
 * The tiled conv kernels (depthwise, GEMM, split-K; fp16 and fp32) list their output
   pixels, and the activation fused into them truncates over that list in their mask.
 * fp16 GEMM convs of every geometry (k×k, strided, dilated, grouped, asymmetric, split-K,
   scalar and vector rows) list their own output pixels (``conv_output_list``) and run
-  their GEMM over that list (``conv_gemm_listed``), alone and fused, matching the
-  reference; their list is their mask.
+  their GEMM over that list (``conv_gemm_gathered`` where its vectors and taps allow,
+  else ``conv_gemm_listed``), alone and fused, matching the reference; their list is
+  their mask.
 * In a whole fp16 model, every Delta that carries a list lists its mask, and lists on or
   off give bit-identical outputs (a GEMM row's sum does not depend on which rows share
   its block), eagerly and under CUDA-graph replay.
@@ -279,8 +280,9 @@ def listed_gemm_of(conv: nn.Module, values: torch.Tensor, splits: bool) -> set[s
 @pytest.mark.parametrize("name", OWN_ROWS)
 def test_conv_runs_over_its_own_output_list(poisoned, arena, name, fuse, multiprocessors):
     """An fp16 GEMM conv with a list slot lists its output pixels (``conv_output_list``)
-    and runs its GEMM over them (``conv_gemm_listed``, or ``conv_gemm_listed_parts`` and
-    ``conv_listed_sum`` where K may split, in one part or several): its mask and
+    and runs its GEMM over them (``conv_gemm_gathered`` or ``conv_gemm_listed``, or their
+    ``_parts`` and ``conv_listed_sum`` where K may split, in one part or several; the
+    ``gathered_`` cases on every channels_last frame): its mask and
     list agree, and its output (or its fused activation's output and state) matches the
     reference frame after frame, on NCHW and channels_last inputs (scalar and vector
     rows), also when one multiprocessor's persistent grid loops over many row tiles."""
@@ -321,7 +323,7 @@ def test_conv_runs_over_its_own_output_list(poisoned, arena, name, fuse, multipr
             for op, ref_op in zip(ops, reference):
                 assert_same(op._state, ref_op._state, HALF, f"frame {frame} ({kind}) {op.node_name} state")
             assert listed_gemm_of(ops[0].conv, d.values, splits) <= kernels, kernels
-            gathered_frames += "conv_gemm_gathered" in " ".join(kernels)
+            gathered_frames += any(name.startswith("conv_gemm_gathered") for name in kernels)
     if name.startswith("gathered"):
         assert gathered_frames == len(MASK_KINDS), "every channels_last frame runs conv_gemm_gathered"
 

@@ -38,12 +38,13 @@ delta* (:meth:`ConvKernel.convolve_whole_delta`).
 
 Few GEMM rows over a long reduction leave most SMs idle, so the reduction splits. A
 listed GEMM whose K allows it (:func:`listed_parts_bound`) runs
-``conv_gemm_listed_parts`` (or ``conv_gemm_gathered_parts``), which decides on the GPU from the frame's list count how
-many parts to split K into (as many as give each row tile and part a block of its
-one-wave grid); the parts write fp32 partial sums by list row (one part too), and
-``conv_listed_sum`` adds them in part order and applies the epilogue at the listed
-pixels. Where K cannot split (K < 2·SPLIT_MIN_K: MobileNetV2's expansions) the lean
-``conv_gemm_listed`` runs, without the split path's registers. A tiled ``conv_gemm``
+``conv_gemm_listed_parts`` (``conv_gemm_gathered_parts``), which decides on the GPU from
+the frame's list count how many parts to split K into (as many as give each row tile and
+part a block of its one-wave grid); the parts write fp32 partial sums by list row (one
+part too), and ``conv_listed_sum`` adds them in part order and applies the epilogue at
+the listed pixels. Where K cannot split (K < 2·SPLIT_MIN_K: MobileNetV2's expansions)
+the lean ``conv_gemm_listed`` (``conv_gemm_gathered``) runs, without the split path's
+registers. A tiled ``conv_gemm``
 grid with fewer blocks than one wave (fp32, or listed rows off) splits on the host
 (:func:`k_splits`): each split writes partial sums at the output pixel and
 ``conv_split_sum`` adds them where the output mask is set.
