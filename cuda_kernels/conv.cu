@@ -969,10 +969,10 @@ extern "C" __global__ void __launch_bounds__(DC_BLOCK, DC_RESIDENT) conv_gemm_li
 //
 // What makes it cheap per chunk: chunk k0 is channels [c0, c0 + GATHER_K) of tap t (both
 // the same for every row, advanced by a block-uniform cursor without division), so a
-// row's A vector is at x + base[row] + tap offset + 8·v, valid iff bit t of the row's
-// taps (in the frame and updated, listed_row_taps) and c0 + 8·v < Cin_g (a 1×1 conv's
-// last chunk may run past K: zero-filled). Each row's base offset and taps are computed
-// once per row tile. Where it is applicable, the host runs it in place of
+// row's A vector is at x + the row's window origin + tap offset + 8·v, valid iff bit t of
+// the row's taps (in the frame and updated, listed_row_taps) and c0 + 8·v < Cin_g (a 1×1
+// conv's last chunk may run past K: zero-filled). Each row's origin and taps are
+// computed once per row tile. Where it is applicable, the host runs it in place of
 // conv_gemm_listed (the lists, parts, counter and outputs are the same; see
 // conv_gemm_listed_tc), with GATHER_ROWS-row tiles.
 //

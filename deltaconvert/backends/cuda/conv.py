@@ -44,10 +44,9 @@ part a block of its one-wave grid); the parts write fp32 partial sums by list ro
 part too), and ``conv_listed_sum`` adds them in part order and applies the epilogue at
 the listed pixels. Where K cannot split (K < 2·SPLIT_MIN_K: MobileNetV2's expansions)
 the lean ``conv_gemm_listed`` (``conv_gemm_gathered``) runs, without the split path's
-registers. A tiled ``conv_gemm``
-grid with fewer blocks than one wave (fp32, or listed rows off) splits on the host
-(:func:`k_splits`): each split writes partial sums at the output pixel and
-``conv_split_sum`` adds them where the output mask is set.
+registers. A tiled ``conv_gemm`` grid with fewer blocks than one wave (fp32, or listed
+rows off) splits on the host (:func:`k_splits`): each split writes partial sums at the
+output pixel and ``conv_split_sum`` adds them where the output mask is set.
 """
 from __future__ import annotations
 
