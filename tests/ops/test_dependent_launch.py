@@ -40,3 +40,59 @@ def test_dependent_launches_change_no_output(runtime, monkeypatch, cuda_graph):
     assert (launches[True] > 0) is cuda_graph, "the captured frame launched no dependent launch"
     for i, (on, off) in enumerate(zip(outputs[True], outputs[False])):
         assert torch.equal(on, off), f"frame {i + 2}: dependent launches changed the output"
+
+
+def test_only_a_launch_after_a_kernel_node_asks_for_the_programmatic_edge(poisoned, monkeypatch):
+    """In a capture, a dependent launch asks for the programmatic edge only where its one
+    upstream node is a kernel node (``follows_a_kernel``: ours or torch's), not as the
+    capture's first node, nor after a memcpy node or a join of two streams. The replayed
+    graph computes what eager launches do."""
+    from deltaconvert.backends.cuda import dependent_launch
+    from deltaconvert.backends.cuda.pointwise import accumulate
+
+    from .test_cuda_ops import random_delta
+    if not dependent_launch.ENABLED:
+        pytest.skip("dependent launches are off (DELTACONVERT_CUDA_PDL=0)")
+    gen = torch.Generator(device="cuda").manual_seed(5)
+    shape = (1, 8, 6, 10)
+    d = random_delta(shape, "random", torch.float16, gen, 0)
+    start = torch.randn(shape, generator=gen, device="cuda")
+    acc, copy = start.clone(), torch.empty_like(start)
+    asked: list[bool] = []
+    follows = dependent_launch.follows_a_kernel
+
+    def recorded(stream):
+        asked.append(follows(stream))
+        return asked[-1]
+
+    monkeypatch.setattr(dependent_launch, "follows_a_kernel", recorded)
+
+    def forward():
+        with poisoned.frame():
+            accumulate(poisoned, "first", d, acc)          # the capture's first kernel
+            accumulate(poisoned, "chained", d, acc)        # after our own kernel: the edge
+            acc.mul_(1.0)
+            accumulate(poisoned, "after torch", d, acc)    # after torch's kernel: the edge
+            accumulate(poisoned, "chained", d, acc)
+            copy.copy_(acc)                                # a memcpy node
+            accumulate(poisoned, "after memcpy", d, acc)
+            side, main = torch.cuda.Stream(), torch.cuda.current_stream()
+            side.wait_stream(main)
+            with torch.cuda.stream(side):
+                copy.add_(1.0)
+            main.wait_stream(side)
+            accumulate(poisoned, "after a join", d, acc)
+
+    forward()  # loads the kernels; no capture: nothing asked
+    torch.cuda.synchronize()
+    eager = acc.clone()
+    assert asked == []
+    acc.copy_(start)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        forward()
+    assert asked == [False, True, True, True, False, False]
+    acc.copy_(start)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(acc, eager)

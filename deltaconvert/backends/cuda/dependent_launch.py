@@ -13,8 +13,19 @@ waits until the previous kernel on the stream has completed and its writes are v
 (``griddepcontrol.wait``), then lets the next kernel launch
 (``griddepcontrol.launch_dependents``). So no kernel reads or writes memory before its
 predecessor is done — the order of the stream is kept — and at most the next kernel's
-launch overlaps a running one. A kernel of torch between two of ours requests no
-overlap: the one after it starts when it completes, as without the attribute.
+launch overlaps a running one.
+
+The attribute is set only where the launch's single upstream node in the capture is a
+kernel node (ours, torch's or cuDNN's: :func:`follows_a_kernel`); after a memcpy, memset,
+event or conditional node, after a join of several streams and at the start of a capture
+(or of a conditional body) the kernel launches without it, as PyCUDA would. Programmatic
+edges from nodes other than kernels are outside what the driver documents (an edge of
+the programmatic type joins kernel nodes); ``cudaStreamEndCapture`` crashed
+intermittently with the attribute on every launch (a segfault inside the driver,
+PERF_NOTES §49–50). Edges from torch's kernels, which never trigger their dependents
+early, still gain: the next kernel launches as their blocks exit, not after the
+kernel's completion (mobilenet_v2 at τ=0.01, whose dense layers are cuDNN convs
+followed by our truncations: 3 % slower without them, §50).
 
 PyCUDA launches with ``cuLaunchKernel`` (no attributes) and exposes no function handle,
 so this module loads the same cubin into the current context (``cuModuleLoadData``)
@@ -26,11 +37,13 @@ from __future__ import annotations
 import ctypes
 import os
 import struct
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 ENABLED = os.environ.get("DELTACONVERT_CUDA_PDL", "1") == "1"
 
 _PROGRAMMATIC_STREAM_SERIALIZATION = 6  # CUlaunchAttributeID
+_CAPTURE_ACTIVE = 1  # CU_STREAM_CAPTURE_STATUS_ACTIVE
+_NODE_KERNEL = 0  # CU_GRAPH_NODE_TYPE_KERNEL
 _PARAM_BUFFER_POINTER, _PARAM_BUFFER_SIZE, _PARAM_END = 1, 2, 0
 
 
@@ -60,6 +73,11 @@ def driver() -> ctypes.CDLL:
                                             ctypes.c_char_p]
         lib.cuLaunchKernelEx.argtypes = [ctypes.POINTER(_LaunchConfig), ctypes.c_void_p,
                                          ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p)]
+        p = ctypes.c_void_p
+        lib.cuStreamGetCaptureInfo_v3.argtypes = [
+            p, ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_uint64), ctypes.POINTER(p),
+            ctypes.POINTER(ctypes.POINTER(p)), ctypes.POINTER(p), ctypes.POINTER(ctypes.c_size_t)]
+        lib.cuGraphNodeGetType.argtypes = [p, ctypes.POINTER(ctypes.c_int)]
         _DRIVER = lib
     return _DRIVER
 
@@ -67,6 +85,38 @@ def driver() -> ctypes.CDLL:
 def check(result: int, what: str) -> None:
     if result != 0:
         raise RuntimeError(f"{what} failed with CUDA driver error {result}")
+
+
+class CaptureInfo(NamedTuple):
+    """The capture under way on a stream: its graph and the nodes the next captured node
+    will depend on."""
+    graph: ctypes.c_void_p
+    dependencies: tuple[int, ...]
+
+
+def capture_info(stream: int, what: str = "capture") -> CaptureInfo:
+    """:class:`CaptureInfo` of the capture under way on ``stream`` (an error naming
+    ``what`` if none is)."""
+    status, capture_id = ctypes.c_int(), ctypes.c_uint64()
+    graph, edges, count = ctypes.c_void_p(), ctypes.c_void_p(), ctypes.c_size_t()
+    deps = ctypes.POINTER(ctypes.c_void_p)()
+    check(driver().cuStreamGetCaptureInfo_v3(
+        stream, ctypes.byref(status), ctypes.byref(capture_id), ctypes.byref(graph),
+        ctypes.byref(deps), ctypes.byref(edges), ctypes.byref(count)), "cuStreamGetCaptureInfo")
+    if status.value != _CAPTURE_ACTIVE:
+        raise RuntimeError(f"{what}: the backend stream is not capturing a CUDA graph")
+    return CaptureInfo(graph, tuple(deps[i] for i in range(count.value)))
+
+
+def follows_a_kernel(stream: int) -> bool:
+    """Whether the next node captured on ``stream`` depends on exactly one node, and that
+    a kernel node (the programmatic edge's upstream)."""
+    dependencies = capture_info(stream, "dependent launch").dependencies
+    if len(dependencies) != 1:
+        return False
+    node_type = ctypes.c_int()
+    check(driver().cuGraphNodeGetType(dependencies[0], ctypes.byref(node_type)), "cuGraphNodeGetType")
+    return node_type.value == _NODE_KERNEL
 
 
 class DependentModule:
@@ -85,7 +135,8 @@ class DependentModule:
 
 
 class DependentFunction:
-    """One entry point, launched with the programmatic-stream-serialization attribute."""
+    """One entry point, launched with the programmatic-stream-serialization attribute
+    where it follows a kernel node (:func:`follows_a_kernel`)."""
 
     def __init__(self, module: DependentModule, handle: ctypes.c_void_p, name: str,
                  signature: str) -> None:
@@ -101,7 +152,8 @@ class DependentFunction:
         size = ctypes.c_size_t(len(packed))
         extra = (ctypes.c_void_p * 5)(_PARAM_BUFFER_POINTER, ctypes.addressof(buffer),
                                       _PARAM_BUFFER_SIZE, ctypes.addressof(size), _PARAM_END)
+        programmatic = follows_a_kernel(stream)
         config = _LaunchConfig((ctypes.c_uint * 3)(*grid), (ctypes.c_uint * 3)(*block), 0,
-                               stream, ctypes.pointer(self._attribute), 1)
+                               stream, ctypes.pointer(self._attribute), int(programmatic))
         check(driver().cuLaunchKernelEx(ctypes.byref(config), self.handle, None, extra),
                f"cuLaunchKernelEx({self.name})")

@@ -64,7 +64,7 @@ from ...delta import tensor_leaves
 from ...ops.boundary import Sparsify, input_sparsifiers
 from ..runtime import DeltaOpGraph
 from .arena import FrameArena
-from .dependent_launch import check, driver
+from .dependent_launch import capture_info, check, driver
 from .device import DeviceRuntime
 from .kernels import Args, kernel
 
@@ -79,7 +79,6 @@ _CONDITION_SWITCH = 2           # CU_GRAPH_COND_TYPE_SWITCH (CUDA 12.8)
 _ASSIGN_DEFAULT = 1             # CU_GRAPH_COND_ASSIGN_DEFAULT: the condition is 0 at each launch
 _SET_DEPENDENCIES = 1           # CU_STREAM_SET_CAPTURE_DEPENDENCIES
 _CAPTURE_THREAD_LOCAL = 1       # CU_STREAM_CAPTURE_MODE_THREAD_LOCAL
-_CAPTURE_ACTIVE = 1             # CU_STREAM_CAPTURE_STATUS_ACTIVE
 
 
 class _ConditionalParams(ctypes.Structure):  # CUDA_CONDITIONAL_NODE_PARAMS
@@ -102,9 +101,6 @@ def _graph_driver() -> ctypes.CDLL:
     if not hasattr(lib, "_graph_types_set"):
         p, u64, size = ctypes.c_void_p, ctypes.c_uint64, ctypes.c_size_t
         lib.cuCtxGetCurrent.argtypes = [ctypes.POINTER(p)]
-        lib.cuStreamGetCaptureInfo_v3.argtypes = [
-            p, ctypes.POINTER(ctypes.c_int), ctypes.POINTER(u64), ctypes.POINTER(p),
-            ctypes.POINTER(ctypes.POINTER(p)), ctypes.POINTER(p), ctypes.POINTER(size)]
         lib.cuGraphConditionalHandleCreate.argtypes = [ctypes.POINTER(u64), p, p, ctypes.c_uint,
                                                        ctypes.c_uint]
         lib.cuGraphAddNode_v2.argtypes = [ctypes.POINTER(p), p, ctypes.POINTER(p), p, size,
@@ -116,19 +112,6 @@ def _graph_driver() -> ctypes.CDLL:
         lib.cuDriverGetVersion.argtypes = [ctypes.POINTER(ctypes.c_int)]
         lib._graph_types_set = True
     return lib
-
-
-def _capture_info(stream: int) -> tuple[ctypes.c_void_p, Any, int]:
-    """(graph, dependency array, dependency count) of the capture under way on ``stream``."""
-    status, capture_id = ctypes.c_int(), ctypes.c_uint64()
-    graph, edges, count = ctypes.c_void_p(), ctypes.c_void_p(), ctypes.c_size_t()
-    deps = ctypes.POINTER(ctypes.c_void_p)()
-    check(_graph_driver().cuStreamGetCaptureInfo_v3(
-        stream, ctypes.byref(status), ctypes.byref(capture_id), ctypes.byref(graph), ctypes.byref(deps),
-        ctypes.byref(edges), ctypes.byref(count)), "cuStreamGetCaptureInfo")
-    if status.value != _CAPTURE_ACTIVE:
-        raise RuntimeError("frame skip: the backend stream is not capturing a CUDA graph")
-    return graph, deps, count.value
 
 
 # Reads of an input that give the same value on every frame of a sequence.
@@ -233,7 +216,7 @@ class CapturedBody:
     def open(self) -> None:
         runtime, lib = self.skip.runtime, _graph_driver()
         stream = runtime.launch_stream()[1]  # the stream being captured
-        graph, _, _ = _capture_info(stream)
+        graph = capture_info(stream, "frame skip").graph
         handle = ctypes.c_uint64()
         context = ctypes.c_void_p()
         check(lib.cuCtxGetCurrent(ctypes.byref(context)), "cuCtxGetCurrent")
@@ -242,13 +225,15 @@ class CapturedBody:
         args = Args("frame skip").handle(handle.value).ptr(self.skip.arena.changed).ptr(self.force)
         args.ints(self.restart_pixels)
         kernel(runtime, "graph", "set_frame_condition", self.skip.dtype)((1, 1, 1), (1, 1, 1), args)
-        graph, deps, count = _capture_info(stream)
+        info = capture_info(stream, "frame skip")
+        deps = (ctypes.c_void_p * len(info.dependencies))(*info.dependencies)
         params = _NodeParams(type=_NODE_CONDITIONAL)
         params.conditional = _ConditionalParams(handle=handle.value, type=_CONDITION_SWITCH,
                                                 size=2 if self.takes_restart else 1,
                                                 ctx=context.value)
         node = ctypes.c_void_p()
-        check(lib.cuGraphAddNode_v2(ctypes.byref(node), graph, deps, None, count, ctypes.byref(params)),
+        check(lib.cuGraphAddNode_v2(ctypes.byref(node), info.graph, deps, None, len(deps),
+                                     ctypes.byref(params)),
                "cuGraphAddNode (conditional)")
         self._branches = [ctypes.c_void_p(params.conditional.graphs[i])
                           for i in range(params.conditional.size)]
