@@ -73,10 +73,13 @@ def driver() -> ctypes.CDLL:
                                             ctypes.c_char_p]
         lib.cuLaunchKernelEx.argtypes = [ctypes.POINTER(_LaunchConfig), ctypes.c_void_p,
                                          ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p)]
-        p = ctypes.c_void_p
-        lib.cuStreamGetCaptureInfo_v3.argtypes = [
-            p, ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_uint64), ctypes.POINTER(p),
-            ctypes.POINTER(ctypes.POINTER(p)), ctypes.POINTER(p), ctypes.POINTER(ctypes.c_size_t)]
+        p, info = ctypes.c_void_p, [ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_uint64)]
+        info += [ctypes.POINTER(p), ctypes.POINTER(ctypes.POINTER(p))]
+        if hasattr(lib, "cuStreamGetCaptureInfo_v3"):  # CUDA 12.3 drivers on: edge data too
+            lib.cuStreamGetCaptureInfo_v3.argtypes = [p, *info, ctypes.POINTER(p),
+                                                      ctypes.POINTER(ctypes.c_size_t)]
+        else:
+            lib.cuStreamGetCaptureInfo_v2.argtypes = [p, *info, ctypes.POINTER(ctypes.c_size_t)]
         lib.cuGraphNodeGetType.argtypes = [p, ctypes.POINTER(ctypes.c_int)]
         _DRIVER = lib
     return _DRIVER
@@ -100,9 +103,14 @@ def capture_info(stream: int, what: str = "capture") -> CaptureInfo:
     status, capture_id = ctypes.c_int(), ctypes.c_uint64()
     graph, edges, count = ctypes.c_void_p(), ctypes.c_void_p(), ctypes.c_size_t()
     deps = ctypes.POINTER(ctypes.c_void_p)()
-    check(driver().cuStreamGetCaptureInfo_v3(
-        stream, ctypes.byref(status), ctypes.byref(capture_id), ctypes.byref(graph),
-        ctypes.byref(deps), ctypes.byref(edges), ctypes.byref(count)), "cuStreamGetCaptureInfo")
+    lib = driver()
+    head = (stream, ctypes.byref(status), ctypes.byref(capture_id), ctypes.byref(graph),
+            ctypes.byref(deps))
+    if hasattr(lib, "cuStreamGetCaptureInfo_v3"):
+        result = lib.cuStreamGetCaptureInfo_v3(*head, ctypes.byref(edges), ctypes.byref(count))
+    else:
+        result = lib.cuStreamGetCaptureInfo_v2(*head, ctypes.byref(count))
+    check(result, "cuStreamGetCaptureInfo")
     if status.value != _CAPTURE_ACTIVE:
         raise RuntimeError(f"{what}: the backend stream is not capturing a CUDA graph")
     return CaptureInfo(graph, tuple(deps[i] for i in range(count.value)))
