@@ -323,7 +323,7 @@ def test_conv_runs_over_its_own_output_list(poisoned, arena, name, fuse, multipr
             for op, ref_op in zip(ops, reference):
                 assert_same(op._state, ref_op._state, HALF, f"frame {frame} ({kind}) {op.node_name} state")
             assert listed_gemm_of(ops[0].conv, d.values, splits) <= kernels, kernels
-            gathered_frames += any(name.startswith("conv_gemm_gathered") for name in kernels)
+            gathered_frames += any(k.startswith("conv_gemm_gathered") for k in kernels)
     if name.startswith("gathered"):
         assert gathered_frames == len(MASK_KINDS), "every channels_last frame runs conv_gemm_gathered"
 

@@ -73,13 +73,16 @@ def driver() -> ctypes.CDLL:
                                             ctypes.c_char_p]
         lib.cuLaunchKernelEx.argtypes = [ctypes.POINTER(_LaunchConfig), ctypes.c_void_p,
                                          ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p)]
-        p, info = ctypes.c_void_p, [ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_uint64)]
-        info += [ctypes.POINTER(p), ctypes.POINTER(ctypes.POINTER(p))]
-        if hasattr(lib, "cuStreamGetCaptureInfo_v3"):  # CUDA 12.3 drivers on: edge data too
-            lib.cuStreamGetCaptureInfo_v3.argtypes = [p, *info, ctypes.POINTER(p),
-                                                      ctypes.POINTER(ctypes.c_size_t)]
-        else:
-            lib.cuStreamGetCaptureInfo_v2.argtypes = [p, *info, ctypes.POINTER(ctypes.c_size_t)]
+        # cuStreamGetCaptureInfo: _v3 (CUDA 12.3 drivers on) has an edge-data output
+        # before the count, which _v2 lacks; capture_info passes it where there is one.
+        p = ctypes.c_void_p
+        lib.capture_edges = hasattr(lib, "cuStreamGetCaptureInfo_v3")
+        lib.get_capture_info = (lib.cuStreamGetCaptureInfo_v3 if lib.capture_edges
+                            else lib.cuStreamGetCaptureInfo_v2)
+        lib.get_capture_info.argtypes = [
+            p, ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_uint64), ctypes.POINTER(p),
+            ctypes.POINTER(ctypes.POINTER(p)), *([ctypes.POINTER(p)] if lib.capture_edges else []),
+            ctypes.POINTER(ctypes.c_size_t)]
         lib.cuGraphNodeGetType.argtypes = [p, ctypes.POINTER(ctypes.c_int)]
         _DRIVER = lib
     return _DRIVER
@@ -97,20 +100,15 @@ class CaptureInfo(NamedTuple):
     dependencies: tuple[int, ...]
 
 
-def capture_info(stream: int, what: str = "capture") -> CaptureInfo:
+def capture_info(stream: int, what: str) -> CaptureInfo:
     """:class:`CaptureInfo` of the capture under way on ``stream`` (an error naming
     ``what`` if none is)."""
     status, capture_id = ctypes.c_int(), ctypes.c_uint64()
     graph, edges, count = ctypes.c_void_p(), ctypes.c_void_p(), ctypes.c_size_t()
     deps = ctypes.POINTER(ctypes.c_void_p)()
     lib = driver()
-    head = (stream, ctypes.byref(status), ctypes.byref(capture_id), ctypes.byref(graph),
-            ctypes.byref(deps))
-    if hasattr(lib, "cuStreamGetCaptureInfo_v3"):
-        result = lib.cuStreamGetCaptureInfo_v3(*head, ctypes.byref(edges), ctypes.byref(count))
-    else:
-        result = lib.cuStreamGetCaptureInfo_v2(*head, ctypes.byref(count))
-    check(result, "cuStreamGetCaptureInfo")
+    outputs = [status, capture_id, graph, deps, *([edges] if lib.capture_edges else []), count]
+    check(lib.get_capture_info(stream, *map(ctypes.byref, outputs)), "cuStreamGetCaptureInfo")
     if status.value != _CAPTURE_ACTIVE:
         raise RuntimeError(f"{what}: the backend stream is not capturing a CUDA graph")
     return CaptureInfo(graph, tuple(deps[i] for i in range(count.value)))
