@@ -15,10 +15,10 @@ dtype:
 * GPU time per kernel launch of both, from ``torch.profiler`` over graph replays,
   attributed to layers by the launch sequence of an eager delta frame after the first (whose
   dense layers are decided: see backends/cuda/dense_layers.py), and
-  summed per stage (the first two parts of the layer name). Replayed kernels launch as
-  programmatic dependent launches (backends/cuda/dependent_launch.py): a kernel's time
-  starts while it waits for its predecessor, so the times overlap and their sum exceeds
-  the frame (``DELTACONVERT_CUDA_PDL=0`` for times that add up);
+  summed per stage (the first two parts of the layer name). With
+  ``DELTACONVERT_CUDA_PDL=1`` replayed kernels launch as programmatic dependent launches
+  (backends/cuda/dependent_launch.py): a kernel's time starts while it waits for its
+  predecessor, so the times overlap and their sum exceeds the frame;
 * the dense model's CUDA-graph replay in the same precision (TF32 off): ms per frame
   and GPU time per kernel name, so each kind of work can be set against its dense cost;
 * the work fraction and each layer's updated fraction of the clip frames;
@@ -43,6 +43,7 @@ from typing import Any
 
 import torch
 
+from deltaconvert.backends.cuda import dependent_launch
 from deltaconvert.backends.cuda import kernels as cuda_kernels
 from deltaconvert.bench.data import (
     clip_path,
@@ -203,8 +204,9 @@ def print_report(result: dict, dense: dict, top: int) -> None:
           f"(work fraction {result['work_fraction']:.3f}), empty frame {result['empty_ms']:.3f} ms, "
           f"dense graph {dense['ms']:.3f} ms; kernels {len(clip)} (dense {len(dense['kernels'])}), "
           f"GPU kernel time clip {clip_sum / 1e3:.3f} ms, empty {empty_sum / 1e3:.3f} ms, "
-          f"dense {dense_sum / 1e3:.3f} ms (delta kernel times overlap under dependent "
-          "launches: DELTACONVERT_CUDA_PDL=0 for times that add up)")
+          f"dense {dense_sum / 1e3:.3f} ms"
+          + (" (delta kernel times overlap: dependent launches are on)" if dependent_launch.ENABLED
+             else ""))
     empty_totals = totals(empty, lambda r: r["kernel"])
     print("\n| delta kernel | launches | clip µs | empty µs |\n|---|---|---|---|")
     for kernel, (n, us) in totals(clip, lambda r: r["kernel"]).items():

@@ -60,6 +60,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
 import shlex
 import statistics
@@ -511,6 +512,8 @@ def environment(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
         "deltaconvert": __version__, "python": platform.python_version(),
         "backend_requested": args.backend,
+        # the CUDA engine's switches set in the environment (DELTACONVERT_CUDA_PDL=1, …)
+        "switches": {k: v for k, v in sorted(os.environ.items()) if k.startswith("DELTACONVERT_CUDA_")},
         "settings": {"suite": args.suite, "frames": args.frames, "warmup": args.warmup,
                      "sweep": args.sweep, "delta_precisions": args.delta_precisions,
                      "delta_modes": args.delta_modes, "baselines": args.baselines,

@@ -188,7 +188,8 @@ def markdown(results: dict[str, Any]) -> str:
     out = [f"## Benchmark: {meta['device']}, {meta['date']}", "",
            f"`{meta['command']}` · torch {meta['torch']} · CUDA {meta['cuda']} · "
            f"cuDNN {meta['cudnn']} · deltaconvert {meta['deltaconvert']} · "
-           f"backend requested: {meta['backend_requested']}", ""]
+           f"backend requested: {meta['backend_requested']}"
+           + "".join(f" · {k}={v}" for k, v in meta.get("switches", {}).items()), ""]
     rows = targets(results)
     if rows:
         out += ["### Earlier targets", "", "| target | case | measured | verdict |", "|---|---|---|---|"]

@@ -50,9 +50,12 @@ def test_only_a_launch_after_a_kernel_node_asks_for_the_programmatic_edge(poison
     from deltaconvert.backends.cuda import dependent_launch
     from deltaconvert.backends.cuda.pointwise import accumulate
 
+    from deltaconvert.backends.cuda import kernels
+
     from .test_cuda_ops import random_delta
-    if not dependent_launch.ENABLED:
-        pytest.skip("dependent launches are off (DELTACONVERT_CUDA_PDL=0)")
+    monkeypatch.setattr(dependent_launch, "ENABLED", True)  # opt-in: on for this test
+    monkeypatch.setattr(kernels, "_MODULES", {})  # modules loaded again, with their
+    monkeypatch.setattr(kernels, "_KERNELS", {})  # dependent functions
     gen = torch.Generator(device="cuda").manual_seed(5)
     shape = (1, 8, 6, 10)
     d = random_delta(shape, "random", torch.float16, gen, 0)

@@ -1,12 +1,19 @@
-"""Programmatic dependent launch (PDL): kernels launched through the CUDA driver's
-``cuLaunchKernelEx`` with the programmatic-stream-serialization attribute, so that the
-next kernel on the stream launches, and its blocks become resident, while the kernel
-before it still runs; captured into a CUDA graph, the attribute becomes a programmatic
-edge. Kernels launch this way while a CUDA graph is captured (``Kernel.__call__`` in
-:mod:`.kernels`), where the edges save each replayed kernel part of its launch: mobilenet_v2
-at τ=0.1 0.754 → 0.718 ms per frame, nothing at work ≥ 0.5 (PERF_NOTES §45 f). Eager
-frames launch through PyCUDA, whose host cost per launch is below the ctypes path's.
-``DELTACONVERT_CUDA_PDL=0`` turns it off.
+"""Programmatic dependent launch (PDL), opt-in (``DELTACONVERT_CUDA_PDL=1``): kernels
+launched through the CUDA driver's ``cuLaunchKernelEx`` with the
+programmatic-stream-serialization attribute, so that the next kernel on the stream
+launches, and its blocks become resident, while the kernel before it still runs; captured
+into a CUDA graph, the attribute becomes a programmatic edge. With it on, kernels launch
+this way while a CUDA graph is captured (``Kernel.__call__`` in :mod:`.kernels`), where
+the edges save each replayed kernel part of its launch: mobilenet_v2 at τ=0.1 0.725 →
+0.666 ms per frame, at τ=0.01 (its accuracy criterion) 1–2 %, resnet18 at τ=0.1 2.5 %
+(PERF_NOTES §51 b). Eager frames launch through PyCUDA either way.
+
+It is off by default because on some H200 machines (two of the six seen)
+``torch.cuda.CUDAGraph.capture_end`` segfaults inside the driver when captured launches
+carry the attribute: there a given capture crashes every time, on the other machines it
+never has, and without the attribute no machine has crashed (PERF_NOTES §49 e, §50 a,
+§51 b). A library must not take the user's process down for a
+few per cent, so the fast path is the user's choice until the cause is known.
 
 Every entry point of ``cuda_kernels/`` starts with ``DC_GRID_START()`` (common.cuh): it
 waits until the previous kernel on the stream has completed and its writes are visible
@@ -20,9 +27,8 @@ kernel node (ours, torch's or cuDNN's: :func:`follows_a_kernel`); after a memcpy
 event or conditional node, after a join of several streams and at the start of a capture
 (or of a conditional body) the kernel launches without it, as PyCUDA would. Programmatic
 edges from nodes other than kernels are outside what the driver documents (an edge of
-the programmatic type joins kernel nodes); ``cudaStreamEndCapture`` crashed
-intermittently with the attribute on every launch (a segfault inside the driver,
-PERF_NOTES §49–50). Edges from torch's kernels, which never trigger their dependents
+the programmatic type joins kernel nodes). This narrowing did not remove the crash above
+(PERF_NOTES §51 b). Edges from torch's kernels, which never trigger their dependents
 early, still gain: the next kernel launches as their blocks exit, not after the
 kernel's completion (mobilenet_v2 at τ=0.01, whose dense layers are cuDNN convs
 followed by our truncations: 3 % slower without them, §50).
@@ -39,7 +45,7 @@ import os
 import struct
 from typing import NamedTuple, Sequence
 
-ENABLED = os.environ.get("DELTACONVERT_CUDA_PDL", "1") == "1"
+ENABLED = os.environ.get("DELTACONVERT_CUDA_PDL", "0") == "1"
 
 _PROGRAMMATIC_STREAM_SERIALIZATION = 6  # CUlaunchAttributeID
 _CAPTURE_ACTIVE = 1  # CU_STREAM_CAPTURE_STATUS_ACTIVE

@@ -11,8 +11,9 @@
   and block against the device limits, int32 ranges and the stream, raising errors that
   name the layer. ``tests/ops/test_kernel_sources.py`` checks :data:`SIGNATURES`
   against the CUDA sources.
-* While a CUDA graph is captured, kernels launch as programmatic dependent launches
-  (:mod:`.dependent_launch`; ``DELTACONVERT_CUDA_PDL=0``: never), else through PyCUDA.
+* Kernels launch through PyCUDA; with ``DELTACONVERT_CUDA_PDL=1`` those launched while a
+  CUDA graph is captured are programmatic dependent launches (:mod:`.dependent_launch`,
+  off by default: a driver crash on some machines).
 """
 from __future__ import annotations
 
