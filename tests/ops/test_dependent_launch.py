@@ -42,18 +42,29 @@ def test_dependent_launches_change_no_output(runtime, monkeypatch, cuda_graph):
         assert torch.equal(on, off), f"frame {i + 2}: dependent launches changed the output"
 
 
-def test_only_a_launch_after_a_kernel_node_asks_for_the_programmatic_edge(poisoned, monkeypatch):
-    """In a capture, a dependent launch asks for the programmatic edge only where its one
-    upstream node is a kernel node (``follows_a_kernel``: ours or torch's), not as the
-    capture's first node, nor after a memcpy node or a join of two streams. The replayed
-    graph computes what eager launches do."""
-    from deltaconvert.backends.cuda import dependent_launch
-    from deltaconvert.backends.cuda.pointwise import accumulate
+# The decisions for the six launches of forward() below, per rule of
+# DELTACONVERT_CUDA_PDL_EDGES: first, after our kernel, after torch's, after ours, after a
+# memcpy node, after a join.
+EDGE_DECISIONS = {
+    "kernel": [False, True, True, True, False, False],
+    "own": [False, True, False, True, False, False],
+    "none": [False] * 6,
+}
 
-    from deltaconvert.backends.cuda import kernels
+
+@pytest.mark.parametrize("rule", list(EDGE_DECISIONS))
+def test_a_launch_takes_the_programmatic_edge_where_its_rule_allows(poisoned, monkeypatch, rule):
+    """In a capture, a dependent launch asks for the programmatic edge only where its one
+    upstream node is a kernel node (rule ``kernel``: ours or torch's; ``own``: ours only;
+    ``none``: never), never as the capture's first node, nor after a memcpy node or a
+    join of two streams. Under every rule the replayed graph computes what eager launches
+    do."""
+    from deltaconvert.backends.cuda import dependent_launch, kernels
+    from deltaconvert.backends.cuda.pointwise import accumulate
 
     from .test_cuda_ops import random_delta
     monkeypatch.setattr(dependent_launch, "ENABLED", True)  # opt-in: on for this test
+    monkeypatch.setattr(dependent_launch, "EDGES", rule)
     monkeypatch.setattr(kernels, "_MODULES", {})  # modules loaded again, with their
     monkeypatch.setattr(kernels, "_KERNELS", {})  # dependent functions
     gen = torch.Generator(device="cuda").manual_seed(5)
@@ -62,20 +73,20 @@ def test_only_a_launch_after_a_kernel_node_asks_for_the_programmatic_edge(poison
     start = torch.randn(shape, generator=gen, device="cuda")
     acc, copy = start.clone(), torch.empty_like(start)
     asked: list[bool] = []
-    follows = dependent_launch.follows_a_kernel
+    takes = dependent_launch.takes_edge
 
     def recorded(stream):
-        asked.append(follows(stream))
+        asked.append(takes(stream))
         return asked[-1]
 
-    monkeypatch.setattr(dependent_launch, "follows_a_kernel", recorded)
+    monkeypatch.setattr(dependent_launch, "takes_edge", recorded)
 
     def forward():
         with poisoned.frame():
             accumulate(poisoned, "first", d, acc)          # the capture's first kernel
-            accumulate(poisoned, "chained", d, acc)        # after our own kernel: the edge
+            accumulate(poisoned, "chained", d, acc)        # after our own kernel
             acc.mul_(1.0)
-            accumulate(poisoned, "after torch", d, acc)    # after torch's kernel: the edge
+            accumulate(poisoned, "after torch", d, acc)    # after torch's kernel
             accumulate(poisoned, "chained", d, acc)
             copy.copy_(acc)                                # a memcpy node
             accumulate(poisoned, "after memcpy", d, acc)
@@ -94,8 +105,15 @@ def test_only_a_launch_after_a_kernel_node_asks_for_the_programmatic_edge(poison
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         forward()
-    assert asked == [False, True, True, True, False, False]
+    assert asked == EDGE_DECISIONS[rule]
     acc.copy_(start)
     graph.replay()
     torch.cuda.synchronize()
     assert torch.equal(acc, eager)
+
+
+def test_an_unknown_edge_rule_is_named_with_the_choices(monkeypatch):
+    from deltaconvert.backends.cuda import dependent_launch
+    monkeypatch.setattr(dependent_launch, "EDGES", "ours")
+    with pytest.raises(ValueError, match="DELTACONVERT_CUDA_PDL_EDGES='ours'.*kernel, own, none"):
+        dependent_launch.edge_rule()

@@ -23,12 +23,15 @@ predecessor is done — the order of the stream is kept — and at most the next
 launch overlaps a running one.
 
 The attribute is set only where the launch's single upstream node in the capture is a
-kernel node (ours, torch's or cuDNN's: :func:`follows_a_kernel`); after a memcpy, memset,
+kernel node (ours, torch's or cuDNN's: :func:`takes_edge`); after a memcpy, memset,
 event or conditional node, after a join of several streams and at the start of a capture
 (or of a conditional body) the kernel launches without it, as PyCUDA would. Programmatic
 edges from nodes other than kernels are outside what the driver documents (an edge of
 the programmatic type joins kernel nodes). This narrowing did not remove the crash above
-(PERF_NOTES §51 b). Edges from torch's kernels, which never trigger their dependents
+(PERF_NOTES §51 b). ``DELTACONVERT_CUDA_PDL_EDGES`` narrows it further, to tell on a
+machine that crashes what the crash needs: ``own`` (edges only from our own kernels,
+§50 a: 3 % slower at mobilenet_v2's criterion) or ``none`` (no edge, while the captured
+launches still go through ``cuLaunchKernelEx``); ``kernel`` is the rule above. Edges from torch's kernels, which never trigger their dependents
 early, still gain: the next kernel launches as their blocks exit, not after the
 kernel's completion (mobilenet_v2 at τ=0.01, whose dense layers are cuDNN convs
 followed by our truncations: 3 % slower without them, §50).
@@ -46,6 +49,9 @@ import struct
 from typing import NamedTuple, Sequence
 
 ENABLED = os.environ.get("DELTACONVERT_CUDA_PDL", "0") == "1"
+# Which upstream nodes a captured launch takes its programmatic edge from (takes_edge).
+EDGE_RULES = ("kernel", "own", "none")
+EDGES = os.environ.get("DELTACONVERT_CUDA_PDL_EDGES", "kernel")
 
 _PROGRAMMATIC_STREAM_SERIALIZATION = 6  # CUlaunchAttributeID
 _CAPTURE_ACTIVE = 1  # CU_STREAM_CAPTURE_STATUS_ACTIVE
@@ -61,6 +67,12 @@ class _Attribute(ctypes.Structure):
     _fields_ = [("id", ctypes.c_int), ("pad", ctypes.c_char * 4), ("value", _AttributeValue)]
 
 
+class _KernelNodeParams(ctypes.Structure):  # CUDA_KERNEL_NODE_PARAMS_v2
+    _fields_ = [("func", ctypes.c_void_p), ("grid", ctypes.c_uint * 3), ("block", ctypes.c_uint * 3),
+                ("shared_bytes", ctypes.c_uint), ("kernel_params", ctypes.c_void_p),
+                ("extra", ctypes.c_void_p), ("kern", ctypes.c_void_p), ("ctx", ctypes.c_void_p)]
+
+
 class _LaunchConfig(ctypes.Structure):
     _fields_ = [("grid", ctypes.c_uint * 3), ("block", ctypes.c_uint * 3),
                 ("shared_bytes", ctypes.c_uint), ("stream", ctypes.c_void_p),
@@ -68,6 +80,7 @@ class _LaunchConfig(ctypes.Structure):
 
 
 _DRIVER: ctypes.CDLL | None = None
+_OWN_FUNCTIONS: set[int] = set()  # the CUfunction of every DependentFunction (rule "own")
 
 
 def driver() -> ctypes.CDLL:
@@ -90,6 +103,8 @@ def driver() -> ctypes.CDLL:
             ctypes.POINTER(ctypes.POINTER(p)), *([ctypes.POINTER(p)] if lib.capture_edges else []),
             ctypes.POINTER(ctypes.c_size_t)]
         lib.cuGraphNodeGetType.argtypes = [p, ctypes.POINTER(ctypes.c_int)]
+        if hasattr(lib, "cuGraphKernelNodeGetParams_v2"):  # CUDA 12 drivers on (rule "own")
+            lib.cuGraphKernelNodeGetParams_v2.argtypes = [p, ctypes.POINTER(_KernelNodeParams)]
         _DRIVER = lib
     return _DRIVER
 
@@ -120,15 +135,46 @@ def capture_info(stream: int, what: str) -> CaptureInfo:
     return CaptureInfo(graph, tuple(deps[i] for i in range(count.value)))
 
 
-def follows_a_kernel(stream: int) -> bool:
-    """Whether the next node captured on ``stream`` depends on exactly one node, and that
-    a kernel node (the programmatic edge's upstream)."""
+def edge_rule() -> str:
+    """The rule of ``DELTACONVERT_CUDA_PDL_EDGES`` (one of :data:`EDGE_RULES`)."""
+    if EDGES not in EDGE_RULES:
+        raise ValueError(f"DELTACONVERT_CUDA_PDL_EDGES={EDGES!r} is not a rule for programmatic "
+                         f"edges: set it to one of {', '.join(EDGE_RULES)} (or leave it unset)")
+    return EDGES
+
+
+def upstream_kernel(stream: int) -> int | None:
+    """The node the next node captured on ``stream`` depends on, where that is exactly one
+    node and a kernel node (a programmatic edge's possible upstream); else None."""
     dependencies = capture_info(stream, "dependent launch").dependencies
     if len(dependencies) != 1:
-        return False
+        return None
     node_type = ctypes.c_int()
     check(driver().cuGraphNodeGetType(dependencies[0], ctypes.byref(node_type)), "cuGraphNodeGetType")
-    return node_type.value == _NODE_KERNEL
+    return dependencies[0] if node_type.value == _NODE_KERNEL else None
+
+
+def kernel_function(node: int) -> int:
+    """The function (``CUfunction``) a captured kernel node launches."""
+    lib = driver()
+    if not hasattr(lib, "cuGraphKernelNodeGetParams_v2"):
+        raise RuntimeError("DELTACONVERT_CUDA_PDL_EDGES=own needs a CUDA 12 driver "
+                           "(cuGraphKernelNodeGetParams_v2): use kernel or none")
+    params = _KernelNodeParams()
+    check(lib.cuGraphKernelNodeGetParams_v2(node, ctypes.byref(params)),
+          "cuGraphKernelNodeGetParams")
+    return params.func or 0
+
+
+def takes_edge(stream: int) -> bool:
+    """Whether the launch captured next on ``stream`` takes a programmatic edge from its
+    upstream node: that node is a kernel node (rule ``kernel``), one of our kernels (rule
+    ``own``), or never (rule ``none``)."""
+    rule = edge_rule()
+    if rule == "none":
+        return False
+    upstream = upstream_kernel(stream)
+    return upstream is not None and (rule == "kernel" or kernel_function(upstream) in _OWN_FUNCTIONS)
 
 
 class DependentModule:
@@ -143,12 +189,13 @@ class DependentModule:
         handle = ctypes.c_void_p()
         check(driver().cuModuleGetFunction(ctypes.byref(handle), self.handle, name.encode()),
                f"cuModuleGetFunction({name})")
+        _OWN_FUNCTIONS.add(handle.value)
         return DependentFunction(self, handle, name, signature)
 
 
 class DependentFunction:
     """One entry point, launched with the programmatic-stream-serialization attribute
-    where it follows a kernel node (:func:`follows_a_kernel`)."""
+    where its upstream node allows (:func:`takes_edge`)."""
 
     def __init__(self, module: DependentModule, handle: ctypes.c_void_p, name: str,
                  signature: str) -> None:
@@ -164,7 +211,7 @@ class DependentFunction:
         size = ctypes.c_size_t(len(packed))
         extra = (ctypes.c_void_p * 5)(_PARAM_BUFFER_POINTER, ctypes.addressof(buffer),
                                       _PARAM_BUFFER_SIZE, ctypes.addressof(size), _PARAM_END)
-        programmatic = follows_a_kernel(stream)
+        programmatic = takes_edge(stream)
         config = _LaunchConfig((ctypes.c_uint * 3)(*grid), (ctypes.c_uint * 3)(*block), 0,
                                stream, ctypes.pointer(self._attribute), int(programmatic))
         check(driver().cuLaunchKernelEx(ctypes.byref(config), self.handle, None, extra),
