@@ -12,8 +12,8 @@ It is off by default because on some H200 machines (two of the six seen)
 ``torch.cuda.CUDAGraph.capture_end`` segfaults inside the driver when captured launches
 carry the attribute: there a given capture crashes every time, on the other machines it
 never has, and without the attribute no machine has crashed (PERF_NOTES §49 e, §50 a,
-§51 b). A library must not take the user's process down for a
-few per cent, so the fast path is the user's choice until the cause is known.
+§51 b). A library must not take the user's process down for a few per cent, so the
+fast path is the user's choice until the cause is known.
 
 Every entry point of ``cuda_kernels/`` starts with ``DC_GRID_START()`` (common.cuh): it
 waits until the previous kernel on the stream has completed and its writes are visible
@@ -28,13 +28,13 @@ event or conditional node, after a join of several streams and at the start of a
 (or of a conditional body) the kernel launches without it, as PyCUDA would. Programmatic
 edges from nodes other than kernels are outside what the driver documents (an edge of
 the programmatic type joins kernel nodes). This narrowing did not remove the crash above
-(PERF_NOTES §51 b). ``DELTACONVERT_CUDA_PDL_EDGES`` narrows it further, to tell on a
-machine that crashes what the crash needs: ``own`` (edges only from our own kernels,
-§50 a: 3 % slower at mobilenet_v2's criterion) or ``none`` (no edge, while the captured
-launches still go through ``cuLaunchKernelEx``); ``kernel`` is the rule above. Edges from torch's kernels, which never trigger their dependents
+(PERF_NOTES §51 b). Edges from torch's kernels, which never trigger their dependents
 early, still gain: the next kernel launches as their blocks exit, not after the
 kernel's completion (mobilenet_v2 at τ=0.01, whose dense layers are cuDNN convs
-followed by our truncations: 3 % slower without them, §50).
+followed by our truncations: 3 % slower without them, §50). ``DELTACONVERT_CUDA_PDL_EDGES``
+narrows the rule further, to tell on a machine that crashes what the crash needs:
+``own`` (edges only from our own kernels) or ``none`` (no edge, while the captured
+launches still go through ``cuLaunchKernelEx``); ``kernel`` is the rule above.
 
 PyCUDA launches with ``cuLaunchKernel`` (no attributes) and exposes no function handle,
 so this module loads the same cubin into the current context (``cuModuleLoadData``)
