@@ -494,16 +494,24 @@ def model_state(model) -> list[torch.Tensor]:
             for t in tensor_leaves(op.state) if isinstance(t, torch.Tensor)]
 
 
+@pytest.mark.parametrize("blocks", [None, 3], ids=["one-wave", "three-blocks"])
 @pytest.mark.parametrize("make,channels", [("chain", 6), ("chain", 20), ("chain", 144),
                                            ("residual", 16)])
 def test_the_whole_map_truncation_computes_what_the_scanning_one_does(poisoned, monkeypatch,
-                                                                      make, channels):
+                                                                      make, channels, blocks):
     """A dense layer's truncation lays its threads flat over pixels × channel vectors
     (``pointwise.whole_width``: C = 6 loads single channels, 20 vectors of 4, 144 of 8, over
     spans that split no warp evenly); the scanning kernel it replaces computes the same
     rounded values in the same order, so outputs and every op's state agree bit for bit
-    on every frame."""
+    on every frame. Its blocks take rounds of a persistent grid (``pointwise.whole_grid``):
+    ``three-blocks`` caps the grid at 3, so that each block takes many rounds."""
     from deltaconvert.backends.cuda import dense_layers, pointwise
+
+    rounds = []
+    if blocks is not None:
+        shipped_grid = pointwise.whole_grid
+        monkeypatch.setattr(pointwise, "whole_grid", lambda pixels, span, sms: rounds.append(
+            -(-pixels // span)) or min(blocks, shipped_grid(pixels, span, sms)))
 
     frames = clip()
     if make == "chain":
@@ -521,6 +529,7 @@ def test_the_whole_map_truncation_computes_what_the_scanning_one_does(poisoned, 
     model = delta_model(net, frames[0], graph=False)
     whole = run(model, frames), model_state(model)
     assert any(spans), "no truncation ran over a whole map"
+    assert blocks is None or max(rounds) > 2 * blocks, rounds
     monkeypatch.setattr(pointwise, "whole_span", lambda *a: 0)
     model = delta_model(net, frames[0], graph=False)
     scanning = run(model, frames), model_state(model)
