@@ -328,10 +328,10 @@ def whole_grid(pixels: int, span: int, multiprocessors: int) -> int:
     """Blocks of a whole-map truncation over ``pixels`` in rounds of ``span``: a
     persistent grid of at most one wave (``RESIDENT_BLOCKS`` per multiprocessor), whose
     blocks take rounds ``blockIdx.x``, ``blockIdx.x + gridDim.x``, … (``truncate_whole`` in
-    pointwise.cu). One block per round took 15.4 µs for a 144-channel 180×320 dense
-    layer's truncation against 14.7, and mobilenet_v2 at τ=0.01 0.883 ms against 0.852
-    (PERF_NOTES §52 b): each block's fixed steps — its barriers, the statistics counters'
-    atomics, its list appends — are paid once per wave instead of once per round."""
+    pointwise.cu). A block per round took 15.4 µs for a 144-channel 180×320 dense
+    layer's truncation against 14.7, and mobilenet_v2 at τ=0.01 0.891–0.898 ms against
+    0.874–0.879 (PERF_NOTES §52 b): each block's fixed steps — its barriers, the
+    statistics counters' atomics — are paid once per wave instead of once per round."""
     return min(-(-pixels // span), RESIDENT_BLOCKS * multiprocessors)
 
 
