@@ -197,10 +197,10 @@ def truncate(runtime: DeviceRuntime, op: DeltaOp, dtype: torch.dtype, out_shape:
     Over listed candidates, and over whole maps (:func:`whole_grid`), it runs a persistent
     grid of at most one wave. Over listed candidates its output mask starts clear: the
     candidates' own when it owns them, else a region of ``arena`` (zeroed at the frame's
-    start; without an arena, a memset here). A
-    deferred accumulator (:class:`~.dense_layers.DeferredAccumulator`) takes only a dense
-    layer's work that does not keep it; the whole-map kernel leaves it unallocated, the
-    scanning one allocates it and assigns every element."""
+    start; without an arena, a memset here). A deferred accumulator
+    (:class:`~.dense_layers.DeferredAccumulator`) takes only a dense layer's work that
+    does not keep it; the whole-map kernel leaves it unallocated, the scanning one
+    allocates it and assigns every element."""
     n, c, h, w = shape4(out_shape)
     a = acc[0]
     if deferred(a):
