@@ -105,6 +105,13 @@ def pixel_function(fn: Any) -> KernelFunction | None:
     return None
 
 
+def one_wave(blocks: int, multiprocessors: int) -> int:
+    """``blocks``, at most one wave of them (``RESIDENT_BLOCKS`` per multiprocessor, what
+    the kernels' ``__launch_bounds__`` keep resident): the grid of a kernel whose blocks
+    loop over the rest of its work."""
+    return min(blocks, RESIDENT_BLOCKS * multiprocessors)
+
+
 def add_operand(args: Args, d: Delta | None, coef: float, out_shape: Sequence[int]) -> Args:
     """A pointwise.cu operand: values and mask broadcast to ``out_shape``, coefficient."""
     if d is None:
@@ -166,7 +173,7 @@ def accumulate(runtime: DeviceRuntime, layer: str, d: Delta, acc: torch.Tensor) 
         vec = int(count % 4 == 0 and (c if nhwc else h * w) % 4 == 0
                   and acc.data_ptr() % 16 == 0 and values.data_ptr() % (4 * values.element_size()) == 0)
         per_thread = 4 if vec else 1
-        blocks = min(-(-count // (BLOCK * per_thread)), RESIDENT_BLOCKS * runtime.multiprocessors)
+        blocks = one_wave(-(-count // (BLOCK * per_thread)), runtime.multiprocessors)
         args = Args(layer).ints(count, c, h * w, nhwc).ptr(values).ptr(d.mask).ptr(acc).ints(4 * vec)
         kernel(runtime, "pointwise", "pw_accumulate_flat", d.dtype)((max(blocks, 1), 1, 1),
                                                                     (BLOCK, 1, 1), args)
@@ -237,7 +244,7 @@ def truncate(runtime: DeviceRuntime, op: DeltaOp, dtype: torch.dtype, out_shape:
         width = VECTOR_CHANNELS if vec else 1
         if candidates is not None:
             # A persistent grid of at most one wave loops over the list's windows.
-            grid = (min(grid[0], RESIDENT_BLOCKS * runtime.multiprocessors), 1, 1)
+            grid = (one_wave(grid[0], runtime.multiprocessors), 1, 1)
     marked = mark_outputs(targets, out_shape, dtype, arena) if width >= VECTOR_CHANNELS else NO_TARGETS
     args = Args(op.node_name).blob(marked.argument)
     args.ints(n, c, h, w, lanes, span, len(work.operands), int(work.input_mode))
@@ -332,7 +339,7 @@ def whole_grid(pixels: int, span: int, multiprocessors: int) -> int:
     layer's truncation against 14.7, and mobilenet_v2 at τ=0.01 0.891–0.898 ms against
     0.874–0.879 (PERF_NOTES §52 b): each block's fixed steps — its barriers, the
     statistics counters' atomics — are paid once per wave instead of once per round."""
-    return min(-(-pixels // span), RESIDENT_BLOCKS * multiprocessors)
+    return one_wave(-(-pixels // span), multiprocessors)
 
 
 TAGGED_PIXELS = 2**29  # pw_truncate tags a listed pixel as pixel << 2 | flags (int32)
@@ -480,7 +487,7 @@ class Truncating(Accelerated):
         count = x.numel()
         vec = int(count % 4 == 0 and all(t.data_ptr() % 16 == 0 for t in (x, a, sent)))
         per_thread = 4 if vec else 1
-        blocks = min(-(-count // (BLOCK * per_thread)), RESIDENT_BLOCKS * self.runtime.multiprocessors)
+        blocks = one_wave(-(-count // (BLOCK * per_thread)), self.runtime.multiprocessors)
         f = self.function
         args_ = Args(op.node_name).ints(count, int(f.code)).floats(f.p0, f.p1).ptr(x).ptr(a).ptr(sent)
         kernel(self.runtime, "pointwise", "pw_restart", x.dtype)((max(blocks, 1), 1, 1), (BLOCK, 1, 1),
