@@ -38,6 +38,47 @@ __device__ __forceinline__ int operand_flags(const ScanPixel &sp, int H, int W, 
            ((int)(n_ops > 1 && m1[off3(q.n, q.y, q.x, m1N, m1H, m1W)] != 0) << 1);
 }
 
+// The channels of one listed pixel (n, y, x) of pw_linear, V at a time from channel
+// V · sub on, in strides of V · lanes (`flags`: which operands' masks are set there):
+// out = round(s[c] · Σ_i k_i · δ_i) and, with `sum`, sum += out, total = round(sum).
+// Every element's arithmetic is the same whatever V: only the loads are wider.
+template <int V>
+__device__ __forceinline__ void linear_channels(int n, int y, int x, int sub, int lanes, int flags, int C,
+                                                DC_OPERAND(0), DC_OPERAND(1), const float *scale,
+                                                int scale_stride, scalar_t *out, int oN, int oC, int oH,
+                                                int oW, float *sum, int tN, int tC, int tH, int tW,
+                                                scalar_t *total) {
+#pragma unroll(V == 1 ? 4 : 1)
+    for (int c = V * sub; c < C; c += V * lanes) {
+        float s[V] = {}, t[V];
+        if (flags & 1) {
+            load_vec<V>(v0 + off4(n, c, y, x, v0N, v0C, v0H, v0W), t);
+#pragma unroll
+            for (int j = 0; j < V; ++j) s[j] += k0 * t[j];
+        }
+        if (flags & 2) {
+            load_vec<V>(v1 + off4(n, c, y, x, v1N, v1C, v1H, v1W), t);
+#pragma unroll
+            for (int j = 0; j < V; ++j) s[j] += k1 * t[j];
+        }
+        if (scale)
+#pragma unroll
+            for (int j = 0; j < V; ++j) s[j] *= round_s(scale[(c + j) * scale_stride]);
+#pragma unroll
+        for (int j = 0; j < V; ++j) s[j] = round_s(s[j]);  // the sent value, exactly stored
+        store_vec<V>(out + off4(n, c, y, x, oN, oC, oH, oW), s);
+        if (sum) {
+            const int at = off4(n, c, y, x, tN, tC, tH, tW);
+            float running[V];
+            load_vec<V>(sum + at, running);
+#pragma unroll
+            for (int j = 0; j < V; ++j) running[j] += s[j];
+            store_vec<V>(sum + at, running);
+            store_vec<V>(total + at, running);
+        }
+    }
+}
+
 // out = s[c] · Σ_i k_i · δ_i, on the union of the operand masks. Ops: add, sub (k = ±α),
 // neg, scaling by a constant (ChannelScale, multiplication by a constant tensor). The
 // output pixels are appended to out_list (may be null: see list_append in common.cuh).
@@ -45,14 +86,16 @@ __device__ __forceinline__ int operand_flags(const ScanPixel &sp, int H, int W, 
 // With `clean`, out is 0 at every other pixel (a clean delta, see truncate_whole).
 // With `sum` (fp32, else null) the op keeps its output's running total: where out is
 // written, sum += out (the rounded value sent) and total = round(sum) (model dtype, the
-// strides of sum), the whole value a dense layer downstream reads.
+// strides of sum), the whole value a dense layer downstream reads. `vec`: the channels
+// of one load (linear_channels), 8 or 4 where C, every channel stride and every pixel's
+// alignment allow, else 1 (linear() in backends/cuda/pointwise.py).
 extern "C" __global__ void pw_linear(int N, int C, int H, int W, int lanes, int span, int n_ops,
                                      DC_OPERAND(0), DC_OPERAND(1),
                                      const float *scale, int scale_stride,
                                      scalar_t *out, int oN, int oC, int oH, int oW,
                                      mask_t *om, int *counter, int *out_list, int *out_count,
                                      int clean, float *sum, int tN, int tC, int tH, int tW,
-                                     scalar_t *total) {
+                                     scalar_t *total, int vec) {
     DC_GRID_START();
     __shared__ int list[DC_BLOCK];
     const ScanPixel sp = scan_pixel(N * H * W, span, blockIdx.x * span);
@@ -69,22 +112,17 @@ extern "C" __global__ void pw_linear(int N, int C, int H, int W, int lanes, int 
     for (int r0 = 0; r0 < count; r0 += DC_BLOCK / lanes) {
         const ListPixel p = list_pixel(list, count, r0, lanes, sp.base, H, W);
         if (!p.cand) continue;
-        const int n = p.at.n, y = p.at.y, x = p.at.x;
-#pragma unroll 4
-        for (int c = p.sub; c < C; c += lanes) {
-            float s = 0.f;
-            if (p.flags & 1) s += k0 * DC_VALUE(0, n, c, y, x);
-            if (p.flags & 2) s += k1 * DC_VALUE(1, n, c, y, x);
-            if (scale) s *= round_s(scale[c * scale_stride]);
-            const scalar_t sent = from_f<scalar_t>(s);
-            out[off4(n, c, y, x, oN, oC, oH, oW)] = sent;
-            if (sum) {
-                const int t = off4(n, c, y, x, tN, tC, tH, tW);
-                const float running = sum[t] + to_f(sent);
-                sum[t] = running;
-                total[t] = from_f<scalar_t>(running);
-            }
-        }
+#define LINEAR_CHANNELS(V)                                                                         \
+    linear_channels<V>(p.at.n, p.at.y, p.at.x, p.sub, lanes, p.flags, C, v0, v0N, v0C, v0H, v0W, m0, \
+                       m0N, m0H, m0W, k0, v1, v1N, v1C, v1H, v1W, m1, m1N, m1H, m1W, k1, scale,       \
+                       scale_stride, out, oN, oC, oH, oW, sum, tN, tC, tH, tW, total)
+        if (vec == 8)
+            LINEAR_CHANNELS(8);
+        else if (vec == 4)
+            LINEAR_CHANNELS(4);
+        else
+            LINEAR_CHANNELS(1);
+#undef LINEAR_CHANNELS
     }
 }
 

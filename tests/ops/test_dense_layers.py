@@ -539,6 +539,54 @@ def test_the_whole_map_truncation_computes_what_the_scanning_one_does(poisoned, 
     assert all(torch.equal(a, b) for a, b in zip(*(s[1] for s in (whole, scanning))))
 
 
+class SkipAdds(nn.Module):
+    """MobileNetV2's shape: two inverted residual blocks whose skip adds (no activation
+    after them: ``pw_linear``) keep their totals for the dense expansion after them."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        c, e = channels, 4 * channels
+        self.stem = nn.Sequential(nn.Conv2d(3, c, 3, stride=2, padding=1), nn.ReLU6())
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(c, e, 1), nn.ReLU6(), nn.Conv2d(e, e, 3, padding=1, groups=e),
+                          nn.ReLU6(), nn.Conv2d(e, c, 1)) for _ in range(2))
+        self.head = nn.Conv2d(c, 8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for block in self.blocks:
+            x = x + block(x)
+        return self.head(x)
+
+
+@pytest.mark.parametrize("channels,width", [(16, 8), (12, 4), (6, 1)])
+def test_the_linear_kernel_computes_the_same_in_channel_vectors(poisoned, monkeypatch, channels, width):
+    """``pw_linear`` loads 8 or 4 channels at once where every tensor allows
+    (``pointwise.channel_width``): the same rounded sums, sent values and totals as one
+    channel at a time, so outputs and every op's state agree bit for bit on every frame."""
+    from deltaconvert.backends.cuda import dense_layers, pointwise
+
+    frames = clip()
+    net = SkipAdds(channels).to(DEVICE).eval()
+    set_dense_from(monkeypatch, 0.0)  # the expansions after the adds read their totals
+    monkeypatch.setattr(dense_layers, "KEEP_ACCUMULATORS", True)  # the state is compared below
+    widths = []
+    shipped = pointwise.channel_width
+    monkeypatch.setattr(pointwise, "channel_width",
+                        lambda *a, **k: widths.append(shipped(*a, **k)) or widths[-1])
+    model = delta_model(net, frames[0], graph=False)
+    vectors = run(model, frames), model_state(model)
+    assert width in widths, widths
+    monkeypatch.setattr(pointwise, "channel_width", lambda *a, **k: 1)
+    model = delta_model(net, frames[0], graph=False)
+    single = run(model, frames), model_state(model)
+    for t, (a, b) in enumerate(zip(vectors[0], single[0])):
+        assert torch.equal(a, b), f"frame {t}"
+    assert len(vectors[1]) == len(single[1])
+    assert all(torch.equal(a, b) for a, b in zip(vectors[1], single[1]))
+
+
 def test_sampling_keeps_no_frame_delta_alive(poisoned, monkeypatch):
     """On the first delta frame every dense-add candidate samples, and its conv sources
     hand the plan their dense conv's warm-up: what that holds is state (the input's sent

@@ -1,5 +1,6 @@
 """Which launches may load vectors: conv_gemm's 16-byte input loads (``gemm_mode``) and
-the per-pixel kernels' 4-channel vectors (``channel_vectors``); decided on the host."""
+the per-pixel kernels' 4-channel vectors (``channel_vectors``) and 8- or 4-channel ones
+(``channel_width``, pw_linear's); decided on the host."""
 from __future__ import annotations
 
 import pytest
@@ -7,7 +8,7 @@ import torch
 
 from deltaconvert.backends.cuda.constants import ConvMode
 from deltaconvert.backends.cuda.conv import gemm_mode, pack_weight
-from deltaconvert.backends.cuda.tensors import channel_vectors
+from deltaconvert.backends.cuda.tensors import channel_vectors, channel_width
 
 
 def vector_a(cin: int, cout: int, k: int, dtype: torch.dtype) -> bool:
@@ -58,3 +59,19 @@ def test_depthwise_vectors_need_one_output_channel_per_input_channel():
     assert not depthwise_mode(values, 40, 80) & ConvMode.VECTOR_A  # channel multiplier 2
     assert not depthwise_mode(nhwc(2, 36, 9, 11, dtype=torch.float16), 36, 36)  # 36 % 8
     assert depthwise_mode(nhwc(2, 36, 9, 11), 36, 36) & ConvMode.VECTOR_A  # fp32: 36 % 4 == 0
+
+
+@pytest.mark.parametrize("channels, dtype, offset, expected", [
+    (16, torch.float16, 0, 8),   # 16-byte vectors of halves
+    (12, torch.float16, 0, 4),   # not a multiple of 8
+    (16, torch.float16, 4, 4),   # pixels 8-byte aligned only
+    (6, torch.float16, 0, 1),
+    (16, torch.float32, 0, 8),   # two 16-byte loads of floats
+])
+def test_channel_width_is_the_widest_vector_every_tensor_allows(channels, dtype, offset, expected):
+    storage = torch.zeros(2 * channels * 9 * 11 + offset, dtype=dtype)
+    t = storage[offset:].view(2, 9, 11, channels).permute(0, 3, 1, 2)  # NHWC, shifted by offset
+    nchw = torch.zeros(2, channels, 9, 11, dtype=dtype)
+    assert channel_width(t.shape, t) == expected
+    assert channel_width(t.shape, t, None) == expected  # absent tensors do not count
+    assert channel_width(t.shape, t, nchw) == 1  # channels 99 elements apart

@@ -51,7 +51,7 @@ _TRUNCATE = (f"{CONV_TARGETS_BYTES}s" + "i" * 8 + _OPERAND * 2 + "PiP" + "iff" +
 
 SIGNATURES: dict[str, dict[str, str]] = {
     "pointwise": {
-        "pw_linear": "i" * 7 + _OPERAND * 2 + "Pi" + _T4 + "PPPPi" + _T4 + "P",
+        "pw_linear": "i" * 7 + _OPERAND * 2 + "Pi" + _T4 + "PPPPi" + _T4 + "Pi",  # …, total, vec
         "pw_accumulate": "i" * 6 + _OPERAND + _T4,
         "pw_accumulate_flat": "iiiiPPPi",
         "pw_truncate": _TRUNCATE,

@@ -51,6 +51,7 @@ from .tensors import (
     VECTOR_CHANNELS,
     as_nhwc,
     channel_vectors,
+    channel_width,
     flat_nhwc,
     fp32_vector,
     full_mask,
@@ -133,7 +134,11 @@ def linear(runtime: DeviceRuntime, op: DeltaOp, operands: Sequence[Delta], coefs
     dtype, device = operands[0].dtype, runtime.device
     n, c, h, w = shape4(out_shape)
     out, om = new_values(out_shape, dtype, device), new_mask(out_shape, device)
-    lanes = lanes_for(c)
+    # Channels per load: 8 or 4 where every tensor allows (linear_channels in pointwise.cu),
+    # each lane two such vectors per pixel round (as the truncation's lanes).
+    vec = channel_width(out_shape, out, *(d.values for d in operands),
+                        *(totals if totals is not None else ()))
+    lanes = lanes_for(c, 2 * vec) if vec > 1 else lanes_for(c)
     grid, block, span = list_grid(n * h * w, lanes)
     args = Args(op.node_name).ints(n, c, h, w, lanes, span, len(operands))
     for i in range(2):
@@ -148,7 +153,7 @@ def linear(runtime: DeviceRuntime, op: DeltaOp, operands: Sequence[Delta], coefs
         args.tensor(None).ptr(None)
     else:
         args.tensor(totals[0], strides4(totals[0])).ptr(totals[1])
-    kernel(runtime, "pointwise", "pw_linear", dtype)(grid, block, args)
+    kernel(runtime, "pointwise", "pw_linear", dtype)(grid, block, args.ints(vec))
     extras = {**op.counted_extras(counter), **list_extras(listed)}
     if clean:
         extras["clean"] = True

@@ -174,8 +174,19 @@ def channel_vectors(shape: Sequence[int], *tensors: torch.Tensor | None) -> bool
     """Whether the per-pixel kernels may load 4 consecutive channels at once from every
     tensor of ``tensors`` (None: absent) addressed as ``shape``: C a multiple of 4 and
     :func:`vector_layout` for each tensor."""
-    return (shape4(shape)[1] % VECTOR_CHANNELS == 0
-            and all(vector_layout(t, VECTOR_CHANNELS, shape) for t in tensors if t is not None))
+    return channel_width(shape, *tensors, widths=(VECTOR_CHANNELS,)) == VECTOR_CHANNELS
+
+
+def channel_width(shape: Sequence[int], *tensors: torch.Tensor | None,
+                  widths: Sequence[int] = (2 * VECTOR_CHANNELS, VECTOR_CHANNELS)) -> int:
+    """The most consecutive channels of ``widths`` that the per-pixel kernels may load at
+    once from every tensor of ``tensors`` (None: absent) addressed as ``shape`` — C a
+    multiple of it and :func:`vector_layout` for each tensor — else 1."""
+    for width in widths:
+        if (shape4(shape)[1] % width == 0
+                and all(vector_layout(t, width, shape) for t in tensors if t is not None)):
+            return width
+    return 1
 
 
 def as_nhwc(t: torch.Tensor) -> torch.Tensor:
