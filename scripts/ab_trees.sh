@@ -68,7 +68,7 @@ run)
         for tree in "$@"; do
             setting="" dir=$(tree_dir "$tree")
             [[ $tree == *:* ]] && setting=${tree#*:}
-            tag=$(echo "$tree" | tr './:=' '_ __')
+            tag=$(echo "$tree" | tr './:=' '____')
             echo "##### tree $tree, round $round"
             (cd "$dir" && env ${setting:+"$setting"} PYTHONPATH="/tmp/site:$dir" python3 scripts/bench.py \
                 --clips static --resolutions 720x1280 --delta-precisions fp16 --delta-modes graph \
