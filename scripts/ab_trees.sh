@@ -17,12 +17,13 @@
 # setting, NAME:VAR=value (e.g. `main .:DELTACONVERT_CUDA_GATHERED=0 .`). MODELS and SWEEP
 # are bench.py's --models and --sweep. `run` installs .gpu-wheels into /tmp/site where
 # PyCUDA is missing (as gpu_check.sh does), reads clips and weights from .gpu-data, and
-# writes each process's bench.json/bench.md under $OUT (default /tmp/ab_trees)/TAG_rROUND;
-# it prints bench.py's per-runner lines, headed by tree and round.
+# writes each process's bench.json/bench.md under $OUT (default /tmp/ab_trees)/TAG_rROUND
+# and its whole output to TAG_rROUND.log; it prints bench.py's per-runner lines, headed by
+# tree and round, and the end of the log of a process that failed (then exits 1).
 set -euo pipefail
 if [ $# -eq 0 ] || [ "$1" = -h ] || [ "$1" = --help ]; then
     echo "usage: ab_trees.sh stage REF... | run MODELS SWEEP ROUNDS TREE..."
-    sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,/^set /{/^set /d;s/^# \{0,1\}//;p}' "$0"
     exit 0
 fi
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -69,14 +70,23 @@ run)
             setting="" dir=$(tree_dir "$tree")
             [[ $tree == *:* ]] && setting=${tree#*:}
             tag=$(echo "$tree" | tr './:=' '____')
+            log=$out/${tag}_r$round.log
             echo "##### tree $tree, round $round"
+            rc=0
             (cd "$dir" && env ${setting:+"$setting"} PYTHONPATH="/tmp/site:$dir" python3 scripts/bench.py \
                 --clips static --resolutions 720x1280 --delta-precisions fp16 --delta-modes graph \
                 --no-compile --baselines fp16-graph --models "$models" --sweep "$sweep" \
                 --data-dir "$root/.gpu-data" --configs-dir configs --no-plots \
-                --out "$out/${tag}_r$round" 2>&1 | grep '^\[bench\]' || true)
+                --out "$out/${tag}_r$round" > "$log" 2>&1) || rc=$?
+            grep '^\[bench\]' "$log" || true
+            if [ "$rc" != 0 ]; then
+                echo "bench.py failed (exit status $rc) for tree $tree; the end of $log:"
+                tail -n 20 "$log"
+                failed=1
+            fi
         done
     done
+    exit "${failed:-0}"
     ;;
 *)
     echo "unknown command $command: stage or run (--help)" >&2

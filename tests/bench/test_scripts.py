@@ -103,3 +103,24 @@ def test_ab_trees_stages_a_commit_and_refuses_trees_not_staged(tmp_path):
                      cwd=tmp_path, AB_TREES=str(trees), OUT=str(tmp_path / "out"))
     assert refused.returncode == 2 and "missing" in refused.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_ab_trees_reports_a_failing_benchmark(tmp_path):
+    """A tree whose benchmark fails makes ``run`` exit 1 and print the end of that
+    process's log (kept under $OUT), instead of passing silently. The script runs from
+    a copy in a root without wheels (so it installs nothing)."""
+    root = tmp_path / "root"
+    (root / "scripts").mkdir(parents=True)
+    (root / "scripts" / "ab_trees.sh").write_text((SCRIPTS / "ab_trees.sh").read_text())
+    tree = tmp_path / "trees" / "broken"
+    (tree / "scripts").mkdir(parents=True)
+    (tree / "scripts" / "bench.py").write_text("raise SystemExit('the benchmark broke')\n")
+    out = tmp_path / "out"
+    result = subprocess.run(["bash", str(root / "scripts" / "ab_trees.sh"), "run", "mobilenet_v2",
+                             "0.01", "1", "broken"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=120, env={**ENVIRONMENT, "AB_TREES": str(tmp_path / "trees"),
+                                              "OUT": str(out)})
+    assert result.returncode == 1, result.stderr
+    assert "bench.py failed (exit status 1) for tree broken" in result.stdout
+    assert "the benchmark broke" in result.stdout
+    assert "the benchmark broke" in (out / "broken_r1.log").read_text()
